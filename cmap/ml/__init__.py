@@ -1,0 +1,1 @@
+"""Models: embeddings, encoders, decoders, losses and the Lightning tasks that train them."""

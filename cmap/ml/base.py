@@ -1,0 +1,103 @@
+"""What every cmap LightningModule shares: encoder + decoder, hyper-parameters, LR schedule."""
+
+import warnings
+from typing import Any
+
+import lightning as L
+from torch import Tensor, nn
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import OneCycleLR
+
+from cmap.data.batch import Batch
+from cmap.ml.encoders import SeriesEncoder
+
+
+class SITSTask(L.LightningModule):
+    """Base task: an ``encoder`` (per-date features) followed by a ``decoder`` (task output).
+
+    ``__init__`` saves the hyper-parameters (with LightningCLI, the full ``class_path`` /
+    ``init_args`` tree of encoder and decoder, so checkpoints rebuild the model without pickling
+    it) and calls :meth:`configure_losses` and :meth:`configure_metrics`, in the manner of
+    torchgeo's ``BaseTask``.
+
+    Learning rate: AdamW under a one-cycle schedule between ``min_lr`` and ``max_lr``, stepped
+    every optimizer step (:meth:`configure_optimizers`).
+
+    Args:
+        encoder: a :class:`~cmap.ml.encoders.SeriesEncoder`.
+        decoder: the task's head.
+        min_lr: learning rate at the start and at the end of training.
+        max_lr: peak learning rate, reached after ``warmup_fraction`` of the optimizer steps.
+        warmup_fraction: fraction of the steps spent rising from ``min_lr`` to ``max_lr``.
+        weight_decay: AdamW's decoupled weight decay.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        min_lr: float = 1e-5,
+        max_lr: float = 1e-4,
+        warmup_fraction: float = 0.1,
+        weight_decay: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if not 0 < min_lr <= max_lr:
+            raise ValueError(f"need 0 < min_lr <= max_lr, got min_lr={min_lr}, max_lr={max_lr}")
+        if not isinstance(encoder, SeriesEncoder):
+            raise TypeError(f"encoder must be a cmap.ml.encoders.SeriesEncoder, got {type(encoder).__name__}")
+        with warnings.catch_warnings():
+            # Lightning warns when layers given in Python reach the hyper-parameters; they are
+            # removed just below (LightningCLI gives their class_path/init_args instead).
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        # Built in Python (not by LightningCLI), the layers would be pickled into the
+        # hyper-parameters; drop them: their weights are in the state dict.
+        for key in ("encoder", "decoder"):
+            if isinstance(self.hparams.get(key), nn.Module):
+                del self.hparams[key]
+        self.encoder = encoder
+        self.decoder = decoder
+        self.configure_losses()
+        self.configure_metrics()
+
+    def configure_losses(self) -> None:
+        """Create the loss (may wait for :meth:`setup` when it needs the data's classes)."""
+
+    def configure_metrics(self) -> None:
+        """Create the torchmetrics collections."""
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        num_bands = getattr(datamodule, "num_bands", None)
+        if num_bands is not None and num_bands != self.encoder.num_bands:
+            raise ValueError(
+                f"the encoder expects {self.encoder.num_bands} bands per date (bands_encoder sizes[0]) but "
+                f"{type(datamodule).__name__} provides {num_bands}: {datamodule.band_names}"
+            )
+
+    def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
+        return self.decoder(self.encoder(values, days, mask), mask)
+
+    def configure_optimizers(self) -> Any:
+        """AdamW; one-cycle LR: linear warm-up from ``min_lr`` to ``max_lr``, cosine back to ``min_lr``.
+
+        The schedule spans ``trainer.estimated_stepping_batches``, so Lightning's gradient
+        accumulation, ``max_epochs`` / ``max_steps`` and device count are accounted for.
+        """
+        hp = self.hparams
+        optimizer = AdamW(self.parameters(), lr=hp.max_lr, weight_decay=hp.weight_decay)
+        total_steps = self.trainer.estimated_stepping_batches
+        if total_steps == float("inf"):
+            raise ValueError("the LR schedule needs a finite training length: set trainer.max_epochs or max_steps")
+        scheduler = OneCycleLR(
+            optimizer,
+            max_lr=hp.max_lr,
+            total_steps=max(int(total_steps), 2),
+            pct_start=hp.warmup_fraction,
+            anneal_strategy="cos",
+            cycle_momentum=False,
+            div_factor=hp.max_lr / hp.min_lr,
+            final_div_factor=1.0,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,46 @@
+"""Date embedding: sinusoidal encoding of each acquisition's day offset."""
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class PositionalEncoding(nn.Module):
+    """Sinusoidal encoding (Vaswani et al. 2017) of the *day* of each date, not its index.
+
+    Dates in satellite series are irregular (clouds remove some, orbits differ), so the encoded
+    position is the day offset from the dataset's reference date; two series sharing a date get
+    the same encoding for it whatever their other dates.
+
+    Args:
+        d_model: embedding width (even).
+        tau: base of the geometric progression of wavelengths (10000 in the original paper).
+        max_len: largest day offset accepted plus one; larger offsets raise an error (they would
+            alias onto encodings the model never saw).
+
+    Shapes: days (B, T) int or float -> (B, T, d_model).
+    """
+
+    inv_freq: Tensor
+
+    def __init__(self, d_model: int, tau: float = 10000.0, max_len: int = 10000) -> None:
+        super().__init__()
+        if d_model % 2:
+            raise ValueError(f"PositionalEncoding d_model must be even, got {d_model}")
+        self.d_model = d_model
+        self.tau = tau
+        self.max_len = max_len
+        inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(tau) / d_model))
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+
+    def forward(self, days: Tensor) -> Tensor:
+        if not torch.compiler.is_compiling() and days.numel():
+            low, high = days.min().item(), days.max().item()
+            if low < 0 or high >= self.max_len:
+                raise ValueError(
+                    f"day offsets must lie in [0, max_len={self.max_len}), got [{low}, {high}]: "
+                    "raise PositionalEncoding.max_len or move the dataset's reference date"
+                )
+        angles = days.to(self.inv_freq.dtype).unsqueeze(-1) * self.inv_freq
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)

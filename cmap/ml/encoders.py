@@ -1,0 +1,136 @@
+"""Encoders: embed each date (band values + acquisition day), then relate the dates.
+
+Every encoder maps a batch ``values`` (B, T, C), ``days`` (B, T), ``mask`` (B, T; True on valid
+dates) to per-date features (B, T, d_model). Features of padded dates are meaningless and must be
+ignored downstream (decoders pool with the mask); features of valid dates never depend on padding.
+"""
+
+from torch import Tensor, nn
+
+from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
+from cmap.ml.gp_block import GroupPropagationBlock
+
+
+class SeriesEncoder(nn.Module):
+    """Shared embedding step: ``bands_encoder(values) + position_encoder(days)``, then dropout."""
+
+    def __init__(
+        self, position_encoder: PositionalEncoding, bands_encoder: PixelEncoding, d_model: int, dropout_p: float
+    ) -> None:
+        super().__init__()
+        for name, width in (("position_encoder", position_encoder.d_model), ("bands_encoder", bands_encoder.d_model)):
+            if width != d_model:
+                raise ValueError(f"{type(self).__name__}: {name} produces width {width}, expected d_model={d_model}")
+        self.position_encoder = position_encoder
+        self.bands_encoder = bands_encoder
+        self.d_model = d_model
+        self.embedding_dropout = nn.Dropout(dropout_p)
+
+    @property
+    def num_bands(self) -> int:
+        """Number of band values per date the encoder expects."""
+        return self.bands_encoder.num_bands
+
+    def embed(self, values: Tensor, days: Tensor) -> Tensor:
+        return self.embedding_dropout(self.bands_encoder(values) + self.position_encoder(days))
+
+    def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class TransformerEncoder(SeriesEncoder):
+    """Pre-norm ``torch.nn.TransformerEncoder`` over the embedded dates.
+
+    Padded dates are excluded with a key padding mask. :meth:`forward` asks for no attention
+    weights, so PyTorch uses its fused scaled-dot-product attention; :meth:`forward_with_attention`
+    additionally returns the weights of every layer and head, for logging.
+
+    Args:
+        position_encoder: date embedding, width ``d_model``.
+        bands_encoder: band embedding, output width ``d_model``.
+        d_model: token width.
+        n_att_head: attention heads per layer.
+        n_att_layers: number of layers.
+        dropout_p: dropout on the embedding and inside every layer.
+        dim_feedforward: hidden width of the feed-forward networks (default ``4 * d_model``).
+    """
+
+    def __init__(
+        self,
+        position_encoder: PositionalEncoding,
+        bands_encoder: PixelEncoding,
+        d_model: int = 256,
+        n_att_head: int = 8,
+        n_att_layers: int = 4,
+        dropout_p: float = 0.1,
+        dim_feedforward: int | None = None,
+    ) -> None:
+        super().__init__(position_encoder, bands_encoder, d_model, dropout_p)
+        layer = nn.TransformerEncoderLayer(
+            d_model,
+            n_att_head,
+            dim_feedforward=dim_feedforward or 4 * d_model,
+            dropout=dropout_p,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        # Nested tensors do not support pre-norm layers; say so rather than let PyTorch warn.
+        self.transformer = nn.TransformerEncoder(
+            layer, n_att_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+        )
+
+    def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
+        return self.transformer(self.embed(values, days), src_key_padding_mask=~mask)
+
+    def forward_with_attention(self, values: Tensor, days: Tensor, mask: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Features and, per layer, attention weights (B, heads, T, T) (rows: queries)."""
+        padding = ~mask
+        x = self.embed(values, days)
+        attention = []
+        for layer in self.transformer.layers:
+            # Recompute the layer's attention with weights; the layer itself then runs unchanged,
+            # so features are exactly those of forward().
+            query = layer.norm1(x) if layer.norm_first else x
+            _, weights = layer.self_attn(
+                query, query, query, key_padding_mask=padding, need_weights=True, average_attn_weights=False
+            )
+            attention.append(weights)
+            x = layer(x, src_key_padding_mask=padding)
+        return self.transformer.norm(x), attention
+
+
+class ExchangerEncoder(SeriesEncoder):
+    """Stack of group-propagation blocks (:mod:`cmap.ml.gp_block`), linear in the number of dates.
+
+    Args:
+        position_encoder: date embedding, width ``d_model``.
+        bands_encoder: band embedding, output width ``d_model``.
+        d_model: token width.
+        n_groups: group tokens per block.
+        n_att_head: heads of the collect/distribute cross-attentions.
+        n_blocks: number of blocks.
+        dropout_p: dropout on the embedding and inside every block.
+    """
+
+    def __init__(
+        self,
+        position_encoder: PositionalEncoding,
+        bands_encoder: PixelEncoding,
+        d_model: int = 256,
+        n_groups: int = 16,
+        n_att_head: int = 8,
+        n_blocks: int = 4,
+        dropout_p: float = 0.1,
+    ) -> None:
+        super().__init__(position_encoder, bands_encoder, d_model, dropout_p)
+        self.blocks = nn.ModuleList(
+            GroupPropagationBlock(d_model, n_groups, n_att_head, dropout_p) for _ in range(n_blocks)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
+        x = self.embed(values, days)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
