@@ -51,13 +51,15 @@ class AutoEncoder(SITSTask):
             raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio}")
         super().__init__(encoder, decoder, min_lr, max_lr, warmup_fraction, weight_decay)
 
+    def reconstruct(self, batch: Batch, hidden: Tensor) -> Tensor:
+        """Band values (B, T, C) predicted for every date from the visible dates only."""
+        visible = batch["mask"] & ~hidden
+        inputs = batch["values"].masked_fill(hidden.unsqueeze(-1), 0.0)
+        return self.decoder(self.encoder(inputs, batch["days"], visible), visible)
+
     def reconstruction_loss(self, batch: Batch, hidden: Tensor) -> Tensor:
         """Mean squared error of the reconstructed band values over the ``hidden`` dates."""
-        values, mask = batch["values"], batch["mask"]
-        visible = mask & ~hidden
-        inputs = values.masked_fill(hidden.unsqueeze(-1), 0.0)
-        reconstruction = self.decoder(self.encoder(inputs, batch["days"], visible), visible)
-        squared_error = (reconstruction.float() - values).pow(2).mean(dim=-1)
+        squared_error = (self.reconstruct(batch, hidden).float() - batch["values"]).pow(2).mean(dim=-1)
         return (squared_error * hidden).sum() / hidden.sum().clamp_min(1)
 
     def _shared_step(self, batch: Batch, stage: str) -> Tensor:

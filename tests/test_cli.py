@@ -1,0 +1,72 @@
+"""The `cmap` command and the seed config contract."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from cmap.cli import CMapCLI, canonical_class_path
+from cmap.ml.classifiers import Classifier
+from cmap.ml.encoders import TransformerEncoder
+
+from .conftest import CONFIGS
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def test_class_paths_resolve_case_insensitively():
+    assert canonical_class_path("cmap.ml.classifiers.classifier") == "cmap.ml.classifiers.Classifier"
+    assert canonical_class_path("cmap.ml.encoders.TRANSFORMERENCODER") == "cmap.ml.encoders.TransformerEncoder"
+    assert canonical_class_path("cmap.ml.decoders.Nothing") == "cmap.ml.decoders.Nothing"  # left to jsonargparse
+    assert canonical_class_path("Classifier") == "Classifier"
+
+
+def test_seed_config_builds_the_seed_model_and_trains(seed_config, tmp_path):
+    cli = CMapCLI(
+        args=[
+            "fit", "--model", str(seed_config), "--data", str(CONFIGS / "seed_data_synthetic.yaml"),
+            "--trainer.max_steps", "3", "--trainer.limit_val_batches", "2", "--trainer.default_root_dir", str(tmp_path),
+            *QUIET,
+        ]
+    )  # fmt: skip
+    assert cli.trainer.global_step == 3
+    checkpoint = next(tmp_path.rglob("*.ckpt"))
+    for model in (cli.model, Classifier.load_from_checkpoint(checkpoint)):
+        encoder = model.encoder
+        assert isinstance(encoder, TransformerEncoder) and encoder.d_model == 256
+        assert len(encoder.transformer.layers) == 4
+        assert all(layer.self_attn.num_heads == 8 for layer in encoder.transformer.layers)
+        assert all(layer.dropout.p == 0.1 for layer in encoder.transformer.layers)
+        assert encoder.bands_encoder.sizes == [9, 32, 64, 128, 256]
+        position = encoder.position_encoder
+        assert (position.d_model, position.tau, position.max_len) == (256, 10000, 10000)
+        assert model.decoder.linear.out_features == 7
+        assert (model.hparams.min_lr, model.hparams.max_lr) == (1e-5, 1e-4)
+        # classes_weights are matched by name to the data module's class order.
+        assert model.hparams.class_names == ["other", "ble_tendre", "mais", "orge", "colza", "tournesol", "ble_dur"]
+        torch.testing.assert_close(model.criterion.alpha, torch.tensor([0.52, 0.52, 0.66, 1.12, 2.64, 3.25, 13.0]))
+    # Models are not pickled: the hyper-parameters are the config tree.
+    hparams = yaml.safe_load(next(tmp_path.rglob("hparams.yaml")).read_text())
+    assert hparams["encoder"]["class_path"] == "cmap.ml.encoders.TransformerEncoder"
+    assert (tmp_path / "lightning_logs" / "version_0" / "config.yaml").exists()
+
+
+def test_console_script_prints_canonical_config(seed_config):
+    result = subprocess.run(
+        [sys.executable, "-m", "cmap.cli", "fit", "--model", str(seed_config), "--data",
+         str(CONFIGS / "seed_data_synthetic.yaml"), "--print_config"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    config = yaml.safe_load(result.stdout)
+    assert config["model"]["class_path"] == "cmap.ml.classifiers.Classifier"
+    assert config["model"]["init_args"]["decoder"]["class_path"] == "cmap.ml.decoders.MultiClassClassification"
+
+
+def test_unknown_class_path_is_reported(tmp_path, capsys):
+    bad = tmp_path / "model.yaml"
+    bad.write_text("class_path: cmap.ml.classifiers.classifer\ninit_args: {}\n")
+    with pytest.raises(SystemExit):
+        CMapCLI(args=["fit", "--model", str(bad), "--data", str(CONFIGS / "seed_data_synthetic.yaml")])
+    assert "classifer" in capsys.readouterr().err

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from cmap.data import PixelSeries, SyntheticSITS, UCRCrop
+from cmap.data.datamodule import normalisation_statistics, stratified_split
+from cmap.data.ucr import UCR_CROP_CLASSES, read_ucr_crop
+
+
+def test_ucr_crop_matches_its_readme(ucr_root):
+    """README facts: 7,200 / 16,800 series, 300 / 700 per class, 24 classes, 46 NDVI dates."""
+    train = read_ucr_crop(ucr_root / "Crop_TRAIN.tsv")
+    test = read_ucr_crop(ucr_root / "Crop_TEST.tsv")
+    assert train.values.shape == (7200, 46, 1) and test.values.shape == (16800, 46, 1)
+    assert np.bincount(train.labels).tolist() == [300] * 24
+    assert np.bincount(test.labels).tolist() == [700] * 24
+    assert len(UCR_CROP_CLASSES) == 24 and UCR_CROP_CLASSES[0] == "mais" and UCR_CROP_CLASSES[23] == "lac"
+    assert -1.02 < train.values.min() and train.values.max() < 1.06
+    assert train.days[0].tolist() == list(range(0, 46 * 8, 8))
+
+
+def test_ucr_datamodule_normalises_with_training_split_only(ucr_root):
+    data = UCRCrop(root=str(ucr_root), batch_size=256, val_fraction=0.1)
+    data.setup("test")
+    assert [len(data.datasets[s]) for s in ("train", "val", "test")] == [6480, 720, 16800]
+    assert data.class_counts("val").tolist() == [30] * 24
+    train_values = data.datasets["train"].values
+    # Normalised training values have zero mean / unit std; the other splits do not define them.
+    assert abs(train_values.mean().item()) < 1e-4 and abs(train_values.std().item() - 1) < 1e-3
+    raw = read_ucr_crop(ucr_root / "Crop_TRAIN.tsv")
+    train_index, _ = stratified_split(raw.labels, 0.1, seed=0)
+    expected_mean, _ = normalisation_statistics(raw.subset(train_index))
+    np.testing.assert_allclose(data.mean, expected_mean)
+    batch = next(iter(data.train_dataloader()))
+    assert batch["values"].shape == (256, 46, 1) and batch["values"].dtype == torch.float32
+    assert batch["days"].dtype == torch.int64 and batch["mask"].all() and batch["label"].dtype == torch.int64
+
+
+def test_ucr_missing_file_is_named(tmp_path):
+    data = UCRCrop(root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="Crop_TRAIN.tsv"):
+        data.setup("fit")
+
+
+def test_ucr_bad_label_is_named(tmp_path):
+    (tmp_path / "Crop_TRAIN.tsv").write_text("25\t" + "\t".join(["0.1"] * 46) + "\n")
+    with pytest.raises(ValueError, match=r"Crop_TRAIN.tsv: column 0 \(label\) holds 25.0, expected integers 1..24"):
+        read_ucr_crop(tmp_path / "Crop_TRAIN.tsv")
+
+
+def test_nan_dates_become_masked_zeros():
+    data = SyntheticSITS(class_names=["a", "b"], num_bands=2, num_dates=10, num_train=40, cloud_fraction=0.3)
+    data.setup("fit")
+    dataset = data.datasets["train"]
+    assert (~dataset.mask).any()
+    assert (dataset.values[~dataset.mask] == 0).all() and torch.isfinite(dataset.values).all()
+
+
+def test_all_nan_series_is_rejected():
+    values = np.ones((3, 4, 2), np.float32)
+    values[1] = np.nan
+    with pytest.raises(ValueError, match="no valid date.*sample index 1"):
+        PixelSeries(values, np.zeros((3, 4), np.int64), np.zeros(3, np.int64), "file.csv")
+
+
+def test_datamodule_state_restores_normalisation():
+    data = SyntheticSITS(class_names=["a", "b"], num_bands=3)
+    data.setup("fit")
+    restored = SyntheticSITS(class_names=["a", "b"], num_bands=3, seed=5)
+    restored.load_state_dict(data.state_dict())
+    np.testing.assert_array_equal(restored.mean, data.mean)
+    with pytest.raises(ValueError, match="class_names"):
+        SyntheticSITS(class_names=["a", "c"], num_bands=3).load_state_dict(data.state_dict())

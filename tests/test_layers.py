@@ -1,0 +1,98 @@
+"""Encoders, group-propagation block and decoders: shapes and masks."""
+
+import pytest
+import torch
+
+from cmap.ml.decoders import BandReconstruction, MultiClassClassification, masked_mean
+from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
+from cmap.ml.encoders import ExchangerEncoder, TransformerEncoder
+from cmap.ml.gp_block import GroupPropagationBlock
+
+D, C = 32, 3
+
+
+def embeddings():
+    return PositionalEncoding(D, max_len=400), PixelEncoding([C, 16, D])
+
+
+def transformer():
+    return TransformerEncoder(*embeddings(), d_model=D, n_att_head=4, n_att_layers=2, dropout_p=0.1).eval()
+
+
+def exchanger():
+    return ExchangerEncoder(*embeddings(), d_model=D, n_groups=4, n_att_head=4, n_blocks=2, dropout_p=0.1).eval()
+
+
+def irregular_batch(batch=3, dates=7):
+    values = torch.randn(batch, dates, C)
+    days = torch.sort(torch.randint(0, 365, (batch, dates)), dim=1).values
+    mask = torch.ones(batch, dates, dtype=torch.bool)
+    mask[1, 4:] = False  # a shorter series
+    mask[2, 2] = False  # a clouded date
+    return values, days, mask
+
+
+def pad(values, days, mask, extra):
+    """Append ``extra`` padded dates holding garbage values."""
+    b = values.shape[0]
+    return (
+        torch.cat([values, 1e3 * torch.randn(b, extra, C)], 1),
+        torch.cat([days, torch.randint(0, 365, (b, extra))], 1),
+        torch.cat([mask, torch.zeros(b, extra, dtype=torch.bool)], 1),
+    )
+
+
+@pytest.mark.parametrize("make_encoder", [transformer, exchanger], ids=["transformer", "exchanger"])
+def test_encoder_shapes_and_padding_invariance(make_encoder):
+    encoder = make_encoder()
+    values, days, mask = irregular_batch()
+    features = encoder(values, days, mask)
+    assert features.shape == (3, 7, D)
+    padded = encoder(*pad(values, days, mask, extra=5))
+    # Valid dates see neither padding nor masked (clouded) dates.
+    torch.testing.assert_close(padded[:, :7][mask], features[mask], atol=1e-5, rtol=1e-4)
+    # Garbage values on a masked date do not leak either.
+    values[2, 2] = 1e3
+    torch.testing.assert_close(encoder(values, days, mask)[mask], features[mask], atol=1e-5, rtol=1e-4)
+
+
+def test_transformer_attention_weights_match_fast_path():
+    encoder = transformer()
+    values, days, mask = irregular_batch()
+    features, attention = encoder.forward_with_attention(values, days, mask)
+    torch.testing.assert_close(features[mask], encoder(values, days, mask)[mask], atol=1e-5, rtol=1e-4)
+    assert len(attention) == 2 and attention[0].shape == (3, 4, 7, 7)
+    torch.testing.assert_close(attention[0].sum(-1), torch.ones(3, 4, 7))
+    assert attention[1][1, :, :, 4:].abs().max() == 0  # no attention to padded keys
+
+
+def test_encoder_rejects_embedding_width_mismatch():
+    with pytest.raises(ValueError, match="bands_encoder produces width 16, expected d_model=32"):
+        TransformerEncoder(PositionalEncoding(D), PixelEncoding([C, 16]), d_model=D)
+
+
+def test_gp_block_is_permutation_equivariant_over_dates():
+    block = GroupPropagationBlock(D, n_groups=4, n_heads=4).eval()
+    x = torch.randn(2, 9, D)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, 6:] = False
+    out = block(x, mask)
+    assert out.shape == (2, 9, D)
+    perm = torch.randperm(9)
+    torch.testing.assert_close(block(x[:, perm], mask[:, perm]), out[:, perm], atol=1e-5, rtol=1e-4)
+    # Padded dates are not collected: changing them leaves valid outputs unchanged.
+    x2 = x.clone()
+    x2[0, 6:] = 100.0
+    torch.testing.assert_close(block(x2, mask)[mask], out[mask], atol=1e-5, rtol=1e-4)
+
+
+def test_masked_mean_ignores_padding():
+    features = torch.tensor([[[1.0], [3.0], [100.0]]])
+    mask = torch.tensor([[True, True, False]])
+    torch.testing.assert_close(masked_mean(features, mask), torch.tensor([[2.0]]))
+
+
+def test_decoders_shapes():
+    features, mask = torch.randn(4, 6, D), torch.ones(4, 6, dtype=torch.bool)
+    assert MultiClassClassification(D, 5)(features, mask).shape == (4, 5)
+    assert BandReconstruction([D, 16, C])(features, mask).shape == (4, 6, C)
