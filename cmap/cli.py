@@ -12,6 +12,8 @@ from typing import Any
 from jsonargparse import get_loader, set_loader
 from lightning.pytorch.cli import LightningCLI
 
+from cmap.ml.callbacks import AttentionMapLogger, ClassDistributionLogger, ConfusionMatrixLogger, EmbeddingProjector
+
 PARSER_MODE = "cmap_yaml"
 
 
@@ -61,6 +63,11 @@ class CMapCLI(LightningCLI):
         super().__init__(*args, parser_kwargs=parser_kwargs, **kwargs)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
+        # Forced callbacks: every run logs these, each configurable (`--attention_maps.every_n_epochs 5`).
+        parser.add_lightning_class_args(ClassDistributionLogger, "class_distribution")
+        parser.add_lightning_class_args(ConfusionMatrixLogger, "confusion_matrix")
+        parser.add_lightning_class_args(AttentionMapLogger, "attention_maps")
+        parser.add_lightning_class_args(EmbeddingProjector, "embeddings")
         parser.add_argument(
             "--test_after_fit",
             type=bool,

@@ -20,7 +20,7 @@ def require(path: Path) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ucr_root() -> Path:
     return require(SHARED_DATA / "ucr_crop_formosat2")
 

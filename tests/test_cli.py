@@ -70,3 +70,12 @@ def test_unknown_class_path_is_reported(tmp_path, capsys):
     with pytest.raises(SystemExit):
         CMapCLI(args=["fit", "--model", str(bad), "--data", str(CONFIGS / "seed_data_synthetic.yaml")])
     assert "classifer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("ucr_crop_*.yaml")), ids=lambda p: p.stem)
+def test_every_config_trains_one_step(config, ucr_root, tmp_path):
+    cli = CMapCLI(
+        args=["fit", "--config", str(config), "--data.init_args.root", str(ucr_root), "--trainer.fast_dev_run", "true",
+              "--trainer.default_root_dir", str(tmp_path), *QUIET]
+    )  # fmt: skip
+    assert cli.trainer.global_step == 1

@@ -55,7 +55,7 @@ def test_classifier_trains_and_predicts(exchanger):
     fit = trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1)
     before = [p.detach().clone() for p in model.parameters()]
     fit.fit(model, data)
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert model.hparams.class_names == CLASSES
     predictions = fit.predict(model, datamodule=data)
     assert predictions[0]["probabilities"].shape == (16, 3)
@@ -98,7 +98,9 @@ def test_reconstruction_loss_ignores_padding():
     loss = model.reconstruction_loss({"values": values, "days": days, "mask": mask}, hidden)
     garbage = values.clone()
     garbage[0, 4:] = 1e3  # padding
-    assert model.reconstruction_loss({"values": garbage, "days": days, "mask": mask}, hidden).item() == pytest.approx(loss.item())
+    assert model.reconstruction_loss({"values": garbage, "days": days, "mask": mask}, hidden).item() == pytest.approx(
+        loss.item()
+    )
     # Nothing leaks from a hidden date's values into any reconstruction.
     moved = values.clone()
     moved[hidden] += 5.0
@@ -126,7 +128,6 @@ def test_small_transformer_learns_ucr_crop(ucr_root):
         max_lr=3e-3,
         focal_gamma=0.0,
     )
-    fit = trainer(max_epochs=2, limit_val_batches=0)
-    fit.fit(model, UCRCrop(root=str(ucr_root), batch_size=64))
-    accuracy = fit.validate(model, UCRCrop(root=str(ucr_root), batch_size=256), verbose=False)[0]
+    trainer(max_epochs=2, limit_val_batches=0).fit(model, UCRCrop(root=str(ucr_root), batch_size=64))
+    accuracy = trainer().validate(model, UCRCrop(root=str(ucr_root), batch_size=256), verbose=False)[0]
     assert accuracy["val/overall_accuracy"] > 0.35

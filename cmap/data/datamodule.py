@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cmap.data.augment import Augmentation
 from cmap.data.batch import Batch
 
 
@@ -59,7 +60,10 @@ class PixelSeries:
 class SeriesDataset(Dataset):
     """Normalised tensors of a :class:`PixelSeries`; items follow the :class:`Batch` contract."""
 
-    def __init__(self, series: PixelSeries, mean: np.ndarray, std: np.ndarray) -> None:
+    def __init__(
+        self, series: PixelSeries, mean: np.ndarray, std: np.ndarray, augmentation: Augmentation | None = None
+    ) -> None:
+        self.augmentation = augmentation if augmentation is not None and augmentation.active else None
         mask = series.valid_dates
         values = (series.values - mean) / std
         values[~mask] = 0.0
@@ -75,7 +79,7 @@ class SeriesDataset(Dataset):
         item = Batch(values=self.values[index], days=self.days[index], mask=self.mask[index])
         if self.labels is not None:
             item["label"] = self.labels[index]
-        return item
+        return self.augmentation(item) if self.augmentation is not None else item
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,19 +107,31 @@ class SITSDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         val_fraction: fraction of each training class held out for validation.
         seed: seed of the validation split.
+        augmentation: random perturbations of training series (none by default).
     """
 
     class_names: list[str]
     band_names: list[str]
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0, val_fraction: float = 0.1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        augmentation: Augmentation | None = None,
+    ) -> None:
         super().__init__()
+        # Every init argument of the concrete data module (subclasses included) is logged with
+        # the model's hyper-parameters.
+        self.save_hyperparameters()
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.val_fraction = val_fraction
         self.seed = seed
+        self.augmentation = augmentation
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
         self.datasets: dict[str, SeriesDataset] = {}
@@ -140,7 +156,7 @@ class SITSDataModule(L.LightningDataModule):
             train, val = train_all.subset(train_index), train_all.subset(val_index)
             if self.mean is None:  # statistics restored from a checkpoint win
                 self.mean, self.std = normalisation_statistics(train)
-            self.datasets["train"] = SeriesDataset(train, self.mean, self.std)
+            self.datasets["train"] = SeriesDataset(train, self.mean, self.std, self.augmentation)
             self.datasets["val"] = SeriesDataset(val, self.mean, self.std)
         if stage in ("test", "predict") and "test" not in self.datasets:
             test = self.load_test()

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from cmap.data.augment import Augmentation
 from cmap.data.datamodule import PixelSeries, SITSDataModule
 
 
@@ -31,7 +32,7 @@ class SyntheticSITS(SITSDataModule):
         num_dates: dates per series (irregular days in one year, some clouded).
         num_train, num_test: series in the training (before validation) and test sets.
         cloud_fraction: fraction of dates turned to NaN (masked).
-        batch_size, num_workers, val_fraction, seed: see :class:`SITSDataModule`.
+        batch_size, num_workers, val_fraction, seed, augmentation: see :class:`SITSDataModule`.
     """
 
     def __init__(
@@ -46,8 +47,9 @@ class SyntheticSITS(SITSDataModule):
         num_workers: int = 0,
         val_fraction: float = 0.2,
         seed: int = 0,
+        augmentation: Augmentation | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, val_fraction, seed)
+        super().__init__(batch_size, num_workers, val_fraction, seed, augmentation)
         self.class_names = list(class_names)
         self.band_names = [f"b{i + 1}" for i in range(num_bands)]
         self.num_dates = num_dates

