@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from cmap.data import SyntheticSITS, UCRCrop
-from cmap.ml.autoencoders import AutoEncoder, hide_random_dates
+from cmap.ml.autoencoders import AutoEncoder
 from cmap.ml.classifiers import Classifier
 from cmap.ml.decoders import BandReconstruction, MultiClassClassification
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
 from cmap.ml.encoders import ExchangerEncoder, TransformerEncoder
+from cmap.ml.masking import RandomDates
 
 CLASSES = ["other", "mais", "colza"]
 
@@ -31,11 +32,15 @@ def synthetic(bands=4, classes=CLASSES):
 
 
 class LearningRates(L.Callback):
+    """Learning rate of the last parameter group (the decoder's) and of every group, per step."""
+
     def __init__(self):
-        self.rates = []
+        self.rates, self.groups = [], []
 
     def on_train_batch_start(self, trainer, *args):
-        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+        groups = [group["lr"] for group in trainer.optimizers[0].param_groups]
+        self.rates.append(groups[-1])
+        self.groups.append(groups)
 
 
 def test_one_cycle_schedule_runs_from_min_to_max_and_back():
@@ -81,35 +86,8 @@ def test_class_count_mismatch_is_explained():
         trainer(fast_dev_run=True).fit(model, synthetic())
 
 
-def test_hidden_dates_are_valid_and_leave_one_visible():
-    mask = torch.ones(64, 10, dtype=torch.bool)
-    mask[:, 7:] = False
-    hidden = hide_random_dates(mask, ratio=0.99)
-    assert not (hidden & ~mask).any()
-    assert (mask & ~hidden).any(dim=1).all()
-
-
-@torch.no_grad()
-def test_reconstruction_loss_ignores_padding():
-    model = AutoEncoder(encoder(), BandReconstruction([16, 4])).eval()
-    values, days = torch.randn(2, 6, 4), torch.arange(6).repeat(2, 1) * 10
-    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
-    hidden = torch.tensor([[0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0]], dtype=torch.bool)
-    loss = model.reconstruction_loss({"values": values, "days": days, "mask": mask}, hidden)
-    garbage = values.clone()
-    garbage[0, 4:] = 1e3  # padding
-    assert model.reconstruction_loss({"values": garbage, "days": days, "mask": mask}, hidden).item() == pytest.approx(
-        loss.item()
-    )
-    # Nothing leaks from a hidden date's values into any reconstruction.
-    moved = values.clone()
-    moved[hidden] += 5.0
-    batch = {"values": values, "days": days, "mask": mask}
-    torch.testing.assert_close(model.reconstruct({**batch, "values": moved}, hidden), model.reconstruct(batch, hidden))
-
-
 def test_autoencoder_reduces_reconstruction_error():
-    model = AutoEncoder(encoder(d=32), BandReconstruction([32, 4]), mask_ratio=0.3, max_lr=3e-3)
+    model = AutoEncoder(encoder(d=32), BandReconstruction([32, 4]), RandomDates(0.3), max_lr=3e-3)
     data = synthetic()
     fit = trainer(max_epochs=20, limit_val_batches=2)
     first = fit.validate(model, data, verbose=False)[0]["val/loss"]

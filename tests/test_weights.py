@@ -9,7 +9,7 @@ from cmap.ml.classifiers import Classifier
 from cmap.ml.decoders import BandReconstruction, MultiClassClassification
 from cmap.ml.weights import export_encoder, load_encoder_weights
 
-from .test_tasks import CLASSES, encoder, synthetic, trainer
+from .test_tasks import CLASSES, LearningRates, encoder, synthetic, trainer
 
 
 @pytest.fixture
@@ -57,3 +57,18 @@ def test_class_names_come_with_the_classifier_checkpoint(tmp_path):
         next(tmp_path.rglob("*.ckpt")), encoder=encoder(), decoder=MultiClassClassification(16, 3)
     )
     assert loaded.class_names == CLASSES
+
+
+def test_frozen_encoder_stays_put_then_trains_at_its_own_rate():
+    model = Classifier(
+        encoder(), MultiClassClassification(16, 3), max_lr=1e-2, freeze_encoder_epochs=1, encoder_lr_factor=0.1
+    )
+    start = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    head = model.decoder.linear.weight.detach().clone()
+    trainer(max_epochs=1, limit_val_batches=0).fit(model, synthetic())
+    assert all(torch.equal(start[k], v) for k, v in model.encoder.state_dict().items())
+    assert not torch.equal(head, model.decoder.linear.weight)
+    rates = LearningRates()
+    trainer(max_epochs=2, limit_val_batches=0, callbacks=[rates]).fit(model, synthetic())
+    assert any(not torch.equal(start[k], v) for k, v in model.encoder.state_dict().items())
+    assert rates.groups[-1][0] == pytest.approx(0.1 * rates.groups[-1][1])

@@ -16,6 +16,17 @@ from cmap.ml.weights import load_encoder_weights
 STAGES = ("train", "val", "test")
 
 
+def is_plain_data(value: Any) -> bool:
+    """True for what YAML writes and ``torch.load(weights_only=True)`` reads back."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(is_plain_data(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and is_plain_data(item) for key, item in value.items())
+    return False
+
+
 class SITSTask(L.LightningModule):
     """Base task: an ``encoder`` (per-date features) followed by a ``decoder`` (task output).
 
@@ -59,11 +70,10 @@ class SITSTask(L.LightningModule):
             # removed just below (LightningCLI gives their class_path/init_args instead).
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters()
-        # Built in Python (not by LightningCLI), the layers would be pickled into the
-        # hyper-parameters; drop them: their weights are in the state dict.
-        for key in ("encoder", "decoder"):
-            if isinstance(self.hparams.get(key), nn.Module):
-                del self.hparams[key]
+        # Objects built in Python (not by LightningCLI: layers, masking strategies) would be
+        # pickled into the hyper-parameters; keep plain data only. Weights are in the state dict.
+        for key in [key for key, value in self.hparams.items() if not is_plain_data(value)]:
+            del self.hparams[key]
         self.encoder = encoder
         self.decoder = decoder
         self.configure_losses()
@@ -121,6 +131,10 @@ class SITSTask(L.LightningModule):
     def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
         return self.decoder(self.encoder(values, days, mask), mask)
 
+    def lr_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """Parameter groups and their LR factor (of ``min_lr`` and ``max_lr``); one group by default."""
+        return [(list(self.parameters()), 1.0)]
+
     def configure_optimizers(self) -> Any:
         """AdamW; one-cycle LR: linear warm-up from ``min_lr`` to ``max_lr``, cosine back to ``min_lr``.
 
@@ -128,13 +142,16 @@ class SITSTask(L.LightningModule):
         accumulation, ``max_epochs`` / ``max_steps`` and device count are accounted for.
         """
         hp = self.hparams
-        optimizer = AdamW(self.parameters(), lr=hp.max_lr, weight_decay=hp.weight_decay)
+        groups = self.lr_groups()
+        optimizer = AdamW(
+            [{"params": params, "lr": hp.max_lr * factor} for params, factor in groups], weight_decay=hp.weight_decay
+        )
         total_steps = self.trainer.estimated_stepping_batches
         if total_steps == float("inf"):
             raise ValueError("the LR schedule needs a finite training length: set trainer.max_epochs or max_steps")
         scheduler = OneCycleLR(
             optimizer,
-            max_lr=hp.max_lr,
+            max_lr=[hp.max_lr * factor for _, factor in groups],
             total_steps=max(int(total_steps), 2),
             pct_start=hp.warmup_fraction,
             anneal_strategy="cos",

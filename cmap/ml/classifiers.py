@@ -36,6 +36,10 @@ class Classifier(SITSTask):
         focal_gamma: focal-loss gamma; 0 gives (weighted) cross-entropy.
         class_names: class names in index order; taken from the data module when omitted and
             then saved in the hyper-parameters, so checkpoints always carry them.
+        freeze_encoder_epochs: fine-tuning: train only the decoder for this many epochs (linear
+            probing when it is the whole run).
+        encoder_lr_factor: fine-tuning: the encoder's learning rates are this fraction of
+            ``min_lr`` / ``max_lr``.
     """
 
     def __init__(
@@ -50,8 +54,25 @@ class Classifier(SITSTask):
         classes_weights: Mapping[str, float] | None = None,
         focal_gamma: float = 2.0,
         class_names: list[str] | None = None,
+        freeze_encoder_epochs: int = 0,
+        encoder_lr_factor: float = 1.0,
     ) -> None:
+        if freeze_encoder_epochs < 0 or encoder_lr_factor <= 0:
+            raise ValueError(
+                f"need freeze_encoder_epochs >= 0 and encoder_lr_factor > 0, got {freeze_encoder_epochs}, "
+                f"{encoder_lr_factor}"
+            )
         super().__init__(encoder, decoder, min_lr, max_lr, warmup_fraction, weight_decay, init_encoder_from)
+
+    def lr_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        encoder = list(self.encoder.parameters())
+        ids = {id(p) for p in encoder}
+        others = [p for p in self.parameters() if id(p) not in ids]
+        return [(encoder, self.hparams.encoder_lr_factor), (others, 1.0)]
+
+    def on_train_epoch_start(self) -> None:
+        # Frozen parameters get no gradient, so AdamW leaves them (and their decay) alone.
+        self.encoder.requires_grad_(self.current_epoch >= self.hparams.freeze_encoder_epochs)
 
     @property
     def num_classes(self) -> int:
