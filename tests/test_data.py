@@ -71,3 +71,13 @@ def test_datamodule_state_restores_normalisation():
     np.testing.assert_array_equal(restored.mean, data.mean)
     with pytest.raises(ValueError, match="class_names"):
         SyntheticSITS(class_names=["a", "c"], num_bands=3).load_state_dict(data.state_dict())
+
+
+def test_labels_per_class_keeps_few_labels_but_full_statistics():
+    full = SyntheticSITS(class_names=["a", "b", "c"], num_bands=2, num_train=300)
+    few = SyntheticSITS(class_names=["a", "b", "c"], num_bands=2, num_train=300, labels_per_class=5)
+    full.setup("fit")
+    few.setup("fit")
+    assert few.class_counts("train").tolist() == [5, 5, 5]
+    assert few.class_counts("val").tolist() == full.class_counts("val").tolist()
+    np.testing.assert_array_equal(few.mean, full.mean)

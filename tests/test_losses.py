@@ -10,6 +10,10 @@ def test_focal_loss_with_gamma_zero_is_weighted_cross_entropy():
     alpha = torch.tensor([0.5, 1.0, 2.0, 3.0, 13.0])
     torch.testing.assert_close(FocalLoss(0.0, alpha)(logits, target), F.cross_entropy(logits, target, weight=alpha))
     torch.testing.assert_close(FocalLoss(0.0)(logits, target), F.cross_entropy(logits, target))
+    torch.testing.assert_close(
+        FocalLoss(0.0, alpha, label_smoothing=0.1)(logits, target),
+        F.cross_entropy(logits, target, weight=alpha, label_smoothing=0.1),
+    )
 
 
 def test_focal_loss_down_weights_easy_samples():

@@ -93,6 +93,13 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.setdiff1d(np.arange(len(labels)), held), held
 
 
+def per_class_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``per_class`` random members of each class (all members of smaller ones)."""
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == label))[:per_class] for label in np.unique(labels)]
+    return np.sort(np.concatenate(chosen))
+
+
 class SITSDataModule(L.LightningDataModule):
     """Base data module for labelled satellite image time series.
 
@@ -108,6 +115,9 @@ class SITSDataModule(L.LightningDataModule):
         val_fraction: fraction of each training class held out for validation.
         seed: seed of the validation split.
         augmentation: random perturbations of training series (none by default).
+        labels_per_class: keep only this many labelled training series per class (drawn with
+            ``seed``), for few-label experiments; normalisation statistics still use every
+            training series (they need no labels).
     """
 
     class_names: list[str]
@@ -120,6 +130,7 @@ class SITSDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         augmentation: Augmentation | None = None,
+        labels_per_class: int | None = None,
     ) -> None:
         super().__init__()
         # Every init argument of the concrete data module (subclasses included) is logged with
@@ -132,6 +143,7 @@ class SITSDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.augmentation = augmentation
+        self.labels_per_class = labels_per_class
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
         self.datasets: dict[str, SeriesDataset] = {}
@@ -156,6 +168,8 @@ class SITSDataModule(L.LightningDataModule):
             train, val = train_all.subset(train_index), train_all.subset(val_index)
             if self.mean is None:  # statistics restored from a checkpoint win
                 self.mean, self.std = normalisation_statistics(train)
+            if self.labels_per_class is not None:
+                train = train.subset(per_class_subset(train.labels, self.labels_per_class, self.seed))
             self.datasets["train"] = SeriesDataset(train, self.mean, self.std, self.augmentation)
             self.datasets["val"] = SeriesDataset(val, self.mean, self.std)
         if stage in ("test", "predict") and "test" not in self.datasets:

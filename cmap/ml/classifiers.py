@@ -34,6 +34,7 @@ class Classifier(SITSTask):
         classes_weights: focal-loss alpha per class *name*; every class of the data module must be
             named, and no other (default: equal weights).
         focal_gamma: focal-loss gamma; 0 gives (weighted) cross-entropy.
+        label_smoothing: target mass spread uniformly over the classes (0 = none).
         class_names: class names in index order; taken from the data module when omitted and
             then saved in the hyper-parameters, so checkpoints always carry them.
         freeze_encoder_epochs: fine-tuning: train only the decoder for this many epochs (linear
@@ -53,6 +54,7 @@ class Classifier(SITSTask):
         init_encoder_from: str | None = None,
         classes_weights: Mapping[str, float] | None = None,
         focal_gamma: float = 2.0,
+        label_smoothing: float = 0.0,
         class_names: list[str] | None = None,
         freeze_encoder_epochs: int = 0,
         encoder_lr_factor: float = 1.0,
@@ -95,7 +97,7 @@ class Classifier(SITSTask):
                 )
             if weights is not None:
                 alpha = resolve_class_weights(weights, names)
-        self.criterion = FocalLoss(self.hparams.focal_gamma, alpha)
+        self.criterion = FocalLoss(self.hparams.focal_gamma, alpha, self.hparams.label_smoothing)
 
     def configure_metrics(self) -> None:
         k, names = self.num_classes, self.class_names

@@ -8,35 +8,44 @@ from torch import Tensor, nn
 
 
 class FocalLoss(nn.Module):
-    """Multi-class focal loss (Lin et al. 2017): ``-alpha_y (1 - p_y)^gamma log p_y``.
+    """Multi-class focal loss (Lin et al. 2017): ``-sum_k q_k alpha_k (1 - p_k)^gamma log p_k``.
 
-    The batch loss is the alpha-weighted mean, as in ``F.cross_entropy(weight=alpha)``, so
-    ``gamma=0`` is exactly weighted cross-entropy.
+    ``q`` is the one-hot target, smoothed to ``(1 - label_smoothing) onehot + label_smoothing / K``
+    (without smoothing the sum is the true class's term alone). The batch loss is normalised by
+    the targets' alpha, as in ``F.cross_entropy(weight=alpha)``, so ``gamma=0`` is exactly weighted
+    cross-entropy, label smoothing included.
 
     Args:
         gamma: focusing parameter; larger values down-weight well-classified samples.
         alpha: per-class weights (num_classes,), or None for equal weights.
+        label_smoothing: mass moved from the true class to a uniform distribution, in [0, 1).
 
     Shapes: logits (B, K), target (B,) long -> scalar.
     """
 
     alpha: Tensor | None
 
-    def __init__(self, gamma: float = 2.0, alpha: Tensor | None = None) -> None:
+    def __init__(self, gamma: float = 2.0, alpha: Tensor | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
         if gamma < 0:
             raise ValueError(f"FocalLoss gamma must be >= 0, got {gamma}")
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
         self.gamma = gamma
+        self.label_smoothing = label_smoothing
         # Not persistent: the weights come from the hyper-parameters, not from the state dict.
         self.register_buffer("alpha", alpha, persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        log_p = F.log_softmax(logits.float(), dim=-1).gather(1, target.unsqueeze(1)).squeeze(1)
-        loss = -log_p if self.gamma == 0 else -((1 - log_p.exp()) ** self.gamma) * log_p
+        log_p = F.log_softmax(logits.float(), dim=-1)
+        q = F.one_hot(target, logits.shape[-1]).to(log_p.dtype)
+        if self.label_smoothing:
+            q = q * (1 - self.label_smoothing) + self.label_smoothing / logits.shape[-1]
+        focus = 1.0 if self.gamma == 0 else (1 - log_p.exp()) ** self.gamma
         if self.alpha is None:
-            return loss.mean()
-        weight = self.alpha[target]
-        return (weight * loss).sum() / weight.sum()
+            return -(q * focus * log_p).sum(dim=-1).mean()
+        # As F.cross_entropy: each class term carries its own weight; normalised by the targets'.
+        return -(q * self.alpha * focus * log_p).sum() / self.alpha[target].sum()
 
 
 def resolve_class_weights(classes_weights: Mapping[str, float], class_names: Sequence[str]) -> Tensor:
