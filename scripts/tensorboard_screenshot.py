@@ -58,10 +58,11 @@ def screenshot(logdir: Path, output: Path, tag_filter: str, size: str = "1600,13
         wait_for(f"{base}/data/environment", timeout_s=60)
         output.parent.mkdir(parents=True, exist_ok=True)
         temporary = output.with_name(output.stem + ".tmp.png")
+        page = f"{base}/?darkMode=false#images&tagFilter={tag_filter}"
         with tempfile.TemporaryDirectory() as profile:
             subprocess.run(
                 [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
-                 "--virtual-time-budget=20000", f"--screenshot={temporary}", f"{base}/?darkMode=false#images&tagFilter={tag_filter}"],
+                 "--virtual-time-budget=20000", f"--screenshot={temporary}", page],
                 check=True, capture_output=True, timeout=120,
             )  # fmt: skip
         os.replace(temporary, output)
