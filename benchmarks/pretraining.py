@@ -18,9 +18,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
 
 from cmap.data import UCRCrop
+from cmap.data.datamodule import SeriesDataset, batch_loader
 from cmap.ml.autoencoders import AutoEncoder
 from cmap.ml.classifiers import Classifier
 from cmap.ml.decoders import BandReconstruction, MultiClassClassification
@@ -59,10 +59,11 @@ def pretrain(root: str, masking: str, epochs: int, output: Path) -> Path:
     L.seed_everything(0)
     data = UCRCrop(root=root, batch_size=128)
     data.setup("fit")
-    every_series = ConcatDataset([data.datasets["train"], data.datasets["val"]])  # all 7,200, labels unused
+    train, val = data.datasets["train"], data.datasets["val"]
+    every_series = SeriesDataset(train.series, np.concatenate([train.index, val.index]), data.mean, data.std)
     model = AutoEncoder(build_encoder(), BandReconstruction([D_MODEL, 1]), MASKINGS[masking](), max_lr=2e-3)
     trainer = quiet_trainer(max_epochs=epochs)
-    trainer.fit(model, train_dataloaders=DataLoader(every_series, batch_size=128, shuffle=True, drop_last=True))
+    trainer.fit(model, train_dataloaders=batch_loader(every_series, 128, shuffle=True, drop_last=True))  # 7,200
     trainer.save_checkpoint(output)
     return output
 
@@ -80,7 +81,7 @@ def finetune(root: str, labels_per_class: int, seed: int, steps: int, encoder_fr
     trainer = quiet_trainer(max_steps=steps, max_epochs=-1, limit_val_batches=0)
     trainer.fit(model, data)
     data.setup("test")
-    test = DataLoader(data.datasets["test"], batch_size=1024)
+    test = batch_loader(data.datasets["test"], 1024)
     return trainer.test(model, dataloaders=test, verbose=False)[0]["test/overall_accuracy"]
 
 

@@ -72,12 +72,12 @@ class CMapCLI(LightningCLI):
             "--test_after_fit",
             type=bool,
             default=False,
-            help="fit only: test the best checkpoint (ModelCheckpoint's monitor) when training ends",
+            help="fit only: when training ends, test the model as it is (the end of its LR schedule)",
         )
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit:
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
+            self.trainer.test(self.model, datamodule=self.datamodule)
 
 
 def main(args: list[str] | None = None) -> None:

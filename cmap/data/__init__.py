@@ -2,7 +2,11 @@
 
 from cmap.data.batch import Batch
 from cmap.data.datamodule import PixelSeries, SeriesDataset, SITSDataModule
+from cmap.data.store import SeriesStore, open_store, write_store
 from cmap.data.synthetic import SyntheticSITS
 from cmap.data.ucr import UCRCrop
 
-__all__ = ["Batch", "PixelSeries", "SITSDataModule", "SeriesDataset", "SyntheticSITS", "UCRCrop"]
+__all__ = [
+    "Batch", "PixelSeries", "SITSDataModule", "SeriesDataset", "SeriesStore", "SyntheticSITS", "UCRCrop",
+    "open_store", "write_store",
+]  # fmt: skip

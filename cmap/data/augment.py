@@ -1,4 +1,4 @@
-"""Training-time augmentation of single series (applied per sample, training split only)."""
+"""Training-time augmentation of series batches (training split only)."""
 
 from dataclasses import dataclass
 
@@ -14,6 +14,8 @@ class Augmentation:
     Attributes:
         date_dropout: probability of masking each valid date (as if clouded); a series keeps
             all its dates when the draw would mask every one.
+
+    Works on one series (T, C) or a batch (B, T, C), each series drawn independently.
         band_noise: standard deviation of Gaussian noise added to the normalised band values of
             valid dates.
     """
@@ -35,9 +37,8 @@ class Augmentation:
         values, mask = item["values"], item["mask"]
         if self.date_dropout:
             kept = mask & (torch.rand(mask.shape) >= self.date_dropout)
-            if kept.any():
-                mask = kept
-                values = values * mask.unsqueeze(-1)
+            mask = torch.where(kept.any(dim=-1, keepdim=True), kept, mask)
+            values = values * mask.unsqueeze(-1)
         if self.band_noise:
             values = values + self.band_noise * torch.randn_like(values) * mask.unsqueeze(-1)
         return {**item, "values": values, "mask": mask}

@@ -1,6 +1,6 @@
 """The shared LightningDataModule: splits, normalisation, masks and loaders."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lightning as L
@@ -10,23 +10,26 @@ from torch.utils.data import DataLoader, Dataset
 
 from cmap.data.augment import Augmentation
 from cmap.data.batch import Batch
+from cmap.data.classes import ClassMapping
 
 
 @dataclass
 class PixelSeries:
-    """N series of T dates with C bands, in memory.
+    """N series of T dates with C bands, in memory or memory-mapped (:mod:`cmap.data.store`).
 
     Attributes:
         values: float32 (N, T, C); NaN marks a missing date (cloud, gap or padding).
         days: int64 (N, T), day offset of each date from the reference date.
         labels: int64 (N,) class indices, or None when unlabelled.
         source: where the series came from, for error messages (a file path).
+        groups: int64 (N,) parcel / polygon ids, or None; splits never separate a group.
     """
 
     values: np.ndarray
     days: np.ndarray
     labels: np.ndarray | None
     source: str
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.values.ndim != 3:
@@ -37,6 +40,13 @@ class PixelSeries:
             )
         if self.labels is not None and self.labels.shape != (len(self.values),):
             raise ValueError(f"{self.source}: labels has shape {self.labels.shape}, expected ({len(self.values)},)")
+        if self.groups is not None and self.groups.shape != (len(self.values),):
+            raise ValueError(f"{self.source}: groups has shape {self.groups.shape}, expected ({len(self.values)},)")
+        if not isinstance(self.values, np.memmap):  # a store was checked when written; never read it whole
+            self.check_valid_dates()
+
+    def check_valid_dates(self) -> None:
+        """Reject series without any valid date: they cannot be encoded."""
         empty = ~self.valid_dates.any(axis=1)
         if empty.any():
             raise ValueError(
@@ -54,32 +64,68 @@ class PixelSeries:
 
     def subset(self, index: np.ndarray) -> "PixelSeries":
         labels = None if self.labels is None else self.labels[index]
-        return PixelSeries(self.values[index], self.days[index], labels, self.source)
+        groups = None if self.groups is None else self.groups[index]
+        return PixelSeries(self.values[index], self.days[index], labels, self.source, groups)
 
 
 class SeriesDataset(Dataset):
-    """Normalised tensors of a :class:`PixelSeries`; items follow the :class:`Batch` contract."""
+    """The series ``index`` of a :class:`PixelSeries`, normalised on the fly; batches follow :class:`Batch`.
+
+    Rows are read only when a batch asks for them (``__getitems__``), so a memory-mapped store
+    larger than memory trains with flat memory. Use :func:`batch_loader` (or any DataLoader whose
+    ``collate_fn`` passes batches through): each fetch already returns a whole batch.
+    """
 
     def __init__(
-        self, series: PixelSeries, mean: np.ndarray, std: np.ndarray, augmentation: Augmentation | None = None
+        self,
+        series: PixelSeries,
+        index: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+        augmentation: Augmentation | None = None,
     ) -> None:
+        self.series = series
+        self.index = np.asarray(index, dtype=np.int64)
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
         self.augmentation = augmentation if augmentation is not None and augmentation.active else None
-        mask = series.valid_dates
-        values = (series.values - mean) / std
-        values[~mask] = 0.0
-        self.values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-        self.days = torch.from_numpy(series.days.astype(np.int64))
-        self.mask = torch.from_numpy(mask)
-        self.labels = None if series.labels is None else torch.from_numpy(series.labels.astype(np.int64))
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.index)
 
-    def __getitem__(self, index: int) -> Batch:
-        item = Batch(values=self.values[index], days=self.days[index], mask=self.mask[index])
-        if self.labels is not None:
-            item["label"] = self.labels[index]
-        return self.augmentation(item) if self.augmentation is not None else item
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self.series.labels is None else self.series.labels[self.index]
+
+    def __getitems__(self, positions: list[int]) -> Batch:
+        rows = self.index[np.asarray(positions, dtype=np.int64)]
+        order = np.argsort(rows, kind="stable")  # sequential reads from a memory map
+        values = np.empty((len(rows),) + self.series.values.shape[1:], dtype=np.float32)
+        values[order] = self.series.values[rows[order]]
+        mask = np.isfinite(values).all(axis=-1)
+        values = (values - self.mean) / self.std
+        values[~mask] = 0.0
+        batch = Batch(
+            values=torch.from_numpy(values),
+            days=torch.from_numpy(self.series.days[rows].astype(np.int64)),
+            mask=torch.from_numpy(mask),
+        )
+        if self.series.labels is not None:
+            batch["label"] = torch.from_numpy(self.series.labels[rows].astype(np.int64))
+        return self.augmentation(batch) if self.augmentation is not None else batch
+
+    def __getitem__(self, position: int) -> Batch:
+        return {key: value[0] for key, value in self.__getitems__([position]).items()}
+
+
+def pass_through(batch: Batch) -> Batch:
+    """``collate_fn`` for :class:`SeriesDataset`, whose fetches are already batches."""
+    return batch
+
+
+def batch_loader(dataset: SeriesDataset, batch_size: int, shuffle: bool = False, **kwargs: Any) -> DataLoader:
+    """A DataLoader over a :class:`SeriesDataset` (one fetch per batch)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=pass_through, **kwargs)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +139,49 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.setdiff1d(np.arange(len(labels)), held), held
 
 
+def group_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held_out): whole groups held out, about ``fraction`` of the series."""
+    rng = np.random.default_rng(seed)
+    unique, sizes = np.unique(groups, return_counts=True)
+    order = rng.permutation(len(unique))
+    taken = np.cumsum(sizes[order]) <= max(fraction * len(groups), sizes[order][0])
+    held = np.isin(groups, unique[order][taken])
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def holdout_split(series: "PixelSeries", fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """By group when the series have groups (no parcel on both sides), stratified by class otherwise."""
+    if series.groups is not None:
+        return group_split(series.groups, fraction, seed)
+    return stratified_split(series.labels, fraction, seed)
+
+
+def kfold_split(series: "PixelSeries", num_folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (rest, fold): fold ``fold`` of ``num_folds``, by group if any, else stratified by class.
+
+    Members of each class (or whole groups, largest first) are dealt to the folds in turn.
+    """
+    if not 0 <= fold < num_folds:
+        raise ValueError(f"fold must lie in [0, num_folds={num_folds}), got {fold}")
+    rng = np.random.default_rng(seed)
+    assignment = np.empty(len(series), dtype=np.int64)
+    if series.groups is not None:
+        unique, inverse, sizes = np.unique(series.groups, return_inverse=True, return_counts=True)
+        order = rng.permutation(len(unique))
+        order = order[np.argsort(-sizes[order], kind="stable")]
+        fold_sizes = np.zeros(num_folds)
+        group_fold = np.empty(len(unique), dtype=np.int64)
+        for group in order:  # greedy: the next largest group to the smallest fold
+            group_fold[group] = int(np.argmin(fold_sizes))
+            fold_sizes[group_fold[group]] += sizes[group]
+        assignment = group_fold[inverse]
+    else:
+        for label in np.unique(series.labels):
+            members = rng.permutation(np.flatnonzero(series.labels == label))
+            assignment[members] = np.arange(len(members)) % num_folds
+    return np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)
+
+
 def per_class_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """Sorted indices of ``per_class`` random members of each class (all members of smaller ones)."""
     rng = np.random.default_rng(seed)
@@ -103,11 +192,12 @@ def per_class_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
 class SITSDataModule(L.LightningDataModule):
     """Base data module for labelled satellite image time series.
 
-    Subclasses set ``class_names`` and ``band_names`` in ``__init__`` and implement
-    :meth:`load_train` and :meth:`load_test`. This class holds out a stratified validation split
-    of the training series, computes per-band normalisation statistics on the *training split
-    only*, and stores them with the class and band names in the checkpoint (``state_dict``), so a
-    trained model carries everything needed to predict.
+    Subclasses set ``source_class_names`` and ``band_names`` in ``__init__`` and implement
+    :meth:`load_train` and :meth:`load_test`. This class holds out a validation split of the
+    training series (whole groups when the series have groups, stratified by class otherwise),
+    computes per-band normalisation statistics on the *training split only*, optionally maps the
+    classes to another nomenclature, and stores class names, band names and statistics in the
+    checkpoint (``state_dict``), so a trained model carries everything needed to predict.
 
     Args:
         batch_size: series per batch.
@@ -118,9 +208,11 @@ class SITSDataModule(L.LightningDataModule):
         labels_per_class: keep only this many labelled training series per class (drawn with
             ``seed``), for few-label experiments; normalisation statistics still use every
             training series (they need no labels).
+        class_map: ``{dataset class: your class}``, ``"*"`` for every class not listed (see
+            :class:`~cmap.data.classes.ClassMapping`); ``class_names`` are then your classes.
     """
 
-    class_names: list[str]
+    source_class_names: list[str]
     band_names: list[str]
 
     def __init__(
@@ -131,6 +223,7 @@ class SITSDataModule(L.LightningDataModule):
         seed: int = 0,
         augmentation: Augmentation | None = None,
         labels_per_class: int | None = None,
+        class_map: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         # Every init argument of the concrete data module (subclasses included) is logged with
@@ -144,6 +237,7 @@ class SITSDataModule(L.LightningDataModule):
         self.seed = seed
         self.augmentation = augmentation
         self.labels_per_class = labels_per_class
+        self.class_map = class_map
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
         self.datasets: dict[str, SeriesDataset] = {}
@@ -151,6 +245,29 @@ class SITSDataModule(L.LightningDataModule):
     @property
     def num_bands(self) -> int:
         return len(self.band_names)
+
+    @property
+    def class_mapping(self) -> ClassMapping | None:
+        return None if self.class_map is None else ClassMapping(self.class_map, self.source_class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes the model learns, in label order (after ``class_map``)."""
+        mapping = self.class_mapping
+        return list(self.source_class_names) if mapping is None else mapping.target_names
+
+    def _prepare(self, series: PixelSeries) -> PixelSeries:
+        """Check the labels against the dataset's classes, then map them."""
+        if series.labels is None:
+            return series
+        bad = (series.labels < 0) | (series.labels >= len(self.source_class_names))
+        if bad.any():
+            raise ValueError(
+                f"{series.source}: label index {int(series.labels[bad][0])} is outside the "
+                f"{len(self.source_class_names)} classes {self.source_class_names}"
+            )
+        mapping = self.class_mapping
+        return series if mapping is None else replace(series, labels=mapping(series.labels))
 
     def load_train(self) -> PixelSeries:
         """All labelled training series (validation is split off here)."""
@@ -162,44 +279,38 @@ class SITSDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if "train" not in self.datasets:
-            train_all = self.load_train()
-            self._check_labels(train_all)
-            train_index, val_index = stratified_split(train_all.labels, self.val_fraction, self.seed)
-            train, val = train_all.subset(train_index), train_all.subset(val_index)
+            train_all = self._prepare(self.load_train())
+            train_index, val_index = holdout_split(train_all, self.val_fraction, self.seed)
+            for split, index in (("training", train_index), ("validation", val_index)):
+                if len(index) == 0:
+                    raise ValueError(
+                        f"{train_all.source}: the {split} split is empty (val_fraction={self.val_fraction})"
+                    )
             if self.mean is None:  # statistics restored from a checkpoint win
-                self.mean, self.std = normalisation_statistics(train)
+                self.mean, self.std = normalisation_statistics(train_all, train_index)
             if self.labels_per_class is not None:
-                train = train.subset(per_class_subset(train.labels, self.labels_per_class, self.seed))
-            self.datasets["train"] = SeriesDataset(train, self.mean, self.std, self.augmentation)
-            self.datasets["val"] = SeriesDataset(val, self.mean, self.std)
+                train_index = train_index[
+                    per_class_subset(train_all.labels[train_index], self.labels_per_class, self.seed)
+                ]
+            self.datasets["train"] = SeriesDataset(train_all, train_index, self.mean, self.std, self.augmentation)
+            self.datasets["val"] = SeriesDataset(train_all, val_index, self.mean, self.std)
         if stage in ("test", "predict") and "test" not in self.datasets:
-            test = self.load_test()
-            self._check_labels(test)
-            self.datasets["test"] = SeriesDataset(test, self.mean, self.std)
-
-    def _check_labels(self, series: PixelSeries) -> None:
-        if series.labels is None:
-            return
-        bad = (series.labels < 0) | (series.labels >= len(self.class_names))
-        if bad.any():
-            raise ValueError(
-                f"{series.source}: label index {int(series.labels[bad][0])} is outside the "
-                f"{len(self.class_names)} classes {self.class_names}"
-            )
+            test = self._prepare(self.load_test())
+            self.datasets["test"] = SeriesDataset(test, np.arange(len(test)), self.mean, self.std)
 
     def class_counts(self, split: str) -> np.ndarray:
         """Number of series of each class in ``split`` (train, val or test)."""
-        labels = self.datasets[split].labels
-        return np.bincount(labels.numpy(), minlength=len(self.class_names))
+        return np.bincount(self.datasets[split].labels, minlength=len(self.class_names))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
+        dataset = self.datasets[split]
+        return batch_loader(
+            dataset,
+            self.batch_size,
+            shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
+            drop_last=shuffle and len(dataset) > self.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -234,10 +345,28 @@ class SITSDataModule(L.LightningDataModule):
             self.std = np.asarray(state_dict["std"], dtype=np.float32)
 
 
-def normalisation_statistics(series: PixelSeries) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and standard deviation over the valid dates of ``series``, float32 (C,)."""
-    valid = series.values[series.valid_dates]  # (valid dates, C)
-    mean = valid.mean(axis=0)
-    std = valid.std(axis=0)
+def normalisation_statistics(
+    series: PixelSeries, index: np.ndarray, max_series: int = 200_000, chunk_size: int = 65_536, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation over the valid dates of the series ``index``.
+
+    At most ``max_series`` series (a seeded random sample beyond that: the statistics of 200,000
+    series are exact to about 0.1 %), streamed ``chunk_size`` at a time with float64 sums, so time
+    and memory stay flat however large the store. Returns float32 (C,) arrays.
+    """
+    if len(index) > max_series:
+        index = np.random.default_rng(seed).choice(index, max_series, replace=False)
+    num_bands = series.values.shape[-1]
+    total, total_sq, count = np.zeros(num_bands), np.zeros(num_bands), 0
+    for start in range(0, len(index), chunk_size):
+        values = series.values[np.sort(index[start : start + chunk_size])]
+        valid = values[np.isfinite(values).all(axis=-1)].astype(np.float64)  # (valid dates, C)
+        total += valid.sum(axis=0)
+        total_sq += np.square(valid).sum(axis=0)
+        count += len(valid)
+    if count == 0:
+        raise ValueError(f"{series.source}: the training split has no valid date to normalise with")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     std[std == 0] = 1.0  # a constant band is only centred
     return mean.astype(np.float32), std.astype(np.float32)

@@ -1,8 +1,9 @@
 """Synthetic series for unit tests and speed benchmarks (never as evidence that a model learns)."""
 
+from typing import Any
+
 import numpy as np
 
-from cmap.data.augment import Augmentation
 from cmap.data.datamodule import PixelSeries, SITSDataModule
 
 
@@ -32,8 +33,8 @@ class SyntheticSITS(SITSDataModule):
         num_dates: dates per series (irregular days in one year, some clouded).
         num_train, num_test: series in the training (before validation) and test sets.
         cloud_fraction: fraction of dates turned to NaN (masked).
-        batch_size, num_workers, val_fraction, seed, augmentation, labels_per_class: see
-            :class:`SITSDataModule`.
+        **kwargs: the other :class:`~cmap.data.datamodule.SITSDataModule` arguments (batch_size,
+            num_workers, val_fraction, seed, augmentation, labels_per_class, class_map).
     """
 
     def __init__(
@@ -44,15 +45,10 @@ class SyntheticSITS(SITSDataModule):
         num_train: int = 512,
         num_test: int = 256,
         cloud_fraction: float = 0.2,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        val_fraction: float = 0.2,
-        seed: int = 0,
-        augmentation: Augmentation | None = None,
-        labels_per_class: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, num_workers, val_fraction, seed, augmentation, labels_per_class)
-        self.class_names = list(class_names)
+        super().__init__(**kwargs)
+        self.source_class_names = list(class_names)
         self.band_names = [f"b{i + 1}" for i in range(num_bands)]
         self.num_dates = num_dates
         self.num_train = num_train
@@ -61,7 +57,7 @@ class SyntheticSITS(SITSDataModule):
 
     def _series(self, num_samples: int, seed: int) -> PixelSeries:
         return synthetic_series(
-            num_samples, self.num_dates, self.num_bands, len(self.class_names), self.cloud_fraction, seed
+            num_samples, self.num_dates, self.num_bands, len(self.source_class_names), self.cloud_fraction, seed
         )
 
     def load_train(self) -> PixelSeries:

