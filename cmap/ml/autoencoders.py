@@ -3,7 +3,6 @@
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.wrappers import ClasswiseWrapper
 
 from cmap.data.batch import Batch
 from cmap.ml.base import SITSTask
@@ -11,10 +10,12 @@ from cmap.ml.masking import Corruption, MaskingStrategy, RandomDates
 
 
 class BandMeanSquaredError(Metric):
-    """Mean squared error of each band over the scored elements only -> (C,)."""
+    """Mean squared error of each band over the scored elements only -> ``{"mse/<band>": value}``."""
 
-    def __init__(self, num_bands: int) -> None:
+    def __init__(self, band_names: list[str]) -> None:
         super().__init__()
+        self.band_names = list(band_names)
+        num_bands = len(self.band_names)
         self.add_state("squared_error", torch.zeros(num_bands, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros(num_bands, dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -23,8 +24,9 @@ class BandMeanSquaredError(Metric):
         self.squared_error += ((reconstruction.double() - values.double()).pow(2) * weight).flatten(0, -2).sum(0)
         self.count += weight.flatten(0, -2).sum(0)
 
-    def compute(self) -> Tensor:
-        return (self.squared_error / self.count.clamp_min(1)).float()
+    def compute(self) -> dict[str, Tensor]:
+        mse = (self.squared_error / self.count.clamp_min(1)).float()
+        return {f"mse/{name}": value for name, value in zip(self.band_names, mse, strict=True)}
 
 
 class AutoEncoder(SITSTask):
@@ -76,8 +78,7 @@ class AutoEncoder(SITSTask):
 
     def configure_metrics(self) -> None:
         band_names = self._band_names or [str(i) for i in range(self.encoder.num_bands)]
-        per_band = ClasswiseWrapper(BandMeanSquaredError(len(band_names)), band_names, prefix="mse/")
-        self.set_stage_metrics(MetricCollection({"mse": per_band}, compute_groups=False))
+        self.set_stage_metrics(MetricCollection({"mse": BandMeanSquaredError(band_names)}, compute_groups=False))
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
