@@ -15,7 +15,7 @@ from cmap.data.classes import ClassMapping
 
 @dataclass
 class PixelSeries:
-    """N series of T dates with C bands, in memory or memory-mapped (:mod:`cmap.data.store`).
+    """N series of T dates with C bands, in memory or read on demand from a store (:mod:`cmap.data.store`).
 
     Attributes:
         values: float32 (N, T, C); NaN marks a missing date (cloud, gap or padding).
@@ -42,7 +42,7 @@ class PixelSeries:
             raise ValueError(f"{self.source}: labels has shape {self.labels.shape}, expected ({len(self.values)},)")
         if self.groups is not None and self.groups.shape != (len(self.values),):
             raise ValueError(f"{self.source}: groups has shape {self.groups.shape}, expected ({len(self.values)},)")
-        if not isinstance(self.values, np.memmap):  # a store was checked when written; never read it whole
+        if isinstance(self.values, np.ndarray):  # a store was checked when written; never read it whole
             self.check_valid_dates()
 
     def check_valid_dates(self) -> None:

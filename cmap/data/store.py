@@ -11,10 +11,12 @@
       labels.npy      int64   (N,)       class index into class_names, -1 = unlabelled  [optional]
       groups.npy      int64   (N,)       parcel / polygon id, for leakage-free splits   [optional]
 
-Why ``.npy`` files: a batch reads B random rows; a memory-mapped ``.npy`` gives that with one
-seek per row, no decoding, no extra dependency, and the operating system's page cache as the only
-cache, so a store larger than memory trains with flat memory. Zarr or Parquet would add chunk
-decoding on every random row read (Parquet is the right tool for the *input* table, see
+Why ``.npy`` files: a batch reads B random rows; :class:`NpyRows` reads exactly those rows with
+one positioned read each (``os.pread``), no decoding, no extra dependency, and the operating
+system's page cache as the only cache, so a store larger than memory trains with flat memory. (A
+memory map would do too, but each page fault maps up to 64 KiB around an 864-byte row into the
+process: resident memory then grows with the store, measured in ``benchmarks/data_throughput.py``.)
+Zarr or Parquet would add chunk decoding on every random row read (Parquet is the right tool for the *input* table, see
 :mod:`cmap.data.convert`). Variable series lengths are padding (NaN values) up to the longest.
 
 A store is written to a temporary folder and renamed into place: it is complete or absent.
@@ -115,8 +117,69 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
     return metadata
 
 
+class NpyRows:
+    """Rows of a ``.npy`` array read on demand with positioned reads; ``rows[index]`` -> ndarray.
+
+    Supports what the data module needs of an array: ``shape``, ``ndim``, ``dtype``, ``len`` and
+    indexing the first axis by an integer array, a slice or an integer.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as file:
+            try:
+                major, _ = np.lib.format.read_magic(file)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, fortran_order, dtype = read_header(file)
+            except ValueError as error:
+                raise ValueError(f"{self.path}: unreadable ({error})") from error
+            self.offset = file.tell()
+        if fortran_order:
+            raise ValueError(f"{self.path}: Fortran-ordered arrays are not supported")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:]))
+        expected = self.offset + self.row_bytes * self.shape[0]
+        if self.path.stat().st_size < expected:
+            raise ValueError(
+                f"{self.path}: unreadable (truncated: {self.path.stat().st_size} bytes, expected {expected})"
+            )
+        self._fd: int | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _descriptor(self) -> int:
+        if self._pid != os.getpid():  # DataLoader workers open their own descriptor
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def __getitem__(self, index: np.ndarray | slice | int) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self[np.array([index])][0]
+        rows = np.arange(self.shape[0])[index] if isinstance(index, slice) else np.asarray(index, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"{self.path}: rows outside [0, {self.shape[0]})")
+        out = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
+        buffer = memoryview(out.reshape(-1).view(np.uint8))
+        descriptor, size = self._descriptor(), self.row_bytes
+        for i, row in enumerate(rows.tolist()):
+            if os.preadv(descriptor, [buffer[i * size : (i + 1) * size]], self.offset + row * size) != size:
+                raise ValueError(f"{self.path}: short read at row {row}")
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """Every row (reads the whole array: for small stores and tests)."""
+        rows = self[:]
+        return rows if dtype is None else rows.astype(dtype)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None, "_pid": None}
+
+
 def open_store(folder: str | Path) -> tuple[PixelSeries, dict[str, Any]]:
-    """Memory-map a store: nothing is read until rows are indexed."""
+    """Open a store: labels and groups are loaded, values and days are read row by row on demand."""
     folder = Path(folder)
     metadata = read_metadata(folder)
     n, t, c = metadata["num_series"], metadata["num_dates"], len(metadata["band_names"])
@@ -129,10 +192,13 @@ def open_store(folder: str | Path) -> tuple[PixelSeries, dict[str, Any]]:
                 raise FileNotFoundError(f"{path}: missing from the store")
             arrays[name] = None
             continue
-        try:
-            array = np.load(path, mmap_mode="r")
-        except ValueError as error:  # truncated or not a .npy file
-            raise ValueError(f"{path}: unreadable ({error})") from error
+        if name in ("values", "days"):
+            array = NpyRows(path)
+        else:
+            try:
+                array = np.load(path)
+            except ValueError as error:  # truncated or not a .npy file
+                raise ValueError(f"{path}: unreadable ({error})") from error
         if array.shape != expected[name] or array.dtype != dtype:
             raise ValueError(
                 f"{path}: shape {array.shape} dtype {array.dtype}, expected {expected[name]} {np.dtype(dtype)} "
