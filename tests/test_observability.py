@@ -99,7 +99,7 @@ def test_projector_embeddings_with_class_metadata(classifier_run):
 def test_every_hyper_parameter_is_saved(classifier_run, events):
     hparams = yaml.safe_load((classifier_run / "hparams.yaml").read_text())
     assert hparams["encoder"]["init_args"]["n_att_layers"] == 3 and hparams["class_names"] == UCR_CROP_CLASSES
-    assert hparams["batch_size"] == 64 and hparams["step_days"] == 8  # the data module's too
+    assert hparams["batch_size"] == 128 and hparams["step_days"] == 8  # the data module's too
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     logged = set(HParamsPluginData.FromString(content).session_start_info.hparams)
     assert {"max_lr", "focal_gamma", "encoder/init_args/d_model", "batch_size"} <= logged
