@@ -71,7 +71,7 @@ class PixelSeries:
 class SeriesDataset(Dataset):
     """The series ``index`` of a :class:`PixelSeries`, normalised on the fly; batches follow :class:`Batch`.
 
-    Rows are read only when a batch asks for them (``__getitems__``), so a memory-mapped store
+    Rows are read only when a batch asks for them (``__getitems__``), so a store (:mod:`cmap.data.store`)
     larger than memory trains with flat memory. Use :func:`batch_loader` (or any DataLoader whose
     ``collate_fn`` passes batches through): each fetch already returns a whole batch.
     """
@@ -99,7 +99,7 @@ class SeriesDataset(Dataset):
 
     def __getitems__(self, positions: list[int]) -> Batch:
         rows = self.index[np.asarray(positions, dtype=np.int64)]
-        order = np.argsort(rows, kind="stable")  # sequential reads from a memory map
+        order = np.argsort(rows, kind="stable")  # read a store in file order
         values = np.empty((len(rows),) + self.series.values.shape[1:], dtype=np.float32)
         values[order] = self.series.values[rows[order]]
         mask = np.isfinite(values).all(axis=-1)
