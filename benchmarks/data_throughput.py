@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--num_dates", type=int, default=24)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--model_steps", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=Path("runs/data_benchmark"))
     parser.add_argument("--json", action="store_true", help="print one JSON line")
@@ -90,7 +91,7 @@ def main() -> None:
     build_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    data = SeriesStore(str(folder), batch_size=args.batch_size, val_fraction=0.01)
+    data = SeriesStore(str(folder), batch_size=args.batch_size, val_fraction=0.01, num_workers=args.num_workers)
     data.setup("fit")
     setup_s = time.perf_counter() - start
     loader = iter(data.train_dataloader())
@@ -125,8 +126,10 @@ def main() -> None:
         "seed_model_batches_per_s": round(model_batches_per_s, 2),
         "ratio": round(data_batches_per_s / model_batches_per_s, 1),
         "peak_rss_data_mb": round(data_rss_mb),
+        "peak_rss_workers_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         "peak_rss_with_model_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
     }
     if args.json:
         print(json.dumps(figures))
