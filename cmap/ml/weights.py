@@ -31,9 +31,12 @@ def _load(path: str | Path) -> dict:
     return content
 
 
-def encoder_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Encoder weights from a Lightning checkpoint (its ``encoder.*`` entries) or an exported file."""
-    content = _load(path)
+def encoder_state_dict(path: str | Path, content: dict | None = None) -> dict[str, Tensor]:
+    """Encoder weights from a Lightning checkpoint (its ``encoder.*`` entries) or an exported file.
+
+    ``content``: the file already loaded, to read it once.
+    """
+    content = _load(path) if content is None else content
     if content.get("format") == ENCODER_FORMAT:
         return content["state_dict"]
     prefix = "encoder."
@@ -49,10 +52,11 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> Path:
     The file is written under a temporary name then renamed, so it is complete or absent.
     """
     output = Path(output)
+    loaded = _load(checkpoint)
     content = {
         "format": ENCODER_FORMAT,
-        "state_dict": encoder_state_dict(checkpoint),
-        "encoder": _load(checkpoint).get("hyper_parameters", {}).get("encoder"),
+        "state_dict": encoder_state_dict(checkpoint, loaded),
+        "encoder": loaded.get("hyper_parameters", {}).get("encoder"),
         "source": str(checkpoint),
     }
     temporary = output.with_name(output.name + ".tmp")
