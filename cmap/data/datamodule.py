@@ -1,6 +1,7 @@
 """The shared LightningDataModule: splits, normalisation, masks and loaders."""
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import lightning as L
@@ -102,12 +103,14 @@ class SeriesDataset(Dataset):
         order = np.argsort(rows, kind="stable")  # read a store in file order
         values = np.empty((len(rows),) + self.series.values.shape[1:], dtype=np.float32)
         values[order] = self.series.values[rows[order]]
+        days = np.empty((len(rows),) + self.series.days.shape[1:], dtype=np.int64)
+        days[order] = self.series.days[rows[order]]
         mask = np.isfinite(values).all(axis=-1)
         values = (values - self.mean) / self.std
         values[~mask] = 0.0
         batch = Batch(
             values=torch.from_numpy(values),
-            days=torch.from_numpy(self.series.days[rows].astype(np.int64)),
+            days=torch.from_numpy(days),
             mask=torch.from_numpy(mask),
         )
         if self.series.labels is not None:
@@ -246,7 +249,7 @@ class SITSDataModule(L.LightningDataModule):
     def num_bands(self) -> int:
         return len(self.band_names)
 
-    @property
+    @cached_property
     def class_mapping(self) -> ClassMapping | None:
         return None if self.class_map is None else ClassMapping(self.class_map, self.source_class_names)
 

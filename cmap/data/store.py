@@ -25,6 +25,7 @@ A store is written to a temporary folder and renamed into place: it is complete 
 import json
 import os
 import shutil
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,6 @@ def write_store(
                 f"{series.source}: label index {int(series.labels[bad][0])} is not in the "
                 f"{len(class_names)} classes {class_names}"
             )
-    series.check_valid_dates()
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} exists: remove it or pass overwrite=True")
     temporary = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
@@ -253,17 +253,21 @@ class SeriesStore(SITSDataModule):
                         f"{self.test_path}: {key} {test_metadata[key]} differ from {self.path}'s {metadata[key]}"
                     )
 
-    def _fold(self, test: bool) -> PixelSeries:
-        series, _ = open_store(self.path)
-        rest, fold = kfold_split(series, self.num_folds, self.fold, self.seed)
-        return series.subset(fold if test else rest)
+    @cached_property
+    def _series(self) -> PixelSeries:
+        return open_store(self.path)[0]
+
+    @cached_property
+    def _folds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Indices (training, test) of the cross-validation fold."""
+        return kfold_split(self._series, self.num_folds, self.fold, self.seed)
 
     def load_train(self) -> PixelSeries:
-        return self._fold(test=False) if self.fold is not None else open_store(self.path)[0]
+        return self._series if self.fold is None else self._series.subset(self._folds[0])
 
     def load_test(self) -> PixelSeries:
         if self.fold is not None:
-            return self._fold(test=True)
+            return self._series.subset(self._folds[1])
         if self.test_path is None:
             raise ValueError(f"{self.path}: no test split: give test_path or fold")
         return open_store(self.test_path)[0]

@@ -50,25 +50,24 @@ class MaskingStrategy:
         raise NotImplementedError
 
 
-class RandomDates(MaskingStrategy):
-    """Hide each valid date with probability ``ratio`` (at least one stays visible)."""
+class DateRatioStrategy(MaskingStrategy):
+    """A strategy hiding a fraction ``ratio`` of the valid dates."""
 
     def __init__(self, ratio: float = 0.5) -> None:
         if not 0 < ratio < 1:
-            raise ValueError(f"RandomDates ratio must lie in (0, 1), got {ratio}")
+            raise ValueError(f"{type(self).__name__} ratio must lie in (0, 1), got {ratio}")
         self.ratio = ratio
+
+
+class RandomDates(DateRatioStrategy):
+    """Hide each valid date with probability ``ratio`` (at least one stays visible)."""
 
     def __call__(self, values: Tensor, mask: Tensor) -> Corruption:
         return hide_dates(values, mask, torch.rand(mask.shape, device=mask.device) < self.ratio)
 
 
-class ContiguousDates(MaskingStrategy):
+class ContiguousDates(DateRatioStrategy):
     """Hide one contiguous run of ``ratio`` of each series' valid dates, at a random start."""
-
-    def __init__(self, ratio: float = 0.5) -> None:
-        if not 0 < ratio < 1:
-            raise ValueError(f"ContiguousDates ratio must lie in (0, 1), got {ratio}")
-        self.ratio = ratio
 
     def __call__(self, values: Tensor, mask: Tensor) -> Corruption:
         # Rank of each valid date within its series: runs are contiguous in valid dates, so a
