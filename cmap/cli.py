@@ -1,12 +1,14 @@
 """The ``cmap`` command: LightningCLI with case-insensitive class paths.
 
-``cmap fit|validate|test|predict --config run.yaml`` (or ``--model model.yaml --data data.yaml``).
+``cmap fit|validate|test|predict --config run.yaml`` (or ``--model model.yaml --data data.yaml``);
+``cmap map`` classifies a raster stack into a crop map (:mod:`cmap.map`).
 Models and data modules are given in subclass mode (``class_path`` / ``init_args``). Class names in
 ``class_path`` are matched case-insensitively, so the seed's ``cmap.ml.classifiers.classifier``
 means ``cmap.ml.classifiers.Classifier``.
 """
 
 import importlib
+import sys
 from typing import Any
 
 from jsonargparse import get_loader, set_loader
@@ -81,7 +83,17 @@ class CMapCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``cmap`` console script; ``args`` replaces ``sys.argv[1:]``."""
+    """Entry point of the ``cmap`` console script; ``args`` replaces ``sys.argv[1:]``.
+
+    ``cmap map ...`` makes a crop map from rasters (:mod:`cmap.map`); every other sub-command is
+    LightningCLI's.
+    """
+    args = sys.argv[1:] if args is None else list(args)
+    if args[:1] == ["map"]:
+        from cmap.map import main as map_main
+
+        map_main(args[1:])
+        return
     CMapCLI(args=args)
 
 

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     command.add_argument("source")
     command.add_argument("output")
     command.add_argument("--overwrite", action="store_true")
+    command.add_argument("--keep_bands", nargs="+", default=None, help="write only these bands, in this order")
+    command.add_argument("--date_step", type=int, default=1, help="write every n-th date only")
     table = command.add_argument_group("table options")
     table.add_argument("--bands", nargs="+", help="band columns, in order")
     table.add_argument("--sample_column", default="sample_id")
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
     else:
         converted = READERS[args.dataset](args.source)
+    converted = converted.select(args.keep_bands, args.date_step)
     folder = write_store(
         args.output, converted.series, converted.band_names, converted.class_names, converted.reference_date,
         overwrite=args.overwrite,

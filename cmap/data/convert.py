@@ -6,7 +6,7 @@ Each reader returns a :class:`Converted` (series, band names, class names, refer
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,24 @@ class Converted:
     band_names: list[str]
     class_names: list[str]
     reference_date: str | None = None
+
+    def select(self, bands: Sequence[str] | None = None, date_step: int = 1) -> "Converted":
+        """Only ``bands`` (in this order) and every ``date_step``-th date, from the first.
+
+        E.g. ``bands=["NDVI"], date_step=2`` turns the 23 16-day MOD13Q1 composites of the Mato
+        Grosso samples into the 12 dates of the Sinop cube (the composites of every other 16 days).
+        """
+        names = list(self.band_names) if bands is None else list(bands)
+        unknown = [band for band in names if band not in self.band_names]
+        if unknown:
+            raise ValueError(f"{self.series.source}: bands {unknown} not in {self.band_names}")
+        if date_step < 1:
+            raise ValueError(f"date_step must be >= 1, got {date_step}")
+        channels = [self.band_names.index(band) for band in names]
+        series = self.series
+        values = series.values[:, ::date_step][:, :, channels]
+        selected = PixelSeries(values, series.days[:, ::date_step], series.labels, series.source, series.groups)
+        return replace(self, series=selected, band_names=names)
 
 
 def _read_csv(path: Path, **kwargs) -> pd.DataFrame:

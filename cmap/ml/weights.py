@@ -10,8 +10,10 @@ This is the bridge from pretraining (``AutoEncoder``) to fine-tuning (``Classifi
 
 import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -65,10 +67,8 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> Path:
     return output
 
 
-def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
-    """Copy the weights of ``path`` into ``encoder``; every mismatch is named in the error."""
-    state = encoder_state_dict(path)
-    own = encoder.state_dict()
+def state_dict_mismatch(own: dict[str, Tensor], state: dict[str, Tensor]) -> str | None:
+    """What keeps weights ``state`` (from a file) out of a model whose ``state_dict`` is ``own``, or None."""
     problems = [f"missing {key}" for key in sorted(own.keys() - state.keys())]
     problems += [f"unexpected {key}" for key in sorted(state.keys() - own.keys())]
     problems += [
@@ -76,10 +76,53 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
         for key in sorted(own.keys() & state.keys())
         if state[key].shape != own[key].shape
     ]
-    if problems:
-        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
-        raise ValueError(f"{path}: encoder weights do not fit the configured encoder: {shown}")
+    if not problems:
+        return None
+    return "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
+    """Copy the weights of ``path`` into ``encoder``; every mismatch is named in the error."""
+    state = encoder_state_dict(path)
+    mismatch = state_dict_mismatch(encoder.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{path}: encoder weights do not fit the configured encoder: {mismatch}")
     encoder.load_state_dict(state)
+
+
+@dataclass
+class TrainedClassifier:
+    """A classifier with what its inputs must look like, all read from its checkpoint."""
+
+    model: nn.Module  # a cmap.ml.classifiers.Classifier, in eval mode
+    band_names: list[str]
+    class_names: list[str]
+    mean: np.ndarray  # float32 (C,): series are normalised as (values - mean) / std
+    std: np.ndarray
+
+
+def load_classifier(path: str | Path) -> TrainedClassifier:
+    """The classifier of a ``cmap fit`` checkpoint, with the band names, class names and normalisation
+    statistics its data module saved there (so they are never re-specified by hand)."""
+    from cmap.ml.classifiers import Classifier
+
+    content = _load(path)
+    # Lightning saves the data module's state_dict under the data module's class name.
+    states = [v for v in content.values() if isinstance(v, dict) and {"band_names", "mean", "std"} <= v.keys()]
+    if not states or states[0]["mean"] is None:
+        raise ValueError(f"{path}: no data module state (band names, normalisation) in the checkpoint")
+    try:
+        model = Classifier.load_from_checkpoint(path, map_location="cpu")
+    except Exception as error:
+        raise ValueError(f"{path}: not a checkpoint of a cmap Classifier ({error})") from error
+    state = states[0]
+    return TrainedClassifier(
+        model.eval(),
+        list(state["band_names"]),
+        list(model.class_names),
+        np.asarray(state["mean"], dtype=np.float32),
+        np.asarray(state["std"], dtype=np.float32),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,328 @@
+"""Raster time series: a folder of images of one area, one file per date (or per date and band).
+
+A :class:`RasterStack` finds the files, parses their dates (and band names) from the file names,
+checks that every file lies on the same grid, and reads windows of the stack as pixel series with
+missing values as NaN. It feeds :mod:`cmap.map` (crop maps) and :func:`extract_samples` (training
+series at labelled points or polygons). Files are read with rasterio: GeoTIFF, JPEG2000 and every
+other format of the GDAL in its wheel.
+
+File names: ``pattern`` is a regular expression searched in each file name, with a ``date`` group
+and, when each file holds one band, a ``band`` group::
+
+    T31TCJ_2021-05-04.tif                  pattern (default)  (?P<date>\\d{4}-\\d{2}-\\d{2})
+    TERRA_MODIS_012010_NDVI_2013-09-14.jp2 pattern  _(?P<band>[A-Za-z0-9]+)_(?P<date>\\d{4}-\\d{2}-\\d{2})
+    T31TCJ_20210504T105031_B02_10m.jp2     pattern  _(?P<date>\\d{8})T\\d{6}_(?P<band>B\\w\\w)_
+
+Dates are ISO (``2021-05-04``) or compact (``20210504``). Files whose name does not match are
+ignored. Without a ``band`` group, each file holds every band, named by its band descriptions.
+"""
+
+import datetime
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from cmap.data.datamodule import PixelSeries
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
+DEFAULT_PATTERN = r"(?P<date>\d{4}-\d{2}-\d{2})"
+DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d")
+
+
+def parse_date(text: str, source: str) -> datetime.date:
+    for date_format in DATE_FORMATS:
+        try:
+            return datetime.datetime.strptime(text, date_format).date()
+        except ValueError:
+            pass
+    raise ValueError(f"{source}: cannot parse the date {text!r} (expected YYYY-MM-DD or YYYYMMDD)")
+
+
+@dataclass
+class RasterStack:
+    """Images of one grid at several dates, read as pixel series.
+
+    Args:
+        paths: ``paths[t][c]`` the file holding band ``c`` at date ``t``, with ``file_bands[t][c]``
+            its 1-based band index in that file.
+        dates: the acquisition date of each ``t``, increasing.
+        band_names: the name of each band ``c``.
+        scale, offset: physical value = raw * scale + offset (e.g. 1e-4 for MODIS NDVI).
+        valid_range: raw values outside ``[low, high]`` are missing (NaN), as are the files'
+            nodata values; ``None`` keeps every finite value.
+    """
+
+    paths: list[list[Path]]
+    file_bands: list[list[int]]
+    dates: list[datetime.date]
+    band_names: list[str]
+    scale: float = 1.0
+    offset: float = 0.0
+    valid_range: tuple[float, float] | None = None
+    profile: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.profile = self._check_grid()
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path,
+        pattern: str = DEFAULT_PATTERN,
+        bands: Sequence[str] | None = None,
+        scale: float = 1.0,
+        offset: float = 0.0,
+        valid_range: tuple[float, float] | None = None,
+    ) -> "RasterStack":
+        """The stack of the raster files of ``folder`` whose names match ``pattern``.
+
+        ``bands``: the bands to read, in this order (a trained model's band names); default: every
+        band found, in the order of the first date. Files of other bands are ignored.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder of rasters")
+        regex = re.compile(pattern)
+        if "date" not in regex.groupindex:
+            raise ValueError(f"pattern {pattern!r} needs a (?P<date>...) group")
+        by_date: dict[datetime.date, dict[str, tuple[Path, int]]] = {}
+        for path in sorted(folder.iterdir()):
+            match = regex.search(path.name)
+            if path.suffix.lower() not in RASTER_SUFFIXES or match is None:
+                continue
+            if "band" in regex.groupindex:
+                names = {match["band"]: (path, 1)}
+            else:
+                with rasterio.open(path) as dataset:
+                    descriptions = dataset.descriptions
+                if any(d is None for d in descriptions):
+                    raise ValueError(
+                        f"{path}: bands have no descriptions, so their names are unknown; name them in the files "
+                        "or give one file per band with a (?P<band>...) group in the pattern"
+                    )
+                names = {name: (path, i + 1) for i, name in enumerate(descriptions)}
+            if bands is not None:
+                names = {name: location for name, location in names.items() if name in bands}
+                if not names:
+                    continue
+            date = parse_date(match["date"], str(path))
+            found = by_date.setdefault(date, {})
+            for name, location in names.items():
+                if name in found:
+                    raise ValueError(f"{path}: band {name!r} at {date} is also in {found[name][0]}")
+                found[name] = location
+        if not by_date:
+            raise ValueError(f"{folder}: no file ({', '.join(RASTER_SUFFIXES)}) matches the pattern {pattern!r}")
+        dates = sorted(by_date)
+        names = list(bands) if bands is not None else list(by_date[dates[0]])
+        for date in dates:
+            missing = [name for name in names if name not in by_date[date]]
+            if missing:
+                raise ValueError(
+                    f"{folder}: bands {missing} missing at {date} (found {sorted(by_date[date])}, expected {names})"
+                )
+        return cls(
+            paths=[[by_date[date][name][0] for name in names] for date in dates],
+            file_bands=[[by_date[date][name][1] for name in names] for date in dates],
+            dates=dates,
+            band_names=names,
+            scale=scale,
+            offset=offset,
+            valid_range=valid_range,
+        )
+
+    def _check_grid(self) -> dict[str, Any]:
+        """The grid (CRS, transform, size) shared by every file; a file on another grid is an error."""
+        reference, grid = None, None
+        for path in dict.fromkeys(path for paths in self.paths for path in paths):
+            with rasterio.open(path) as dataset:
+                this = {
+                    "crs": dataset.crs,
+                    "transform": dataset.transform,
+                    "width": dataset.width,
+                    "height": dataset.height,
+                }
+            if grid is None:
+                reference, grid = path, this
+                continue
+            for key, expected in grid.items():
+                if this[key] != expected:
+                    raise ValueError(f"{path}: {key} {this[key]} differs from {expected} of {reference}")
+        return grid
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return self.profile["height"], self.profile["width"]
+
+    def days(self, reference_date: datetime.date | str | None = None) -> np.ndarray:
+        """int64 (T,) day offsets of the dates from ``reference_date`` (default: the first date)."""
+        if isinstance(reference_date, str):
+            reference_date = parse_date(reference_date, "reference_date")
+        reference = reference_date or self.dates[0]
+        return np.array([(date - reference).days for date in self.dates], dtype=np.int64)
+
+    def windows(self, size: int) -> Iterator[Window]:
+        """Row-major ``size`` x ``size`` windows covering the grid (smaller at the right and bottom)."""
+        height, width = self.shape
+        for row in range(0, height, size):
+            for col in range(0, width, size):
+                yield Window(col, row, min(size, width - col), min(size, height - row))
+
+    def read(self, window: Window | None = None, datasets: dict[Path, Any] | None = None) -> np.ndarray:
+        """float32 (T, C, h, w) physical values of ``window`` (default: everything); NaN = missing.
+
+        ``datasets``: open rasterio datasets by path, to reuse across windows (see :meth:`open`).
+        """
+        height, width = self.shape if window is None else (int(window.height), int(window.width))
+        out = np.empty((len(self.dates), len(self.band_names), height, width), dtype=np.float32)
+        for t, (paths, bands) in enumerate(zip(self.paths, self.file_bands, strict=True)):
+            for c, (path, band) in enumerate(zip(paths, bands, strict=True)):
+                dataset = datasets[path] if datasets is not None else rasterio.open(path)
+                try:
+                    raw = dataset.read(band, window=window, masked=True)
+                finally:
+                    if datasets is None:
+                        dataset.close()
+                missing = np.ma.getmaskarray(raw) | ~np.isfinite(raw.data)
+                if self.valid_range is not None:
+                    missing |= (raw.data < self.valid_range[0]) | (raw.data > self.valid_range[1])
+                values = raw.data.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
+                values[missing] = np.nan
+                out[t, c] = values
+        return out
+
+    def open(self) -> dict[Path, Any]:
+        """Every file opened once (close them with :func:`close_all`)."""
+        return {path: rasterio.open(path) for paths in self.paths for path in dict.fromkeys(paths)}
+
+
+def close_all(datasets: dict[Path, Any]) -> None:
+    for dataset in datasets.values():
+        dataset.close()
+
+
+def pixel_series(cube: np.ndarray) -> np.ndarray:
+    """(T, C, h, w) -> (h * w, T, C), row-major pixels."""
+    t, c, h, w = cube.shape
+    return np.ascontiguousarray(cube.reshape(t, c, h * w).transpose(2, 0, 1))
+
+
+@dataclass
+class LabelledShapes:
+    """Training labels on the ground: points or polygons with a class name each (see :func:`read_labels`)."""
+
+    geometries: list[dict[str, Any]]  # GeoJSON-like, in ``crs``
+    labels: list[str]
+    crs: Any
+    source: str
+
+
+def read_labels(
+    path: str | Path,
+    label_field: str = "label",
+    x_column: str = "longitude",
+    y_column: str = "latitude",
+    crs: str = "EPSG:4326",
+) -> LabelledShapes:
+    """Points or polygons with labels: a vector file (GeoPackage, Shapefile, GeoJSON... read with
+    fiona) or a CSV of points (``x_column``, ``y_column`` in ``crs``, ``label_field``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file of labels")
+    if path.suffix.lower() == ".csv":
+        import pandas as pd
+
+        table = pd.read_csv(path)
+        missing = [column for column in (x_column, y_column, label_field) if column not in table]
+        if missing:
+            raise ValueError(f"{path}: columns {missing} are missing (found {list(table.columns)})")
+        geometries = [
+            {"type": "Point", "coordinates": (float(x), float(y))}
+            for x, y in zip(table[x_column], table[y_column], strict=True)
+        ]
+        return LabelledShapes(geometries, table[label_field].astype(str).tolist(), crs, str(path))
+    import fiona
+
+    with fiona.open(path) as layer:
+        if label_field not in layer.schema["properties"]:
+            raise ValueError(f"{path}: no field {label_field!r} (fields: {list(layer.schema['properties'])})")
+        features = list(layer)
+        layer_crs = layer.crs
+    geometries = [dict(feature.geometry.__geo_interface__) for feature in features]
+    return LabelledShapes(
+        geometries, [str(feature.properties[label_field]) for feature in features], layer_crs, str(path)
+    )
+
+
+def extract_samples(
+    stack: RasterStack,
+    shapes: LabelledShapes,
+    class_names: Sequence[str] | None = None,
+    reference_date: datetime.date | str | None = None,
+    window_size: int = 1024,
+) -> tuple[PixelSeries, list[str]]:
+    """The pixel series of ``stack`` under ``shapes``: one per point, one per pixel of a polygon.
+
+    Each series' group is its shape's index, so splits keep a polygon's pixels together. Shapes
+    outside the grid are an error (named). Returns the series and the class names (sorted names
+    of the labels unless ``class_names`` fixes the order).
+    """
+    from rasterio.features import rasterize
+    from rasterio.warp import transform_geom
+
+    names = sorted(set(shapes.labels)) if class_names is None else list(class_names)
+    unknown = sorted(set(shapes.labels) - set(names))
+    if unknown:
+        raise ValueError(f"{shapes.source}: labels {unknown} are not in the class names {names}")
+    index = {name: i for i, name in enumerate(names)}
+    crs, transform = stack.profile["crs"], stack.profile["transform"]
+    geometries = [transform_geom(shapes.crs, crs, geometry) for geometry in shapes.geometries]
+    # Points take the pixel they fall in (one series each, even when two share a pixel); polygons
+    # every pixel whose centre they contain.
+    is_point = np.array([geometry["type"] == "Point" for geometry in geometries])
+    point_rows, point_cols = np.full(len(geometries), -1), np.full(len(geometries), -1)
+    if is_point.any():
+        xs, ys = zip(*(geometries[i]["coordinates"][:2] for i in np.flatnonzero(is_point)), strict=True)
+        rows, cols = rasterio.transform.rowcol(transform, xs, ys)
+        point_rows[is_point], point_cols[is_point] = rows, cols
+    values, shape_ids = [], []
+    datasets = stack.open()
+    try:
+        for window in stack.windows(window_size):
+            height, width = int(window.height), int(window.width)
+            rows, cols = point_rows - int(window.row_off), point_cols - int(window.col_off)
+            points = np.flatnonzero(is_point & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width))
+            pixels, ids = [rows[points] * width + cols[points]], [points]
+            polygons = [(geometries[i], i + 1) for i in np.flatnonzero(~is_point)]
+            if polygons:
+                burned = rasterize(
+                    polygons, (height, width), transform=rasterio.windows.transform(window, transform), dtype="int32"
+                ).ravel()
+                inside = np.flatnonzero(burned)
+                pixels.append(inside)
+                ids.append(burned[inside] - 1)
+            pixels = np.concatenate(pixels)
+            if len(pixels) == 0:
+                continue
+            values.append(pixel_series(stack.read(window, datasets))[pixels])
+            shape_ids.append(np.concatenate(ids))
+    finally:
+        close_all(datasets)
+    found = np.concatenate(shape_ids) if shape_ids else np.empty(0, dtype=np.int64)
+    outside = sorted(set(range(len(geometries))) - set(found.tolist()))
+    if outside:
+        raise ValueError(
+            f"{shapes.source}: {len(outside)} shapes cover no pixel of the raster grid (outside it, or "
+            f"polygons smaller than a pixel), first at index {outside[0]}; remove them"
+        )
+    days = np.broadcast_to(stack.days(reference_date), (len(found), len(stack.dates))).copy()
+    labels = np.array([index[shapes.labels[i]] for i in found], dtype=np.int64)
+    series = PixelSeries(np.concatenate(values), days, labels, shapes.source, found.astype(np.int64))
+    return series, names

@@ -1,0 +1,314 @@
+r"""Crop maps: a trained classifier over a raster stack -> a GeoTIFF class map and class probabilities.
+
+    cmap map --checkpoint runs/.../checkpoints/last.ckpt --rasters cube/ --output sinop_map.tif \
+        --pattern '_(?P<band>[A-Za-z0-9]+)_(?P<date>\d{4}-\d{2}-\d{2})' --scale 1e-4 --valid_range '[-2000, 10000]'
+
+(``python -m cmap.map`` is the same command.) The stack (:class:`~cmap.data.raster.RasterStack`)
+is read window by window, so memory depends on ``window_size``, not on the raster's size. Each
+window's pixels are classified ``batch_size`` at a time through Lightning's ``Trainer.predict``
+(``accelerator``, ``precision`` such as ``bf16-mixed``); pixels without any valid date are nodata.
+Band names, class names and normalisation come from the checkpoint.
+
+Outputs, on the input's grid (CRS, transform, size), tiled and DEFLATE-compressed, Cloud Optimized
+GeoTIFF by default:
+
+- ``OUTPUT``: uint8 class index (0 .. K-1 in the checkpoint's class order, nodata 255), with a
+  colour table, the class names in the tags (``class_names``, JSON) and a QGIS style sidecar
+  (``OUTPUT`` with suffix ``.qml``: QGIS shows class names and colours when it opens the map);
+- ``OUTPUT`` with ``_probs`` before the suffix (unless ``probabilities=False``): one uint8 band per
+  class, the class probability in percent (0..100, nodata 255), bands described by class name.
+
+Files are written under temporary names and renamed when complete, class map last: a run that fails
+or is killed leaves no file under the output names.
+"""
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+import lightning as L
+import numpy as np
+import rasterio
+import rasterio.shutil
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from matplotlib import colormaps
+from torch.utils.data import DataLoader, Dataset
+
+from cmap.data.raster import DEFAULT_PATTERN, RasterStack, pixel_series
+from cmap.ml.weights import TrainedClassifier, load_classifier
+
+NODATA = 255
+MAX_CLASSES = 255
+
+
+def class_colours(num_classes: int) -> list[tuple[int, int, int]]:
+    """A qualitative colour per class (matplotlib's tab10 / tab20)."""
+    palette = colormaps["tab10" if num_classes <= 10 else "tab20"]
+    return [tuple(int(round(255 * v)) for v in palette(i % palette.N)[:3]) for i in range(num_classes)]
+
+
+def qgis_style(class_names: Sequence[str]) -> str:
+    """A QGIS layer style (.qml) of a paletted class map: a value, colour and label per class."""
+    entries = "\n".join(
+        f'        <paletteEntry value="{i}" color="#{r:02x}{g:02x}{b:02x}" alpha="255" label={quoteattr(name)}/>'
+        for i, (name, (r, g, b)) in enumerate(zip(class_names, class_colours(len(class_names)), strict=True))
+    )
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        '<qgis version="3.28">\n  <pipe>\n'
+        '    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1">\n'
+        f"      <colorPalette>\n{entries}\n      </colorPalette>\n"
+        "    </rasterrenderer>\n  </pipe>\n</qgis>\n"
+    )
+
+
+def probabilities_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}_probs{output.suffix}")
+
+
+class StackWindows(Dataset):
+    """Windows of a raster stack as batches of normalised pixel series (the :class:`~cmap.data.Batch`
+    keys, plus ``pixels``: the window's row-major pixel indices that have a valid date, and
+    ``window``: the window's index). Safe in DataLoader worker processes (each opens its files)."""
+
+    def __init__(
+        self, stack: RasterStack, window_size: int, days: np.ndarray, mean: np.ndarray, std: np.ndarray
+    ) -> None:
+        self.stack = stack
+        self.windows = list(stack.windows(window_size))
+        self.days = torch.from_numpy(days)
+        self.mean, self.std = mean, std
+        self._datasets: dict[Path, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_datasets": None}  # open files do not cross processes
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self._datasets is None:
+            self._datasets = self.stack.open()
+        series = pixel_series(self.stack.read(self.windows[index], self._datasets))  # (h * w, T, C)
+        valid_dates = np.isfinite(series).all(axis=-1)
+        pixels = np.flatnonzero(valid_dates.any(axis=1))
+        values = (series[pixels] - self.mean) / self.std
+        mask = valid_dates[pixels]
+        values[~mask] = 0.0
+        return {
+            "values": torch.from_numpy(values),
+            "days": self.days.expand(len(pixels), -1),
+            "mask": torch.from_numpy(mask),
+            "pixels": torch.from_numpy(pixels),
+            "window": torch.tensor(index),
+        }
+
+
+class WindowClassifier(L.LightningModule):
+    """Prediction only: class probabilities of a window's pixels, ``batch_size`` pixels at a time."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.batch_size = batch_size
+
+    def predict_step(self, item: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        chunks = [
+            torch.softmax(
+                self.model(
+                    item["values"][start : start + self.batch_size],
+                    item["days"][start : start + self.batch_size],
+                    item["mask"][start : start + self.batch_size],
+                ).float(),
+                dim=-1,
+            )
+            for start in range(0, len(item["pixels"]), self.batch_size)
+        ]
+        empty = item["values"].new_zeros((0, self.model.num_classes))
+        return {
+            "probabilities": torch.cat(chunks) if chunks else empty,
+            "pixels": item["pixels"],
+            "window": item["window"],
+        }
+
+
+class MapWriter(BasePredictionWriter):
+    """Writes each window's predictions into the class map (and probability raster) as they come.
+
+    Temporary files are renamed to the output names only when every window is written; on an
+    exception they are removed.
+    """
+
+    def __init__(
+        self,
+        output: str | Path,
+        stack: RasterStack,
+        windows: list,
+        class_names: Sequence[str],
+        probabilities: bool = True,
+        cog: bool = True,
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.output = Path(output)
+        self.stack, self.windows, self.class_names = stack, windows, list(class_names)
+        self.probabilities, self.cog = probabilities, cog
+        self._files: dict[Path, Any] = {}  # final path -> open temporary dataset
+
+    def _temporary(self, path: Path, suffix: str = "") -> Path:
+        return path.with_name(f".{path.name}.partial{suffix}")
+
+    def _targets(self) -> list[Path]:
+        return [probabilities_path(self.output)] * self.probabilities + [self.output]
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1:
+            raise ValueError("cmap map writes one file from one process: use devices=1 (map tiles in parallel instead)")
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        profile = {
+            "driver": "GTiff",
+            "dtype": "uint8",
+            "nodata": NODATA,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
+            "BIGTIFF": "IF_SAFER",
+            **self.stack.profile,
+        }
+        for path in self._targets():
+            count = len(self.class_names) if path != self.output else 1
+            dataset = rasterio.open(self._temporary(path), "w", count=count, **profile)
+            dataset.update_tags(class_names=json.dumps(self.class_names))
+            if path == self.output:
+                dataset.set_band_description(1, "class")
+                dataset.write_colormap(
+                    1, {i: (*rgb, 255) for i, rgb in enumerate(class_colours(len(self.class_names)))}
+                )
+            else:
+                for band, name in enumerate(self.class_names, start=1):
+                    dataset.set_band_description(band, name)
+                dataset.update_tags(scale="0.01", unit="probability in percent")
+            self._files[path] = dataset
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: dict[str, torch.Tensor],
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        window = self.windows[int(prediction["window"])]
+        height, width = int(window.height), int(window.width)
+        pixels = prediction["pixels"].cpu().numpy()
+        probabilities = prediction["probabilities"].cpu().numpy()
+        classes = np.full(height * width, NODATA, dtype=np.uint8)
+        classes[pixels] = probabilities.argmax(axis=1)
+        self._files[self.output].write(classes.reshape(height, width), 1, window=window)
+        if self.probabilities:
+            percent = np.full((len(self.class_names), height * width), NODATA, dtype=np.uint8)
+            percent[:, pixels] = np.rint(100 * probabilities.T)
+            self._files[probabilities_path(self.output)].write(percent.reshape(-1, height, width), window=window)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for dataset in self._files.values():
+            dataset.close()
+        for path in self._targets():
+            partial = self._temporary(path)
+            if self.cog:  # a COG is written in one go (overviews, then tiles), from the finished GeoTIFF
+                rasterio.shutil.copy(
+                    partial, self._temporary(path, ".cog"), driver="COG", compress="DEFLATE",
+                    overview_resampling="nearest", BIGTIFF="IF_SAFER",
+                )  # fmt: skip
+                os.remove(partial)
+                partial = self._temporary(path, ".cog")
+            if path == self.output:
+                style = self._temporary(path.with_suffix(".qml"))
+                style.write_text(qgis_style(self.class_names))
+                os.replace(style, path.with_suffix(".qml"))
+            os.replace(partial, path)
+        self._files.clear()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        for dataset in self._files.values():
+            dataset.close()
+        self._files.clear()
+        for path in self._targets():
+            for partial in (self._temporary(path), self._temporary(path, ".cog")):
+                partial.unlink(missing_ok=True)
+
+
+def map_rasters(
+    checkpoint: str,
+    rasters: str,
+    output: str,
+    pattern: str = DEFAULT_PATTERN,
+    scale: float = 1.0,
+    offset: float = 0.0,
+    valid_range: tuple[float, float] | None = None,
+    reference_date: str | None = None,
+    window_size: int = 256,
+    batch_size: int = 8192,
+    probabilities: bool = True,
+    cog: bool = True,
+    num_workers: int = 0,
+    accelerator: str = "auto",
+    precision: str = "32-true",
+    progress: bool = True,
+) -> Path:
+    """Classify every pixel of a raster stack with a trained classifier and write the crop map.
+
+    Args:
+        checkpoint: a ``cmap fit`` checkpoint of a Classifier (its band names, class names and
+            normalisation are used).
+        rasters: folder of rasters, one file per date (or per date and band), see ``pattern``.
+        output: the class map GeoTIFF to write (``*_probs.tif`` and ``.qml`` beside it).
+        pattern: regular expression on file names with a ``date`` group, and a ``band`` group
+            when each file holds one band (:mod:`cmap.data.raster`).
+        scale, offset: physical value = raw * scale + offset, as in the training data.
+        valid_range: raw values outside [low, high] are missing (clouds, fill values).
+        reference_date: day 0 of the dates (YYYY-MM-DD); default: the first date of the stack,
+            which matches training series whose days count from their first date.
+        window_size: pixels per side of the windows read at once (memory scales with its square).
+        batch_size: pixels per forward pass.
+        probabilities: also write the class probabilities.
+        cog: write Cloud Optimized GeoTIFFs (else tiled GeoTIFFs).
+        num_workers: DataLoader processes reading windows.
+        accelerator, precision: Lightning Trainer options (``bf16-mixed`` for faster CPUs / GPUs).
+        progress: show a progress bar.
+    """
+    trained: TrainedClassifier = load_classifier(checkpoint)
+    if len(trained.class_names) > MAX_CLASSES:
+        raise ValueError(f"{checkpoint}: {len(trained.class_names)} classes do not fit a uint8 map (max {MAX_CLASSES})")
+    stack = RasterStack.from_folder(rasters, pattern, trained.band_names, scale, offset, valid_range)
+    windows = StackWindows(stack, window_size, stack.days(reference_date), trained.mean, trained.std)
+    writer = MapWriter(output, stack, windows.windows, trained.class_names, probabilities, cog)
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        logger=False,
+        callbacks=[writer],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+    )
+    loader = DataLoader(windows, batch_size=None, num_workers=num_workers)
+    trainer.predict(WindowClassifier(trained.model, batch_size), loader, return_predictions=False)
+    return Path(output)
+
+
+def main(args: list[str] | None = None) -> None:
+    """``cmap map`` / ``python -m cmap.map``: :func:`map_rasters` from the command line (or a YAML ``--config``)."""
+    from jsonargparse import auto_cli
+
+    print(auto_cli(map_rasters, args=args, as_positional=False))
+
+
+if __name__ == "__main__":
+    main()
