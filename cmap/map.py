@@ -24,6 +24,7 @@ or is killed leaves no file under the output names.
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -299,7 +300,9 @@ def map_rasters(
         enable_model_summary=False,
     )
     loader = DataLoader(windows, batch_size=None, num_workers=num_workers)
-    trainer.predict(WindowClassifier(trained.model, batch_size), loader, return_predictions=False)
+    with warnings.catch_warnings():  # each item is a window, not a batch of dataset indices: nothing to infer
+        warnings.filterwarnings("ignore", "Couldn't infer the batch indices")
+        trainer.predict(WindowClassifier(trained.model, batch_size), loader, return_predictions=False)
     return Path(output)
 
 

@@ -7,11 +7,14 @@ Datasets (SOURCE is the original file, read in place):
   mato_grosso     br_mt_1_8K_9classes_6bands.rda
   sinop_samples   samples_modis_ndvi.rda
   table           your own long CSV / Parquet table (one row per sample and date), with --bands ...
+
+``python -m cmap.data extract RASTERS LABELS OUTPUT``: the pixel series of a folder of rasters under
+labelled points or polygons -> a store (see ``extract --help``).
 """
 
 import argparse
 
-from cmap.data import convert
+from cmap.data import convert, raster
 from cmap.data.store import write_store
 
 READERS = {
@@ -41,7 +44,39 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("--group_column", default=None)
     table.add_argument("--class_names", nargs="+", default=None, help="class order (default: sorted)")
     table.add_argument("--reference_date", default=None, help="day 0 (default: the earliest date)")
+    extract = commands.add_parser(
+        "extract",
+        help="training series from rasters under labelled points / polygons",
+        description="Write a store of the pixel series of a raster stack (cmap.data.raster) under labelled "
+        "points (CSV) or polygons (GeoPackage, Shapefile, GeoJSON): one series per point, one per polygon "
+        "pixel, grouped by polygon.",
+    )
+    extract.add_argument("rasters", help="folder of rasters, one file per date (or per date and band)")
+    extract.add_argument("labels", help="CSV of points, or a vector file of points / polygons")
+    extract.add_argument("output")
+    extract.add_argument("--overwrite", action="store_true")
+    extract.add_argument(
+        "--pattern", default=raster.DEFAULT_PATTERN, help="file name regex with (?P<date>) [and (?P<band>)]"
+    )
+    extract.add_argument("--bands", nargs="+", default=None, help="bands to read, in order (default: all)")
+    extract.add_argument("--scale", type=float, default=1.0)
+    extract.add_argument("--offset", type=float, default=0.0)
+    extract.add_argument("--valid_range", type=float, nargs=2, default=None, help="raw values outside are missing")
+    extract.add_argument("--label_field", default="label")
+    extract.add_argument("--x_column", default="longitude", help="CSV only")
+    extract.add_argument("--y_column", default="latitude", help="CSV only")
+    extract.add_argument("--crs", default="EPSG:4326", help="CSV only: CRS of the coordinates")
+    extract.add_argument("--class_names", nargs="+", default=None, help="class order (default: sorted)")
     args = parser.parse_args(argv)
+    if args.command == "extract":
+        stack = raster.RasterStack.from_folder(
+            args.rasters, args.pattern, args.bands, args.scale, args.offset, args.valid_range
+        )
+        shapes = raster.read_labels(args.labels, args.label_field, args.x_column, args.y_column, args.crs)
+        series, class_names = raster.extract_samples(stack, shapes, args.class_names)
+        converted = convert.Converted(series, stack.band_names, class_names, str(stack.dates[0]))
+        _write(converted, args.output, args.overwrite)
+        return
     if args.dataset == "table":
         if not args.bands:
             parser.error("table needs --bands")
@@ -51,10 +86,13 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
     else:
         converted = READERS[args.dataset](args.source)
-    converted = converted.select(args.keep_bands, args.date_step)
+    _write(converted.select(args.keep_bands, args.date_step), args.output, args.overwrite)
+
+
+def _write(converted: convert.Converted, output: str, overwrite: bool) -> None:
     folder = write_store(
-        args.output, converted.series, converted.band_names, converted.class_names, converted.reference_date,
-        overwrite=args.overwrite,
+        output, converted.series, converted.band_names, converted.class_names, converted.reference_date,
+        overwrite=overwrite,
     )  # fmt: skip
     values = converted.series.values
     print(f"{folder}: {values.shape[0]} series, {values.shape[1]} dates, bands {converted.band_names}")

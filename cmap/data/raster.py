@@ -108,8 +108,9 @@ class RasterStack:
                     )
                 names = {name: (path, i + 1) for i, name in enumerate(descriptions)}
             if bands is not None:
+                # Other bands' files are skipped; a multi-band file still counts for its date.
                 names = {name: location for name, location in names.items() if name in bands}
-                if not names:
+                if not names and "band" in regex.groupindex:
                     continue
             date = parse_date(match["date"], str(path))
             found = by_date.setdefault(date, {})
@@ -268,7 +269,8 @@ def extract_samples(
     reference_date: datetime.date | str | None = None,
     window_size: int = 1024,
 ) -> tuple[PixelSeries, list[str]]:
-    """The pixel series of ``stack`` under ``shapes``: one per point, one per pixel of a polygon.
+    """The pixel series of ``stack`` under ``shapes``: one per point, one per pixel of a polygon,
+    in the order of the shapes.
 
     Each series' group is its shape's index, so splits keep a polygon's pixels together. Shapes
     outside the grid are an error (named). Returns the series and the class names (sorted names
@@ -322,7 +324,9 @@ def extract_samples(
             f"{shapes.source}: {len(outside)} shapes cover no pixel of the raster grid (outside it, or "
             f"polygons smaller than a pixel), first at index {outside[0]}; remove them"
         )
+    order = np.argsort(found, kind="stable")  # in the order of the shapes, then of the pixels
+    found, values = found[order], np.concatenate(values)[order]
     days = np.broadcast_to(stack.days(reference_date), (len(found), len(stack.dates))).copy()
     labels = np.array([index[shapes.labels[i]] for i in found], dtype=np.int64)
-    series = PixelSeries(np.concatenate(values), days, labels, shapes.source, found.astype(np.int64))
+    series = PixelSeries(values, days, labels, shapes.source, found.astype(np.int64))
     return series, names

@@ -1,0 +1,327 @@
+"""Crop maps from raster stacks (cmap.map) and training samples from rasters (cmap.data.raster)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import fiona
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from cmap.cli import main as cmap_main
+from cmap.data import SeriesStore, open_store, write_store
+from cmap.data.convert import read_mato_grosso
+from cmap.data.raster import RasterStack, extract_samples, read_labels
+from cmap.map import MapWriter, map_rasters, probabilities_path
+from cmap.ml.classifiers import Classifier
+from tests.conftest import SHARED_DATA, require
+
+SINOP = SHARED_DATA / "sits_sinop_modis_cube"
+SINOP_PATTERN = r"_(?P<band>NDVI)_(?P<date>\d{4}-\d{2}-\d{2})"
+SINOP_DATES = ["2013-09-14", "2013-10-16", "2013-11-17", "2013-12-19", "2014-01-17", "2014-02-18",
+               "2014-03-22", "2014-04-23", "2014-05-25", "2014-06-26", "2014-07-28", "2014-08-29"]  # fmt: skip
+
+
+TINY_CLASSIFIER = """
+trainer:
+  max_steps: {steps}
+  default_root_dir: {root}
+  enable_progress_bar: false
+  limit_val_batches: 1
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{save_last: true}}
+model:
+  class_path: cmap.ml.classifiers.Classifier
+  init_args:
+    max_lr: 0.001
+    encoder:
+      class_path: cmap.ml.encoders.TransformerEncoder
+      init_args:
+        position_encoder:
+          class_path: cmap.ml.embeddings.PositionalEncoding
+          init_args: {{d_model: 16, tau: 1000, max_len: 400}}
+        bands_encoder:
+          class_path: cmap.ml.embeddings.PixelEncoding
+          init_args: {{sizes: [{num_bands}, 16]}}
+        d_model: 16
+        n_att_head: 2
+        n_att_layers: 1
+        dim_feedforward: 32
+    decoder:
+      class_path: cmap.ml.decoders.MultiClassClassification
+      init_args: {{hidden: 16, num_classes: {num_classes}}}
+data:
+  class_path: cmap.data.SeriesStore
+  init_args: {{path: {store}, fold: 0, batch_size: 64}}
+attention_maps: {{first_epoch: 1000}}
+embeddings: {{first_epoch: 1000}}
+"""
+
+
+def fit_checkpoint(store: Path, root: Path, steps: int = 3) -> Path:
+    """A tiny classifier fitted by ``cmap fit`` for a few steps on ``store``; its last checkpoint."""
+    data = SeriesStore(str(store), fold=0)
+    root.mkdir(parents=True, exist_ok=True)
+    config = TINY_CLASSIFIER.format(
+        steps=steps, root=root, store=store, num_bands=len(data.band_names), num_classes=len(data.class_names)
+    )
+    (root / "config.yaml").write_text(config)
+    cmap_main(["fit", "--config", str(root / "config.yaml")])
+    return next(root.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+
+
+@pytest.fixture(scope="module")
+def mato_grosso_ndvi12(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Mato Grosso samples at the Sinop cube's band and dates (NDVI, every other composite)."""
+    source = require(SHARED_DATA / "sits_matogrosso_mod13q1") / "br_mt_1_8K_9classes_6bands.rda"
+    converted = read_mato_grosso(source).select(["NDVI"], date_step=2)
+    folder = tmp_path_factory.mktemp("stores") / "mato_grosso_ndvi12"
+    write_store(folder, converted.series, converted.band_names, converted.class_names)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ndvi_checkpoint(mato_grosso_ndvi12: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fit_checkpoint(mato_grosso_ndvi12, tmp_path_factory.mktemp("model"))
+
+
+def write_raster(path: Path, data: np.ndarray, crs: str = "EPSG:32631", origin=(500_000.0, 4_800_000.0), **kw) -> Path:
+    bands, height, width = data.shape
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=bands, dtype=data.dtype,
+                       crs=crs, transform=from_origin(*origin, 10.0, 10.0), **kw) as dataset:  # fmt: skip
+        dataset.write(data)
+    return path
+
+
+def synthetic_stack(folder: Path, dates=("2021-04-01", "2021-05-01", "2021-06-01"), shape=(40, 30)) -> Path:
+    """Single-band NDVI-like rasters, one per date, named like sits' (``..._NDVI_<date>.tif``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for date in dates:
+        write_raster(folder / f"TILE_NDVI_{date}.tif", rng.integers(0, 10000, (1, *shape)).astype(np.int16))
+    return folder
+
+
+def test_sinop_cube_is_read_with_its_dates_grid_and_missing_values():
+    stack = RasterStack.from_folder(require(SINOP), SINOP_PATTERN, ["NDVI"], scale=1e-4, valid_range=(-2000, 10000))
+    assert [str(d) for d in stack.dates] == SINOP_DATES and stack.band_names == ["NDVI"]
+    assert stack.shape == (147, 255) and stack.profile["crs"].to_dict()["proj"] == "sinu"
+    cube = stack.read()
+    with rasterio.open(stack.paths[2][0]) as dataset:  # 2013-11-17: most of the fill values
+        raw = dataset.read(1)
+    assert np.array_equal(np.isnan(cube[2, 0]), (raw < -2000) | (raw > 10000)) and np.isnan(cube[2, 0]).sum() > 100
+    np.testing.assert_allclose(cube[2, 0][raw > 0][:50], raw[raw > 0][:50] * 1e-4, rtol=1e-6)
+    assert stack.days().tolist() == [0, 32, 64, 96, 125, 157, 189, 221, 253, 285, 317, 349]
+
+
+def test_map_of_the_sinop_cube_has_the_cube_grid_classes_and_probabilities(ndvi_checkpoint, tmp_path):
+    output = tmp_path / "out" / "sinop.tif"
+    map_rasters(str(ndvi_checkpoint), str(require(SINOP)), str(output), pattern=SINOP_PATTERN, scale=1e-4,
+                valid_range=(-2000, 10000), window_size=64, progress=False)  # fmt: skip
+    stack = RasterStack.from_folder(SINOP, SINOP_PATTERN, ["NDVI"])
+    class_names = Classifier.load_from_checkpoint(ndvi_checkpoint).class_names
+    with rasterio.open(output) as classes, rasterio.open(probabilities_path(output)) as probabilities:
+        for dataset in (classes, probabilities):
+            assert dataset.crs == stack.profile["crs"] and dataset.transform == stack.profile["transform"]
+            assert (dataset.height, dataset.width) == stack.shape and dataset.dtypes[0] == "uint8"
+            assert dataset.nodata == 255 and dataset.profile["tiled"] and dataset.compression.name == "deflate"
+        assert json.loads(classes.tags()["class_names"]) == class_names
+        assert set(classes.colormap(1)) >= set(range(len(class_names)))
+        assert list(probabilities.descriptions) == class_names
+        mapped, percent = classes.read(1), probabilities.read()
+    assert mapped.max() < len(class_names) and (mapped != 255).all()  # every Sinop pixel has a valid date
+    # The class is the most probable one; percentages sum to 100 up to rounding.
+    assert np.array_equal(mapped, percent.argmax(axis=0)) or (percent.max(0) == np.take_along_axis(
+        percent, mapped[None], 0)[0]).all()  # fmt: skip
+    assert np.abs(percent.sum(axis=0).astype(int) - 100).max() <= len(class_names) // 2 + 1
+    style = output.with_suffix(".qml").read_text()
+    assert all(f'label="{name}"' in style for name in class_names)
+    assert sorted(p.name for p in output.parent.iterdir()) == ["sinop.qml", "sinop.tif", "sinop_probs.tif"]
+
+
+def test_map_windows_do_not_change_the_result_and_nodata_marks_pixels_without_dates(ndvi_checkpoint, tmp_path):
+    rasters = synthetic_stack(tmp_path / "rasters")
+    for path in rasters.iterdir():  # a hole in every date -> nodata; a hole in one date -> still mapped
+        with rasterio.open(path, "r+") as dataset:
+            data = dataset.read(1)
+            data[:5, :5] = -3000
+            if "04-01" in path.name:
+                data[10:15, 10:15] = -3000
+            dataset.write(data, 1)
+    maps = []
+    for window_size, cog in ((7, False), (256, True)):
+        output = tmp_path / f"map_{window_size}.tif"
+        map_rasters(str(ndvi_checkpoint), str(rasters), str(output), pattern=SINOP_PATTERN, scale=1e-4,
+                    valid_range=(-2000, 10000), window_size=window_size, cog=cog, progress=False)  # fmt: skip
+        with rasterio.open(output) as dataset:
+            maps.append(dataset.read(1))
+    assert np.array_equal(maps[0], maps[1])
+    assert (maps[0][:5, :5] == 255).all() and (maps[0][10:15, 10:15] != 255).all() and (maps[0][5:] != 255).all()
+
+
+def test_map_command_line(ndvi_checkpoint, tmp_path):
+    rasters = synthetic_stack(tmp_path / "rasters")
+    output = tmp_path / "cli" / "map.tif"
+    options = {"--checkpoint": ndvi_checkpoint, "--rasters": rasters, "--output": output, "--pattern": SINOP_PATTERN,
+               "--scale": "1e-4", "--probabilities": "false", "--progress": "false"}  # fmt: skip
+    cmap_main(["map", *(str(part) for option in options.items() for part in option)])
+    assert output.exists() and not probabilities_path(output).exists()
+
+
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("other_crs", r"crs .* differs from"),
+        ("other_size", r"width 31 differs from 30"),
+        ("bad_date", r"cannot parse the date '2021-13-45'"),
+        ("no_band", r"no file .* matches the pattern"),
+        ("missing_date_band", r"bands \['NDVI'\] missing at 2021-07-01"),
+    ],
+)
+def test_bad_rasters_give_a_clear_error_and_no_output(ndvi_checkpoint, tmp_path, problem, message):
+    rasters = synthetic_stack(tmp_path / "rasters")
+    data = np.zeros((1, 40, 30), dtype=np.int16)
+    if problem == "other_crs":
+        write_raster(rasters / "TILE_NDVI_2021-07-01.tif", data, crs="EPSG:32632")
+    elif problem == "other_size":
+        write_raster(rasters / "TILE_NDVI_2021-07-01.tif", np.zeros((1, 40, 31), dtype=np.int16))
+    elif problem == "bad_date":
+        write_raster(rasters / "TILE_NDVI_2021-13-45.tif", data)
+    elif problem == "no_band":  # the checkpoint wants NDVI; the files hold EVI
+        for path in rasters.iterdir():
+            path.rename(path.with_name(path.name.replace("NDVI", "EVI")))
+    elif problem == "missing_date_band":  # a multi-band file per date, one without NDVI
+        for path in rasters.iterdir():
+            path.unlink()
+        for date, name in (("2021-06-01", "NDVI"), ("2021-07-01", "EVI")):
+            write_raster(rasters / f"tile_{date}.tif", data)
+            with rasterio.open(rasters / f"tile_{date}.tif", "r+") as dataset:
+                dataset.set_band_description(1, name)
+    output = tmp_path / "out" / "map.tif"
+    pattern = SINOP_PATTERN if problem != "missing_date_band" else r"(?P<date>\d{4}-\d{2}-\d{2})"
+    with pytest.raises(ValueError, match=message):
+        map_rasters(str(ndvi_checkpoint), str(rasters), str(output), pattern=pattern, progress=False)
+    assert not output.parent.exists() or not any(output.parent.iterdir())
+
+
+def test_checkpoint_band_count_mismatch_is_named(tmp_path):
+    stack_bands = synthetic_stack(tmp_path / "rasters")
+    store = tmp_path / "store"
+    rng = np.random.default_rng(0)
+    from cmap.data.datamodule import PixelSeries
+
+    series = PixelSeries(rng.random((60, 3, 2), dtype=np.float32), np.tile([0, 30, 61], (60, 1)),
+                         np.arange(60) % 2, "synthetic")  # fmt: skip
+    write_store(store, series, ["NDVI", "EVI"], ["a", "b"])
+    checkpoint = fit_checkpoint(store, tmp_path / "two_bands", steps=1)
+    with pytest.raises(ValueError, match=r"bands \['EVI'\] missing at 2021-04-01 \(found \['NDVI'\]"):
+        map_rasters(str(checkpoint), str(stack_bands), str(tmp_path / "map.tif"), pattern=SINOP_PATTERN)
+    assert not (tmp_path / "map.tif").exists()
+
+
+def test_a_map_that_fails_midway_leaves_no_file(ndvi_checkpoint, tmp_path, monkeypatch):
+    rasters = synthetic_stack(tmp_path / "rasters")
+    written = []
+    original = MapWriter.write_on_batch_end
+
+    def write_then_fail(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        written.append(1)
+        if len(written) == 3:
+            raise RuntimeError("disk full")
+
+    monkeypatch.setattr(MapWriter, "write_on_batch_end", write_then_fail)
+    output = tmp_path / "out" / "map.tif"
+    with pytest.raises(RuntimeError, match="disk full"):
+        map_rasters(str(ndvi_checkpoint), str(rasters), str(output), pattern=SINOP_PATTERN, window_size=8,
+                    progress=False)  # fmt: skip
+    assert len(written) == 3 and list(output.parent.iterdir()) == []
+
+
+def test_a_killed_map_leaves_no_file_under_the_output_names(ndvi_checkpoint, tmp_path):
+    """SIGKILL gives no chance to clean up: the partial files are hidden, never under the output names."""
+    rasters = synthetic_stack(tmp_path / "rasters", shape=(400, 400))
+    output = tmp_path / "out" / "map.tif"
+    script = (
+        "import os, signal, sys\n"
+        "from cmap.map import MapWriter, map_rasters\n"
+        "original = MapWriter.write_on_batch_end\n"
+        "def write_then_die(self, *args, **kwargs):\n"
+        "    original(self, *args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "MapWriter.write_on_batch_end = write_then_die\n"
+        f"map_rasters({str(ndvi_checkpoint)!r}, {str(rasters)!r}, {str(output)!r}, pattern={SINOP_PATTERN!r}, "
+        "window_size=64, progress=False)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == -9, result.stderr[-2000:]
+    left = sorted(p.name for p in output.parent.iterdir())
+    assert left and all(name.startswith(".") and ".partial" in name for name in left), left
+    assert not output.exists() and not probabilities_path(output).exists()
+
+
+def test_samples_at_the_sinop_points_are_the_cube_pixels_under_them():
+    stack = RasterStack.from_folder(require(SINOP), SINOP_PATTERN, ["NDVI"], scale=1e-4, valid_range=(-2000, 10000))
+    shapes = read_labels(SINOP / "samples_sinop_crop.csv")
+    series, class_names = extract_samples(stack, shapes, window_size=100)  # several windows
+    assert class_names == ["Cerrado", "Forest", "Pasture", "Soy_Corn"]
+    assert np.bincount(series.labels).tolist() == [3, 3, 4, 8]  # the data's README
+    assert series.groups.tolist() == list(range(18)) and series.values.shape == (18, 12, 1)
+    cube = stack.read()
+    with rasterio.open(stack.paths[0][0]) as dataset:
+        from rasterio.warp import transform
+
+        xs, ys = transform("EPSG:4326", dataset.crs, *zip(*(g["coordinates"] for g in shapes.geometries), strict=True))
+        rows, cols = rasterio.transform.rowcol(dataset.transform, xs, ys)
+    np.testing.assert_array_equal(series.values[:, :, 0], cube[:, 0, rows, cols].T)
+    forest = series.values[series.labels == 1, :, 0]
+    assert np.nanmean(forest) > 0.7  # the README: Forest ~0.85 all year
+
+
+def test_samples_in_polygons_keep_their_polygon_as_group(tmp_path):
+    rasters = synthetic_stack(tmp_path / "rasters")
+    labels = tmp_path / "fields.gpkg"
+    schema = {"geometry": "Polygon", "properties": {"crop": "str"}}
+    # Pixels are 10 m; the grid starts at (500000, 4800000) and goes down. A 3x2-pixel field and a 1x4 one.
+    squares = [((500_000, 4_799_970), (30, 20), "maize"), ((500_100, 4_799_900), (10, 40), "wheat")]
+    with fiona.open(labels, "w", driver="GPKG", crs="EPSG:32631", schema=schema) as layer:
+        for (x, y), (w, h), crop in squares:
+            ring = [(x, y), (x + w, y), (x + w, y + h), (x, y + h), (x, y)]
+            layer.write({"geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": {"crop": crop}})
+    stack = RasterStack.from_folder(rasters, SINOP_PATTERN)
+    series, class_names = extract_samples(stack, read_labels(labels, "crop"))
+    assert class_names == ["maize", "wheat"]
+    assert np.bincount(series.groups).tolist() == [6, 4] and (series.labels == series.groups).all()
+    cube = stack.read()
+    np.testing.assert_array_equal(series.values[series.groups == 1][:, :, 0], cube[:, 0, 6:10, 10].T)
+
+
+def test_shapes_outside_the_grid_and_unknown_labels_are_errors(tmp_path):
+    stack = RasterStack.from_folder(synthetic_stack(tmp_path / "rasters"), SINOP_PATTERN)
+    points = tmp_path / "points.csv"
+    points.write_text("x,y,label\n500005,4799995,maize\n0,0,maize\n")
+    with pytest.raises(ValueError, match=r"points.csv: 1 shapes cover no pixel .* first at index 1"):
+        extract_samples(stack, read_labels(points, x_column="x", y_column="y", crs="EPSG:32631"))
+    with pytest.raises(ValueError, match=r"labels \['maize'\] are not in the class names \['wheat'\]"):
+        extract_samples(stack, read_labels(points, x_column="x", y_column="y", crs="EPSG:32631"), ["wheat"])
+    with pytest.raises(ValueError, match=r"points.csv: columns \['longitude', 'latitude'\] are missing"):
+        read_labels(points)
+
+
+def test_extract_command_writes_a_store_of_the_labelled_pixels(tmp_path):
+    from cmap.data.__main__ import main as data_main
+
+    rasters = synthetic_stack(tmp_path / "rasters")
+    points = tmp_path / "points.csv"
+    points.write_text("x,y,crop\n500005,4799995,maize\n500015,4799985,wheat\n500025,4799975,maize\n")
+    data_main(["extract", str(rasters), str(points), str(tmp_path / "store"), "--pattern", SINOP_PATTERN,
+               "--label_field", "crop", "--x_column", "x", "--y_column", "y", "--crs", "EPSG:32631"])  # fmt: skip
+    series, metadata = open_store(tmp_path / "store")
+    assert metadata["class_names"] == ["maize", "wheat"] and metadata["reference_date"] == "2021-04-01"
+    assert series.labels.tolist() == [0, 1, 0] and np.asarray(series.days[[0]]).tolist() == [[0, 30, 61]]
+    cube = RasterStack.from_folder(rasters, SINOP_PATTERN).read()
+    np.testing.assert_array_equal(series.values[[0, 1, 2]][:, :, 0], cube[:, 0, [0, 1, 2], [0, 1, 2]].T)
