@@ -1,0 +1,102 @@
+"""Area-adjusted accuracy (cmap.evaluation) against the worked example of Olofsson et al. (2014).
+
+Source: P. Olofsson et al., Good practices for estimating area and assessing accuracy of land change,
+Remote Sensing of Environment 148:42-57 (2014), section 5: a stratified random sample of 640
+pixels from a map of 10,000,000 Landsat pixels (30 m, 0.09 ha) with four classes (table 8);
+estimated proportions (table 9); accuracies and areas with 95 % confidence intervals
+(sections 5.2.1 and 5.2.2), printed to two decimals and to the hectare.
+"""
+
+import numpy as np
+import pytest
+
+from cmap.evaluation import area_adjusted_accuracy, sample_counts
+
+CLASSES = ["deforestation", "forest_gain", "stable_forest", "stable_nonforest"]
+# Table 8: sample counts, map class (stratum) in rows, reference class in columns.
+COUNTS = np.array([[66, 0, 5, 4], [0, 55, 8, 12], [1, 0, 153, 11], [2, 1, 9, 313]])
+MAPPED_PIXELS = np.array([200_000, 150_000, 3_200_000, 6_450_000])
+HECTARES_PER_PIXEL = 0.09
+
+
+@pytest.fixture(scope="module")
+def example():
+    return area_adjusted_accuracy(COUNTS, MAPPED_PIXELS * HECTARES_PER_PIXEL, CLASSES)
+
+
+def test_proportions_match_table_9(example):
+    table_9 = [
+        [0.0176, 0.0000, 0.0013, 0.0011],
+        [0.0000, 0.0110, 0.0016, 0.0024],
+        [0.0019, 0.0000, 0.2967, 0.0213],
+        [0.0040, 0.0020, 0.0179, 0.6212],
+    ]
+    np.testing.assert_allclose(example.proportions, table_9, atol=5e-5)
+    assert example.proportions.sum() == pytest.approx(1.0)
+
+
+def test_accuracies_match_section_5_2_1(example):
+    assert example.overall_accuracy == pytest.approx(0.95, abs=0.005)
+    assert example.overall_accuracy_ci == pytest.approx(0.02, abs=0.005)
+    np.testing.assert_allclose(example.users_accuracy, [0.88, 0.73, 0.93, 0.96], atol=0.005)
+    np.testing.assert_allclose(example.users_accuracy_ci, [0.07, 0.10, 0.04, 0.02], atol=0.005)
+    np.testing.assert_allclose(example.producers_accuracy, [0.75, 0.85, 0.93, 0.96], atol=0.005)
+    # Printed: 0.21, 0.23, 0.03, 0.01. The paper's eq. 7 gives 0.254 and 0.018 for the second and
+    # fourth (computed here by hand from eq. 7 and table 8 as well), so those two check eq. 7.
+    np.testing.assert_allclose(example.producers_accuracy_ci, [0.21, 0.254, 0.03, 0.018], atol=0.005)
+
+
+def test_areas_match_section_5_2_2(example):
+    np.testing.assert_allclose(example.mapped_area, [18_000, 13_500, 288_000, 580_500])
+    np.testing.assert_allclose(example.area, [21_158, 11_686, 285_770, 581_386], atol=1)
+    # Printed half-widths (1.96 x standard error), in hectares.
+    np.testing.assert_allclose(example.area_ci, [6_158, 3_756, 15_510, 16_282], atol=2)
+    assert example.area.sum() == pytest.approx(example.mapped_area.sum())
+    assert "21,158 ± 6,158" in example.table()
+
+
+def test_unit_of_mapped_area_carries_through():
+    pixels = area_adjusted_accuracy(COUNTS, MAPPED_PIXELS, CLASSES)
+    np.testing.assert_allclose(pixels.area * HECTARES_PER_PIXEL, [21_158, 11_686, 285_770, 581_386], atol=1)
+    np.testing.assert_allclose(pixels.users_accuracy, COUNTS.diagonal() / COUNTS.sum(axis=1))
+
+
+def test_sample_counts_rebuild_table_8():
+    rows, columns = np.nonzero(COUNTS)
+    map_classes = np.repeat(rows, COUNTS[rows, columns])
+    reference_classes = np.repeat(columns, COUNTS[rows, columns])
+    np.testing.assert_array_equal(sample_counts(map_classes, reference_classes, 4), COUNTS)
+
+
+def test_proportional_sample_gives_plain_accuracy():
+    # Map areas proportional to the sample sizes: every sample weighs the same.
+    counts = np.array([[40, 10], [5, 45]])
+    result = area_adjusted_accuracy(counts, [100, 100])
+    assert result.overall_accuracy == pytest.approx(85 / 100)
+    np.testing.assert_allclose(result.area, [90, 110])
+
+
+def test_zero_area_class_without_samples_weighs_nothing():
+    counts = np.array([[40, 10, 0], [5, 45, 0], [0, 0, 0]])
+    result = area_adjusted_accuracy(counts, [100, 100, 0])
+    assert result.overall_accuracy == pytest.approx(0.85)
+    assert np.isnan(result.producers_accuracy[2])
+
+
+@pytest.mark.parametrize(
+    ("counts", "area", "message"),
+    [
+        (np.ones((2, 3)), [1, 1], "square"),
+        (COUNTS, [1, 2, 3], "mapped_area"),
+        (-COUNTS, MAPPED_PIXELS, "non-negative"),
+        (np.array([[1, 0], [3, 5]]), [10, 10], r"map classes \['0'\]"),
+    ],
+)
+def test_errors_name_the_problem(counts, area, message):
+    with pytest.raises(ValueError, match=message):
+        area_adjusted_accuracy(counts, area)
+
+
+def test_sample_counts_reject_unknown_classes():
+    with pytest.raises(ValueError, match="reference_classes"):
+        sample_counts([0, 1], [0, 4], num_classes=3)
