@@ -7,6 +7,7 @@ from pathlib import Path
 
 import fiona
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 from rasterio.transform import from_origin
@@ -325,3 +326,18 @@ def test_extract_command_writes_a_store_of_the_labelled_pixels(tmp_path):
     assert series.labels.tolist() == [0, 1, 0] and np.asarray(series.days[[0]]).tolist() == [[0, 30, 61]]
     cube = RasterStack.from_folder(rasters, SINOP_PATTERN).read()
     np.testing.assert_array_equal(series.values[[0, 1, 2]][:, :, 0], cube[:, 0, [0, 1, 2], [0, 1, 2]].T)
+
+
+def test_cmap_predict_writes_one_row_per_test_series(ndvi_checkpoint, mato_grosso_ndvi12, tmp_path):
+    root = ndvi_checkpoint.parents[3]  # root/lightning_logs/version_0/checkpoints/last.ckpt
+    output = tmp_path / "predictions.csv"
+    writer = ["--trainer.callbacks+=cmap.predictions.PredictionWriter", "--trainer.callbacks.output", str(output)]
+    cmap_main(["predict", "--config", str(root / "config.yaml"), "--ckpt_path", str(ndvi_checkpoint), *writer])
+    table = pd.read_csv(output)
+    data = SeriesStore(str(mato_grosso_ndvi12), fold=0)
+    data.setup("predict")
+    assert sorted(table["index"]) == list(range(len(data.datasets["test"])))
+    probabilities = table[[f"probability/{name}" for name in data.class_names]].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert (table["class"] == [data.class_names[i] for i in probabilities.argmax(axis=1)]).all()
+    assert list(tmp_path.iterdir()) == [output]

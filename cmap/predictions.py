@@ -1,0 +1,64 @@
+"""Predictions of ``cmap predict`` written to a table, one row per series.
+
+    cmap predict --config run.yaml --ckpt_path last.ckpt \\
+        --trainer.callbacks+=cmap.predictions.PredictionWriter --trainer.callbacks.output predictions.parquet
+
+Columns: ``index`` (the series' row in the predicted split), ``class`` (name), ``confidence`` (its
+probability) and ``probability/<class>`` per class. Parquet (``.parquet``) or CSV (any other
+suffix). With several processes (``--trainer.devices 2``, DDP), each writes its own rows to
+``<stem>.rank<k><suffix>``; rows are keyed by ``index`` (a sampler may repeat a few to even out
+the processes). Files are written under a temporary name, then renamed.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Collects the Classifier's ``predict_step`` outputs with their dataset indices, then writes them."""
+
+    def __init__(self, output: str = "predictions.parquet") -> None:
+        super().__init__(write_interval="epoch")
+        self.output = Path(output)
+
+    def path_for(self, trainer: L.Trainer) -> Path:
+        if trainer.world_size == 1:
+            return self.output
+        return self.output.with_name(f"{self.output.stem}.rank{trainer.global_rank}{self.output.suffix}")
+
+    def write_on_epoch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any
+    ) -> None:
+        if not predictions:
+            return
+        # Lightning unwraps the outputs of a single dataloader, not their indices (a list per dataloader).
+        if isinstance(predictions[0], list):
+            predictions = predictions[0]
+        if batch_indices and batch_indices[0] and isinstance(batch_indices[0][0], list):
+            batch_indices = batch_indices[0]
+        indices = [index for batch in batch_indices for index in batch]
+        probabilities = torch.cat([batch["probabilities"] for batch in predictions]).float().cpu().numpy()
+        if len(indices) != len(probabilities):
+            raise RuntimeError(
+                f"{len(indices)} dataset indices for {len(probabilities)} predictions: the predict dataloader "
+                "needs a batch sampler for PredictionWriter"
+            )
+        class_names = list(getattr(pl_module, "class_names", range(probabilities.shape[1])))
+        table = pd.DataFrame({"index": indices, "class": [class_names[i] for i in probabilities.argmax(axis=1)]})
+        table["confidence"] = probabilities.max(axis=1)
+        for i, name in enumerate(class_names):
+            table[f"probability/{name}"] = probabilities[:, i]
+        path = self.path_for(trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.partial")
+        if path.suffix == ".parquet":
+            table.to_parquet(temporary, index=False)
+        else:
+            table.to_csv(temporary, index=False)
+        os.replace(temporary, path)
