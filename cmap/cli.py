@@ -8,13 +8,17 @@ means ``cmap.ml.classifiers.Classifier``.
 """
 
 import importlib
+import signal
 import sys
+import warnings
 from typing import Any
 
 from jsonargparse import get_loader, set_loader
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cmap.ml.callbacks import AttentionMapLogger, ClassDistributionLogger, ConfusionMatrixLogger, EmbeddingProjector
+from cmap.ml.fault_tolerance import InterruptCheckpoint, RandomState, last_checkpoint
 
 PARSER_MODE = "cmap_yaml"
 
@@ -51,6 +55,19 @@ def canonicalise_class_paths(node: Any) -> Any:
     return node
 
 
+def namespace_dict(node: Any) -> Any:
+    """A parsed config (jsonargparse Namespace) as plain dicts and lists."""
+    return node.as_dict() if hasattr(node, "as_dict") else node
+
+
+def replaced_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of config tree ``before`` set (not None) to another value in ``after``."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = sorted(before.keys() | after.keys())
+        return [key for k in keys for key in replaced_keys(before.get(k), after.get(k), f"{prefix}{k}.")]
+    return [] if before is None or before == after else [prefix.rstrip(".")]
+
+
 _yaml_loader = get_loader("yaml")
 set_loader(PARSER_MODE, lambda text: canonicalise_class_paths(_yaml_loader(text)))
 
@@ -70,12 +87,52 @@ class CMapCLI(LightningCLI):
         parser.add_lightning_class_args(ConfusionMatrixLogger, "confusion_matrix")
         parser.add_lightning_class_args(AttentionMapLogger, "attention_maps")
         parser.add_lightning_class_args(EmbeddingProjector, "embeddings")
+        # Fault tolerance (cmap.ml.fault_tolerance): exact resumption, a checkpoint on SIGTERM.
+        parser.add_lightning_class_args(RandomState, "random_state")
+        parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
             default=False,
             help="fit only: when training ends, test the model as it is (the end of its LR schedule)",
         )
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI rebuilds the model from the hyper-parameters of a --ckpt_path file, whatever
+        # the config says; name the settings it replaces, so another architecture is no surprise.
+        subcommand = self.config.get("subcommand")
+        before = self.config[subcommand].get("model") if subcommand else None
+        before = before.clone() if hasattr(before, "clone") else before
+        try:
+            super()._parse_ckpt_path()
+        except Exception as error:  # torch raises several types for truncated or foreign files
+            raise ValueError(f"{self.config[subcommand].ckpt_path}: not a readable checkpoint ({error})") from error
+        if before is None:
+            return
+        after = self.config[subcommand].get("model")
+        replaced = replaced_keys(namespace_dict(before), namespace_dict(after))
+        if replaced:
+            shown = ", ".join(f"model.{key}" for key in replaced[:8])
+            more = f" and {len(replaced) - 8} more" if len(replaced) > 8 else ""
+            warnings.warn(
+                f"{self.config[subcommand].ckpt_path}: the model is built from the checkpoint's hyper-parameters, "
+                f"which replace the configured {shown}{more}",
+                stacklevel=1,
+            )
+
+    def _resolve_last_checkpoint(self) -> None:
+        """``--ckpt_path last``: the newest last / interrupted checkpoint of this run's earlier versions.
+
+        Left as ``last`` when there is none: Lightning then warns and starts from scratch, so a job
+        script can always pass it.
+        """
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            path = last_checkpoint(self.trainer)
+            if path is not None:
+                config["ckpt_path"] = str(path)
+
+    before_fit = before_validate = before_test = before_predict = _resolve_last_checkpoint
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit:
@@ -94,7 +151,11 @@ def main(args: list[str] | None = None) -> None:
 
         map_main(args[1:])
         return
-    CMapCLI(args=args)
+    try:
+        CMapCLI(args=args)
+    except SIGTERMException:
+        # Stopped by SIGTERM (its checkpoint is saved): not a success for the calling script.
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -48,12 +48,7 @@ class PixelSeries:
 
     def check_valid_dates(self) -> None:
         """Reject series without any valid date: they cannot be encoded."""
-        empty = ~self.valid_dates.any(axis=1)
-        if empty.any():
-            raise ValueError(
-                f"{self.source}: {int(empty.sum())} series have no valid date (all values NaN), "
-                f"first at sample index {int(np.flatnonzero(empty)[0])}; remove them"
-            )
+        check_series(self.valid_dates, self.source, np.arange(len(self)))
 
     def __len__(self) -> int:
         return len(self.values)
@@ -67,6 +62,35 @@ class PixelSeries:
         labels = None if self.labels is None else self.labels[index]
         groups = None if self.groups is None else self.groups[index]
         return PixelSeries(self.values[index], self.days[index], labels, self.source, groups)
+
+
+def check_series(mask: np.ndarray, source: str, rows: np.ndarray) -> None:
+    """Reject series whose ``mask`` (N, T) has no valid date, naming the first by its row in ``source``."""
+    empty = ~mask.any(axis=1)
+    if empty.any():
+        raise ValueError(
+            f"{source}: {int(empty.sum())} series have no valid date (every date has a NaN or infinite band "
+            f"value), first at sample index {int(rows[np.flatnonzero(empty)[0]])}; remove them"
+        )
+
+
+def sort_dates(values: np.ndarray, days: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Reorder each series' dates by day when its valid dates are out of order (a repair).
+
+    Converters write dates in order, but a store or table from elsewhere may not; the encoders
+    would not mind (positions are days), but contiguous-date masking and the attention figures
+    assume it. Invalid dates go last. Two valid dates on the same day are kept (overlapping
+    orbits); the table converter alone rejects them, as two rows for one date are ambiguous there.
+    """
+    previous = np.maximum.accumulate(np.where(mask, days, np.iinfo(np.int64).min), axis=1)
+    if not (mask[:, 1:] & (days[:, 1:] < previous[:, :-1])).any():
+        return values, days, mask
+    order = np.argsort(np.where(mask, days, np.iinfo(np.int64).max), axis=1, kind="stable")
+    return (
+        np.take_along_axis(values, order[..., None], axis=1),
+        np.take_along_axis(days, order, axis=1),
+        np.take_along_axis(mask, order, axis=1),
+    )
 
 
 class SeriesDataset(Dataset):
@@ -105,7 +129,10 @@ class SeriesDataset(Dataset):
         values[order] = self.series.values[rows[order]]
         days = np.empty((len(rows),) + self.series.days.shape[1:], dtype=np.int64)
         days[order] = self.series.days[rows[order]]
+        # A date with any NaN or infinite band value is masked, like a cloud.
         mask = np.isfinite(values).all(axis=-1)
+        check_series(mask, self.series.source, rows)  # stores are read here first, not when opened
+        values, days, mask = sort_dates(values, days, mask)
         values = (values - self.mean) / self.std
         values[~mask] = 0.0
         batch = Batch(
@@ -283,6 +310,8 @@ class SITSDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if "train" not in self.datasets:
             train_all = self._prepare(self.load_train())
+            if len(train_all) == 0:
+                raise ValueError(f"{train_all.source}: no training series")
             train_index, val_index = holdout_split(train_all, self.val_fraction, self.seed)
             for split, index in (("training", train_index), ("validation", val_index)):
                 if len(index) == 0:
@@ -299,6 +328,8 @@ class SITSDataModule(L.LightningDataModule):
             self.datasets["val"] = SeriesDataset(train_all, val_index, self.mean, self.std)
         if stage in ("test", "predict") and "test" not in self.datasets:
             test = self._prepare(self.load_test())
+            if len(test) == 0:
+                raise ValueError(f"{test.source}: the test split is empty")
             self.datasets["test"] = SeriesDataset(test, np.arange(len(test)), self.mean, self.std)
 
     def class_counts(self, split: str) -> np.ndarray:

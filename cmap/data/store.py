@@ -65,10 +65,14 @@ def write_store(
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
     arrays = {"values": series.values, "days": series.days, "labels": series.labels, "groups": series.groups}
-    for name, array in arrays.items():
-        if array is not None:
-            np.save(temporary / f"{name}.npy", np.ascontiguousarray(array, dtype=ARRAYS[name][0]))
-    write_metadata(temporary, band_names, class_names, series.values.shape[:2], reference_date, series.source)
+    try:
+        for name, array in arrays.items():
+            if array is not None:
+                np.save(temporary / f"{name}.npy", np.ascontiguousarray(array, dtype=ARRAYS[name][0]))
+        write_metadata(temporary, band_names, class_names, series.values.shape[:2], reference_date, series.source)
+    except BaseException:  # a failed or interrupted write (disk full, Ctrl+C) leaves nothing behind
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(temporary, folder)
@@ -205,6 +209,13 @@ def open_store(folder: str | Path) -> tuple[PixelSeries, dict[str, Any]]:
                 "(from metadata.json)"
             )
         arrays[name] = array
+    labels, num_classes = arrays["labels"], len(metadata["class_names"])
+    if labels is not None and ((labels < -1) | (labels >= num_classes)).any():
+        row = int(np.flatnonzero((labels < -1) | (labels >= num_classes))[0])
+        raise ValueError(
+            f"{folder / 'labels.npy'}: row {row} holds label {int(labels[row])}, expected -1 (unlabelled) or a "
+            f"class index in [0, {num_classes}) of metadata.json's class_names"
+        )
     series = PixelSeries(arrays["values"], arrays["days"], arrays["labels"], str(folder), arrays["groups"])
     return series, metadata
 

@@ -40,9 +40,15 @@ def read_ucr_crop(path: str | Path, step_days: int = 8) -> PixelSeries:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such UCR Crop file")
-    table = pd.read_csv(path, sep="\t", header=None, dtype=np.float32)
+    try:
+        table = pd.read_csv(path, sep="\t", header=None, dtype=np.float32)
+    except (ValueError, pd.errors.ParserError) as error:  # text where a number belongs, ragged rows
+        raise ValueError(f"{path}: not a UCR Crop file of numbers ({error})") from error
     if table.shape[1] != UCR_CROP_DATES + 1:
         raise ValueError(f"{path}: expected 1 label + {UCR_CROP_DATES} NDVI columns, found {table.shape[1]} columns")
+    if table.isna().any(axis=None):  # the archive has no gap: a short row is a truncated file
+        row = int(np.flatnonzero(table.isna().any(axis=1))[0])
+        raise ValueError(f"{path}: row {row} has missing values, expected 1 label + {UCR_CROP_DATES} NDVI values")
     labels = table.iloc[:, 0].to_numpy()
     if not np.isin(labels, np.arange(1, len(UCR_CROP_CLASSES) + 1)).all():
         bad = labels[~np.isin(labels, np.arange(1, len(UCR_CROP_CLASSES) + 1))][0]

@@ -11,7 +11,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from torchmetrics import MetricCollection
 
 from cmap.ml.encoders import SeriesEncoder
-from cmap.ml.weights import load_encoder_weights
+from cmap.ml.weights import load_encoder_weights, state_dict_mismatch
 
 STAGES = ("train", "val", "test")
 
@@ -102,7 +102,9 @@ class SITSTask(L.LightningModule):
     def _log_epoch_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics", None)
         if metrics is not None:
-            self.log_dict(metrics.compute())
+            # compute() has synchronised the states of every process, so each logs the same value;
+            # sync_dist makes Lightning's epoch-end reduction agree (a mean of equal values).
+            self.log_dict(metrics.compute(), sync_dist=True)
             # Fresh states made under validate/test's inference mode could not be updated by a
             # later fit (whose validation runs outside inference mode).
             with torch.inference_mode(False):
@@ -127,6 +129,14 @@ class SITSTask(L.LightningModule):
             )
         if stage == "fit" and self.hparams.init_encoder_from and self.trainer.ckpt_path is None:
             load_encoder_weights(self.encoder, self.hparams.init_encoder_from)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning's strict loading would name the tensors but not the file: a checkpoint of another
+        # architecture (resuming with a changed config) is reported with its path.
+        mismatch = state_dict_mismatch(self.state_dict(), checkpoint["state_dict"])
+        if mismatch:
+            path = self._trainer.ckpt_path if self._trainer is not None else "the checkpoint"
+            raise ValueError(f"{path}: weights do not fit the configured {type(self).__name__}: {mismatch}")
 
     def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
         return self.decoder(self.encoder(values, days, mask), mask)
