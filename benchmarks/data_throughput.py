@@ -4,8 +4,8 @@
     python benchmarks/data_throughput.py --num_series 1000000 --json  # one line, for comparisons
 
 1. Builds a synthetic store (9 bands, 24 dates, 7 classes, 20 % clouded dates) chunk by chunk.
-2. Data alone: SeriesStore setup (splits, statistics) and batches/s of its train loader (random
-   rows of the memory-mapped store), batch 256.
+2. Data alone: SeriesStore (``--streaming``: StreamingSeriesStore) setup (splits, statistics) and
+   batches/s of its train loader (random rows of the memory-mapped store), batch 256.
 3. Consumption: training steps/s of the seed model (d_model 256, 8 heads, 4 layers, band MLP
    9-32-64-128-256) on batches of the same shape, plain PyTorch (forward, backward, AdamW).
 4. Peak RSS of this process (``ru_maxrss``) after the data phase and after the model phase. Run it
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from cmap.data.store import SeriesStore, write_metadata
+from cmap.data.streaming import StreamingSeriesStore
 from cmap.ml.classifiers import Classifier
 from cmap.ml.decoders import MultiClassClassification
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--model_steps", type=int, default=5)
+    parser.add_argument("--streaming", action="store_true", help="StreamingSeriesStore instead of SeriesStore")
     parser.add_argument("--workdir", type=Path, default=Path("runs/data_benchmark"))
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--build_only", action="store_true", help=argparse.SUPPRESS)
@@ -91,7 +93,8 @@ def main() -> None:
     build_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    data = SeriesStore(str(folder), batch_size=args.batch_size, val_fraction=0.01, num_workers=args.num_workers)
+    module = StreamingSeriesStore if args.streaming else SeriesStore
+    data = module(str(folder), batch_size=args.batch_size, val_fraction=0.01, num_workers=args.num_workers)
     data.setup("fit")
     setup_s = time.perf_counter() - start
     loader = iter(data.train_dataloader())
@@ -130,6 +133,7 @@ def main() -> None:
         "peak_rss_with_model_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
+        "data_module": module.__name__,
     }
     if args.json:
         print(json.dumps(figures))

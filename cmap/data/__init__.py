@@ -3,10 +3,11 @@
 from cmap.data.batch import Batch
 from cmap.data.datamodule import PixelSeries, SeriesDataset, SITSDataModule
 from cmap.data.store import SeriesStore, open_store, write_store
+from cmap.data.streaming import StreamingSeriesStore
 from cmap.data.synthetic import SyntheticSITS
 from cmap.data.ucr import UCRCrop
 
 __all__ = [
-    "Batch", "PixelSeries", "SITSDataModule", "SeriesDataset", "SeriesStore", "SyntheticSITS", "UCRCrop",
-    "open_store", "write_store",
+    "Batch", "PixelSeries", "SITSDataModule", "SeriesDataset", "SeriesStore", "StreamingSeriesStore",
+    "SyntheticSITS", "UCRCrop", "open_store", "write_store",
 ]  # fmt: skip

@@ -168,6 +168,11 @@ class NpyRows:
         out = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
         buffer = memoryview(out.reshape(-1).view(np.uint8))
         descriptor, size = self._descriptor(), self.row_bytes
+        if len(rows) > 1 and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+            # Consecutive rows (chunked scans): one read.
+            if os.preadv(descriptor, [buffer], self.offset + int(rows[0]) * size) != len(rows) * size:
+                raise ValueError(f"{self.path}: short read at rows {rows[0]}..{rows[-1]}")
+            return out
         for i, row in enumerate(rows.tolist()):
             if os.preadv(descriptor, [buffer[i * size : (i + 1) * size]], self.offset + row * size) != size:
                 raise ValueError(f"{self.path}: short read at row {row}")
@@ -182,8 +187,12 @@ class NpyRows:
         return {**self.__dict__, "_fd": None, "_pid": None}
 
 
-def open_store(folder: str | Path) -> tuple[PixelSeries, dict[str, Any]]:
-    """Open a store: labels and groups are loaded, values and days are read row by row on demand."""
+def open_store(folder: str | Path, lazy: bool = False) -> tuple[PixelSeries, dict[str, Any]]:
+    """Open a store: labels and groups are loaded, values and days are read row by row on demand.
+
+    ``lazy``: labels and groups are read on demand too (and not checked here: the reader checks them,
+    see :class:`~cmap.data.streaming.StreamingSeriesStore`).
+    """
     folder = Path(folder)
     metadata = read_metadata(folder)
     n, t, c = metadata["num_series"], metadata["num_dates"], len(metadata["band_names"])
@@ -196,7 +205,7 @@ def open_store(folder: str | Path) -> tuple[PixelSeries, dict[str, Any]]:
                 raise FileNotFoundError(f"{path}: missing from the store")
             arrays[name] = None
             continue
-        if name in ("values", "days"):
+        if name in ("values", "days") or lazy:
             array = NpyRows(path)
         else:
             try:
@@ -210,7 +219,7 @@ def open_store(folder: str | Path) -> tuple[PixelSeries, dict[str, Any]]:
             )
         arrays[name] = array
     labels, num_classes = arrays["labels"], len(metadata["class_names"])
-    if labels is not None and ((labels < -1) | (labels >= num_classes)).any():
+    if labels is not None and not lazy and ((labels < -1) | (labels >= num_classes)).any():
         row = int(np.flatnonzero((labels < -1) | (labels >= num_classes))[0])
         raise ValueError(
             f"{folder / 'labels.npy'}: row {row} holds label {int(labels[row])}, expected -1 (unlabelled) or a "

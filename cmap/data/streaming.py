@@ -1,0 +1,224 @@
+"""Stores larger than memory with resident memory that does not grow with them.
+
+:class:`~cmap.data.store.SeriesStore` keeps three arrays per series in memory (labels, the split's
+row index, the shuffled order): about 24 bytes per series, 2.4 GB at 100 million. The
+:class:`StreamingSeriesStore` keeps none of them:
+
+- **splits are a function of the row** (or of its group): a series is in the test fold, the
+  validation split or training according to a hash of its row number (:func:`unit_hash`), so no
+  index is stored; split sizes are only *about* ``val_fraction`` (binomial), and not stratified
+  by class;
+- **shuffling is a pseudo-random permutation computed on the fly** (:class:`RowPermutation`, a
+  Feistel network), a new one each epoch, so no order is stored;
+- **labels (and groups) are read from disk with each batch**, like the values.
+
+Setup streams the labels once, in chunks, to count classes per split (for the logs) and check them.
+"""
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader, Sampler
+
+from cmap.data.datamodule import SeriesDataset, normalisation_statistics, pass_through
+from cmap.data.store import SeriesStore, open_store
+
+CHUNK = 1 << 16
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser, element-wise on uint64 (wrapping arithmetic): a good cheap hash."""
+    x = x.astype(np.uint64, copy=True)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def unit_hash(keys: np.ndarray, seed: int) -> np.ndarray:
+    """A pseudo-random float64 in [0, 1) for each integer key, fixed by ``seed``."""
+    mixed = splitmix64(np.asarray(keys).astype(np.uint64) + np.uint64(seed + 1) * _GOLDEN)
+    return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+class RowPermutation:
+    """A pseudo-random permutation of ``[0, n)`` evaluated element-wise, without storing it.
+
+    A 4-round Feistel network on the smallest even number of bits covering ``n`` is a bijection of
+    ``[0, 2**bits)``; values that land at or beyond ``n`` are encrypted again ("cycle walking") until
+    they fall inside, which keeps it a bijection of ``[0, n)``. ``2**bits < 4 n``, so few walks.
+    """
+
+    def __init__(self, n: int, seed: int, rounds: int = 4) -> None:
+        bits = max(2, int(n - 1).bit_length())
+        bits += bits % 2
+        self.n, self.half = n, np.uint64(bits // 2)
+        self.mask = np.uint64((1 << (bits // 2)) - 1)
+        self.keys = [np.uint64(k) for k in np.random.default_rng(seed).integers(0, 2**63, rounds)]
+
+    def _encrypt(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> self.half, x & self.mask
+        for key in self.keys:
+            left, right = right, left ^ (splitmix64(right ^ key) & self.mask)
+        return (left << self.half) | right
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        x = self._encrypt(np.asarray(positions).astype(np.uint64))
+        outside = x >= np.uint64(self.n)
+        while outside.any():
+            x[outside] = self._encrypt(x[outside])
+            outside = x >= np.uint64(self.n)
+        return x.astype(np.int64)
+
+
+class RowSampler(Sampler[int]):
+    """The rows of one split, in row order or in a new pseudo-random order each epoch, chunk by chunk."""
+
+    def __init__(
+        self, num_rows: int, in_split: Callable[[np.ndarray], np.ndarray], length: int, shuffle: bool, seed: int
+    ) -> None:
+        self.num_rows, self.in_split, self.length = num_rows, in_split, length
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        permutation = RowPermutation(self.num_rows, self.seed + self.epoch) if self.shuffle else None
+        self.epoch += 1
+        for start in range(0, self.num_rows, CHUNK):
+            positions = np.arange(start, min(start + CHUNK, self.num_rows))
+            rows = positions if permutation is None else permutation(positions)
+            yield from rows[self.in_split(rows)].tolist()
+
+
+class _Rows:
+    """``index[positions] == positions``: a :class:`RowSampler` yields store rows directly."""
+
+    def __getitem__(self, positions: np.ndarray) -> np.ndarray:
+        return positions
+
+
+class RowDataset(SeriesDataset):
+    """A :class:`SeriesDataset` fetched by store row (no index array); ``len`` is the split's size."""
+
+    def __init__(self, series: Any, length: int, mean: np.ndarray, std: np.ndarray, augmentation: Any = None) -> None:
+        super().__init__(series, np.empty(0, dtype=np.int64), mean, std, augmentation)
+        self.index, self.length = _Rows(), length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class StreamingSeriesStore(SeriesStore):
+    """A :class:`~cmap.data.store.SeriesStore` whose memory does not grow with the store (see above).
+
+    Same arguments, except that splits are drawn by hashing each series' row (its group id when the
+    store has groups, so no group is split): the test split is ``test_path`` or hash fold ``fold`` of
+    ``num_folds``; validation, about ``val_fraction`` of the rest. ``class_map`` and
+    ``labels_per_class`` (which need labels in memory) are not supported. Normalisation statistics
+    come from 200,000 training series drawn at random, as with ``SeriesStore``.
+
+    Under DDP, Lightning wraps the samplers in its ``DistributedSamplerWrapper``, which lists each
+    process's rows in memory; the flat-memory guarantee holds for one process (and its workers).
+    """
+
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        for unsupported in ("class_map", "labels_per_class"):
+            if kwargs.get(unsupported) is not None:
+                raise ValueError(f"StreamingSeriesStore does not support {unsupported}; use SeriesStore")
+        super().__init__(path, **kwargs)
+        self.sizes: dict[str, int] = {}
+        self.counts: dict[str, np.ndarray] = {}
+
+    def _keys(self, series: Any, rows: np.ndarray) -> np.ndarray:
+        """What a split is decided on: the group of each row, or the row itself."""
+        return rows if series.groups is None else series.groups[np.sort(rows)][np.argsort(np.argsort(rows))]
+
+    def split_of(self, series: Any, rows: np.ndarray, in_test_store: bool = False) -> np.ndarray:
+        """int8 split code of each row: 0 train, 1 validation, 2 test."""
+        if in_test_store:
+            return np.full(len(rows), 2, dtype=np.int8)
+        keys = self._keys(series, rows)
+        split = (unit_hash(keys, self.seed) < self.val_fraction).astype(np.int8)
+        if self.fold is not None:
+            split[np.floor(unit_hash(keys, self.seed + 1) * self.num_folds) == self.fold] = 2
+        return split
+
+    def _scan(self, series: Any, in_test_store: bool) -> None:
+        """One pass over the labels, in contiguous chunks: class counts (and sizes) per split, label check."""
+        num_classes = len(self.source_class_names)
+        for start in range(0, len(series), CHUNK):
+            rows = np.arange(start, min(start + CHUNK, len(series)))
+            labels = series.labels[start : rows[-1] + 1]
+            bad = (labels < 0) | (labels >= num_classes)
+            if bad.any():
+                raise ValueError(
+                    f"{series.source}/labels.npy: row {start + int(np.flatnonzero(bad)[0])} holds label "
+                    f"{int(labels[bad][0])}, expected a class index in [0, {num_classes})"
+                )
+            split = self.split_of(series, rows, in_test_store)
+            for code, name in enumerate(("train", "val", "test")):
+                members = labels[split == code]
+                if len(members):
+                    self.counts[name] = self.counts.get(name, 0) + np.bincount(members, minlength=num_classes)
+
+    def setup(self, stage: str) -> None:
+        if "train" in self.datasets and (stage not in ("test", "predict") or "test" in self.datasets):
+            return
+        series = open_store(self.path, lazy=True)[0]
+        if series.labels is None:
+            raise ValueError(f"{self.path}: the store has no labels")
+        test = series if self.test_path is None else open_store(self.test_path, lazy=True)[0]
+        self.counts = {}
+        self._scan(series, in_test_store=False)
+        if test is not series:
+            self._scan(test, in_test_store=True)
+        num_classes = len(self.source_class_names)
+        self.sizes = {
+            name: int(self.counts.get(name, np.zeros(num_classes)).sum()) for name in ("train", "val", "test")
+        }
+        for name in ("train", "val"):
+            if self.sizes[name] == 0:
+                raise ValueError(f"{self.path}: the {name} split is empty (val_fraction={self.val_fraction})")
+        if self.mean is None:
+            self.mean, self.std = normalisation_statistics(series, self._training_sample(series))
+        self.datasets["train"] = RowDataset(series, self.sizes["train"], self.mean, self.std, self.augmentation)
+        self.datasets["val"] = RowDataset(series, self.sizes["val"], self.mean, self.std)
+        self.datasets["test"] = RowDataset(test, self.sizes["test"], self.mean, self.std)
+        self._split_series = {"train": series, "val": series, "test": test}
+
+    def _training_sample(self, series: Any, size: int = 200_000) -> np.ndarray:
+        """Sorted rows of up to ``size`` random training series, drawn without an index of them all."""
+        permutation, chosen = RowPermutation(len(series), self.seed), []
+        for start in range(0, len(series), CHUNK):
+            rows = permutation(np.arange(start, min(start + CHUNK, len(series))))
+            chosen.append(rows[self.split_of(series, rows) == 0])
+            if sum(map(len, chosen)) >= size:
+                break
+        return np.sort(np.concatenate(chosen)[:size])
+
+    def class_counts(self, split: str) -> np.ndarray:
+        return self.counts.get(split, np.zeros(len(self.class_names), dtype=np.int64))
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        series, code = self._split_series[split], {"train": 0, "val": 1, "test": 2}[split]
+        in_test_store = split == "test" and self.test_path is not None
+
+        def in_split(rows: np.ndarray) -> np.ndarray:
+            return self.split_of(series, rows, in_test_store) == code
+
+        sampler = RowSampler(len(series), in_split, self.sizes[split], shuffle, self.seed)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=pass_through,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=shuffle and self.sizes[split] > self.batch_size,
+        )

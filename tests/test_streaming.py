@@ -1,0 +1,111 @@
+"""StreamingSeriesStore: splits, shuffling and labels without per-series memory."""
+
+import lightning as L
+import numpy as np
+import pytest
+
+from cmap.data import SeriesStore, StreamingSeriesStore, write_store
+from cmap.data.convert import read_mato_grosso
+from cmap.data.datamodule import PixelSeries
+from cmap.data.streaming import RowPermutation, unit_hash
+from cmap.ml.classifiers import Classifier
+from cmap.ml.decoders import MultiClassClassification
+from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
+from cmap.ml.encoders import TransformerEncoder
+from tests.conftest import SHARED_DATA, require
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 1000, 65_537])
+def test_row_permutation_is_a_permutation_that_depends_on_the_seed(n):
+    order = RowPermutation(n, seed=3)(np.arange(n))
+    assert sorted(order.tolist()) == list(range(n))
+    if n >= 1000:
+        assert not np.array_equal(order, np.arange(n))
+        assert not np.array_equal(order, RowPermutation(n, seed=4)(np.arange(n)))
+        # Shuffled: neighbours in the order are not neighbours in the store.
+        assert np.median(np.abs(np.diff(order))) > n / 10
+
+
+def test_unit_hash_is_uniform_and_fixed_by_its_seed():
+    values = unit_hash(np.arange(200_000), seed=0)
+    assert values.min() >= 0 and values.max() < 1
+    assert np.abs(np.histogram(values, bins=10, range=(0, 1))[0] / 20_000 - 1).max() < 0.03
+    assert np.array_equal(values, unit_hash(np.arange(200_000), seed=0))
+    assert not np.array_equal(values, unit_hash(np.arange(200_000), seed=1))
+
+
+@pytest.fixture(scope="module")
+def mato_grosso(tmp_path_factory: pytest.TempPathFactory):
+    source = require(SHARED_DATA / "sits_matogrosso_mod13q1") / "br_mt_1_8K_9classes_6bands.rda"
+    converted = read_mato_grosso(source)
+    folder = tmp_path_factory.mktemp("stores") / "mato_grosso"
+    write_store(folder, converted.series, converted.band_names, converted.class_names)
+    return folder, converted
+
+
+def rows_of(loader) -> list[int]:
+    return [row for row in loader.sampler]
+
+
+def test_splits_partition_the_store_and_each_epoch_visits_every_training_series_once(mato_grosso):
+    folder, converted = mato_grosso
+    data = StreamingSeriesStore(str(folder), fold=0, num_folds=5, val_fraction=0.1, batch_size=64)
+    data.setup("fit")
+    train_loader = data.train_dataloader()
+    train, val, test = rows_of(train_loader), rows_of(data.val_dataloader()), rows_of(data.test_dataloader())
+    assert len(set(train)) == len(train) == len(data.datasets["train"])
+    assert set(train) | set(val) | set(test) == set(range(1892)) and not set(train) & set(val)
+    assert not (set(train) | set(val)) & set(test)
+    assert abs(len(test) / 1892 - 0.2) < 0.04 and abs(len(val) / (1892 - len(test)) - 0.1) < 0.03
+    again = rows_of(train_loader)
+    assert sorted(again) == sorted(train) and again != train  # a new order each epoch
+    assert val == sorted(val)  # evaluation in store order
+    counts = np.bincount(converted.series.labels[train], minlength=9)
+    assert np.array_equal(data.class_counts("train"), counts)
+    # Batches hold the series of their rows, normalised, with their labels.
+    batch = next(iter(data.val_dataloader()))
+    expected = (converted.series.values[val[:64]] - data.mean) / data.std
+    np.testing.assert_allclose(batch["values"].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert batch["label"].tolist() == converted.series.labels[val[:64]].tolist()
+
+
+def test_normalisation_is_close_to_the_exact_statistics(mato_grosso):
+    folder, _ = mato_grosso
+    streaming, exact = StreamingSeriesStore(str(folder), fold=0), SeriesStore(str(folder), fold=0)
+    streaming.setup("fit")
+    exact.setup("fit")
+    np.testing.assert_allclose(streaming.mean, exact.mean, rtol=0.03, atol=0.01)
+    np.testing.assert_allclose(streaming.std, exact.std, rtol=0.05)
+
+
+def test_groups_are_never_split_and_a_model_trains(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 600
+    series = PixelSeries(rng.standard_normal((n, 5, 2)).astype(np.float32), np.tile(np.arange(5) * 10, (n, 1)),
+                         rng.integers(0, 3, n), "synthetic", groups=np.arange(n) // 4)  # fmt: skip
+    write_store(tmp_path / "store", series, ["b1", "b2"], ["a", "b", "c"])
+    data = StreamingSeriesStore(str(tmp_path / "store"), fold=1, num_folds=4, val_fraction=0.2, batch_size=32)
+    data.setup("fit")
+    splits = [set(series.groups[rows_of(loader)]) for loader in
+              (data.train_dataloader(), data.val_dataloader(), data.test_dataloader())]  # fmt: skip
+    assert not splits[0] & splits[1] and not splits[0] & splits[2] and not splits[1] & splits[2]
+    assert set().union(*splits) == set(range(n // 4))
+    encoder = TransformerEncoder(PositionalEncoding(8, 100, 100), PixelEncoding([2, 8]), 8, 2, 1, 0.0, 16)
+    model = Classifier(encoder, MultiClassClassification(8, 3))
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == len(data.datasets["train"]) // 32
+
+
+def test_bad_labels_and_unsupported_options_are_named(tmp_path):
+    rng = np.random.default_rng(0)
+    series = PixelSeries(rng.standard_normal((100, 3, 1)).astype(np.float32), np.tile([0, 5, 9], (100, 1)),
+                         np.zeros(100, dtype=np.int64), "synthetic")  # fmt: skip
+    write_store(tmp_path / "store", series, ["b"], ["a", "b"])
+    labels = np.load(tmp_path / "store" / "labels.npy")
+    labels[70] = 5
+    np.save(tmp_path / "store" / "labels.npy", labels)
+    with pytest.raises(ValueError, match=r"store/labels.npy: row 70 holds label 5, expected a class index in \[0, 2\)"):
+        StreamingSeriesStore(str(tmp_path / "store"), fold=0).setup("fit")
+    with pytest.raises(ValueError, match="does not support class_map"):
+        StreamingSeriesStore(str(tmp_path / "store"), fold=0, class_map={"a": "x", "b": "x"})
