@@ -11,8 +11,12 @@ For every dataset this script
 4. fits a scikit-learn random forest on the flattened series of the *same* training and test
    series (read through the same data module, so the same files, fold and classes),
 
-then writes a Markdown report (``--output``: summary table, every run with its seed, fold, time
-and run folder) and replaces the results table of the README between its marker comments.
+and saves the dataset's result, with its command, commit, date and machine, as
+``<runs>/<dataset>/result.json``. The Markdown report (``--output``: summary table, every run with
+its seed, fold, time and run folder) and the README's table (between its marker comments) are then
+written from the latest result of *every* dataset, so datasets can be (re)run separately.
+``--checkpoints DATASET=CKPT`` scores an existing run's checkpoint of the dataset's config instead of
+training (recorded as such, with the run's own seed and training time).
 
     python benchmarks/accuracy.py            # every dataset, seeds 0 1 2 (UCR Crop: ~16 min per seed)
     python benchmarks/accuracy.py --threads 1 --seeds 0 1 2 --seeds_for mato_grosso=0,1 ucr_crop=0   # README table
@@ -28,18 +32,21 @@ train on the rest, the random forest on every training series.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, f1_score
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from cmap.cli import CMapCLI
 from cmap.data import convert
@@ -163,6 +170,15 @@ class Run:
     run_dir: str
     probabilities: np.ndarray
     logged_accuracy: float
+    #: "trained" here, or "checkpoint" for a run made earlier and only tested here.
+    source: str = "trained"
+
+    def record(self) -> dict:
+        """What the report keeps (no predictions)."""
+        return {
+            "seed": self.seed, "fold": self.fold, "seconds": self.seconds, "epochs": self.epochs,
+            "run_dir": relative(self.run_dir), "test_accuracy": self.logged_accuracy, "source": self.source,
+        }  # fmt: skip
 
 
 def train(dataset: Dataset, stores: Path, fold: int | None, seed: int, runs: Path, extra: list[str]) -> Run:
@@ -178,6 +194,38 @@ def train(dataset: Dataset, stores: Path, fold: int | None, seed: int, runs: Pat
     outputs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader())
     probabilities = torch.cat([output["probabilities"] for output in outputs]).numpy()
     return Run(seed, fold, seconds, cli.trainer.current_epoch, str(cli.trainer.log_dir), probabilities, logged)
+
+
+def test_checkpoint(dataset: Dataset, stores: Path, checkpoint: Path, runs: Path) -> Run:
+    """``cmap test --config ... --ckpt_path CHECKPOINT``: a run of the dataset's config made earlier.
+
+    Its seed is read from the run's ``config.yaml``, its training time from the first and last
+    TensorBoard events of the run folder (the checkpoint's ``checkpoints/`` parent).
+    """
+    run_dir = checkpoint.resolve().parent.parent
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: not found; {checkpoint} must lie in <run>/checkpoints/ of a cmap run")
+    seed = int(yaml.safe_load(config.read_text())["seed_everything"])
+    arguments = ["test", *cli_arguments(dataset, stores, None), "--ckpt_path", str(checkpoint)]
+    arguments += [
+        "--trainer.default_root_dir",
+        str(runs / "checkpoint_tests"),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    cli = CMapCLI(args=arguments)
+    logged = float(cli.trainer.callback_metrics["test/overall_accuracy"])
+    outputs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader())
+    probabilities = torch.cat([output["probabilities"] for output in outputs]).numpy()
+    epochs = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]) + 1
+    times = [
+        event.wall_time
+        for events in sorted(run_dir.glob("events.out.tfevents.*"))
+        for event in EventFileLoader(str(events)).Load()
+    ]
+    seconds = max(times) - min(times) if times else float("nan")
+    return Run(seed, None, seconds, epochs, str(run_dir), probabilities, logged, source="checkpoint")
 
 
 def random_forest(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int) -> np.ndarray:
@@ -198,14 +246,26 @@ def minutes(seconds: float) -> str:
 
 
 def evaluate(
-    name: str, dataset: Dataset, seeds: list[int], stores: Path, runs: Path, extra: list[str], folds: list[int] | None
+    name: str,
+    dataset: Dataset,
+    seeds: list[int],
+    stores: Path,
+    runs: Path,
+    extra: list[str],
+    folds: list[int] | None = None,
+    checkpoint: Path | None = None,
 ) -> dict:
-    """Train every seed (and fold), score the predictions, fit the random forest; a result row."""
+    """Train every seed (and fold), or test ``checkpoint``; score the predictions, fit the random forest.
+
+    Returns the dataset's result (plain data, saved as JSON): scores over all test series and,
+    where the dataset has them, over the series of unseen groups.
+    """
+    if checkpoint is not None and dataset.num_folds:
+        raise ValueError(f"--checkpoints {name}=...: only for datasets with a fixed test split, not k-fold")
     if dataset.num_folds and folds:
         dataset = replace(dataset, protocol=f"{dataset.protocol}, folds {', '.join(map(str, folds))} only")
     folds = (folds or list(range(dataset.num_folds))) if dataset.num_folds else [None]
-    labels, unseen, forest = [], [], []
-    by_seed: dict[int, list[Run]] = {seed: [] for seed in seeds}
+    labels, unseen, forest, runs_done = [], [], [], []
     forest_seconds = 0.0
     for fold in folds:
         data = data_module(dataset, stores, fold)
@@ -217,68 +277,68 @@ def evaluate(
         mean = np.nanmean(np.array(train_series.values[:]), axis=(0, 1))
         forest.append(random_forest(flat(train_series, mean), train_series.labels, flat(test_series, mean), 0))
         forest_seconds += time.perf_counter() - start
-        for seed in seeds:
-            run = train(dataset, stores, fold, seed, runs / name, extra)
-            predicted = run.probabilities.argmax(axis=1)
-            accuracy = accuracy_score(test_series.labels, predicted)
+        if checkpoint is not None:
+            fold_runs = [test_checkpoint(dataset, stores, checkpoint, runs / name)]
+        else:
+            fold_runs = [train(dataset, stores, fold, seed, runs / name, extra) for seed in seeds]
+        for run in fold_runs:
+            accuracy = accuracy_score(test_series.labels, run.probabilities.argmax(axis=1))
             if abs(accuracy - run.logged_accuracy) > 1e-4:
                 raise RuntimeError(
                     f"{run.run_dir}: predicted test accuracy {accuracy:.5f} differs from the logged "
                     f"test/overall_accuracy {run.logged_accuracy:.5f}"
                 )
-            by_seed[seed].append(run)
-            print(
-                f"{name} fold {fold} seed {seed}: OA {accuracy:.4f} in {run.seconds:.0f} s ({run.run_dir})", flush=True
-            )
+            print(f"{name} fold {fold} seed {run.seed}: OA {accuracy:.4f} in {run.seconds:.0f} s ({run.run_dir})")
+        runs_done += fold_runs
     # Cross-validation: each series is predicted once, by the model of the fold that held it out.
-    labels = np.concatenate(labels)
-    unseen_mask = np.concatenate(unseen) if unseen else None
-    per_seed = {seed: np.concatenate([run.probabilities for run in runs_]) for seed, runs_ in by_seed.items()}
-    forest = np.concatenate(forest)
+    labels, forest = np.concatenate(labels), np.concatenate(forest)
+    seeds = sorted({run.seed for run in runs_done})
+    per_seed = {seed: np.concatenate([run.probabilities for run in runs_done if run.seed == seed]) for seed in seeds}
 
-    def subset_scores(mask: np.ndarray | None) -> dict:
-        keep = slice(None) if mask is None else mask
+    def subset_scores(keep: np.ndarray) -> dict:
         model = [scores(labels[keep], p[keep].argmax(axis=1)) for p in per_seed.values()]
         ensemble = np.mean(list(per_seed.values()), axis=0)
         return {
-            "count": int(labels[keep].shape[0]),
+            "count": int(keep.sum()),
             "accuracy": [m[0] for m in model],
             "macro_f1": [m[1] for m in model],
-            "ensemble": scores(labels[keep], ensemble[keep].argmax(axis=1))[0],
-            "forest": scores(labels[keep], forest[keep]),
+            "ensemble_accuracy": scores(labels[keep], ensemble[keep].argmax(axis=1))[0],
+            "forest_accuracy": scores(labels[keep], forest[keep])[0],
+            "forest_macro_f1": scores(labels[keep], forest[keep])[1],
         }
 
+    subsets = {"all": subset_scores(np.ones(len(labels), dtype=bool))}
+    if unseen:
+        subsets["unseen"] = subset_scores(np.concatenate(unseen))
     return {
         "name": name,
-        "dataset": dataset,
+        "dataset": asdict(replace(dataset, stores={})),
         "seeds": seeds,
-        "all": subset_scores(None),
-        "unseen": subset_scores(unseen_mask) if unseen_mask is not None else None,
-        "train_seconds": [sum(run.seconds for run in runs_) for runs_ in by_seed.values()],
+        "subsets": subsets,
+        "train_seconds": [sum(run.seconds for run in runs_done if run.seed == seed) for seed in seeds],
         "forest_seconds": forest_seconds,
-        "runs": [run for runs_ in by_seed.values() for run in runs_],
+        "runs": [run.record() for run in runs_done],
     }
 
 
-def summary_table(rows: list[dict]) -> str:
+def summary_table(results: list[dict]) -> str:
     lines = [
         "| data, protocol | config | seeds | test OA (mean ± std) | macro F1 | seed ensemble OA | random forest OA "
         "| training time per seed | published / reference | target |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        dataset = row["dataset"]
-        for subset, label in (("all", ""), ("unseen", ", unseen polygons")):
-            result = row[subset]
-            if result is None:
-                continue
-            seeds = ", ".join(str(seed) for seed in row["seeds"])
-            protocol = dataset.protocol if subset == "all" else f"{result['count']} test series"
+    for result in results:
+        dataset = result["dataset"]
+        checkpoint = any(run["source"] == "checkpoint" for run in result["runs"])
+        seeds = ", ".join(str(seed) for seed in result["seeds"]) + (" (earlier run)" if checkpoint else "")
+        for subset, scores_ in result["subsets"].items():
+            protocol = dataset["protocol"] if subset == "all" else f"{scores_['count']} test series"
+            label = ", unseen polygons" if subset == "unseen" else ""
             lines.append(
-                f"| {dataset.title}{label}: {protocol} "
-                f"| `{dataset.config}` | {seeds} | **{mean_std(result['accuracy'])}** | {mean_std(result['macro_f1'])} "
-                f"| {result['ensemble']:.4f} | {result['forest'][0]:.4f} | {minutes(np.mean(row['train_seconds']))} "
-                f"| {dataset.reference} | {dataset.target} |"
+                f"| {dataset['title']}{label}: {protocol} | `{dataset['config']}` | {seeds} "
+                f"| **{mean_std(scores_['accuracy'])}** | {mean_std(scores_['macro_f1'])} "
+                f"| {scores_['ensemble_accuracy']:.4f} | {scores_['forest_accuracy']:.4f} "
+                f"| {minutes(np.mean(result['train_seconds']))} | {dataset['reference']} | {dataset['target']} |"
             )
     return "\n".join(lines)
 
@@ -288,15 +348,26 @@ def relative(path: str) -> str:
     return str(Path(path).relative_to(REPO)) if Path(path).is_relative_to(REPO) else path
 
 
-def runs_table(rows: list[dict]) -> str:
+def runs_table(results: list[dict]) -> str:
     lines = ["| data | seed | fold | test OA | epochs | time | run folder |", "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        for run in row["runs"]:
-            fold = "" if run.fold is None else str(run.fold)
+    for result in results:
+        for run in result["runs"]:
+            fold = "" if run["fold"] is None else str(run["fold"])
+            folder = f"`{run['run_dir']}`" + (" (earlier run, tested here)" if run["source"] == "checkpoint" else "")
             lines.append(
-                f"| {row['name']} | {run.seed} | {fold} | {run.logged_accuracy:.4f} | {run.epochs} "
-                f"| {run.seconds:.0f} s | `{relative(run.run_dir)}` |"
+                f"| {result['name']} | {run['seed']} | {fold} | {run['test_accuracy']:.4f} | {run['epochs']} "
+                f"| {run['seconds']:.0f} s | {folder} |"
             )
+    return "\n".join(lines)
+
+
+def provenance_table(results: list[dict]) -> str:
+    lines = ["| data | made by | commit | date | machine |", "|---|---|---|---|---|"]
+    for result in results:
+        lines.append(
+            f"| {result['name']} | `{result['command']}` | {result['commit']} | {result['date']} "
+            f"| {result['machine']} |"
+        )
     return "\n".join(lines)
 
 
@@ -306,7 +377,7 @@ def machine() -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    return f"{cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def commit() -> str:
@@ -319,31 +390,46 @@ def commit() -> str:
         return "unknown"
 
 
-def report(rows: list[dict], command: str) -> str:
+def report(results: list[dict]) -> str:
     return "\n\n".join(
         [
-            f"# Accuracy on real data ({date.today().isoformat()})",
-            f"Made by `{command}` at commit {commit()} on {machine()}. Test OA: overall accuracy of the model "
-            "at the end of training (`--test_after_fit true`), mean ± standard deviation over the seeds; "
-            "k-fold rows pool the held-out predictions of every fold. Macro F1: same runs. Seed ensemble: "
-            "the seeds' class probabilities averaged. Random forest: scikit-learn, 300 trees, seed 0, on the "
-            "flattened band values of the same training (validation included) and test series. Training time: "
-            "wall time of `cmap fit` with the test, summed over folds.",
-            summary_table(rows),
+            "# Accuracy on real data",
+            "Written by `benchmarks/accuracy.py` from the latest result of each dataset (provenance below). "
+            "Test OA: overall accuracy of the model at the end of training (`--test_after_fit true`), mean ± "
+            "standard deviation over the seeds; k-fold rows pool the held-out predictions of every fold, so "
+            "each series is predicted once per seed. Macro F1: same runs. Seed ensemble: the seeds' class "
+            "probabilities averaged. Random forest: scikit-learn, 300 trees, seed 0, on the flattened band "
+            "values of the same training (validation included) and test series. Training time: wall time of "
+            "`cmap fit` with its test, summed over folds; the machine was shared with other jobs.",
+            summary_table(results),
+            "## Provenance",
+            provenance_table(results),
             "## Every run",
-            runs_table(rows),
+            runs_table(results),
         ]
     )
 
 
-def update_readme(readme: Path, table: str, command: str) -> None:
+def update_readme(readme: Path, table: str) -> None:
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme}: markers {README_START} and {README_END} not found")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    block = f"{README_START}\n{table}\n\nMade by `{command}`; details in `benchmarks/results/accuracy.md`.\n"
+    block = f"{README_START}\n{table}\n\nWritten by `python benchmarks/accuracy.py`; commands, runs and seeds in "
+    block += "[`benchmarks/results/accuracy.md`](benchmarks/results/accuracy.md).\n"
     readme.write_text(head + block + README_END + tail)
+
+
+def pairs(parser: argparse.ArgumentParser, option: str, items: list[str]) -> dict[str, str]:
+    """``["name=value", ...]`` -> ``{name: value}``, names checked against the datasets."""
+    result = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in DATASETS or not value:
+            parser.error(f"{option} {item!r}: expected DATASET=VALUE with DATASET one of {list(DATASETS)}")
+        result[name] = value
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -351,56 +437,55 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
-        "--seeds_for",
-        nargs="+",
-        default=[],
-        metavar="DATASET=SEEDS",
-        help="other seeds for some datasets, e.g. ucr_crop=0 mato_grosso=0,1",
-    )
+        "--seeds_for", nargs="+", default=[], metavar="DATASET=SEEDS",
+        help="other seeds for some datasets, e.g. mato_grosso=0,1 ucr_crop=0",
+    )  # fmt: skip
     parser.add_argument(
-        "--folds", nargs="+", type=int, default=None, help="only these folds of k-fold datasets (tuning)"
-    )
+        "--checkpoints", nargs="+", default=[], metavar="DATASET=CKPT",
+        help="test an earlier run of the dataset's config instead of training (fixed test splits only)",
+    )  # fmt: skip
+    parser.add_argument("--folds", nargs="+", type=int, default=None, help="only these folds of k-fold datasets")
     parser.add_argument("--config", default=None, help="another config for the one dataset of --datasets (tuning)")
     parser.add_argument("--shared_data", type=Path, default=SHARED_DATA)
     parser.add_argument("--stores", type=Path, default=REPO / "runs" / "stores", help="converted stores (cache)")
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "accuracy", help="training runs")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "accuracy", help="training runs and results")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "accuracy.md")
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")
     parser.add_argument("--no_readme", action="store_true", help="do not rewrite the README's table")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's; 1 on a CPU shared with other jobs)",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a CPU shared with others)")
     parser.add_argument("cmap_args", nargs="*", help="after --: more `cmap fit` options for every run")
     args = parser.parse_args(argv)
-    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.config and len(args.datasets) != 1:
         parser.error("--config needs exactly one dataset in --datasets")
-    seeds = {name: args.seeds for name in args.datasets}
-    for item in args.seeds_for:
-        name, _, values = item.partition("=")
-        if name not in DATASETS or not values:
-            parser.error(f"--seeds_for {item!r}: expected DATASET=SEED[,SEED...] with DATASET one of {list(DATASETS)}")
-        seeds[name] = [int(value) for value in values.split(",")]
-    rows = []
+    seeds = {
+        name: [int(seed) for seed in value.split(",")]
+        for name, value in pairs(parser, "--seeds_for", args.seeds_for).items()
+    }
+    checkpoints = pairs(parser, "--checkpoints", args.checkpoints)
     for name in args.datasets:
         dataset = DATASETS[name] if args.config is None else replace(DATASETS[name], config=args.config)
         convert_stores(dataset, args.stores, args.shared_data)
-        rows.append(evaluate(name, dataset, seeds[name], args.stores, args.runs, args.cmap_args, args.folds))
-    text = report(rows, command.strip())
+        checkpoint = Path(checkpoints[name]) if name in checkpoints else None
+        result = evaluate(
+            name, dataset, seeds.get(name, args.seeds), args.stores, args.runs, args.cmap_args, args.folds, checkpoint
+        )
+        result.update(command=command, commit=commit(), date=date.today().isoformat(), machine=machine())
+        (args.runs / name).mkdir(parents=True, exist_ok=True)
+        (args.runs / name / "result.json").write_text(json.dumps(result, indent=1))
+    results = [
+        json.loads((args.runs / name / "result.json").read_text())
+        for name in DATASETS
+        if (args.runs / name / "result.json").is_file()
+    ]
+    text = report(results)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text + "\n")
-    if args.json:
-        figures = [{key: value for key, value in row.items() if key not in ("dataset", "runs")} for row in rows]
-        args.json.write_text(json.dumps(figures, indent=1))
     if not args.no_readme:
-        update_readme(args.readme, summary_table(rows), command.strip())
+        update_readme(args.readme, summary_table(results))
 
 
 if __name__ == "__main__":
