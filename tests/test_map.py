@@ -341,3 +341,22 @@ def test_cmap_predict_writes_one_row_per_test_series(ndvi_checkpoint, mato_gross
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert (table["class"] == [data.class_names[i] for i in probabilities.argmax(axis=1)]).all()
     assert list(tmp_path.iterdir()) == [output]
+
+
+def test_cmap_predict_on_two_processes_writes_every_series_once_per_rank_file(ndvi_checkpoint, tmp_path):
+    root = ndvi_checkpoint.parents[3]
+    single, double = tmp_path / "single" / "p.csv", tmp_path / "ddp" / "p.csv"
+    common = ["predict", "--config", str(root / "config.yaml"), "--ckpt_path", str(ndvi_checkpoint),
+              "--trainer.callbacks+=cmap.predictions.PredictionWriter", "--trainer.callbacks.output"]  # fmt: skip
+    cmap_main([*common, str(single)])
+    ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+    result = subprocess.run([sys.executable, "-m", "cmap.cli", *common, str(double), *ddp], capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in double.parent.iterdir()) == ["p.rank0.csv", "p.rank1.csv"]
+    ranks = pd.concat([pd.read_csv(double.parent / f"p.rank{rank}.csv") for rank in (0, 1)])
+    ranks = ranks.drop_duplicates("index").sort_values("index").reset_index(drop=True)  # the sampler pads
+    expected = pd.read_csv(single).sort_values("index").reset_index(drop=True)
+    assert ranks["index"].tolist() == expected["index"].tolist()
+    assert (ranks["class"] == expected["class"]).all()
+    np.testing.assert_allclose(ranks["confidence"], expected["confidence"], atol=1e-5)
