@@ -6,6 +6,11 @@ import torch
 from torch import Tensor, nn
 
 
+def inverse_frequencies(d_model: int, tau: float) -> Tensor:
+    """``tau ** (-2i / d_model)`` for i < d_model / 2, computed in float64, returned in float32."""
+    return torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(tau) / d_model)).float()
+
+
 class PositionalEncoding(nn.Module):
     """Sinusoidal encoding (Vaswani et al. 2017) of the *day* of each date, not its index.
 
@@ -31,8 +36,7 @@ class PositionalEncoding(nn.Module):
         self.d_model = d_model
         self.tau = tau
         self.max_len = max_len
-        inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(tau) / d_model))
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self.register_buffer("inv_freq", inverse_frequencies(d_model, tau), persistent=False)
 
     def forward(self, days: Tensor) -> Tensor:
         if not torch.compiler.is_compiling() and days.numel():
@@ -42,5 +46,11 @@ class PositionalEncoding(nn.Module):
                     f"day offsets must lie in [0, max_len={self.max_len}), got [{low}, {high}]: "
                     "raise PositionalEncoding.max_len or move the dataset's reference date"
                 )
-        angles = days.to(self.inv_freq.dtype).unsqueeze(-1) * self.inv_freq
-        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+        # Angles reach max_len radians, far beyond what bf16 resolves (8-bit mantissa): in a model cast
+        # to bf16 (Lightning's "bf16-true" precision) they are still computed in float32, from
+        # frequencies recomputed rather than rounded, and only the encoding is returned in bf16.
+        inv_freq = self.inv_freq
+        if inv_freq.dtype not in (torch.float32, torch.float64):
+            inv_freq = inverse_frequencies(self.d_model, self.tau).to(days.device)
+        angles = days.to(inv_freq.dtype).unsqueeze(-1) * inv_freq
+        return torch.cat([angles.sin(), angles.cos()], dim=-1).to(self.inv_freq.dtype)
