@@ -40,6 +40,7 @@ from matplotlib import colormaps
 from torch.utils.data import DataLoader, Dataset
 
 from cmap.data.raster import DEFAULT_PATTERN, RasterStack, pixel_series
+from cmap.ml.compile import CompileModel
 from cmap.ml.weights import TrainedClassifier, load_classifier
 
 NODATA = 255
@@ -117,10 +118,13 @@ class WindowClassifier(L.LightningModule):
         self.model = model
         self.batch_size = batch_size
 
+    def forward(self, values: torch.Tensor, days: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model(values, days, mask)
+
     def predict_step(self, item: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         chunks = [
             torch.softmax(
-                self.model(
+                self(  # through __call__, so that CompileModel's compiled module runs
                     item["values"][start : start + self.batch_size],
                     item["days"][start : start + self.batch_size],
                     item["mask"][start : start + self.batch_size],
@@ -261,6 +265,7 @@ def map_rasters(
     num_workers: int = 0,
     accelerator: str = "auto",
     precision: str = "32-true",
+    compile: bool = False,
     progress: bool = True,
 ) -> Path:
     """Classify every pixel of a raster stack with a trained classifier and write the crop map.
@@ -281,7 +286,12 @@ def map_rasters(
         probabilities: also write the class probabilities.
         cog: write Cloud Optimized GeoTIFFs (else tiled GeoTIFFs).
         num_workers: DataLoader processes reading windows.
-        accelerator, precision: Lightning Trainer options (``bf16-mixed`` for faster CPUs / GPUs).
+        accelerator, precision: Lightning Trainer options. ``bf16-true`` (the model cast to bf16) is the
+            fastest on GPUs and on CPUs with bf16 instructions (AVX512-BF16, AMX); speed-ups and their
+            accuracy cost are measured by ``benchmarks/inference.py`` (figures in benchmarks/README.md).
+        compile: ``torch.compile`` the model (:class:`~cmap.ml.compile.CompileModel`, weights frozen into
+            the graph): faster once compiled (seconds to a minute, twice: the second batch size makes
+            it dynamic), so worth it for large rasters.
         progress: show a progress bar.
     """
     trained: TrainedClassifier = load_classifier(checkpoint)
@@ -295,7 +305,7 @@ def map_rasters(
         devices=1,
         precision=precision,
         logger=False,
-        callbacks=[writer],
+        callbacks=[writer, *([CompileModel()] if compile else [])],
         enable_progress_bar=progress,
         enable_model_summary=False,
     )

@@ -1,12 +1,20 @@
-"""Faster inference options: bf16 weights (Lightning's ``bf16-true``) keep the date encoding exact."""
+"""Faster inference options: bf16 weights (Lightning's ``bf16-true``) keep the date encoding exact;
+``torch.compile`` through :class:`cmap.ml.compile.CompileModel` (``cmap map --compile``, a callback
+for ``cmap predict``) changes no result."""
 
 import copy
 
 import lightning as L
+import numpy as np
+import rasterio
 import torch
+from rasterio.transform import from_origin
 
+from cmap.cli import main as cmap_main
 from cmap.data import SyntheticSITS
+from cmap.map import map_rasters, probabilities_path
 from cmap.ml.classifiers import Classifier
+from cmap.ml.compile import CompileModel
 from cmap.ml.decoders import MultiClassClassification
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
 from cmap.ml.encoders import TransformerEncoder
@@ -46,3 +54,82 @@ def test_bf16_true_prediction_matches_float32():
     assert bf16["probabilities"].dtype == torch.float32  # predict_step returns float32 probabilities
     torch.testing.assert_close(bf16["probabilities"], reference["probabilities"], atol=0.02, rtol=0)
     assert (bf16["prediction"] == reference["prediction"]).float().mean() > 0.95
+
+
+MAP_CLASSIFIER = """
+trainer:
+  max_steps: 2
+  default_root_dir: {root}
+  enable_progress_bar: false
+  limit_val_batches: 1
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{save_last: true}}
+model:
+  class_path: cmap.ml.classifiers.Classifier
+  init_args:
+    encoder:
+      class_path: cmap.ml.encoders.TransformerEncoder
+      init_args:
+        position_encoder:
+          class_path: cmap.ml.embeddings.PositionalEncoding
+          init_args: {{d_model: 16, max_len: 400}}
+        bands_encoder: {{class_path: cmap.ml.embeddings.PixelEncoding, init_args: {{sizes: [1, 16]}}}}
+        d_model: 16
+        n_att_head: 2
+        n_att_layers: 1
+    decoder: {{class_path: cmap.ml.decoders.MultiClassClassification, init_args: {{hidden: 16, num_classes: 3}}}}
+data:
+  class_path: cmap.data.SyntheticSITS
+  init_args: {{class_names: [a, b, c], num_bands: 1, num_dates: 6, num_train: 64, num_test: 16, batch_size: 32}}
+attention_maps: {{first_epoch: 1000}}
+embeddings: {{first_epoch: 1000}}
+"""
+
+
+class CountingCompile(CompileModel):
+    """CompileModel with TorchDynamo's ``eager`` backend: the same tracing and compiled calls as
+    Inductor's, without its code generation (tens of seconds); records the stages it compiled."""
+
+    stages: list[str] = []
+
+    def __init__(self) -> None:
+        super().__init__(backend="eager")
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        super().setup(trainer, pl_module, stage)
+        self.stages.append(stage)
+
+
+def test_compile_option_of_map_and_predict_gives_the_same_results(tmp_path, monkeypatch):
+    (tmp_path / "config.yaml").write_text(MAP_CLASSIFIER.format(root=tmp_path / "run"))
+    cmap_main(["fit", "--config", str(tmp_path / "config.yaml")])
+    checkpoint = next((tmp_path / "run").glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+    rasters = tmp_path / "rasters"
+    rasters.mkdir()
+    rng = np.random.default_rng(0)
+    profile = {"driver": "GTiff", "width": 30, "height": 20, "count": 1, "dtype": "float32", "crs": "EPSG:32631"}
+    for date in ("2021-04-01", "2021-05-01", "2021-06-01"):
+        with rasterio.open(rasters / f"TILE_b1_{date}.tif", "w", transform=from_origin(0, 0, 10, 10), **profile) as out:
+            out.write(rng.normal(size=(1, 20, 30)).astype(np.float32))
+    monkeypatch.setattr("cmap.map.CompileModel", CountingCompile)
+    torch._dynamo.reset()
+    maps = {}
+    for compiled in (False, True):
+        output = tmp_path / f"map_{compiled}.tif"
+        map_rasters(str(checkpoint), str(rasters), str(output), pattern=r"_(?P<band>b1)_(?P<date>\d{4}-\d{2}-\d{2})",
+                    window_size=16, batch_size=100, compile=compiled, progress=False)  # fmt: skip
+        with rasterio.open(probabilities_path(output)) as dataset:
+            maps[compiled] = dataset.read()
+    assert CountingCompile.stages == ["predict"] and torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert np.abs(maps[True].astype(int) - maps[False].astype(int)).max() <= 1  # percent, rounded
+
+    # cmap predict: the same callback compiles the Classifier (its predict_step calls the module).
+    data = SyntheticSITS(["a", "b", "c"], num_bands=1, num_dates=6, num_train=64, num_test=40, batch_size=16)
+    model = Classifier.load_from_checkpoint(checkpoint).eval()
+    plain = L.Trainer(logger=False, enable_progress_bar=False).predict(copy.deepcopy(model), datamodule=data)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, callbacks=[CountingCompile()])
+    compiled = trainer.predict(model, datamodule=data)
+    assert CountingCompile.stages == ["predict", "predict"]
+    for a, b in zip(plain, compiled, strict=True):
+        torch.testing.assert_close(a["probabilities"], b["probabilities"])
