@@ -41,7 +41,8 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 
 def unit_hash(keys: np.ndarray, seed: int) -> np.ndarray:
     """A pseudo-random float64 in [0, 1) for each integer key, fixed by ``seed``."""
-    mixed = splitmix64(np.asarray(keys).astype(np.uint64) + np.uint64(seed + 1) * _GOLDEN)
+    offset = np.uint64((seed + 1) * int(_GOLDEN) % (1 << 64))  # wraps like uint64, without numpy's warning
+    mixed = splitmix64(np.asarray(keys).astype(np.uint64) + offset)
     return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
