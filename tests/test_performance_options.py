@@ -98,6 +98,7 @@ class CountingCompile(CompileModel):
 
     def setup(self, trainer, pl_module, stage) -> None:
         super().setup(trainer, pl_module, stage)
+        assert not torch.backends.mha.get_fastpath_enabled()  # Inductor sees the transformer's ops
         self.stages.append(stage)
 
 
@@ -122,6 +123,7 @@ def test_compile_option_of_map_and_predict_gives_the_same_results(tmp_path, monk
         with rasterio.open(probabilities_path(output)) as dataset:
             maps[compiled] = dataset.read()
     assert CountingCompile.stages == ["predict"] and torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
     assert np.abs(maps[True].astype(int) - maps[False].astype(int)).max() <= 1  # percent, rounded
 
     # cmap predict: the same callback compiles the Classifier (its predict_step calls the module).

@@ -3,6 +3,7 @@
 from typing import Any
 
 import lightning as L
+import torch
 
 
 class CompileModel(L.Callback):
@@ -20,6 +21,11 @@ class CompileModel(L.Callback):
     another size, which is then compiled with a dynamic batch size. Steps call the module itself
     (``self(...)``), which is what runs compiled.
 
+    While the run lasts, PyTorch's fused transformer inference kernel (``torch.backends.mha`` fast
+    path, a global switch, restored at teardown) is off: to Inductor it is one opaque op, around
+    which it could not fuse biases, activations and attention (``benchmarks/inference.py`` measured
+    compiled prediction slower than eager with it on, faster with it off).
+
     Args:
         backend, mode, dynamic: as ``torch.compile`` (``mode`` excludes ``freeze_for_predict``).
         freeze_for_predict: when predicting, let Inductor fold the weights into the graph as constants
@@ -36,9 +42,18 @@ class CompileModel(L.Callback):
     ) -> None:
         self.backend, self.mode, self.dynamic = backend, mode, dynamic
         self.freeze_for_predict = freeze_for_predict
+        self._fast_path = True
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         options: dict[str, Any] | None = None
         if stage == "predict" and self.freeze_for_predict and self.mode is None and self.backend == "inductor":
             options = {"freezing": True}
         pl_module.compile(backend=self.backend, mode=self.mode, dynamic=self.dynamic, options=options)
+        self._fast_path = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        torch.backends.mha.set_fastpath_enabled(self._fast_path)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        torch.backends.mha.set_fastpath_enabled(self._fast_path)
