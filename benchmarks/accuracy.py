@@ -288,7 +288,10 @@ def evaluate(
                     f"{run.run_dir}: predicted test accuracy {accuracy:.5f} differs from the logged "
                     f"test/overall_accuracy {run.logged_accuracy:.5f}"
                 )
-            print(f"{name} fold {fold} seed {run.seed}: OA {accuracy:.4f} in {run.seconds:.0f} s ({run.run_dir})")
+            print(
+                f"{name} fold {fold} seed {run.seed}: OA {accuracy:.4f} in {run.seconds:.0f} s ({run.run_dir})",
+                flush=True,
+            )
         runs_done += fold_runs
     # Cross-validation: each series is predicted once, by the model of the fold that held it out.
     labels, forest = np.concatenate(labels), np.concatenate(forest)
