@@ -7,7 +7,8 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -49,6 +50,21 @@ def synthetic_batch(
     days = (steps.cumsum(dim=1) - steps[:, :1]).clamp_max(9999)
     labels = torch.randint(0, len(SEED_CLASSES), (batch_size,), generator=generator)
     return {"values": values, "days": days, "mask": mask, "label": labels}
+
+
+@contextmanager
+def mha_fast_path(enabled: bool) -> Iterator[None]:
+    """Switch PyTorch's fused transformer inference kernel (a global flag) on or off, then restore it.
+
+    Off for quantised models (their linears do not fit the kernel) and compiled ones (as
+    :class:`cmap.ml.compile.CompileModel` does: the kernel is opaque to Inductor).
+    """
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def interleaved(arms: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:

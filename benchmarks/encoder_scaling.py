@@ -91,6 +91,7 @@ def speed(args: argparse.Namespace) -> None:
 
 def accuracy(args: argparse.Namespace) -> None:
     from cmap.data import UCRCrop
+    from cmap.data.augment import Augmentation
     from cmap.ml.classifiers import Classifier
     from cmap.ml.decoders import MultiClassClassification
     from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
@@ -118,7 +119,8 @@ def accuracy(args: argparse.Namespace) -> None:
             focal_gamma=0.0,
             label_smoothing=0.1,
         )
-        data = UCRCrop(batch_size=128, val_fraction=0.05, augmentation={"date_dropout": 0.1, "band_noise": 0.03})
+        augmentation = Augmentation(date_dropout=0.1, band_noise=0.03)
+        data = UCRCrop(batch_size=128, val_fraction=0.05, augmentation=augmentation)
         with tempfile.TemporaryDirectory() as workdir:
             trainer = L.Trainer(
                 max_epochs=args.epochs,
@@ -149,7 +151,10 @@ def main() -> None:
     parser.add_argument("--training", action="store_true", help="also time training steps")
     parser.add_argument("--accuracy", action="store_true", help="train both on UCR Crop instead of timing")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs for --accuracy")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     started = time.perf_counter()
     print(f"# Exchanger vs Transformer\n\nMachine: {machine()}.\nAt start: {load_average()}.\n")

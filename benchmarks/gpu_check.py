@@ -22,7 +22,7 @@ import statistics
 import time
 
 import torch
-from common import interleaved, load_average, machine, seed_model, synthetic_batch
+from common import interleaved, load_average, machine, mha_fast_path, seed_model, synthetic_batch
 
 
 def synchronize(device: torch.device) -> None:
@@ -77,7 +77,8 @@ def inference_arm(precision: str, compiled: bool, batch, device: torch.device, s
     values = batch["values"].to(dtype)
 
     def step() -> None:
-        with torch.inference_mode(), precision_context(precision, device):
+        # Compiled as CompileModel does: without the fused transformer kernel, opaque to Inductor.
+        with torch.inference_mode(), precision_context(precision, device), mha_fast_path(not compiled):
             forward(values, batch["days"], batch["mask"])
 
     start = time.perf_counter()

@@ -28,11 +28,20 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from common import interleaved, load_average, machine, median_ratio, rate, seed_model, synthetic_batch
+import torch._inductor.config
+from common import (
+    interleaved,
+    load_average,
+    machine,
+    median_ratio,
+    mha_fast_path,
+    rate,
+    seed_model,
+    synthetic_batch,
+)
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
@@ -41,17 +50,6 @@ UCR_CHECKPOINT = "runs/ucr_crop_transformer/lightning_logs/version_0/checkpoints
 # aten ops that are matrix products (oneDNN / BLAS GEMMs); everything else is "other".
 FFN_MATMUL = "matmul fp32, FFN shape"
 GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::_addmm_activation", "aten::baddbmm", "aten::matmul")
-
-
-@contextmanager
-def mha_fast_path(enabled: bool):
-    """Switch PyTorch's fused transformer inference kernel (a global flag) on or off, then restore it."""
-    before = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(enabled)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(before)
 
 
 class Variant:
@@ -153,7 +151,7 @@ def ucr_crop(checkpoint: str, batch_size: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pixels", type=int, default=512, help="series per forward pass (seed model)")
+    parser.add_argument("--pixels", type=int, default=256, help="series per forward pass (seed model)")
     parser.add_argument("--dates", type=int, default=50, help="dates per series (seed model)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (medians are reported)")
     parser.add_argument("--matmul_size", type=int, default=2048, help="side of the square roofline matmul")
@@ -162,6 +160,8 @@ def main() -> None:
     parser.add_argument("--ucr_batch", type=int, default=1200, help="series per batch on UCR Crop (16,800 = 14 x 1200)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    # Compilation times as a first run sees them: no kernels from Inductor's on-disk cache.
+    torch._inductor.config.force_disable_caches = True
     started = time.perf_counter()
     print(f"# Inference benchmark\n\nMachine: {machine()}.\nAt start: {load_average()}.\n")
 

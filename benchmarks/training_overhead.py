@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--dates", type=int, default=24)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each arm")
-    parser.add_argument("--steps", type=int, default=16, help="timed steps of each arm")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps of each arm")
     parser.add_argument("--model_config", type=Path, default=SEED_MODEL)
     parser.add_argument("--no_progress_bar", action="store_true", help="cmap fit without its progress bar")
     args = parser.parse_args()
