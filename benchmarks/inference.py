@@ -111,7 +111,8 @@ def variants(compile_arms: bool) -> list[Variant]:
 def flops_per_pixel(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
     """FLOPs of one forward pass per series. The fused fast-path kernel is opaque to the counter, so
     the count runs the unfused path (the same matrix products)."""
-    with torch.inference_mode(), mha_fast_path(False), FlopCounterMode(display=False) as counter:
+    # Grad mode on: the counter's module tracker hooks autograd (it fails on some modules without it).
+    with mha_fast_path(False), FlopCounterMode(display=False) as counter:
         model(batch["values"], batch["days"], batch["mask"])
     return counter.get_total_flops() / len(batch["values"])
 
