@@ -23,16 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import SEED_BANDS, SEED_CLASSES, seed_model
 
 from cmap.data.store import SeriesStore, write_metadata
 from cmap.data.streaming import StreamingSeriesStore
-from cmap.ml.classifiers import Classifier
-from cmap.ml.decoders import MultiClassClassification
-from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
-from cmap.ml.encoders import TransformerEncoder
 
-SEED_CLASSES = ["other", "ble_tendre", "mais", "orge", "colza", "tournesol", "ble_dur"]
-BANDS = [f"b{i + 1}" for i in range(9)]
+BANDS = [f"b{i + 1}" for i in range(SEED_BANDS)]
 
 
 def build_store(folder: Path, num_series: int, num_dates: int, chunk: int = 500_000) -> Path:
@@ -60,13 +56,6 @@ def build_store(folder: Path, num_series: int, num_dates: int, chunk: int = 500_
         array.flush()
     write_metadata(folder, BANDS, SEED_CLASSES, shape[:2], None, "synthetic benchmark")
     return folder
-
-
-def seed_model() -> Classifier:
-    encoder = TransformerEncoder(
-        PositionalEncoding(256, 10000, 10000), PixelEncoding([9, 32, 64, 128, 256]), 256, 8, 4, 0.1
-    )
-    return Classifier(encoder, MultiClassClassification(256, 7), class_names=SEED_CLASSES)
 
 
 def main() -> None:

@@ -53,6 +53,17 @@ def test_one_cycle_schedule_runs_from_min_to_max_and_back():
     assert rates.rates[-1] == pytest.approx(1e-4, rel=0.1)
 
 
+@pytest.mark.parametrize("steps, warmup_fraction", [(2, 0.1), (10, 0.1), (10, 0.0), (10, 1.0)])
+def test_one_cycle_schedule_survives_short_runs_and_extreme_warmups(steps, warmup_fraction):
+    model = Classifier(
+        encoder(), MultiClassClassification(16, 3), min_lr=1e-4, max_lr=1e-2, warmup_fraction=warmup_fraction
+    )
+    rates = LearningRates()
+    trainer(max_steps=steps, limit_val_batches=0, callbacks=[rates]).fit(model, synthetic())
+    assert len(rates.rates) == steps and rates.rates[0] == pytest.approx(1e-4)
+    assert max(rates.rates) > 2e-3 or steps == 2  # two steps: the peak falls between them
+
+
 @pytest.mark.parametrize("exchanger", [False, True], ids=["transformer", "exchanger"])
 def test_classifier_trains_and_predicts(exchanger):
     model = Classifier(encoder(exchanger=exchanger), MultiClassClassification(16, 3), max_lr=1e-3)

@@ -159,11 +159,15 @@ class SITSTask(L.LightningModule):
         total_steps = self.trainer.estimated_stepping_batches
         if total_steps == float("inf"):
             raise ValueError("the LR schedule needs a finite training length: set trainer.max_epochs or max_steps")
+        total_steps = max(int(total_steps), 2)
+        # OneCycleLR divides by the length of each phase: keep both at least half a step long
+        # (a 10-step run with warmup_fraction 0.1 would otherwise have an empty warm-up).
+        warmup_fraction = min(max(hp.warmup_fraction, 1.5 / total_steps), 1 - 0.5 / total_steps)
         scheduler = OneCycleLR(
             optimizer,
             max_lr=[hp.max_lr * factor for _, factor in groups],
-            total_steps=max(int(total_steps), 2),
-            pct_start=hp.warmup_fraction,
+            total_steps=total_steps,
+            pct_start=warmup_fraction,
             anneal_strategy="cos",
             cycle_momentum=False,
             div_factor=hp.max_lr / hp.min_lr,
