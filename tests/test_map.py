@@ -18,7 +18,7 @@ from cmap.data.convert import read_mato_grosso
 from cmap.data.raster import RasterStack, extract_samples, read_labels
 from cmap.map import MapWriter, map_rasters, probabilities_path
 from cmap.ml.classifiers import Classifier
-from tests.conftest import SHARED_DATA, require
+from tests.conftest import SHARED_DATA, fit_tiny_classifier, require
 
 SINOP = SHARED_DATA / "sits_sinop_modis_cube"
 SINOP_PATTERN = r"_(?P<band>NDVI)_(?P<date>\d{4}-\d{2}-\d{2})"
@@ -26,53 +26,12 @@ SINOP_DATES = ["2013-09-14", "2013-10-16", "2013-11-17", "2013-12-19", "2014-01-
                "2014-03-22", "2014-04-23", "2014-05-25", "2014-06-26", "2014-07-28", "2014-08-29"]  # fmt: skip
 
 
-TINY_CLASSIFIER = """
-trainer:
-  max_steps: {steps}
-  default_root_dir: {root}
-  enable_progress_bar: false
-  limit_val_batches: 1
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{save_last: true}}
-model:
-  class_path: cmap.ml.classifiers.Classifier
-  init_args:
-    max_lr: 0.001
-    encoder:
-      class_path: cmap.ml.encoders.TransformerEncoder
-      init_args:
-        position_encoder:
-          class_path: cmap.ml.embeddings.PositionalEncoding
-          init_args: {{d_model: 16, tau: 1000, max_len: 400}}
-        bands_encoder:
-          class_path: cmap.ml.embeddings.PixelEncoding
-          init_args: {{sizes: [{num_bands}, 16]}}
-        d_model: 16
-        n_att_head: 2
-        n_att_layers: 1
-        dim_feedforward: 32
-    decoder:
-      class_path: cmap.ml.decoders.MultiClassClassification
-      init_args: {{hidden: 16, num_classes: {num_classes}}}
-data:
-  class_path: cmap.data.SeriesStore
-  init_args: {{path: {store}, fold: 0, batch_size: 64}}
-attention_maps: {{first_epoch: 1000}}
-embeddings: {{first_epoch: 1000}}
-"""
-
-
 def fit_checkpoint(store: Path, root: Path, steps: int = 3) -> Path:
     """A tiny classifier fitted by ``cmap fit`` for a few steps on ``store``; its last checkpoint."""
     data = SeriesStore(str(store), fold=0)
     root.mkdir(parents=True, exist_ok=True)
-    config = TINY_CLASSIFIER.format(
-        steps=steps, root=root, store=store, num_bands=len(data.band_names), num_classes=len(data.class_names)
-    )
-    (root / "config.yaml").write_text(config)
-    cmap_main(["fit", "--config", str(root / "config.yaml")])
-    return next(root.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+    store_data = f"class_path: cmap.data.SeriesStore\ninit_args: {{path: {store}, fold: 0, batch_size: 64}}"
+    return fit_tiny_classifier(root, store_data, len(data.band_names), len(data.class_names), steps)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from cmap.cli import main as cmap_main
 from cmap.data import SyntheticSITS
 from cmap.map import map_rasters, probabilities_path
 from cmap.ml.classifiers import Classifier
@@ -18,6 +17,7 @@ from cmap.ml.compile import CompileModel
 from cmap.ml.decoders import MultiClassClassification
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
 from cmap.ml.encoders import TransformerEncoder
+from tests.conftest import fit_tiny_classifier
 
 CLASSES = ["a", "b", "c"]
 
@@ -56,37 +56,6 @@ def test_bf16_true_prediction_matches_float32():
     assert (bf16["prediction"] == reference["prediction"]).float().mean() > 0.95
 
 
-MAP_CLASSIFIER = """
-trainer:
-  max_steps: 2
-  default_root_dir: {root}
-  enable_progress_bar: false
-  limit_val_batches: 1
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{save_last: true}}
-model:
-  class_path: cmap.ml.classifiers.Classifier
-  init_args:
-    encoder:
-      class_path: cmap.ml.encoders.TransformerEncoder
-      init_args:
-        position_encoder:
-          class_path: cmap.ml.embeddings.PositionalEncoding
-          init_args: {{d_model: 16, max_len: 400}}
-        bands_encoder: {{class_path: cmap.ml.embeddings.PixelEncoding, init_args: {{sizes: [1, 16]}}}}
-        d_model: 16
-        n_att_head: 2
-        n_att_layers: 1
-    decoder: {{class_path: cmap.ml.decoders.MultiClassClassification, init_args: {{hidden: 16, num_classes: 3}}}}
-data:
-  class_path: cmap.data.SyntheticSITS
-  init_args: {{class_names: [a, b, c], num_bands: 1, num_dates: 6, num_train: 64, num_test: 16, batch_size: 32}}
-attention_maps: {{first_epoch: 1000}}
-embeddings: {{first_epoch: 1000}}
-"""
-
-
 class CountingCompile(CompileModel):
     """CompileModel with TorchDynamo's ``eager`` backend: the same tracing and compiled calls as
     Inductor's, without its code generation (tens of seconds); records the stages it compiled."""
@@ -103,9 +72,11 @@ class CountingCompile(CompileModel):
 
 
 def test_compile_option_of_map_and_predict_gives_the_same_results(tmp_path, monkeypatch):
-    (tmp_path / "config.yaml").write_text(MAP_CLASSIFIER.format(root=tmp_path / "run"))
-    cmap_main(["fit", "--config", str(tmp_path / "config.yaml")])
-    checkpoint = next((tmp_path / "run").glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+    synthetic = (
+        "class_path: cmap.data.SyntheticSITS\n"
+        "init_args: {class_names: [a, b, c], num_bands: 1, num_dates: 6, num_train: 64, num_test: 16, batch_size: 32}"
+    )
+    checkpoint = fit_tiny_classifier(tmp_path / "run", synthetic, num_bands=1, num_classes=3, steps=2)
     rasters = tmp_path / "rasters"
     rasters.mkdir()
     rng = np.random.default_rng(0)
