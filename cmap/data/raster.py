@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import rasterio
+from rasterio.features import rasterize
+from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
 from cmap.data.datamodule import PixelSeries
@@ -238,8 +241,6 @@ def read_labels(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file of labels")
     if path.suffix.lower() == ".csv":
-        import pandas as pd
-
         table = pd.read_csv(path)
         missing = [column for column in (x_column, y_column, label_field) if column not in table]
         if missing:
@@ -276,9 +277,6 @@ def extract_samples(
     outside the grid are an error (named). Returns the series and the class names (sorted names
     of the labels unless ``class_names`` fixes the order).
     """
-    from rasterio.features import rasterize
-    from rasterio.warp import transform_geom
-
     names = sorted(set(shapes.labels)) if class_names is None else list(class_names)
     unknown = sorted(set(shapes.labels) - set(names))
     if unknown:

@@ -138,7 +138,12 @@ class StreamingSeriesStore(SeriesStore):
 
     def _keys(self, series: Any, rows: np.ndarray) -> np.ndarray:
         """What a split is decided on: the group of each row, or the row itself."""
-        return rows if series.groups is None else series.groups[np.sort(rows)][np.argsort(np.argsort(rows))]
+        if series.groups is None:
+            return rows
+        order = np.argsort(rows)  # read the store in file order
+        keys = np.empty(len(rows), dtype=series.groups.dtype)
+        keys[order] = series.groups[rows[order]]
+        return keys
 
     def split_of(self, series: Any, rows: np.ndarray, in_test_store: bool = False) -> np.ndarray:
         """int8 split code of each row: 0 train, 1 validation, 2 test."""

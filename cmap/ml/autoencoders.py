@@ -91,16 +91,7 @@ class AutoEncoder(SITSTask):
         corruption = self.masking(batch["values"], batch["mask"])
         loss, reconstruction = self.reconstruction_loss(batch, corruption)
         getattr(self, f"{stage}_metrics").update(reconstruction.detach(), batch["values"], corruption.target)
-        # sync_dist: the mean over every process's series (metrics sync by themselves).
-        self.log(
-            f"{stage}/loss",
-            loss,
-            batch_size=len(reconstruction),
-            on_step=False,
-            on_epoch=True,
-            sync_dist=True,
-            prog_bar=True,
-        )
+        self.log_loss(stage, loss, len(reconstruction))
         return loss
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:

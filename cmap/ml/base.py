@@ -99,6 +99,13 @@ class SITSTask(L.LightningModule):
         for stage in STAGES:
             setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
 
+    def log_loss(self, stage: str, loss: Tensor, batch_size: int) -> None:
+        """The epoch mean of ``stage``'s loss; sync_dist: over every process's series (metrics sync by themselves)."""
+        self.log(
+            f"{stage}/loss", loss, batch_size=batch_size, on_step=False, on_epoch=True, sync_dist=True,
+            prog_bar=stage != "test",
+        )  # fmt: skip
+
     def _log_epoch_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics", None)
         if metrics is not None:

@@ -132,16 +132,7 @@ class Classifier(SITSTask):
         logits = self(batch["values"], batch["days"], batch["mask"])
         loss = self.criterion(logits, batch["label"])
         getattr(self, f"{stage}_metrics").update(logits, batch["label"])
-        # sync_dist: the mean over every process's series (metrics sync by themselves).
-        self.log(
-            f"{stage}/loss",
-            loss,
-            batch_size=len(logits),
-            on_step=False,
-            on_epoch=True,
-            sync_dist=True,
-            prog_bar=stage != "test",
-        )
+        self.log_loss(stage, loss, len(logits))
         return {"loss": loss, "prediction": logits.detach().argmax(dim=-1)}
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
