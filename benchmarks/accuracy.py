@@ -192,7 +192,9 @@ def train(dataset: Dataset, stores: Path, fold: int | None, seed: int, runs: Pat
     seconds = time.perf_counter() - start
     logged = float(cli.trainer.callback_metrics["test/overall_accuracy"])
     outputs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader())
-    probabilities = torch.cat([output["probabilities"] for output in outputs]).numpy()
+    probabilities = torch.cat([output["probabilities"] for output in outputs]).float().numpy()
+    # Kept beside the run, for ensembles of runs made by separate invocations (float16: enough to average).
+    np.save(Path(cli.trainer.log_dir) / "test_probabilities.npy", probabilities.astype(np.float16))
     return Run(seed, fold, seconds, cli.trainer.current_epoch, str(cli.trainer.log_dir), probabilities, logged)
 
 
@@ -380,7 +382,8 @@ def machine() -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    gpu = f", trained on {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} torch threads, torch {torch.__version__}{gpu}"
 
 
 def commit() -> str:

@@ -28,7 +28,7 @@ from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
 from cmap.ml.encoders import TransformerEncoder
 from cmap.ml.masking import ContiguousDates, NoiseContamination, RandomDates
 
-D_MODEL = 64
+D_MODEL = 64  # default encoder width (--d_model)
 MASKINGS = {
     "random_dates": lambda: RandomDates(0.5),
     "contiguous_dates": lambda: ContiguousDates(0.5),
@@ -36,16 +36,16 @@ MASKINGS = {
 }
 
 
-def build_encoder() -> TransformerEncoder:
-    """A small transformer (the width of the first UCR Crop config, cheap enough for 18 fine-tunings)."""
+def build_encoder(d_model: int) -> TransformerEncoder:
+    """A small transformer (by default the width of the first UCR Crop config, cheap enough for 18 fine-tunings)."""
     return TransformerEncoder(
-        PositionalEncoding(D_MODEL, tau=1000, max_len=1000),
-        PixelEncoding([1, 32, D_MODEL]),
-        d_model=D_MODEL,
+        PositionalEncoding(d_model, tau=1000, max_len=1000),
+        PixelEncoding([1, 32, d_model]),
+        d_model=d_model,
         n_att_head=4,
         n_att_layers=3,
         dropout_p=0.1,
-        dim_feedforward=2 * D_MODEL,
+        dim_feedforward=2 * d_model,
     )
 
 
@@ -55,13 +55,13 @@ def quiet_trainer(**kwargs) -> L.Trainer:
     )
 
 
-def pretrain(root: str, masking: str, epochs: int, output: Path) -> Path:
+def pretrain(root: str, masking: str, epochs: int, output: Path, d_model: int = D_MODEL) -> Path:
     L.seed_everything(0)
     data = UCRCrop(root=root, batch_size=128)
     data.setup("fit")
     train, val = data.datasets["train"], data.datasets["val"]
     every_series = SeriesDataset(train.series, np.concatenate([train.index, val.index]), data.mean, data.std)
-    model = AutoEncoder(build_encoder(), BandReconstruction([D_MODEL, 1]), MASKINGS[masking](), max_lr=2e-3)
+    model = AutoEncoder(build_encoder(d_model), BandReconstruction([d_model, 1]), MASKINGS[masking](), max_lr=2e-3)
     trainer = quiet_trainer(max_epochs=epochs)
     trainer.fit(model, train_dataloaders=batch_loader(every_series, 128, shuffle=True, drop_last=True))  # 7,200
     trainer.save_checkpoint(output)
@@ -76,12 +76,13 @@ def finetune(
     encoder_from: Path | None,
     encoder_lr_factor: float = 1.0,
     freeze_encoder_epochs: int = 0,
+    d_model: int = D_MODEL,
 ) -> float:
     L.seed_everything(seed)
     data = UCRCrop(root=root, batch_size=32, labels_per_class=labels_per_class, seed=seed)
     model = Classifier(
-        build_encoder(),
-        MultiClassClassification(D_MODEL, 24, dropout_p=0.1),
+        build_encoder(d_model),
+        MultiClassClassification(d_model, 24, dropout_p=0.1),
         max_lr=1e-3,
         focal_gamma=0.0,
         init_encoder_from=None if encoder_from is None else str(encoder_from),
@@ -95,6 +96,12 @@ def finetune(
     return trainer.test(model, dataloaders=test, verbose=False)[0]["test/overall_accuracy"]
 
 
+def device() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", default=None, help="folder with Crop_TRAIN.tsv / Crop_TEST.tsv (default: the wheel)")
@@ -103,6 +110,7 @@ def main() -> None:
     parser.add_argument("--masking", choices=sorted(MASKINGS), default="random_dates")
     parser.add_argument("--pretrain_epochs", type=int, default=30)
     parser.add_argument("--finetune_steps", type=int, default=600)
+    parser.add_argument("--d_model", type=int, default=D_MODEL, help="encoder width (heads 4, 3 layers)")
     parser.add_argument("--encoder_lr_factor", type=float, default=1.0, help="pretrained encoder's LR fraction")
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads (0: torch's default); 1 on a shared machine"
@@ -119,9 +127,9 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    checkpoint = args.workdir / f"autoencoder_{args.masking}.ckpt"
-    if not (args.reuse_pretrained and checkpoint.exists()):
-        pretrain(args.root, args.masking, args.pretrain_epochs, checkpoint)
+    checkpoint = args.workdir / f"autoencoder_{args.masking}_d{args.d_model}_{args.pretrain_epochs}epochs.ckpt"
+    if "pretrained" in args.arms and not (args.reuse_pretrained and checkpoint.exists()):
+        pretrain(args.root, args.masking, args.pretrain_epochs, checkpoint, args.d_model)
     pretrain_minutes = (time.perf_counter() - start) / 60
     print(f"pretraining ({args.masking}, {args.pretrain_epochs} epochs): {pretrain_minutes:.1f} min", flush=True)
 
@@ -134,7 +142,7 @@ def main() -> None:
                     continue
                 accuracy = finetune(
                     args.root, labels, seed, args.finetune_steps, source, args.encoder_lr_factor,
-                    args.freeze_encoder_epochs,
+                    args.freeze_encoder_epochs, args.d_model,
                 )  # fmt: skip
                 scores[arm].append(accuracy)
                 print(f"labels/class {labels} seed {seed} {arm}: {accuracy:.4f}", flush=True)
@@ -145,10 +153,11 @@ def main() -> None:
     total_minutes = (time.perf_counter() - start) / 60
     table = "\n".join(
         [
+            f"Encoder: transformer d_model {args.d_model}, 3 layers. "
             f"Pretraining: AutoEncoder, masking `{args.masking}`, {args.pretrain_epochs} epochs on the 7,200 training "
             f"series ({pretrain_minutes:.1f} min); fine-tuning: {args.finetune_steps} steps, batch 32, encoder LR "
             f"x{args.encoder_lr_factor}, encoder frozen for {args.freeze_encoder_epochs} epochs, "
-            f"{args.repeats} seeds; test: 16,800 series. Total {total_minutes:.1f} min (2-core CPU).",
+            f"{args.repeats} seeds; test: 16,800 series. Total {total_minutes:.1f} min ({device()}).",
             "",
             "| labels per class | from scratch | pretrained | gain (points) |",
             "|---|---|---|---|",
