@@ -1,11 +1,13 @@
 """Does self-supervised pretraining pay off when labels are few? (UCR Crop)
 
-Protocol: pretrain an AutoEncoder (masked reconstruction) on all 7,200 UCR Crop training series
-without their labels, then fine-tune a Classifier with 10, 30 and 100 labelled series per class
+Protocol: pretrain an encoder on all 7,200 UCR Crop training series without their labels
+(``--objective``: masked reconstruction with an AutoEncoder and one of its maskings, or
+ContrastivePretraining), then fine-tune a Classifier with 10, 30 and 100 labelled series per class
 (drawn with seeds 0, 1, 2), (a) from scratch and (b) from the pretrained encoder; report test
 overall accuracy (16,800 series) as mean and standard deviation over the repeats.
 
     python benchmarks/pretraining.py --root ../shared/data/ucr_crop_formosat2
+    python benchmarks/pretraining.py --objective contrastive --freeze_fraction 0.25 --threads 1
 
 Prints the table and writes it (Markdown) to --output.
 """
@@ -23,7 +25,8 @@ from cmap.data import UCRCrop
 from cmap.data.datamodule import SeriesDataset, batch_loader
 from cmap.ml.autoencoders import AutoEncoder
 from cmap.ml.classifiers import Classifier
-from cmap.ml.decoders import BandReconstruction, MultiClassClassification
+from cmap.ml.contrastive import ContrastivePretraining
+from cmap.ml.decoders import BandReconstruction, MultiClassClassification, ProjectionHead
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
 from cmap.ml.encoders import TransformerEncoder
 from cmap.ml.masking import ContiguousDates, NoiseContamination, RandomDates
@@ -34,6 +37,8 @@ MASKINGS = {
     "contiguous_dates": lambda: ContiguousDates(0.5),
     "noise": lambda: NoiseContamination(0.15, 1.0),
 }
+FINETUNE_BATCH = 32
+OBJECTIVES = [*MASKINGS, "contrastive"]  # masked reconstruction (AutoEncoder), or ContrastivePretraining
 
 
 def build_encoder(d_model: int) -> TransformerEncoder:
@@ -55,15 +60,22 @@ def quiet_trainer(**kwargs) -> L.Trainer:
     )
 
 
-def pretrain(root: str, masking: str, epochs: int, output: Path, d_model: int = D_MODEL) -> Path:
+def pretrain(root: str, objective: str, epochs: int, output: Path, d_model: int = D_MODEL) -> Path:
     L.seed_everything(0)
     data = UCRCrop(root=root, batch_size=128)
     data.setup("fit")
     train, val = data.datasets["train"], data.datasets["val"]
     every_series = SeriesDataset(train.series, np.concatenate([train.index, val.index]), data.mean, data.std)
-    model = AutoEncoder(build_encoder(d_model), BandReconstruction([d_model, 1]), MASKINGS[masking](), max_lr=2e-3)
+    if objective == "contrastive":
+        # Negatives come from the batch: a larger one than reconstruction needs.
+        model = ContrastivePretraining(build_encoder(d_model), ProjectionHead([d_model, d_model, 32]), max_lr=2e-3)
+        batch_size = 256
+    else:
+        encoder, decoder = build_encoder(d_model), BandReconstruction([d_model, 1])
+        model = AutoEncoder(encoder, decoder, MASKINGS[objective](), max_lr=2e-3)
+        batch_size = 128
     trainer = quiet_trainer(max_epochs=epochs)
-    trainer.fit(model, train_dataloaders=batch_loader(every_series, 128, shuffle=True, drop_last=True))  # 7,200
+    trainer.fit(model, train_dataloaders=batch_loader(every_series, batch_size, shuffle=True, drop_last=True))
     trainer.save_checkpoint(output)
     return output
 
@@ -75,11 +87,14 @@ def finetune(
     steps: int,
     encoder_from: Path | None,
     encoder_lr_factor: float = 1.0,
-    freeze_encoder_epochs: int = 0,
+    freeze_fraction: float = 0.0,
     d_model: int = D_MODEL,
 ) -> float:
     L.seed_everything(seed)
-    data = UCRCrop(root=root, batch_size=32, labels_per_class=labels_per_class, seed=seed)
+    data = UCRCrop(root=root, batch_size=FINETUNE_BATCH, labels_per_class=labels_per_class, seed=seed)
+    # The classifier freezes by epochs; an epoch is labels_per_class * 24 series (10 per class: 7.5 steps).
+    steps_per_epoch = labels_per_class * len(data.source_class_names) / FINETUNE_BATCH
+    freeze_encoder_epochs = round(freeze_fraction * steps / steps_per_epoch)
     model = Classifier(
         build_encoder(d_model),
         MultiClassClassification(d_model, 24, dropout_p=0.1),
@@ -107,7 +122,7 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="folder with Crop_TRAIN.tsv / Crop_TEST.tsv (default: the wheel)")
     parser.add_argument("--labels", type=int, nargs="+", default=[10, 30, 100])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--masking", choices=sorted(MASKINGS), default="random_dates")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="random_dates", help="masking, or contrastive")
     parser.add_argument("--pretrain_epochs", type=int, default=30)
     parser.add_argument("--finetune_steps", type=int, default=600)
     parser.add_argument("--d_model", type=int, default=D_MODEL, help="encoder width (heads 4, 3 layers)")
@@ -115,7 +130,10 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads (0: torch's default); 1 on a shared machine"
     )
-    parser.add_argument("--freeze_encoder_epochs", type=int, default=0, help="pretrained arm: linear probe first")
+    parser.add_argument(
+        "--freeze_fraction", type=float, default=0.0,
+        help="pretrained arm: linear probe first, for this fraction of the fine-tuning steps (rounded to epochs)",
+    )  # fmt: skip
     parser.add_argument("--arms", nargs="+", choices=["scratch", "pretrained"], default=["scratch", "pretrained"])
     parser.add_argument("--reuse_pretrained", action="store_true", help="reuse the workdir's AutoEncoder checkpoint")
     parser.add_argument("--workdir", type=Path, default=Path("runs/pretraining"))
@@ -127,11 +145,11 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    checkpoint = args.workdir / f"autoencoder_{args.masking}_d{args.d_model}_{args.pretrain_epochs}epochs.ckpt"
+    checkpoint = args.workdir / f"pretrained_{args.objective}_d{args.d_model}_{args.pretrain_epochs}epochs.ckpt"
     if "pretrained" in args.arms and not (args.reuse_pretrained and checkpoint.exists()):
-        pretrain(args.root, args.masking, args.pretrain_epochs, checkpoint, args.d_model)
+        pretrain(args.root, args.objective, args.pretrain_epochs, checkpoint, args.d_model)
     pretrain_minutes = (time.perf_counter() - start) / 60
-    print(f"pretraining ({args.masking}, {args.pretrain_epochs} epochs): {pretrain_minutes:.1f} min", flush=True)
+    print(f"pretraining ({args.objective}, {args.pretrain_epochs} epochs): {pretrain_minutes:.1f} min", flush=True)
 
     rows = []
     for labels in args.labels:
@@ -142,7 +160,7 @@ def main() -> None:
                     continue
                 accuracy = finetune(
                     args.root, labels, seed, args.finetune_steps, source, args.encoder_lr_factor,
-                    args.freeze_encoder_epochs, args.d_model,
+                    args.freeze_fraction, args.d_model,
                 )  # fmt: skip
                 scores[arm].append(accuracy)
                 print(f"labels/class {labels} seed {seed} {arm}: {accuracy:.4f}", flush=True)
@@ -154,9 +172,9 @@ def main() -> None:
     table = "\n".join(
         [
             f"Encoder: transformer d_model {args.d_model}, 3 layers. "
-            f"Pretraining: AutoEncoder, masking `{args.masking}`, {args.pretrain_epochs} epochs on the 7,200 training "
+            f"Pretraining: `{args.objective}`, {args.pretrain_epochs} epochs on the 7,200 training "
             f"series ({pretrain_minutes:.1f} min); fine-tuning: {args.finetune_steps} steps, batch 32, encoder LR "
-            f"x{args.encoder_lr_factor}, encoder frozen for {args.freeze_encoder_epochs} epochs, "
+            f"x{args.encoder_lr_factor}, encoder frozen for the first {args.freeze_fraction:.0%} of them, "
             f"{args.repeats} seeds; test: 16,800 series. Total {total_minutes:.1f} min ({device()}).",
             "",
             "| labels per class | from scratch | pretrained | gain (points) |",

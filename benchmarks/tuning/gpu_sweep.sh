@@ -5,6 +5,11 @@
 #
 #   bash benchmarks/tuning/gpu_sweep.sh OUT_DIR [SECONDS]
 #
+# It ran at commit 17886a5 (benchmarks/tuning/README.md has the figures), when pretraining.py's
+# options were `--masking` (now `--objective`) and `--freeze_encoder_epochs 20` (now
+# `--freeze_fraction 0.25`: the same 150 frozen steps at 10 labels per class, but 2 and 6
+# epochs at 100 and 30, where 20 epochs froze the encoder for the whole fine-tuning).
+#
 # Stops every job after SECONDS (each job prints its figures as it goes), then packs the logs,
 # result.json, report.md and test_probabilities.npy of every job into OUT_DIR/sweep.tgz.
 # Needs the UCR Crop files in .devdata/ucr and ../shared/data's TempCNN folder in
@@ -42,10 +47,10 @@ exchanger=benchmarks/tuning/ucr_crop_exchanger_d96.yaml
 {
     for masking in contiguous_dates random_dates noise; do
         name=pre_${masking}_200_f20_d64
-        echo "$name $pre --masking $masking --pretrain_epochs 200 --freeze_encoder_epochs 20 --arms pretrained --workdir $work/$name --output $work/$name/table.md"
+        echo "$name $pre --objective $masking --pretrain_epochs 200 --freeze_fraction 0.25 --arms pretrained --workdir $work/$name --output $work/$name/table.md"
     done
     name=pre_contiguous_dates_200_f20_d128
-    echo "$name $pre --d_model 128 --masking contiguous_dates --pretrain_epochs 200 --freeze_encoder_epochs 20 --arms pretrained --workdir $work/$name --output $work/$name/table.md"
+    echo "$name $pre --d_model 128 --objective contiguous_dates --pretrain_epochs 200 --freeze_fraction 0.25 --arms pretrained --workdir $work/$name --output $work/$name/table.md"
     for seed in 0 1 2; do
         echo "ucr_d128_s$seed $acc --datasets ucr_crop --config $d128 --seeds $seed --runs $work/ucr_d128_s$seed --output $work/ucr_d128_s$seed/report.md"
     done

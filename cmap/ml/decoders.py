@@ -56,3 +56,22 @@ class BandReconstruction(nn.Module):
 
     def forward(self, features: Tensor, mask: Tensor) -> Tensor:
         return self.mlp(features)
+
+
+class ProjectionHead(nn.Module):
+    """Contrastive projection head: mean over valid dates, then an MLP to the embedding compared across views.
+
+    Args:
+        sizes: layer widths, ``sizes[0]`` the encoder's ``d_model`` (``[64, 64, 32]``: SimCLR's
+            two-layer head).
+
+    Shapes: features (B, T, sizes[0]), mask (B, T) -> embedding (B, sizes[-1]).
+    """
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.sizes = list(sizes)
+        self.mlp = mlp(self.sizes)
+
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+        return self.mlp(masked_mean(features, mask))

@@ -1,0 +1,124 @@
+"""ContrastivePretraining: self-supervised pretraining by telling apart two views of each series.
+
+SimCLR (Chen et al. 2020) on pixel series: each series is augmented twice (:class:`SeriesViews`:
+a random run of dates, date dropout, band noise), both views are encoded and projected, and the
+loss (NT-Xent) asks each view to pick its twin among the other views of the batch. Unlike masked
+reconstruction, the objective rewards series-level features that survive clouds and partial
+seasons, which is what a classifier of few labels needs from its encoder.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
+
+from cmap.data.batch import Batch
+from cmap.ml.base import SITSTask
+from cmap.ml.masking import keep_one_visible
+
+
+class SeriesViews:
+    """A random view of each series: a run of its valid dates, date dropout, band noise.
+
+    Args:
+        min_crop: the run keeps a uniform fraction in [min_crop, 1] of each series' valid dates
+            (contiguous in valid dates, so cloud gaps do not shorten it).
+        date_dropout: probability of hiding each date of the run (one date always stays).
+        band_noise: standard deviation of Gaussian noise added to visible values (normalised units).
+
+    ``views(values, mask) -> (values, mask)``: hidden dates are zeroed and masked; padding and
+    cloudy dates never become visible.
+    """
+
+    def __init__(self, min_crop: float = 0.5, date_dropout: float = 0.2, band_noise: float = 0.05) -> None:
+        if not 0 < min_crop <= 1 or not 0 <= date_dropout < 1 or band_noise < 0:
+            raise ValueError(
+                "SeriesViews needs 0 < min_crop <= 1, 0 <= date_dropout < 1 and band_noise >= 0, got "
+                f"{min_crop}, {date_dropout}, {band_noise}"
+            )
+        self.min_crop = min_crop
+        self.date_dropout = date_dropout
+        self.band_noise = band_noise
+
+    def __call__(self, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        shape = (mask.shape[0], 1)
+        rank = mask.cumsum(dim=1) - 1
+        count = mask.sum(dim=1, keepdim=True)
+        fraction = self.min_crop + (1 - self.min_crop) * torch.rand(shape, device=mask.device)
+        length = (count * fraction).round().clamp_min(1)
+        start = (torch.rand(shape, device=mask.device) * (count - length + 1)).floor()
+        outside = mask & ((rank < start) | (rank >= start + length))
+        dropped = torch.rand(mask.shape, device=mask.device) < self.date_dropout
+        hidden = keep_one_visible(mask, (outside | dropped) & mask)
+        visible = mask & ~hidden
+        noise = self.band_noise * torch.randn_like(values) if self.band_noise else 0.0
+        return (values + noise).masked_fill(~visible.unsqueeze(-1), 0.0), visible
+
+
+def nt_xent(first: Tensor, second: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """NT-Xent loss of paired embeddings (B, D), and whether each view's nearest other view is its twin."""
+    embeddings = F.normalize(torch.cat([first, second]).float(), dim=1)
+    similarity = embeddings @ embeddings.T / temperature
+    similarity.fill_diagonal_(float("-inf"))
+    size = len(first)
+    twins = torch.cat([torch.arange(size, 2 * size), torch.arange(size)]).to(similarity.device)
+    return F.cross_entropy(similarity, twins), similarity.argmax(dim=1) == twins
+
+
+class ContrastivePretraining(SITSTask):
+    """Contrastive pretraining of the encoder: two views per series, NT-Xent over the batch.
+
+    The negatives of a view are the other series of its batch (per process under DDP): larger
+    batches give harder negatives (SimCLR uses hundreds). Logged per epoch: the loss and
+    ``twin_accuracy``, the fraction of views whose most similar other view is their twin.
+    Fine-tune with ``Classifier(init_encoder_from=<this checkpoint>)``; the projection head is
+    dropped.
+
+    Args:
+        encoder: a :class:`~cmap.ml.encoders.SeriesEncoder`.
+        decoder: the projection head, e.g. :class:`~cmap.ml.decoders.ProjectionHead`.
+        views: the augmentation drawing each view (default ``SeriesViews()``).
+        temperature: the softmax temperature of the similarities (SimCLR: 0.1 to 0.5).
+        min_lr, max_lr, warmup_fraction, weight_decay, init_encoder_from: see :class:`~cmap.ml.base.SITSTask`.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        views: SeriesViews | None = None,
+        temperature: float = 0.1,
+        min_lr: float = 1e-5,
+        max_lr: float = 1e-3,
+        warmup_fraction: float = 0.1,
+        weight_decay: float = 0.01,
+        init_encoder_from: str | None = None,
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        super().__init__(encoder, decoder, min_lr, max_lr, warmup_fraction, weight_decay, init_encoder_from)
+        self.views = views if views is not None else SeriesViews()
+
+    def configure_metrics(self) -> None:
+        self.set_stage_metrics(MetricCollection({"twin_accuracy": MeanMetric()}))
+
+    def embed_view(self, batch: Batch) -> Tensor:
+        """The projected embedding (B, D) of a fresh random view of each series."""
+        values, mask = self.views(batch["values"], batch["mask"])
+        return self.decoder(self.encoder(values, batch["days"], mask), mask)
+
+    def _shared_step(self, batch: Batch, stage: str) -> Tensor:
+        first, second = self.embed_view(batch), self.embed_view(batch)
+        loss, found = nt_xent(first, second, self.hparams.temperature)
+        getattr(self, f"{stage}_metrics").update(found.float())
+        self.log_loss(stage, loss, len(first))
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
