@@ -71,16 +71,16 @@ def main() -> None:
                       args.batch_size, args.precision)  # fmt: skip
         print(json.dumps(figures))
         return
-    print(
-        f"| size | pixels | seconds | pixels/s | peak RSS (MB) | projected 10980 x 10980 tile |\n|---|---|---|---|---|---|"
-    )
+    print("| size | pixels | seconds | pixels/s | peak RSS (MB) | projected 10980 x 10980 tile |")
+    print("|---|---|---|---|---|---|")
     for repeat in args.repeats:
         build(args.workdir / f"sinop_x{repeat}", repeat)
         child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--run_one", str(repeat)], check=True,
                                capture_output=True, text=True)  # fmt: skip
         figures = json.loads(child.stdout.strip().splitlines()[-1])
         hours = SENTINEL2_TILE_PIXELS / figures["pixels_per_s"] / 3600
-        print(f"| {repeat * repeat}x Sinop | {figures['pixels']:,} | {figures['seconds']} | {figures['pixels_per_s']:,} "
+        size = f"{repeat * repeat}x Sinop"
+        print(f"| {size} | {figures['pixels']:,} | {figures['seconds']} | {figures['pixels_per_s']:,} "
               f"| {figures['peak_rss_mb']} | {hours:.1f} h |")  # fmt: skip
 
 
