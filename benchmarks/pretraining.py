@@ -32,10 +32,10 @@ from cmap.ml.encoders import TransformerEncoder
 from cmap.ml.masking import ContiguousDates, NoiseContamination, RandomDates
 
 D_MODEL = 64  # default encoder width (--d_model)
-MASKINGS = {
-    "random_dates": lambda: RandomDates(0.5),
-    "contiguous_dates": lambda: ContiguousDates(0.5),
-    "noise": lambda: NoiseContamination(0.15, 1.0),
+MASKINGS = {  # name -> (strategy class, default ratio of hidden or contaminated dates)
+    "random_dates": (RandomDates, 0.5),
+    "contiguous_dates": (ContiguousDates, 0.5),
+    "noise": (NoiseContamination, 0.15),
 }
 FINETUNE_BATCH = 32
 OBJECTIVES = [*MASKINGS, "contrastive"]  # masked reconstruction (AutoEncoder), or ContrastivePretraining
@@ -60,7 +60,9 @@ def quiet_trainer(**kwargs) -> L.Trainer:
     )
 
 
-def pretrain(root: str, objective: str, epochs: int, output: Path, d_model: int = D_MODEL) -> Path:
+def pretrain(
+    root: str, objective: str, epochs: int, output: Path, d_model: int = D_MODEL, mask_ratio: float | None = None
+) -> Path:
     L.seed_everything(0)
     data = UCRCrop(root=root, batch_size=128)
     data.setup("fit")
@@ -72,7 +74,9 @@ def pretrain(root: str, objective: str, epochs: int, output: Path, d_model: int 
         batch_size = 256
     else:
         encoder, decoder = build_encoder(d_model), BandReconstruction([d_model, 1])
-        model = AutoEncoder(encoder, decoder, MASKINGS[objective](), max_lr=2e-3)
+        strategy, default_ratio = MASKINGS[objective]
+        masking = strategy(mask_ratio or default_ratio)
+        model = AutoEncoder(encoder, decoder, masking, max_lr=2e-3)
         batch_size = 128
     trainer = quiet_trainer(max_epochs=epochs)
     trainer.fit(model, train_dataloaders=batch_loader(every_series, batch_size, shuffle=True, drop_last=True))
@@ -125,6 +129,7 @@ def main() -> None:
     parser.add_argument("--objective", choices=OBJECTIVES, default="random_dates", help="masking, or contrastive")
     parser.add_argument("--pretrain_epochs", type=int, default=30)
     parser.add_argument("--finetune_steps", type=int, default=600)
+    parser.add_argument("--mask_ratio", type=float, default=None, help="masking objectives: 0.5 (dates), 0.15 (noise)")
     parser.add_argument("--d_model", type=int, default=D_MODEL, help="encoder width (heads 4, 3 layers)")
     parser.add_argument("--encoder_lr_factor", type=float, default=1.0, help="pretrained encoder's LR fraction")
     parser.add_argument(
@@ -145,11 +150,16 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    checkpoint = args.workdir / f"pretrained_{args.objective}_d{args.d_model}_{args.pretrain_epochs}epochs.ckpt"
-    if "pretrained" in args.arms and not (args.reuse_pretrained and checkpoint.exists()):
-        pretrain(args.root, args.objective, args.pretrain_epochs, checkpoint, args.d_model)
-    pretrain_minutes = (time.perf_counter() - start) / 60
-    print(f"pretraining ({args.objective}, {args.pretrain_epochs} epochs): {pretrain_minutes:.1f} min", flush=True)
+    ratio = f"_ratio{args.mask_ratio}" if args.mask_ratio else ""
+    checkpoint = args.workdir / f"pretrained_{args.objective}{ratio}_d{args.d_model}_{args.pretrain_epochs}epochs.ckpt"
+    if "pretrained" not in args.arms:
+        pretraining = "not needed"
+    elif args.reuse_pretrained and checkpoint.exists():
+        pretraining = f"reused {checkpoint}"
+    else:
+        pretrain(args.root, args.objective, args.pretrain_epochs, checkpoint, args.d_model, args.mask_ratio)
+        pretraining = f"{(time.perf_counter() - start) / 60:.1f} min"
+    print(f"pretraining ({args.objective}, {args.pretrain_epochs} epochs): {pretraining}", flush=True)
 
     rows = []
     for labels in args.labels:
@@ -172,9 +182,9 @@ def main() -> None:
     table = "\n".join(
         [
             f"Encoder: transformer d_model {args.d_model}, 3 layers. "
-            f"Pretraining: `{args.objective}`, {args.pretrain_epochs} epochs on the 7,200 training "
-            f"series ({pretrain_minutes:.1f} min); fine-tuning: {args.finetune_steps} steps, batch 32, encoder LR "
-            f"x{args.encoder_lr_factor}, encoder frozen for the first {args.freeze_fraction:.0%} of them, "
+            f"Pretraining: `{args.objective}`{ratio.replace('_ratio', ' ratio ')}, {args.pretrain_epochs} epochs "
+            f"on the 7,200 training series ({pretraining}); fine-tuning: {args.finetune_steps} steps, batch 32, "
+            f"encoder LR x{args.encoder_lr_factor}, encoder frozen for the first {args.freeze_fraction:.0%} of them, "
             f"{args.repeats} seeds; test: 16,800 series. Total {total_minutes:.1f} min ({device()}).",
             "",
             "| labels per class | from scratch | pretrained | gain (points) |",
