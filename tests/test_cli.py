@@ -79,3 +79,21 @@ def test_every_config_trains_one_step(config, ucr_root, tmp_path):
               "--trainer.default_root_dir", str(tmp_path), *QUIET]
     )  # fmt: skip
     assert cli.trainer.global_step == 1
+
+
+@pytest.mark.parametrize("pretraining", ["ucr_crop_autoencoder", "ucr_crop_contrastive"])
+def test_pretraining_configs_fine_tune_into_the_classifier_config(pretraining, ucr_root, tmp_path):
+    """README's pretraining commands: the pretrained encoder loads into configs/ucr_crop_transformer.yaml."""
+    common = ["--data.init_args.root", str(ucr_root), "--trainer.default_root_dir", str(tmp_path), *QUIET]
+    pretrain = CMapCLI(
+        args=["fit", "--config", str(CONFIGS / f"{pretraining}.yaml"), "--trainer.fast_dev_run", "true", *common]
+    )
+    checkpoint = tmp_path / "pretrained.ckpt"
+    pretrain.trainer.save_checkpoint(checkpoint)
+    fine_tune = CMapCLI(
+        args=["fit", "--config", str(CONFIGS / "ucr_crop_transformer.yaml"), "--trainer.max_steps", "1",
+              "--trainer.limit_val_batches", "0", "--model.init_args.init_encoder_from", str(checkpoint),
+              "--model.init_args.min_lr", "1e-9", *common]
+    )  # fmt: skip
+    for name, weight in pretrain.model.encoder.state_dict().items():
+        torch.testing.assert_close(fine_tune.model.encoder.state_dict()[name], weight, atol=1e-6, rtol=0)
