@@ -93,12 +93,3 @@ class AutoEncoder(SITSTask):
         getattr(self, f"{stage}_metrics").update(reconstruction.detach(), batch["values"], corruption.target)
         self.log_loss(stage, loss, len(reconstruction))
         return loss
-
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test")

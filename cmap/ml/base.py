@@ -10,6 +10,7 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import OneCycleLR
 from torchmetrics import MetricCollection
 
+from cmap.data.batch import Batch
 from cmap.ml.encoders import SeriesEncoder
 from cmap.ml.weights import load_encoder_weights, state_dict_mismatch
 
@@ -147,6 +148,19 @@ class SITSTask(L.LightningModule):
 
     def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
         return self.decoder(self.encoder(values, days, mask), mask)
+
+    def _shared_step(self, batch: Batch, stage: str) -> Tensor:
+        """The loss of ``batch`` at ``stage`` (``train``, ``val``, ``test``), metrics updated and loss logged."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
 
     def lr_groups(self) -> list[tuple[list[nn.Parameter], float]]:
         """Parameter groups and their LR factor (of ``min_lr`` and ``max_lr``); one group by default."""

@@ -113,12 +113,3 @@ class ContrastivePretraining(SITSTask):
         getattr(self, f"{stage}_metrics").update(found.float())
         self.log_loss(stage, loss, len(first))
         return loss
-
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
