@@ -140,7 +140,7 @@ def main() -> None:
         help="pretrained arm: linear probe first, for this fraction of the fine-tuning steps (rounded to epochs)",
     )  # fmt: skip
     parser.add_argument("--arms", nargs="+", choices=["scratch", "pretrained"], default=["scratch", "pretrained"])
-    parser.add_argument("--reuse_pretrained", action="store_true", help="reuse the workdir's AutoEncoder checkpoint")
+    parser.add_argument("--reuse_pretrained", action="store_true", help="reuse this pretraining's checkpoint")
     parser.add_argument("--workdir", type=Path, default=Path("runs/pretraining"))
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/pretraining.md"))
     args = parser.parse_args()
