@@ -15,7 +15,7 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from cmap.data.batch import Batch
 from cmap.ml.base import SITSTask
-from cmap.ml.masking import keep_one_visible
+from cmap.ml.masking import keep_one_visible, random_run
 
 
 class SeriesViews:
@@ -42,15 +42,10 @@ class SeriesViews:
         self.band_noise = band_noise
 
     def __call__(self, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        shape = (mask.shape[0], 1)
-        rank = mask.cumsum(dim=1) - 1
-        count = mask.sum(dim=1, keepdim=True)
-        fraction = self.min_crop + (1 - self.min_crop) * torch.rand(shape, device=mask.device)
-        length = (count * fraction).round().clamp_min(1)
-        start = (torch.rand(shape, device=mask.device) * (count - length + 1)).floor()
-        outside = mask & ((rank < start) | (rank >= start + length))
+        fraction = self.min_crop + (1 - self.min_crop) * torch.rand(mask.shape[0], 1, device=mask.device)
+        run = random_run(mask, fraction)
         dropped = torch.rand(mask.shape, device=mask.device) < self.date_dropout
-        hidden = keep_one_visible(mask, (outside | dropped) & mask)
+        hidden = keep_one_visible(mask, mask & (~run | dropped))
         visible = mask & ~hidden
         noise = self.band_noise * torch.randn_like(values) if self.band_noise else 0.0
         return (values + noise).masked_fill(~visible.unsqueeze(-1), 0.0), visible

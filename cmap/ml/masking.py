@@ -66,18 +66,25 @@ class RandomDates(DateRatioStrategy):
         return hide_dates(values, mask, torch.rand(mask.shape, device=mask.device) < self.ratio)
 
 
+def random_run(mask: Tensor, fraction: float | Tensor) -> Tensor:
+    """(B, T) bool: a run of ``fraction`` of each series' valid dates at a random start.
+
+    ``fraction``: a float, or a (B, 1) tensor (one per series). Runs are contiguous in valid dates
+    (ranked within each series), so a cloud gap inside a run does not shorten it; a run holds at
+    least one date.
+    """
+    rank = mask.cumsum(dim=1) - 1
+    count = mask.sum(dim=1, keepdim=True)
+    length = (count * fraction).round().clamp_min(1)
+    start = (torch.rand(count.shape, device=mask.device) * (count - length + 1)).floor()
+    return mask & (rank >= start) & (rank < start + length)
+
+
 class ContiguousDates(DateRatioStrategy):
     """Hide one contiguous run of ``ratio`` of each series' valid dates, at a random start."""
 
     def __call__(self, values: Tensor, mask: Tensor) -> Corruption:
-        # Rank of each valid date within its series: runs are contiguous in valid dates, so a
-        # cloud gap inside the run does not shorten it.
-        rank = mask.cumsum(dim=1) - 1
-        count = mask.sum(dim=1, keepdim=True)
-        length = (count * self.ratio).round().clamp_min(1)
-        start = (torch.rand(count.shape, device=mask.device) * (count - length + 1)).floor()
-        hidden = mask & (rank >= start) & (rank < start + length)
-        return hide_dates(values, mask, hidden)
+        return hide_dates(values, mask, random_run(mask, self.ratio))
 
 
 class BandGroups(MaskingStrategy):
