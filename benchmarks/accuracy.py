@@ -32,7 +32,6 @@ train on the rest, the random forest on every training series.
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from common import machine
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, f1_score
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -181,6 +181,18 @@ class Run:
         }  # fmt: skip
 
 
+def test_probabilities(cli: CMapCLI, run_dir: Path) -> np.ndarray:
+    """Class probabilities (N, K) of the test series by the CLI's model, also saved in ``run_dir``.
+
+    Saved as ``test_probabilities.npy`` (float16: enough to average) for ensembles of runs made by
+    separate invocations.
+    """
+    outputs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader())
+    probabilities = torch.cat([output["probabilities"] for output in outputs]).float().numpy()
+    np.save(run_dir / "test_probabilities.npy", probabilities.astype(np.float16))
+    return probabilities
+
+
 def train(dataset: Dataset, stores: Path, fold: int | None, seed: int, runs: Path, extra: list[str]) -> Run:
     """``cmap fit --config ... --seed_everything SEED --test_after_fit true``, then predict the test series."""
     root = runs / (f"seed{seed}" if fold is None else f"seed{seed}_fold{fold}")
@@ -191,10 +203,7 @@ def train(dataset: Dataset, stores: Path, fold: int | None, seed: int, runs: Pat
     cli = CMapCLI(args=arguments)
     seconds = time.perf_counter() - start
     logged = float(cli.trainer.callback_metrics["test/overall_accuracy"])
-    outputs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader())
-    probabilities = torch.cat([output["probabilities"] for output in outputs]).float().numpy()
-    # Kept beside the run, for ensembles of runs made by separate invocations (float16: enough to average).
-    np.save(Path(cli.trainer.log_dir) / "test_probabilities.npy", probabilities.astype(np.float16))
+    probabilities = test_probabilities(cli, Path(cli.trainer.log_dir))
     return Run(seed, fold, seconds, cli.trainer.current_epoch, str(cli.trainer.log_dir), probabilities, logged)
 
 
@@ -218,8 +227,7 @@ def test_checkpoint(dataset: Dataset, stores: Path, checkpoint: Path, runs: Path
     ]
     cli = CMapCLI(args=arguments)
     logged = float(cli.trainer.callback_metrics["test/overall_accuracy"])
-    outputs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader())
-    probabilities = torch.cat([output["probabilities"] for output in outputs]).numpy()
+    probabilities = test_probabilities(cli, run_dir)
     epochs = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]) + 1
     times = [
         event.wall_time
@@ -374,16 +382,6 @@ def provenance_table(results: list[dict]) -> str:
             f"| {result['machine']} |"
         )
     return "\n".join(lines)
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", trained on {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} torch threads, torch {torch.__version__}{gpu}"
 
 
 def commit() -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from common import machine
 
 from cmap.data import UCRCrop
 from cmap.data.datamodule import SeriesDataset, batch_loader
@@ -115,12 +116,6 @@ def finetune(
     return trainer.test(model, dataloaders=test, verbose=False)[0]["test/overall_accuracy"]
 
 
-def device() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", default=None, help="folder with Crop_TRAIN.tsv / Crop_TEST.tsv (default: the wheel)")
@@ -185,7 +180,7 @@ def main() -> None:
             f"Pretraining: `{args.objective}`{ratio.replace('_ratio', ' ratio ')}, {args.pretrain_epochs} epochs "
             f"on the 7,200 training series ({pretraining}); fine-tuning: {args.finetune_steps} steps, batch 32, "
             f"encoder LR x{args.encoder_lr_factor}, encoder frozen for the first {args.freeze_fraction:.0%} of them, "
-            f"{args.repeats} seeds; test: 16,800 series. Total {total_minutes:.1f} min ({device()}).",
+            f"{args.repeats} seeds; test: 16,800 series. Total {total_minutes:.1f} min ({machine()}).",
             "",
             "| labels per class | from scratch | pretrained | gain (points) |",
             "|---|---|---|---|",
