@@ -1,7 +1,10 @@
-"""The ``cmap`` command: LightningCLI with case-insensitive class paths.
+"""The ``cmap`` command: every sub-command of the package, one entry point.
 
-``cmap fit|validate|test|predict --config run.yaml`` (or ``--model model.yaml --data data.yaml``);
-``cmap map`` classifies a raster stack into a crop map (:mod:`cmap.map`).
+``cmap fit|validate|test|predict --config run.yaml`` (or ``--model model.yaml --data data.yaml``) is
+LightningCLI with case-insensitive class paths; ``cmap map`` classifies a raster stack into a crop
+map (:mod:`cmap.map`), ``cmap convert`` and ``cmap extract`` write series stores
+(:mod:`cmap.data.__main__`), ``cmap export`` writes a checkpoint's encoder weights
+(:mod:`cmap.ml.weights`). ``cmap --help`` lists them; ``cmap COMMAND --help`` gives each one's options.
 Models and data modules are given in subclass mode (``class_path`` / ``init_args``). Class names in
 ``class_path`` are matched case-insensitively, so the seed's ``cmap.ml.classifiers.classifier``
 means ``cmap.ml.classifiers.Classifier``.
@@ -139,17 +142,56 @@ class CMapCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule)
 
 
+def _map(args: list[str]) -> None:
+    from cmap.map import main as map_main
+
+    map_main(args, prog="cmap map")
+
+
+def _data(command: str) -> Any:
+    def run(args: list[str]) -> None:
+        from cmap.data.__main__ import main as data_main
+
+        data_main([command, *args], prog="cmap")
+
+    return run
+
+
+def _export(args: list[str]) -> None:
+    from cmap.ml.weights import main as export_main
+
+    export_main(args, prog="cmap export")
+
+
+#: Sub-commands besides LightningCLI's, each with its entry point (imported when used).
+COMMANDS = {"map": _map, "convert": _data("convert"), "extract": _data("extract"), "export": _export}
+
+USAGE = """usage: cmap COMMAND [options]    (cmap COMMAND --help for a command's options)
+
+Crop-type maps from satellite image time series.
+
+commands:
+  fit        train a model (LightningCLI: --config run.yaml, or --model/--data YAML files)
+  validate   evaluate a model on the validation split
+  test       evaluate a model on the test split (--ckpt_path a checkpoint)
+  predict    predict the test split (with cmap.predictions.PredictionWriter: a table)
+  map        classify a folder of rasters into a crop map GeoTIFF, with probabilities
+  convert    convert a dataset's original files, or your own table, to a series store
+  extract    a store of the pixel series of rasters under labelled points or polygons
+  export     write a checkpoint's encoder weights, to fine-tune from them
+"""
+
+
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``cmap`` console script; ``args`` replaces ``sys.argv[1:]``.
-
-    ``cmap map ...`` makes a crop map from rasters (:mod:`cmap.map`); every other sub-command is
-    LightningCLI's.
-    """
+    """Entry point of the ``cmap`` console script; ``args`` replaces ``sys.argv[1:]``."""
     args = sys.argv[1:] if args is None else list(args)
-    if args[:1] == ["map"]:
-        from cmap.map import main as map_main
-
-        map_main(args[1:])
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        if not args:
+            sys.exit(2)
+        return
+    if args[0] in COMMANDS:
+        COMMANDS[args[0]](args[1:])
         return
     try:
         CMapCLI(args=args)

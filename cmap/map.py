@@ -7,7 +7,10 @@ r"""Crop maps: a trained classifier over a raster stack -> a GeoTIFF class map a
 is read window by window, so memory depends on ``window_size``, not on the raster's size. Each
 window's pixels are classified ``batch_size`` at a time through Lightning's ``Trainer.predict``
 (``accelerator``, ``precision`` such as ``bf16-mixed``); pixels without any valid date are nodata.
-Band names, class names and normalisation come from the checkpoint.
+Band names, class names, normalisation and the time axis come from the checkpoint's input contract
+(:class:`~cmap.data.contract.InputContract`): days are counted as the training series' were, so a
+stack that starts later than the training data (a missing first image) is still classified on the
+training days.
 
 Outputs, on the input's grid (CRS, transform, size), tiled and DEFLATE-compressed, Cloud Optimized
 GeoTIFF by default:
@@ -39,9 +42,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from matplotlib import colormaps
 from torch.utils.data import DataLoader, Dataset
 
+from cmap.data.contract import InputContract, RawValues, TimeAxis
 from cmap.data.raster import DEFAULT_PATTERN, RasterStack, pixel_series
 from cmap.ml.compile import CompileModel
-from cmap.ml.weights import TrainedClassifier, load_classifier
+from cmap.predictions import load_classifier
 
 NODATA = 255
 MAX_CLASSES = 255
@@ -77,13 +81,11 @@ class StackWindows(Dataset):
     keys, plus ``pixels``: the window's row-major pixel indices that have a valid date, and
     ``window``: the window's index). Safe in DataLoader worker processes (each opens its files)."""
 
-    def __init__(
-        self, stack: RasterStack, window_size: int, days: np.ndarray, mean: np.ndarray, std: np.ndarray
-    ) -> None:
+    def __init__(self, stack: RasterStack, window_size: int, days: np.ndarray, contract: InputContract) -> None:
         self.stack = stack
         self.windows = list(stack.windows(window_size))
         self.days = torch.from_numpy(days)
-        self.mean, self.std = mean, std
+        self.contract = contract
         self._datasets: dict[Path, Any] | None = None
 
     def __len__(self) -> int:
@@ -96,11 +98,8 @@ class StackWindows(Dataset):
         if self._datasets is None:
             self._datasets = self.stack.open()
         series = pixel_series(self.stack.read(self.windows[index], self._datasets))  # (h * w, T, C)
-        valid_dates = np.isfinite(series).all(axis=-1)
-        pixels = np.flatnonzero(valid_dates.any(axis=1))
-        values = (series[pixels] - self.mean) / self.std
-        mask = valid_dates[pixels]
-        values[~mask] = 0.0
+        pixels = np.flatnonzero(np.isfinite(series).all(axis=-1).any(axis=1))
+        values, mask = self.contract.model_inputs(series[pixels])
         return {
             "values": torch.from_numpy(values),
             "days": self.days.expand(len(pixels), -1),
@@ -254,8 +253,8 @@ def map_rasters(
     rasters: str,
     output: str,
     pattern: str = DEFAULT_PATTERN,
-    scale: float = 1.0,
-    offset: float = 0.0,
+    scale: float | None = None,
+    offset: float | None = None,
     valid_range: tuple[float, float] | None = None,
     reference_date: str | None = None,
     window_size: int = 256,
@@ -271,16 +270,19 @@ def map_rasters(
     """Classify every pixel of a raster stack with a trained classifier and write the crop map.
 
     Args:
-        checkpoint: a ``cmap fit`` checkpoint of a Classifier (its band names, class names and
-            normalisation are used).
+        checkpoint: a ``cmap fit`` checkpoint of a Classifier (its input contract: band names,
+            class names, normalisation, time axis and raw-value convention).
         rasters: folder of rasters, one file per date (or per date and band), see ``pattern``.
         output: the class map GeoTIFF to write (``*_probs.tif`` and ``.qml`` beside it).
         pattern: regular expression on file names with a ``date`` group, and a ``band`` group
             when each file holds one band (:mod:`cmap.data.raster`).
-        scale, offset: physical value = raw * scale + offset, as in the training data.
-        valid_range: raw values outside [low, high] are missing (clouds, fill values).
-        reference_date: day 0 of the dates (YYYY-MM-DD); default: the first date of the stack,
-            which matches training series whose days count from their first date.
+        scale, offset: physical value = raw * scale + offset, as in the training data (default:
+            the checkpoint's raw-value convention when its data came from rasters, else 1 and 0).
+        valid_range: raw values outside [low, high] are missing (clouds, fill values); default as
+            ``scale``.
+        reference_date: day 0 of the dates (YYYY-MM-DD), replacing the checkpoint's time axis
+            (default: the time axis of the training data; for data without a calendar, days
+            since the stack's first date).
         window_size: pixels per side of the windows read at once (memory scales with its square).
         batch_size: pixels per forward pass.
         probabilities: also write the class probabilities.
@@ -294,12 +296,18 @@ def map_rasters(
             it dynamic), so worth it for large rasters.
         progress: show a progress bar.
     """
-    trained: TrainedClassifier = load_classifier(checkpoint)
-    if len(trained.class_names) > MAX_CLASSES:
-        raise ValueError(f"{checkpoint}: {len(trained.class_names)} classes do not fit a uint8 map (max {MAX_CLASSES})")
-    stack = RasterStack.from_folder(rasters, pattern, trained.band_names, scale, offset, valid_range)
-    windows = StackWindows(stack, window_size, stack.days(reference_date), trained.mean, trained.std)
-    writer = MapWriter(output, stack, windows.windows, trained.class_names, probabilities, cog)
+    model = load_classifier(checkpoint)
+    contract: InputContract = model.input_contract
+    if len(model.class_names) > MAX_CLASSES:
+        raise ValueError(f"{checkpoint}: {len(model.class_names)} classes do not fit a uint8 map (max {MAX_CLASSES})")
+    raw = contract.raw_values or RawValues()
+    stack = RasterStack.from_folder(
+        rasters, pattern, list(contract.band_names), raw.scale if scale is None else scale,
+        raw.offset if offset is None else offset, raw.valid_range if valid_range is None else valid_range,
+    )  # fmt: skip
+    time_axis = contract.time_axis if reference_date is None else TimeAxis.from_reference_date(reference_date)
+    windows = StackWindows(stack, window_size, stack.days(time_axis), contract)
+    writer = MapWriter(output, stack, windows.windows, model.class_names, probabilities, cog)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -312,15 +320,15 @@ def map_rasters(
     loader = DataLoader(windows, batch_size=None, num_workers=num_workers)
     with warnings.catch_warnings():  # each item is a window, not a batch of dataset indices: nothing to infer
         warnings.filterwarnings("ignore", "Couldn't infer the batch indices")
-        trainer.predict(WindowClassifier(trained.model, batch_size), loader, return_predictions=False)
+        trainer.predict(WindowClassifier(model, batch_size), loader, return_predictions=False)
     return Path(output)
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None, prog: str = "python -m cmap.map") -> None:
     """``cmap map`` / ``python -m cmap.map``: :func:`map_rasters` from the command line (or a YAML ``--config``)."""
     from jsonargparse import auto_cli
 
-    print(auto_cli(map_rasters, args=args, as_positional=False))
+    print(auto_cli(map_rasters, args=args, as_positional=False, prog=prog))
 
 
 if __name__ == "__main__":

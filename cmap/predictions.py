@@ -1,4 +1,10 @@
-"""Predictions of ``cmap predict`` written to a table, one row per series.
+"""Prediction with trained classifiers: loading one from its checkpoint, and ``cmap predict``'s table.
+
+:func:`load_classifier` gives the Classifier of a ``cmap fit`` checkpoint with its
+``input_contract`` (:class:`~cmap.data.contract.InputContract`: bands, classes, normalisation, time
+axis), which ``cmap map`` and every other prediction path use to prepare inputs.
+
+:class:`PredictionWriter` writes ``cmap predict``'s predictions to a table, one row per series::
 
     cmap predict --config run.yaml --ckpt_path last.ckpt \\
         --trainer.callbacks+=cmap.predictions.PredictionWriter --trainer.callbacks.output predictions.parquet
@@ -18,6 +24,20 @@ import lightning as L
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from cmap.data.contract import InputContract
+from cmap.ml.classifiers import Classifier
+from cmap.ml.weights import read_checkpoint
+
+
+def load_classifier(path: str | Path) -> Classifier:
+    """The Classifier of a ``cmap fit`` checkpoint, in eval mode, with its ``input_contract``."""
+    InputContract.from_checkpoint(read_checkpoint(path), str(path))  # a clear error before Lightning's
+    try:
+        model = Classifier.load_from_checkpoint(path, map_location="cpu")
+    except Exception as error:
+        raise ValueError(f"{path}: not a checkpoint of a cmap Classifier ({error})") from error
+    return model.eval()
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -45,7 +45,7 @@ def test_seed_config_builds_the_seed_model_and_trains(seed_config, tmp_path):
         assert model.decoder.linear.out_features == 7
         assert (model.hparams.min_lr, model.hparams.max_lr) == (1e-5, 1e-4)
         # classes_weights are matched by name to the data module's class order.
-        assert model.hparams.class_names == ["other", "ble_tendre", "mais", "orge", "colza", "tournesol", "ble_dur"]
+        assert model.class_names == ["other", "ble_tendre", "mais", "orge", "colza", "tournesol", "ble_dur"]
         torch.testing.assert_close(model.criterion.alpha, torch.tensor([0.52, 0.52, 0.66, 1.12, 2.64, 3.25, 13.0]))
     # Models are not pickled: the hyper-parameters are the config tree.
     hparams = yaml.safe_load(next(tmp_path.rglob("hparams.yaml")).read_text())

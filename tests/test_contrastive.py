@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from cmap.ml.classifiers import Classifier
-from cmap.ml.contrastive import ContrastivePretraining, SeriesViews, nt_xent
+from cmap.data.perturbations import SeriesViews
+from cmap.ml.contrastive import ContrastivePretraining, nt_xent
 from cmap.ml.decoders import MultiClassClassification, ProjectionHead
 
 from .test_masking import batch
@@ -62,7 +63,7 @@ def test_contrastive_pretraining_learns_and_its_encoder_fine_tunes(tmp_path):
     assert fit.callback_metrics["val/twin_accuracy"] > first["val/twin_accuracy"]
     checkpoint = tmp_path / "contrastive.ckpt"
     fit.save_checkpoint(checkpoint)
-    classifier = Classifier(encoder(d=32), MultiClassClassification(32, 3), init_encoder_from=str(checkpoint))
+    classifier = Classifier(encoder(d=32), MultiClassClassification(3, hidden=32), init_encoder_from=str(checkpoint))
     trainer(max_steps=1, limit_val_batches=0).fit(classifier, synthetic())
     # Loaded at setup, then one step at the starting (minimum) LR: still the pretrained weights.
     for name, weight in model.encoder.state_dict().items():

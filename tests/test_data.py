@@ -30,8 +30,8 @@ def test_ucr_datamodule_normalises_with_training_split_only(ucr_root):
     assert abs(train_values.mean().item()) < 1e-4 and abs(train_values.std().item() - 1) < 1e-3
     raw = read_ucr_crop(ucr_root / "Crop_TRAIN.tsv")
     train_index, _ = stratified_split(raw.labels, 0.1, seed=0)
-    np.testing.assert_allclose(data.mean, raw.values[train_index].mean(axis=(0, 1)), rtol=1e-5)
-    np.testing.assert_allclose(data.std, raw.values[train_index].std(axis=(0, 1)), rtol=1e-4)
+    np.testing.assert_allclose(data.input_contract.mean, raw.values[train_index].mean(axis=(0, 1)), rtol=1e-5)
+    np.testing.assert_allclose(data.input_contract.std, raw.values[train_index].std(axis=(0, 1)), rtol=1e-4)
     batch = next(iter(data.train_dataloader()))
     assert batch["values"].shape == (256, 46, 1) and batch["values"].dtype == torch.float32
     assert batch["days"].dtype == torch.int64 and batch["mask"].all() and batch["label"].dtype == torch.int64
@@ -64,14 +64,21 @@ def test_all_nan_series_is_rejected():
         PixelSeries(values, np.zeros((3, 4), np.int64), np.zeros(3, np.int64), "file.csv")
 
 
-def test_datamodule_state_restores_normalisation():
+def test_adopted_contract_replaces_the_data_statistics():
     data = SyntheticSITS(class_names=["a", "b"], num_bands=3)
     data.setup("fit")
     restored = SyntheticSITS(class_names=["a", "b"], num_bands=3, seed=5)
-    restored.load_state_dict(data.state_dict())
-    np.testing.assert_array_equal(restored.mean, data.mean)
-    with pytest.raises(ValueError, match="class_names"):
-        SyntheticSITS(class_names=["a", "c"], num_bands=3).load_state_dict(data.state_dict())
+    restored.setup("fit")
+    assert not np.array_equal(restored.input_contract.mean, data.input_contract.mean)
+    restored.adopt(data.input_contract, "model.ckpt")
+    np.testing.assert_array_equal(restored.input_contract.mean, data.input_contract.mean)
+    rows = list(range(4))
+    raw = restored.datasets["val"].series.values[restored.datasets["val"].index[rows]]
+    valid = np.isfinite(raw).all(axis=-1, keepdims=True)
+    expected = np.where(valid, (raw - data.input_contract.mean) / data.input_contract.std, 0.0)
+    np.testing.assert_allclose(restored.datasets["val"].__getitems__(rows)["values"].numpy(), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"model.ckpt.*class_names \['a', 'c'\]"):
+        SyntheticSITS(class_names=["a", "c"], num_bands=3).adopt(data.input_contract, "model.ckpt")
 
 
 def test_labels_per_class_keeps_few_labels_but_full_statistics():
@@ -81,4 +88,4 @@ def test_labels_per_class_keeps_few_labels_but_full_statistics():
     few.setup("fit")
     assert few.class_counts("train").tolist() == [5, 5, 5]
     assert few.class_counts("val").tolist() == full.class_counts("val").tolist()
-    np.testing.assert_array_equal(few.mean, full.mean)
+    np.testing.assert_array_equal(few.input_contract.mean, full.input_contract.mean)

@@ -7,6 +7,7 @@ import pytest
 
 from cmap.data import SeriesStore, UCRCrop, open_store, write_store
 from cmap.data.__main__ import main as convert_main
+from cmap.data.contract import TimeAxis
 from cmap.data.convert import (
     read_mato_grosso,
     read_sinop_samples,
@@ -55,11 +56,13 @@ def test_mato_grosso_matches_its_readme():
         "Cerrado": 379, "Fallow_Cotton": 29, "Forest": 131, "Pasture": 344, "Soy_Corn": 364, "Soy_Cotton": 352,
         "Soy_Fallow": 87, "Soy_Millet": 180, "Soy_Sunflower": 26,
     }  # fmt: skip
-    # 16-day composites (restarting on 1 January) of one agricultural year, from each series' first date.
-    assert (converted.series.days[:, 0] == 0).all() and set(np.diff(converted.series.days).ravel()) <= set(
+    # 16-day composites (restarting on 1 January) of one agricultural year, counted from the season's
+    # start: 09-13, the first composite's day in leap years (09-14 in the others, day 1).
+    assert converted.time_axis == TimeAxis.from_season_start("09-13")
+    assert set(converted.series.days[:, 0].tolist()) == {0, 1} and set(np.diff(converted.series.days).ravel()) <= set(
         range(13, 18)
     )
-    assert 345 <= converted.series.days[:, -1].min() and converted.series.days[:, -1].max() <= 353
+    assert 345 <= converted.series.days[:, -1].min() and converted.series.days[:, -1].max() <= 354
     assert not np.isnan(converted.series.values).any()
 
 
@@ -90,7 +93,7 @@ def test_every_dataset_converts_and_trains_through_one_data_module(dataset, tmp_
         data = SeriesStore(str(tmp_path / "train"), fold=0, num_folds=5, batch_size=32)
     model = Classifier(
         TransformerEncoder(PositionalEncoding(16, max_len=1000), PixelEncoding([data.num_bands, 16]), 16, 2, 1),
-        MultiClassClassification(16, len(data.class_names)),
+        MultiClassClassification(len(data.class_names), hidden=16),
         max_lr=1e-3,
     )
     trainer = L.Trainer(
@@ -123,7 +126,7 @@ def test_table_with_irregular_dates_and_clouds(tmp_path):
     converted = read_table(path, ["B4", "B8"], group_column="parcel", class_names=["colza", "mais", "orge"])
     series = converted.series
     assert series.values.shape == (2, 3, 2)
-    assert series.days.tolist() == [[0, 9, 31], [4, 0, 0]] and converted.reference_date == "2021-03-01"
+    assert series.days.tolist() == [[0, 9, 31], [4, 0, 0]] and converted.time_axis == TimeAxis.from_reference_date("2021-03-01")
     np.testing.assert_allclose(series.values[0, 0], [0.2, 0.4])
     assert series.valid_dates.tolist() == [[True, True, False], [True, False, False]]
     assert series.labels.tolist() == [1, 0] and series.groups.tolist() == [0, 1]

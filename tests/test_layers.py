@@ -94,5 +94,5 @@ def test_masked_mean_ignores_padding():
 
 def test_decoders_shapes():
     features, mask = torch.randn(4, 6, D), torch.ones(4, 6, dtype=torch.bool)
-    assert MultiClassClassification(D, 5)(features, mask).shape == (4, 5)
+    assert MultiClassClassification(5, hidden=D)(features, mask).shape == (4, 5)
     assert BandReconstruction([D, 16, C])(features, mask).shape == (4, 6, C)

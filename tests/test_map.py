@@ -14,6 +14,7 @@ from rasterio.transform import from_origin
 
 from cmap.cli import main as cmap_main
 from cmap.data import SeriesStore, open_store, write_store
+from cmap.data.contract import TimeAxis
 from cmap.data.convert import read_mato_grosso
 from cmap.data.raster import RasterStack, extract_samples, read_labels
 from cmap.map import MapWriter, map_rasters, probabilities_path
@@ -39,9 +40,7 @@ def mato_grosso_ndvi12(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Mato Grosso samples at the Sinop cube's band and dates (NDVI, every other composite)."""
     source = require(SHARED_DATA / "sits_matogrosso_mod13q1") / "br_mt_1_8K_9classes_6bands.rda"
     converted = read_mato_grosso(source).select(["NDVI"], date_step=2)
-    folder = tmp_path_factory.mktemp("stores") / "mato_grosso_ndvi12"
-    write_store(folder, converted.series, converted.band_names, converted.class_names)
-    return folder
+    return converted.write(tmp_path_factory.mktemp("stores") / "mato_grosso_ndvi12")
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +100,30 @@ def test_map_of_the_sinop_cube_has_the_cube_grid_classes_and_probabilities(ndvi_
     style = output.with_suffix(".qml").read_text()
     assert all(f'label="{name}"' in style for name in class_names)
     assert sorted(p.name for p in output.parent.iterdir()) == ["sinop.qml", "sinop.tif", "sinop_probs.tif"]
+
+
+def test_a_stack_starting_later_is_mapped_on_the_training_days(ndvi_checkpoint, tmp_path):
+    """The Sinop cube without its first image (2013-09-14): the checkpoint's time axis (days since
+    09-13, the season start of the Mato Grosso samples) puts each image on its training day."""
+    later = tmp_path / "later"
+    later.mkdir()
+    for path in sorted(require(SINOP).glob("*_NDVI_*.jp2"))[1:]:
+        (later / path.name).symlink_to(path)
+    assert Classifier.load_from_checkpoint(ndvi_checkpoint).input_contract.time_axis == TimeAxis.from_season_start(
+        "09-13"
+    )
+
+    def mapped(name: str, **options) -> np.ndarray:
+        output = tmp_path / name
+        map_rasters(str(ndvi_checkpoint), str(later), str(output), pattern=SINOP_PATTERN, scale=1e-4,
+                    valid_range=(-2000, 10000), progress=False, cog=False, **options)  # fmt: skip
+        with rasterio.open(output) as classes, rasterio.open(probabilities_path(output)) as probabilities:
+            return np.concatenate([classes.read(), probabilities.read()])
+
+    default = mapped("default.tif")
+    np.testing.assert_array_equal(default, mapped("aligned.tif", reference_date="2013-09-13"))
+    # Days counted from the stack's own first date (what the map did before) shift every date.
+    assert not np.array_equal(default, mapped("shifted.tif", reference_date="2013-10-16"))
 
 
 def test_map_windows_do_not_change_the_result_and_nodata_marks_pixels_without_dates(ndvi_checkpoint, tmp_path):
@@ -273,15 +296,18 @@ def test_shapes_outside_the_grid_and_unknown_labels_are_errors(tmp_path):
 
 
 def test_extract_command_writes_a_store_of_the_labelled_pixels(tmp_path):
-    from cmap.data.__main__ import main as data_main
+    from cmap.cli import main as cmap_main
 
     rasters = synthetic_stack(tmp_path / "rasters")
     points = tmp_path / "points.csv"
     points.write_text("x,y,crop\n500005,4799995,maize\n500015,4799985,wheat\n500025,4799975,maize\n")
-    data_main(["extract", str(rasters), str(points), str(tmp_path / "store"), "--pattern", SINOP_PATTERN,
+    cmap_main(["extract", str(rasters), str(points), str(tmp_path / "store"), "--pattern", SINOP_PATTERN,
                "--label_field", "crop", "--x_column", "x", "--y_column", "y", "--crs", "EPSG:32631"])  # fmt: skip
     series, metadata = open_store(tmp_path / "store")
-    assert metadata["class_names"] == ["maize", "wheat"] and metadata["reference_date"] == "2021-04-01"
+    assert metadata["class_names"] == ["maize", "wheat"]
+    # Days since the month-day of the stack's first date (2021-04-01), and the raw-value convention.
+    assert metadata["time_axis"] == {"rule": "season_start", "reference_date": None, "season_start": "04-01"}
+    assert metadata["raw_values"] == {"scale": 1.0, "offset": 0.0, "valid_range": None}
     assert series.labels.tolist() == [0, 1, 0] and np.asarray(series.days[[0]]).tolist() == [[0, 30, 61]]
     cube = RasterStack.from_folder(rasters, SINOP_PATTERN).read()
     np.testing.assert_array_equal(series.values[[0, 1, 2]][:, :, 0], cube[:, 0, [0, 1, 2], [0, 1, 2]].T)

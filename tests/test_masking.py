@@ -5,7 +5,7 @@ import torch
 
 from cmap.ml.autoencoders import AutoEncoder
 from cmap.ml.decoders import BandReconstruction
-from cmap.ml.masking import BandGroups, ContiguousDates, NoiseContamination, RandomDates
+from cmap.data.perturbations import BandGroups, ContiguousDates, NoiseContamination, RandomDates
 
 from .test_tasks import encoder
 

@@ -36,7 +36,7 @@ def test_positional_encoding_cast_to_bf16_computes_angles_in_float32():
 
 def tiny_classifier() -> Classifier:
     encoder = TransformerEncoder(PositionalEncoding(32, 1000, 1000), PixelEncoding([2, 32]), 32, 4, 2, 0.0)
-    return Classifier(encoder, MultiClassClassification(32, len(CLASSES)), class_names=CLASSES)
+    return Classifier(encoder, MultiClassClassification(len(CLASSES), hidden=32), class_names=CLASSES)
 
 
 def predict(model: Classifier, data: SyntheticSITS, precision: str) -> dict[str, torch.Tensor]:

@@ -64,7 +64,7 @@ def test_splits_partition_the_store_and_each_epoch_visits_every_training_series_
     assert np.array_equal(data.class_counts("train"), counts)
     # Batches hold the series of their rows, normalised, with their labels.
     batch = next(iter(data.val_dataloader()))
-    expected = (converted.series.values[val[:64]] - data.mean) / data.std
+    expected = (converted.series.values[val[:64]] - data.input_contract.mean) / data.input_contract.std
     np.testing.assert_allclose(batch["values"].numpy(), expected, rtol=1e-5, atol=1e-5)
     assert batch["label"].tolist() == converted.series.labels[val[:64]].tolist()
 
@@ -74,8 +74,8 @@ def test_normalisation_is_close_to_the_exact_statistics(mato_grosso):
     streaming, exact = StreamingSeriesStore(str(folder), fold=0), SeriesStore(str(folder), fold=0)
     streaming.setup("fit")
     exact.setup("fit")
-    np.testing.assert_allclose(streaming.mean, exact.mean, rtol=0.03, atol=0.01)
-    np.testing.assert_allclose(streaming.std, exact.std, rtol=0.05)
+    np.testing.assert_allclose(streaming.input_contract.mean, exact.input_contract.mean, rtol=0.03, atol=0.01)
+    np.testing.assert_allclose(streaming.input_contract.std, exact.input_contract.std, rtol=0.05)
 
 
 def test_groups_are_never_split_and_a_model_trains(tmp_path):
@@ -91,7 +91,7 @@ def test_groups_are_never_split_and_a_model_trains(tmp_path):
     assert not splits[0] & splits[1] and not splits[0] & splits[2] and not splits[1] & splits[2]
     assert set().union(*splits) == set(range(n // 4))
     encoder = TransformerEncoder(PositionalEncoding(8, 100, 100), PixelEncoding([2, 8]), 8, 2, 1, 0.0, 16)
-    model = Classifier(encoder, MultiClassClassification(8, 3))
+    model = Classifier(encoder, MultiClassClassification(3, hidden=8))
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(model, datamodule=data)
     assert trainer.global_step == len(data.datasets["train"]) // 32
@@ -107,5 +107,5 @@ def test_bad_labels_and_unsupported_options_are_named(tmp_path):
     np.save(tmp_path / "store" / "labels.npy", labels)
     with pytest.raises(ValueError, match=r"store/labels.npy: row 70 holds label 5, expected a class index in \[0, 2\)"):
         StreamingSeriesStore(str(tmp_path / "store"), fold=0).setup("fit")
-    with pytest.raises(ValueError, match="does not support class_map"):
+    with pytest.raises(TypeError, match="class_map"):  # not an argument: it needs every label in memory
         StreamingSeriesStore(str(tmp_path / "store"), fold=0, class_map={"a": "x", "b": "x"})

@@ -10,7 +10,7 @@ from cmap.ml.classifiers import Classifier
 from cmap.ml.decoders import BandReconstruction, MultiClassClassification
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
 from cmap.ml.encoders import ExchangerEncoder, TransformerEncoder
-from cmap.ml.masking import RandomDates
+from cmap.data.perturbations import RandomDates
 
 CLASSES = ["other", "mais", "colza"]
 
@@ -44,7 +44,7 @@ class LearningRates(L.Callback):
 
 
 def test_one_cycle_schedule_runs_from_min_to_max_and_back():
-    model = Classifier(encoder(), MultiClassClassification(16, 3), min_lr=1e-4, max_lr=1e-2, warmup_fraction=0.25)
+    model = Classifier(encoder(), MultiClassClassification(3, hidden=16), min_lr=1e-4, max_lr=1e-2, warmup_fraction=0.25)
     rates = LearningRates()
     trainer(max_steps=20, limit_val_batches=0, callbacks=[rates]).fit(model, synthetic())
     assert len(rates.rates) == 20
@@ -56,7 +56,7 @@ def test_one_cycle_schedule_runs_from_min_to_max_and_back():
 @pytest.mark.parametrize("steps, warmup_fraction", [(2, 0.1), (10, 0.1), (10, 0.0), (10, 1.0)])
 def test_one_cycle_schedule_survives_short_runs_and_extreme_warmups(steps, warmup_fraction):
     model = Classifier(
-        encoder(), MultiClassClassification(16, 3), min_lr=1e-4, max_lr=1e-2, warmup_fraction=warmup_fraction
+        encoder(), MultiClassClassification(3, hidden=16), min_lr=1e-4, max_lr=1e-2, warmup_fraction=warmup_fraction
     )
     rates = LearningRates()
     trainer(max_steps=steps, limit_val_batches=0, callbacks=[rates]).fit(model, synthetic())
@@ -66,13 +66,13 @@ def test_one_cycle_schedule_survives_short_runs_and_extreme_warmups(steps, warmu
 
 @pytest.mark.parametrize("exchanger", [False, True], ids=["transformer", "exchanger"])
 def test_classifier_trains_and_predicts(exchanger):
-    model = Classifier(encoder(exchanger=exchanger), MultiClassClassification(16, 3), max_lr=1e-3)
+    model = Classifier(encoder(exchanger=exchanger), MultiClassClassification(3, hidden=16), max_lr=1e-3)
     data = synthetic()
     fit = trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1)
     before = [p.detach().clone() for p in model.parameters()]
     fit.fit(model, data)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    assert model.hparams.class_names == CLASSES
+    assert model.class_names == CLASSES and model.input_contract.class_names == tuple(CLASSES)
     predictions = fit.predict(model, datamodule=data)
     assert predictions[0]["probabilities"].shape == (16, 3)
     torch.testing.assert_close(predictions[0]["probabilities"].sum(-1), torch.ones(16))
@@ -80,19 +80,19 @@ def test_classifier_trains_and_predicts(exchanger):
 
 
 def test_unknown_class_weight_name_fails_at_setup():
-    model = Classifier(encoder(), MultiClassClassification(16, 3), classes_weights={"other": 1, "mais": 1, "rape": 2})
+    model = Classifier(encoder(), MultiClassClassification(3, hidden=16), classes_weights={"other": 1, "mais": 1, "rape": 2})
     with pytest.raises(ValueError, match=r"unknown class names \['rape'\].*no weight for classes \['colza'\]"):
         trainer(fast_dev_run=True).fit(model, synthetic())
 
 
 def test_band_count_mismatch_is_explained():
-    model = Classifier(encoder(bands=9), MultiClassClassification(16, 3))
+    model = Classifier(encoder(bands=9), MultiClassClassification(3, hidden=16))
     with pytest.raises(ValueError, match="expects 9 bands.*SyntheticSITS provides 4"):
         trainer(fast_dev_run=True).fit(model, synthetic(bands=4))
 
 
 def test_class_count_mismatch_is_explained():
-    model = Classifier(encoder(), MultiClassClassification(16, 7))
+    model = Classifier(encoder(), MultiClassClassification(7, hidden=16))
     with pytest.raises(ValueError, match="num_classes=7 outputs but the data has 3 classes"):
         trainer(fast_dev_run=True).fit(model, synthetic())
 
@@ -112,7 +112,7 @@ def test_small_transformer_learns_ucr_crop(ucr_root):
     L.seed_everything(0)
     model = Classifier(
         TransformerEncoder(PositionalEncoding(32, 1000, 1000), PixelEncoding([1, 32]), 32, 2, 1, 0.0),
-        MultiClassClassification(32, 24),
+        MultiClassClassification(24, hidden=32),
         min_lr=1e-4,
         max_lr=3e-3,
         focal_gamma=0.0,

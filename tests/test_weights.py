@@ -25,7 +25,7 @@ def test_classifier_starts_from_pretrained_encoder(pretrained, tmp_path):
     autoencoder, checkpoint = pretrained
     exported = export_encoder(checkpoint, tmp_path / "encoder.pt")
     for source in (checkpoint, exported):
-        model = Classifier(encoder(d=16), MultiClassClassification(16, 3), init_encoder_from=str(source))
+        model = Classifier(encoder(d=16), MultiClassClassification(3, hidden=16), init_encoder_from=str(source))
         fresh = {k: v.clone() for k, v in model.encoder.state_dict().items()}
         trainer(max_steps=1, limit_val_batches=0, max_epochs=1, limit_train_batches=0).fit(model, synthetic())
         for key, value in autoencoder.encoder.state_dict().items():
@@ -49,19 +49,19 @@ def test_not_a_checkpoint_is_named(tmp_path):
 
 
 def test_class_names_come_with_the_classifier_checkpoint(tmp_path):
-    model = Classifier(encoder(), MultiClassClassification(16, 3))
+    model = Classifier(encoder(), MultiClassClassification(3, hidden=16))
     L.Trainer(max_steps=2, limit_val_batches=1, default_root_dir=tmp_path, enable_progress_bar=False).fit(
         model, synthetic()
     )
     loaded = Classifier.load_from_checkpoint(
-        next(tmp_path.rglob("*.ckpt")), encoder=encoder(), decoder=MultiClassClassification(16, 3)
+        next(tmp_path.rglob("*.ckpt")), encoder=encoder(), decoder=MultiClassClassification(3, hidden=16)
     )
     assert loaded.class_names == CLASSES
 
 
 def test_frozen_encoder_stays_put_then_trains_at_its_own_rate():
     model = Classifier(
-        encoder(), MultiClassClassification(16, 3), max_lr=1e-2, freeze_encoder_epochs=1, encoder_lr_factor=0.1
+        encoder(), MultiClassClassification(3, hidden=16), max_lr=1e-2, freeze_encoder_epochs=1, encoder_lr_factor=0.1
     )
     start = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     head = model.decoder.linear.weight.detach().clone()

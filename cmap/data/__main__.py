@@ -1,4 +1,4 @@
-"""``python -m cmap.data convert DATASET SOURCE OUTPUT``: original files -> a cmap series store.
+"""``cmap convert DATASET SOURCE OUTPUT``: original files -> a cmap series store.
 
 Datasets (SOURCE is the original file, read in place):
   ucr_crop        Crop_TRAIN.tsv or Crop_TEST.tsv
@@ -8,14 +8,16 @@ Datasets (SOURCE is the original file, read in place):
   sinop_samples   samples_modis_ndvi.rda
   table           your own long CSV / Parquet table (one row per sample and date), with --bands ...
 
-``python -m cmap.data extract RASTERS LABELS OUTPUT``: the pixel series of a folder of rasters under
-labelled points or polygons -> a store (see ``extract --help``).
+``cmap extract RASTERS LABELS OUTPUT``: the pixel series of a folder of rasters under labelled
+points or polygons -> a store (see ``extract --help``).
+
+(``python -m cmap.data convert|extract ...`` is the same command.)
 """
 
 import argparse
 
 from cmap.data import convert, raster
-from cmap.data.store import write_store
+from cmap.data.contract import RawValues, TimeAxis
 
 READERS = {
     "ucr_crop": convert.read_ucr,
@@ -26,8 +28,8 @@ READERS = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cmap.data", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("convert", help="convert a dataset to a store", description=__doc__)
     command.add_argument("dataset", choices=[*READERS, "table"])
@@ -67,14 +69,21 @@ def main(argv: list[str] | None = None) -> None:
     extract.add_argument("--y_column", default="latitude", help="CSV only")
     extract.add_argument("--crs", default="EPSG:4326", help="CSV only: CRS of the coordinates")
     extract.add_argument("--class_names", nargs="+", default=None, help="class order (default: sorted)")
+    extract.add_argument(
+        "--season_start", default=None,
+        help="MM-DD: days count from the latest such day before each date (default: the month-day of the "
+        "stack's first date, so another year's stack, or this one without its first image, maps on the same days)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.command == "extract":
+        raw_values = RawValues(args.scale, args.offset, args.valid_range)
         stack = raster.RasterStack.from_folder(
-            args.rasters, args.pattern, args.bands, args.scale, args.offset, args.valid_range
+            args.rasters, args.pattern, args.bands, raw_values.scale, raw_values.offset, raw_values.valid_range
         )
+        time_axis = stack.season() if args.season_start is None else TimeAxis.from_season_start(args.season_start)
         shapes = raster.read_labels(args.labels, args.label_field, args.x_column, args.y_column, args.crs)
-        series, class_names = raster.extract_samples(stack, shapes, args.class_names)
-        converted = convert.Converted(series, stack.band_names, class_names, str(stack.dates[0]))
+        series, class_names = raster.extract_samples(stack, shapes, args.class_names, time_axis)
+        converted = convert.Converted(series, stack.band_names, class_names, time_axis, raw_values)
         _write(converted, args.output, args.overwrite)
         return
     if args.dataset == "table":
@@ -90,10 +99,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _write(converted: convert.Converted, output: str, overwrite: bool) -> None:
-    folder = write_store(
-        output, converted.series, converted.band_names, converted.class_names, converted.reference_date,
-        overwrite=overwrite,
-    )  # fmt: skip
+    folder = converted.write(output, overwrite)
     values = converted.series.values
     print(f"{folder}: {values.shape[0]} series, {values.shape[1]} dates, bands {converted.band_names}")
 

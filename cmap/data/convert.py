@@ -1,6 +1,6 @@
 """Readers of real datasets' original files and of the user's own tables -> :mod:`cmap.data.store`.
 
-Each reader returns a :class:`Converted` (series, band names, class names, reference date); the
+Each reader returns a :class:`Converted` (series, band names, class names, time axis); the
 ``python -m cmap.data convert`` command writes it as a store. The original files are read in place.
 """
 
@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cmap.data.contract import RawValues, TimeAxis
 from cmap.data.datamodule import PixelSeries
+from cmap.data.store import write_store
 from cmap.data.ucr import UCR_CROP_CLASSES, read_ucr_crop
 
 VICTORIA_BANDS = ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
@@ -32,7 +34,14 @@ class Converted:
     series: PixelSeries
     band_names: list[str]
     class_names: list[str]
-    reference_date: str | None = None
+    time_axis: TimeAxis = TimeAxis()
+    raw_values: RawValues | None = None
+
+    def write(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write as a store (:func:`~cmap.data.store.write_store`), time axis and raw values included."""
+        return write_store(
+            folder, self.series, self.band_names, self.class_names, self.time_axis, self.raw_values, overwrite
+        )
 
     def select(self, bands: Sequence[str] | None = None, date_step: int = 1) -> "Converted":
         """Only ``bands`` (in this order) and every ``date_step``-th date, from the first.
@@ -120,8 +129,10 @@ def _read_rda_tibble(path: Path, name: str) -> pd.DataFrame:
 def read_sits_samples(path: str | Path, object_name: str, bands: Sequence[str]) -> Converted:
     """An R ``sits`` sample tibble (.rda): one row per sample, a ``time_series`` tibble each.
 
-    Samples come from different years, so each series' days count from its own first date (the
-    start of its agricultural year); R dates are days since 1970-01-01. Classes are sorted names.
+    Samples come from different years, each one agricultural year: days count from the start of
+    each sample's season (:meth:`TimeAxis.fit_season` of the first dates, 09-13 for the MOD13Q1
+    samples), so a raster stack of any year maps on the same days. R dates are days since
+    1970-01-01. Classes are sorted names.
     """
     path = Path(path)
     table = _read_rda_tibble(path, object_name)
@@ -133,12 +144,14 @@ def read_sits_samples(path: str | Path, object_name: str, bands: Sequence[str]) 
         raise ValueError(f"{path}: time_series have different numbers of dates {sorted(lengths)}")
     values = np.stack([series[list(bands)].to_numpy(np.float32) for series in table["time_series"]])
     dates = np.stack([series["Index"].to_numpy(np.float64) for series in table["time_series"]])
-    days = (dates - dates[:, :1]).round().astype(np.int64)
+    dates = (np.datetime64("1970-01-01", "D") + dates.round().astype(np.int64)).astype("datetime64[D]")
+    time_axis = TimeAxis.fit_season(dates[:, 0])
+    days = (dates - time_axis.anchors(dates[:, :1])).astype(np.int64)
     labels = table["label"].astype(str).to_numpy()
     class_names = sorted(set(labels))
     index = {name: i for i, name in enumerate(class_names)}
     series = PixelSeries(values, days, np.array([index[label] for label in labels]), str(path))
-    return Converted(series, list(bands), class_names)
+    return Converted(series, list(bands), class_names, time_axis)
 
 
 def read_mato_grosso(path: str | Path) -> Converted:
@@ -215,4 +228,4 @@ def read_table(
     if group_column:
         groups = pd.factorize(first[group_column])[0].astype(np.int64)
     series = PixelSeries(values, days, labels, str(path), groups)
-    return Converted(series, list(bands), names, str(reference.date()))
+    return Converted(series, list(bands), names, TimeAxis.from_reference_date(reference.date()))

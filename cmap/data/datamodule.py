@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cmap.data.augment import Augmentation
 from cmap.data.batch import Batch
 from cmap.data.classes import ClassMapping
+from cmap.data.contract import InputContract, RawValues, TimeAxis
+from cmap.data.perturbations import Augmentation
 
 
 @dataclass
@@ -20,7 +21,8 @@ class PixelSeries:
 
     Attributes:
         values: float32 (N, T, C); NaN marks a missing date (cloud, gap or padding).
-        days: int64 (N, T), day offset of each date from the reference date.
+        days: int64 (N, T), day offset of each date on the data's time axis
+            (:class:`~cmap.data.contract.TimeAxis`).
         labels: int64 (N,) class indices, or None when unlabelled.
         source: where the series came from, for error messages (a file path).
         groups: int64 (N,) parcel / polygon ids, or None; splits never separate a group.
@@ -94,7 +96,8 @@ def sort_dates(values: np.ndarray, days: np.ndarray, mask: np.ndarray) -> tuple[
 
 
 class SeriesDataset(Dataset):
-    """The series ``index`` of a :class:`PixelSeries`, normalised on the fly; batches follow :class:`Batch`.
+    """The series ``index`` of a :class:`PixelSeries`, normalised on the fly by ``contract``
+    (:meth:`~cmap.data.contract.InputContract.model_inputs`); batches follow :class:`Batch`.
 
     Rows are read only when a batch asks for them (``__getitems__``), so a store (:mod:`cmap.data.store`)
     larger than memory trains with flat memory. Use :func:`batch_loader` (or any DataLoader whose
@@ -105,14 +108,12 @@ class SeriesDataset(Dataset):
         self,
         series: PixelSeries,
         index: np.ndarray,
-        mean: np.ndarray,
-        std: np.ndarray,
+        contract: InputContract,
         augmentation: Augmentation | None = None,
     ) -> None:
         self.series = series
         self.index = np.asarray(index, dtype=np.int64)
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
+        self.contract = contract
         self.augmentation = augmentation if augmentation is not None and augmentation.active else None
 
     def __len__(self) -> int:
@@ -130,11 +131,9 @@ class SeriesDataset(Dataset):
         days = np.empty((len(rows),) + self.series.days.shape[1:], dtype=np.int64)
         days[order] = self.series.days[rows[order]]
         # A date with any NaN or infinite band value is masked, like a cloud.
-        mask = np.isfinite(values).all(axis=-1)
+        values, mask = self.contract.model_inputs(values)
         check_series(mask, self.series.source, rows)  # stores are read here first, not when opened
         values, days, mask = sort_dates(values, days, mask)
-        values = (values - self.mean) / self.std
-        values[~mask] = 0.0
         batch = Batch(
             values=torch.from_numpy(values),
             days=torch.from_numpy(days),
@@ -219,31 +218,28 @@ def per_class_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
     return np.sort(np.concatenate(chosen))
 
 
-class SITSDataModule(L.LightningDataModule):
-    """Base data module for labelled satellite image time series.
+class SeriesDataModule(L.LightningDataModule):
+    """What every cmap data module shares: loaders, class counts and the input contract.
 
-    Subclasses set ``source_class_names`` and ``band_names`` in ``__init__`` and implement
-    :meth:`load_train` and :meth:`load_test`. This class holds out a validation split of the
-    training series (whole groups when the series have groups, stratified by class otherwise),
-    computes per-band normalisation statistics on the *training split only*, optionally maps the
-    classes to another nomenclature, and stores class names, band names and statistics in the
-    checkpoint (``state_dict``), so a trained model carries everything needed to predict.
+    Subclasses set ``band_names``, ``source_class_names`` (and ``time_axis``, ``raw_values`` when
+    they know them) and build ``self.datasets`` (train, val, test) in :meth:`setup`, with the
+    contract :meth:`make_contract` returns. The contract (:class:`~cmap.data.contract.InputContract`:
+    names, training statistics, time axis) is what the task saves in every checkpoint; a
+    checkpoint's contract replaces this module's statistics through :meth:`adopt`, so ``cmap test``
+    and ``cmap predict`` normalise exactly as training did.
 
     Args:
         batch_size: series per batch.
         num_workers: DataLoader worker processes.
-        val_fraction: fraction of each training class held out for validation.
-        seed: seed of the validation split.
+        val_fraction: fraction of the training series held out for validation.
+        seed: seed of the splits.
         augmentation: random perturbations of training series (none by default).
-        labels_per_class: keep only this many labelled training series per class (drawn with
-            ``seed``), for few-label experiments; normalisation statistics still use every
-            training series (they need no labels).
-        class_map: ``{dataset class: your class}``, ``"*"`` for every class not listed (see
-            :class:`~cmap.data.classes.ClassMapping`); ``class_names`` are then your classes.
     """
 
-    source_class_names: list[str]
     band_names: list[str]
+    source_class_names: list[str]
+    time_axis: TimeAxis = TimeAxis()
+    raw_values: RawValues | None = None
 
     def __init__(
         self,
@@ -252,8 +248,6 @@ class SITSDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         augmentation: Augmentation | None = None,
-        labels_per_class: int | None = None,
-        class_map: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         # Every init argument of the concrete data module (subclasses included) is logged with
@@ -266,15 +260,109 @@ class SITSDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.augmentation = augmentation
-        self.labels_per_class = labels_per_class
-        self.class_map = class_map
-        self.mean: np.ndarray | None = None
-        self.std: np.ndarray | None = None
+        self.contract: InputContract | None = None
         self.datasets: dict[str, SeriesDataset] = {}
 
     @property
     def num_bands(self) -> int:
         return len(self.band_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes the model learns, in label order."""
+        return list(self.source_class_names)
+
+    @property
+    def input_contract(self) -> InputContract:
+        """Names, normalisation and time axis of this data's series (known after :meth:`setup`)."""
+        if self.contract is None:
+            raise RuntimeError(f"{type(self).__name__}: the input contract is known after setup()")
+        return self.contract
+
+    def make_contract(self, mean: np.ndarray, std: np.ndarray) -> InputContract:
+        """The contract of this data with training statistics ``mean``, ``std`` (unless one was adopted)."""
+        if self.contract is None:
+            self.contract = InputContract(
+                self.band_names, mean, std, self.time_axis, self.class_names, self.raw_values
+            )
+        return self.contract
+
+    def adopt(self, contract: InputContract, source: str) -> None:
+        """Use ``contract`` (from the checkpoint ``source``) instead of this data's own statistics.
+
+        Bands, classes and time axis must agree: a model sees its inputs as it was trained to.
+        """
+        mine = InputContract(self.band_names, contract.mean, contract.std, self.time_axis, self.class_names)
+        contract.check_compatible(mine, f"{type(self).__name__} (data of {source})")
+        if contract.time_axis != self.time_axis:
+            raise ValueError(
+                f"{source}: the model counts {contract.time_axis.describe()}, but {type(self).__name__}'s days "
+                f"are {self.time_axis.describe()}"
+            )
+        self.contract = contract
+        for dataset in self.datasets.values():
+            dataset.contract = contract
+
+    def class_counts(self, split: str) -> np.ndarray:
+        """Number of series of each class in ``split`` (train, val or test)."""
+        return np.bincount(self.datasets[split].labels, minlength=len(self.class_names))
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        return batch_loader(
+            dataset,
+            self.batch_size,
+            shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=shuffle and len(dataset) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class SITSDataModule(SeriesDataModule):
+    """Base data module for labelled series held in memory (or read row by row from a store).
+
+    Subclasses set ``source_class_names`` and ``band_names`` in ``__init__`` and implement
+    :meth:`load_train` and :meth:`load_test`. This class holds out a validation split of the
+    training series (whole groups when the series have groups, stratified by class otherwise),
+    computes per-band normalisation statistics on the *training split only*, and optionally maps
+    the classes to another nomenclature.
+
+    Args:
+        batch_size, num_workers, val_fraction, seed, augmentation: see :class:`SeriesDataModule`
+            (``val_fraction``: of each training class).
+        labels_per_class: keep only this many labelled training series per class (drawn with
+            ``seed``), for few-label experiments; normalisation statistics still use every
+            training series (they need no labels).
+        class_map: ``{dataset class: your class}``, ``"*"`` for every class not listed (see
+            :class:`~cmap.data.classes.ClassMapping`); ``class_names`` are then your classes.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        augmentation: Augmentation | None = None,
+        labels_per_class: int | None = None,
+        class_map: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(batch_size, num_workers, val_fraction, seed, augmentation)
+        self.labels_per_class = labels_per_class
+        self.class_map = class_map
 
     @cached_property
     def class_mapping(self) -> ClassMapping | None:
@@ -318,65 +406,18 @@ class SITSDataModule(L.LightningDataModule):
                     raise ValueError(
                         f"{train_all.source}: the {split} split is empty (val_fraction={self.val_fraction})"
                     )
-            if self.mean is None:  # statistics restored from a checkpoint win
-                self.mean, self.std = normalisation_statistics(train_all, train_index)
+            contract = self.contract or self.make_contract(*normalisation_statistics(train_all, train_index))
             if self.labels_per_class is not None:
                 train_index = train_index[
                     per_class_subset(train_all.labels[train_index], self.labels_per_class, self.seed)
                 ]
-            self.datasets["train"] = SeriesDataset(train_all, train_index, self.mean, self.std, self.augmentation)
-            self.datasets["val"] = SeriesDataset(train_all, val_index, self.mean, self.std)
+            self.datasets["train"] = SeriesDataset(train_all, train_index, contract, self.augmentation)
+            self.datasets["val"] = SeriesDataset(train_all, val_index, contract)
         if stage in ("test", "predict") and "test" not in self.datasets:
             test = self._prepare(self.load_test())
             if len(test) == 0:
                 raise ValueError(f"{test.source}: the test split is empty")
-            self.datasets["test"] = SeriesDataset(test, np.arange(len(test)), self.mean, self.std)
-
-    def class_counts(self, split: str) -> np.ndarray:
-        """Number of series of each class in ``split`` (train, val or test)."""
-        return np.bincount(self.datasets[split].labels, minlength=len(self.class_names))
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
-        return batch_loader(
-            dataset,
-            self.batch_size,
-            shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(dataset) > self.batch_size,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint needs to reproduce the inputs: names and normalisation."""
-        return {
-            "class_names": list(self.class_names),
-            "band_names": list(self.band_names),
-            "mean": None if self.mean is None else self.mean.tolist(),
-            "std": None if self.std is None else self.std.tolist(),
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for key in ("class_names", "band_names"):
-            if state_dict[key] != list(getattr(self, key)):
-                raise ValueError(
-                    f"checkpoint {key} {state_dict[key]} differ from this data module's {list(getattr(self, key))}"
-                )
-        if state_dict["mean"] is not None:
-            self.mean = np.asarray(state_dict["mean"], dtype=np.float32)
-            self.std = np.asarray(state_dict["std"], dtype=np.float32)
+            self.datasets["test"] = SeriesDataset(test, np.arange(len(test)), self.input_contract)
 
 
 def normalisation_statistics(

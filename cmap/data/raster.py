@@ -31,21 +31,11 @@ from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
+from cmap.data.contract import TimeAxis, parse_date
 from cmap.data.datamodule import PixelSeries
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 DEFAULT_PATTERN = r"(?P<date>\d{4}-\d{2}-\d{2})"
-DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d")
-
-
-def parse_date(text: str, source: str) -> datetime.date:
-    for date_format in DATE_FORMATS:
-        try:
-            return datetime.datetime.strptime(text, date_format).date()
-        except ValueError:
-            pass
-    raise ValueError(f"{source}: cannot parse the date {text!r} (expected YYYY-MM-DD or YYYYMMDD)")
-
 
 @dataclass
 class RasterStack:
@@ -165,12 +155,16 @@ class RasterStack:
         """(height, width) in pixels."""
         return self.profile["height"], self.profile["width"]
 
-    def days(self, reference_date: datetime.date | str | None = None) -> np.ndarray:
-        """int64 (T,) day offsets of the dates from ``reference_date`` (default: the first date)."""
-        if isinstance(reference_date, str):
-            reference_date = parse_date(reference_date, "reference_date")
-        reference = reference_date or self.dates[0]
-        return np.array([(date - reference).days for date in self.dates], dtype=np.int64)
+    def days(self, time_axis: TimeAxis | None = None) -> np.ndarray:
+        """int64 (T,) day offsets of the dates on ``time_axis`` (default: days since the first date)."""
+        return (time_axis or TimeAxis()).days(self.dates)
+
+    def season(self) -> TimeAxis:
+        """The time axis of samples extracted from this stack: days since the month-day of its first
+        date, so that the same season of another year, or this stack without its first image, gets
+        the same days."""
+        first = self.dates[0]
+        return TimeAxis.from_season_start(f"{first.month:02d}-{min(first.day, 28) if first.month == 2 else first.day:02d}")
 
     def windows(self, size: int) -> Iterator[Window]:
         """Row-major ``size`` x ``size`` windows covering the grid (smaller at the right and bottom)."""
@@ -267,7 +261,7 @@ def extract_samples(
     stack: RasterStack,
     shapes: LabelledShapes,
     class_names: Sequence[str] | None = None,
-    reference_date: datetime.date | str | None = None,
+    time_axis: TimeAxis | None = None,
     window_size: int = 1024,
 ) -> tuple[PixelSeries, list[str]]:
     """The pixel series of ``stack`` under ``shapes``: one per point, one per pixel of a polygon,
@@ -275,7 +269,8 @@ def extract_samples(
 
     Each series' group is its shape's index, so splits keep a polygon's pixels together. Shapes
     outside the grid are an error (named). Returns the series and the class names (sorted names
-    of the labels unless ``class_names`` fixes the order).
+    of the labels unless ``class_names`` fixes the order). Days follow ``time_axis`` (default:
+    :meth:`RasterStack.season`).
     """
     names = sorted(set(shapes.labels)) if class_names is None else list(class_names)
     unknown = sorted(set(shapes.labels) - set(names))
@@ -324,7 +319,7 @@ def extract_samples(
         )
     order = np.argsort(found, kind="stable")  # in the order of the shapes, then of the pixels
     found, values = found[order], np.concatenate(values)[order]
-    days = np.broadcast_to(stack.days(reference_date), (len(found), len(stack.dates))).copy()
+    days = np.broadcast_to(stack.days(time_axis or stack.season()), (len(found), len(stack.dates))).copy()
     labels = np.array([index[shapes.labels[i]] for i in found], dtype=np.int64)
     series = PixelSeries(values, days, labels, shapes.source, found.astype(np.int64))
     return series, names

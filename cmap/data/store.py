@@ -4,10 +4,11 @@
 
     my_dataset/
       metadata.json   {"format": "cmap-series", "version": 1, "band_names": [...], "class_names": [...],
-                       "reference_date": "2006-01-01" or null, "num_series": N, "num_dates": T,
-                       "source": "..."}
+                       "time_axis": {"rule": "season_start", "season_start": "09-13", ...},
+                       "raw_values": {"scale": 0.0001, "offset": 0, "valid_range": [...]} or null,
+                       "num_series": N, "num_dates": T, "source": "..."}
       values.npy      float32 (N, T, C)  band values; NaN = missing date (cloud, gap) or padding
-      days.npy        int32   (N, T)     day offset from reference_date (0 on padding)
+      days.npy        int32   (N, T)     day offset on the time axis (0 on padding)
       labels.npy      int64   (N,)       class index into class_names, -1 = unlabelled  [optional]
       groups.npy      int64   (N,)       parcel / polygon id, for leakage-free splits   [optional]
 
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from cmap.data.contract import RawValues, TimeAxis
 from cmap.data.datamodule import PixelSeries, SITSDataModule, kfold_split
 
 FORMAT = "cmap-series"
@@ -43,10 +45,16 @@ def write_store(
     series: PixelSeries,
     band_names: list[str],
     class_names: list[str],
-    reference_date: str | None = None,
+    time_axis: TimeAxis | None = None,
+    raw_values: RawValues | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``series`` (labels and groups included when present) as a store in ``folder``."""
+    """Write ``series`` (labels and groups included when present) as a store in ``folder``.
+
+    ``time_axis``: how the series' ``days`` were counted (default: from each series' first date);
+    ``raw_values``: the raw-value convention of the rasters the series came from, if any. Both
+    travel with the data into checkpoints (:class:`~cmap.data.contract.InputContract`).
+    """
     folder = Path(folder)
     if series.values.shape[-1] != len(band_names):
         raise ValueError(
@@ -69,7 +77,10 @@ def write_store(
         for name, array in arrays.items():
             if array is not None:
                 np.save(temporary / f"{name}.npy", np.ascontiguousarray(array, dtype=ARRAYS[name][0]))
-        write_metadata(temporary, band_names, class_names, series.values.shape[:2], reference_date, series.source)
+        write_metadata(
+            temporary, band_names, class_names, series.values.shape[:2], time_axis or TimeAxis(), raw_values,
+            series.source,
+        )  # fmt: skip
     except BaseException:  # a failed or interrupted write (disk full, Ctrl+C) leaves nothing behind
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -84,7 +95,8 @@ def write_metadata(
     band_names: list[str],
     class_names: list[str],
     shape: tuple[int, int],
-    reference_date: str | None,
+    time_axis: TimeAxis,
+    raw_values: RawValues | None,
     source: str,
 ) -> None:
     """Write ``metadata.json`` for arrays of (num_series, num_dates) = ``shape`` in ``folder``."""
@@ -93,7 +105,8 @@ def write_metadata(
         "version": VERSION,
         "band_names": list(band_names),
         "class_names": list(class_names),
-        "reference_date": reference_date,
+        "time_axis": time_axis.to_dict(),
+        "raw_values": None if raw_values is None else raw_values.to_dict(),
         "num_series": int(shape[0]),
         "num_dates": int(shape[1]),
         "source": source,
@@ -118,6 +131,35 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
     for key in ("band_names", "class_names", "num_series", "num_dates"):
         if key not in metadata:
             raise ValueError(f"{path}: field {key!r} is missing")
+    return metadata
+
+
+def store_time_axis(metadata: dict[str, Any]) -> TimeAxis:
+    """The store's time axis (stores written before it was recorded have ``reference_date`` or nothing)."""
+    if "time_axis" in metadata:
+        return TimeAxis.from_dict(metadata["time_axis"])
+    reference_date = metadata.get("reference_date")
+    return TimeAxis() if reference_date is None else TimeAxis.from_reference_date(reference_date)
+
+
+def store_raw_values(metadata: dict[str, Any]) -> RawValues | None:
+    content = metadata.get("raw_values")
+    return None if content is None else RawValues.from_dict(content)
+
+
+def read_store_pair(path: str | Path, test_path: str | Path | None) -> dict[str, Any]:
+    """The metadata of a training store, checked against its test store's (same bands and classes)."""
+    metadata = read_metadata(path)
+    if test_path is not None:
+        test_metadata = read_metadata(test_path)
+        for key in ("band_names", "class_names"):
+            if test_metadata[key] != metadata[key]:
+                raise ValueError(f"{test_path}: {key} {test_metadata[key]} differ from {path}'s {metadata[key]}")
+        if store_time_axis(test_metadata) != store_time_axis(metadata):
+            raise ValueError(
+                f"{test_path}: time axis {store_time_axis(test_metadata).describe()} differs from {path}'s "
+                f"{store_time_axis(metadata).describe()}"
+            )
     return metadata
 
 
@@ -261,17 +303,11 @@ class SeriesStore(SITSDataModule):
         self.test_path = None if test_path is None else Path(test_path)
         self.fold = fold
         self.num_folds = num_folds
-        metadata = read_metadata(self.path)
+        metadata = read_store_pair(self.path, self.test_path)
         self.source_class_names = metadata["class_names"]
         self.band_names = metadata["band_names"]
-        self.reference_date = metadata.get("reference_date")
-        if self.test_path is not None:
-            test_metadata = read_metadata(self.test_path)
-            for key in ("band_names", "class_names"):
-                if test_metadata[key] != metadata[key]:
-                    raise ValueError(
-                        f"{self.test_path}: {key} {test_metadata[key]} differ from {self.path}'s {metadata[key]}"
-                    )
+        self.time_axis = store_time_axis(metadata)
+        self.raw_values = store_raw_values(metadata)
 
     @cached_property
     def _series(self) -> PixelSeries:

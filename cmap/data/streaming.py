@@ -16,13 +16,16 @@ Setup streams the labels once, in chunks, to count classes per split (for the lo
 """
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
-from cmap.data.datamodule import SeriesDataset, normalisation_statistics, pass_through
-from cmap.data.store import SeriesStore, open_store
+from cmap.data.contract import InputContract
+from cmap.data.datamodule import SeriesDataModule, SeriesDataset, normalisation_statistics, pass_through
+from cmap.data.perturbations import Augmentation
+from cmap.data.store import open_store, read_store_pair, store_raw_values, store_time_axis
 
 CHUNK = 1 << 16
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -107,32 +110,56 @@ class _Rows:
 class RowDataset(SeriesDataset):
     """A :class:`SeriesDataset` fetched by store row (no index array); ``len`` is the split's size."""
 
-    def __init__(self, series: Any, length: int, mean: np.ndarray, std: np.ndarray, augmentation: Any = None) -> None:
-        super().__init__(series, np.empty(0, dtype=np.int64), mean, std, augmentation)
+    def __init__(self, series: Any, length: int, contract: InputContract, augmentation: Any = None) -> None:
+        super().__init__(series, np.empty(0, dtype=np.int64), contract, augmentation)
         self.index, self.length = _Rows(), length
 
     def __len__(self) -> int:
         return self.length
 
 
-class StreamingSeriesStore(SeriesStore):
-    """A :class:`~cmap.data.store.SeriesStore` whose memory does not grow with the store (see above).
+class StreamingSeriesStore(SeriesDataModule):
+    """A data module over a store (:mod:`cmap.data.store`) whose memory does not grow with it (see above).
 
-    Same arguments, except that splits are drawn by hashing each series' row (its group id when the
-    store has groups, so no group is split): the test split is ``test_path`` or hash fold ``fold`` of
-    ``num_folds``; validation, about ``val_fraction`` of the rest. ``class_map`` and
-    ``labels_per_class`` (which need labels in memory) are not supported. Normalisation statistics
-    come from 200,000 training series drawn at random, as with ``SeriesStore``.
+    The arguments of :class:`~cmap.data.store.SeriesStore` but ``class_map`` and
+    ``labels_per_class`` (which need every label in memory). Splits are drawn by hashing each
+    series' row (its group id when the store has groups, so no group is split): the test split is
+    ``test_path`` or hash fold ``fold`` of ``num_folds``; validation, about ``val_fraction`` of
+    the rest. Normalisation statistics come from 200,000 training series drawn at random, as with
+    ``SeriesStore``.
 
     Under DDP, Lightning wraps the samplers in its ``DistributedSamplerWrapper``, which lists each
     process's rows in memory; the flat-memory guarantee holds for one process (and its workers).
+
+    Args:
+        path, test_path, fold, num_folds: as :class:`~cmap.data.store.SeriesStore`.
+        batch_size, num_workers, val_fraction, seed, augmentation: see
+            :class:`~cmap.data.datamodule.SeriesDataModule`.
     """
 
-    def __init__(self, path: str, **kwargs: Any) -> None:
-        for unsupported in ("class_map", "labels_per_class"):
-            if kwargs.get(unsupported) is not None:
-                raise ValueError(f"StreamingSeriesStore does not support {unsupported}; use SeriesStore")
-        super().__init__(path, **kwargs)
+    def __init__(
+        self,
+        path: str,
+        test_path: str | None = None,
+        fold: int | None = None,
+        num_folds: int = 5,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        augmentation: Augmentation | None = None,
+    ) -> None:
+        super().__init__(batch_size, num_workers, val_fraction, seed, augmentation)
+        if test_path is not None and fold is not None:
+            raise ValueError("give test_path or fold, not both")
+        self.path = Path(path)
+        self.test_path = None if test_path is None else Path(test_path)
+        self.fold, self.num_folds = fold, num_folds
+        metadata = read_store_pair(self.path, self.test_path)
+        self.source_class_names = metadata["class_names"]
+        self.band_names = metadata["band_names"]
+        self.time_axis = store_time_axis(metadata)
+        self.raw_values = store_raw_values(metadata)
         self.sizes: dict[str, int] = {}
         self.counts: dict[str, np.ndarray] = {}
 
@@ -191,11 +218,12 @@ class StreamingSeriesStore(SeriesStore):
         for name in ("train", "val"):
             if self.sizes[name] == 0:
                 raise ValueError(f"{self.path}: the {name} split is empty (val_fraction={self.val_fraction})")
-        if self.mean is None:
-            self.mean, self.std = normalisation_statistics(series, self._training_sample(series))
-        self.datasets["train"] = RowDataset(series, self.sizes["train"], self.mean, self.std, self.augmentation)
-        self.datasets["val"] = RowDataset(series, self.sizes["val"], self.mean, self.std)
-        self.datasets["test"] = RowDataset(test, self.sizes["test"], self.mean, self.std)
+        contract = self.contract or self.make_contract(
+            *normalisation_statistics(series, self._training_sample(series))
+        )
+        self.datasets["train"] = RowDataset(series, self.sizes["train"], contract, self.augmentation)
+        self.datasets["val"] = RowDataset(series, self.sizes["val"], contract)
+        self.datasets["test"] = RowDataset(test, self.sizes["test"], contract)
         self._split_series = {"train": series, "val": series, "test": test}
 
     def _training_sample(self, series: Any, size: int = 200_000) -> np.ndarray:

@@ -1,12 +1,14 @@
 """AutoEncoder: self-supervised pretraining by masked reconstruction of the band values."""
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from cmap.data.batch import Batch
 from cmap.ml.base import SITSTask
-from cmap.ml.masking import Corruption, MaskingStrategy, RandomDates
+from cmap.data.perturbations import Corruption, MaskingStrategy, RandomDates
 
 
 class BandMeanSquaredError(Metric):
@@ -32,7 +34,7 @@ class BandMeanSquaredError(Metric):
 class AutoEncoder(SITSTask):
     """Masked reconstruction: corrupt each series, reconstruct the original band values.
 
-    The ``masking`` strategy (:mod:`cmap.ml.masking`) chooses what the encoder sees and which
+    The ``masking`` strategy (:mod:`cmap.data.perturbations`) chooses what the encoder sees and which
     elements are scored: random dates (default, half of them), contiguous date chunks, band
     groups, or SITS-BERT noise contamination. Hidden dates keep their day (the encoder sees *when*
     to reconstruct) but their values are zeroed and they are not attended to, so nothing leaks from
@@ -45,23 +47,13 @@ class AutoEncoder(SITSTask):
         decoder: a reconstruction head back to the bands, e.g.
             :class:`~cmap.ml.decoders.BandReconstruction`.
         masking: the corruption (default ``RandomDates(ratio=0.5)``).
-        min_lr, max_lr, warmup_fraction, weight_decay, init_encoder_from: see :class:`~cmap.ml.base.SITSTask`.
+        **kwargs: the optimiser and schedule settings of :class:`~cmap.ml.base.SITSTask`.
     """
 
-    _band_names: list[str] | None = None  # from the data module, at setup
-
     def __init__(
-        self,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        masking: MaskingStrategy | None = None,
-        min_lr: float = 1e-5,
-        max_lr: float = 1e-4,
-        warmup_fraction: float = 0.1,
-        weight_decay: float = 0.01,
-        init_encoder_from: str | None = None,
+        self, encoder: nn.Module, decoder: nn.Module, masking: MaskingStrategy | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(encoder, decoder, min_lr, max_lr, warmup_fraction, weight_decay, init_encoder_from)
+        super().__init__(encoder, decoder, **kwargs)
         self.masking = masking if masking is not None else RandomDates(0.5)
 
     def reconstruct(self, corruption: Corruption, days: Tensor) -> Tensor:
@@ -77,15 +69,9 @@ class AutoEncoder(SITSTask):
         return loss, reconstruction
 
     def configure_metrics(self) -> None:
-        band_names = self._band_names or [str(i) for i in range(self.encoder.num_bands)]
+        contract = getattr(self, "input_contract", None)  # named by the data's bands once known
+        band_names = [str(i) for i in range(self.encoder.num_bands)] if contract is None else contract.band_names
         self.set_stage_metrics(MetricCollection({"mse": BandMeanSquaredError(band_names)}, compute_groups=False))
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        band_names = getattr(getattr(self.trainer, "datamodule", None), "band_names", None)
-        if band_names is not None and list(band_names) != self._band_names:
-            self._band_names = list(band_names)
-            self.reconfigure()
 
     def _shared_step(self, batch: Batch, stage: str) -> Tensor:
         corruption = self.masking(batch["values"], batch["mask"])

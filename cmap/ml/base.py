@@ -11,6 +11,8 @@ from torch.optim.lr_scheduler import OneCycleLR
 from torchmetrics import MetricCollection
 
 from cmap.data.batch import Batch
+from cmap.data.contract import CHECKPOINT_KEY, InputContract
+from cmap.ml.decoders import Decoder
 from cmap.ml.encoders import SeriesEncoder
 from cmap.ml.weights import load_encoder_weights, state_dict_mismatch
 
@@ -37,11 +39,18 @@ class SITSTask(L.LightningModule):
     torchgeo's ``BaseTask``.
 
     Learning rate: AdamW under a one-cycle schedule between ``min_lr`` and ``max_lr``, stepped
-    every optimizer step (:meth:`configure_optimizers`).
+    every optimizer step (:meth:`configure_optimizers`). These settings are this class's
+    arguments only: tasks take their own and pass the rest on (``**kwargs``), so every task has
+    the same defaults and LightningCLI lists them for each.
+
+    The task carries the :class:`~cmap.data.contract.InputContract` of its data
+    (``input_contract``): taken from the data module at :meth:`setup`, written into every checkpoint
+    under :data:`~cmap.data.contract.CHECKPOINT_KEY`, read back by :meth:`on_load_checkpoint` (and
+    so by ``load_from_checkpoint``), and handed to the data module when a run restores a checkpoint.
 
     Args:
         encoder: a :class:`~cmap.ml.encoders.SeriesEncoder`.
-        decoder: the task's head.
+        decoder: the task's head (a :class:`~cmap.ml.decoders.Decoder`, bound to the encoder's width).
         min_lr: learning rate at the start and at the end of training.
         max_lr: peak learning rate, reached after ``warmup_fraction`` of the optimizer steps.
         warmup_fraction: fraction of the steps spent rising from ``min_lr`` to ``max_lr``.
@@ -66,6 +75,9 @@ class SITSTask(L.LightningModule):
             raise ValueError(f"need 0 < min_lr <= max_lr, got min_lr={min_lr}, max_lr={max_lr}")
         if not isinstance(encoder, SeriesEncoder):
             raise TypeError(f"encoder must be a cmap.ml.encoders.SeriesEncoder, got {type(encoder).__name__}")
+        if not isinstance(decoder, Decoder):
+            raise TypeError(f"decoder must be a cmap.ml.decoders.Decoder, got {type(decoder).__name__}")
+        decoder.bind(encoder.d_model)
         with warnings.catch_warnings():
             # Lightning warns when layers given in Python reach the hyper-parameters; they are
             # removed just below (LightningCLI gives their class_path/init_args instead).
@@ -73,12 +85,18 @@ class SITSTask(L.LightningModule):
             self.save_hyperparameters()
         # Objects built in Python (not by LightningCLI: layers, masking strategies) would be
         # pickled into the hyper-parameters; keep plain data only. Weights are in the state dict.
-        for key in [key for key, value in self.hparams.items() if not is_plain_data(value)]:
-            del self.hparams[key]
+        self.drop_hyperparameters(*[key for key, value in self.hparams.items() if not is_plain_data(value)])
         self.encoder = encoder
         self.decoder = decoder
+        self.input_contract: InputContract | None = None
         self.configure_losses()
         self.configure_metrics()
+
+    def drop_hyperparameters(self, *keys: str) -> None:
+        """Remove ``keys`` from the hyper-parameters (saved in checkpoints) and their logged copy."""
+        for key in keys:
+            self.hparams.pop(key, None)
+            self._hparams_initial.pop(key, None)
 
     def configure_losses(self) -> None:
         """Create the loss (may wait for :meth:`setup` when it needs the data's classes)."""
@@ -127,24 +145,46 @@ class SITSTask(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
+    def set_input_contract(self, contract: InputContract) -> None:
+        """Adopt ``contract`` (tasks whose losses or metrics are named by it rebuild them)."""
+        changed = contract != self.input_contract
+        self.input_contract = contract
+        if changed:
+            self.reconfigure()
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        num_bands = getattr(datamodule, "num_bands", None)
-        if num_bands is not None and num_bands != self.encoder.num_bands:
-            raise ValueError(
-                f"the encoder expects {self.encoder.num_bands} bands per date (bands_encoder sizes[0]) but "
-                f"{type(datamodule).__name__} provides {num_bands}: {datamodule.band_names}"
-            )
+        contract = getattr(datamodule, "contract", None)
+        if contract is not None:
+            if contract.num_bands != self.encoder.num_bands:
+                raise ValueError(
+                    f"the encoder expects {self.encoder.num_bands} bands per date (bands_encoder sizes[0]) but "
+                    f"{type(datamodule).__name__} provides {contract.num_bands}: {list(contract.band_names)}"
+                )
+            if self.input_contract is None:
+                self.set_input_contract(contract)
+            else:  # a model loaded from a checkpoint: its inputs are normalised as in training
+                datamodule.adopt(self.input_contract, "the model")
         if stage == "fit" and self.hparams.init_encoder_from and self.trainer.ckpt_path is None:
             load_encoder_weights(self.encoder, self.hparams.init_encoder_from)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.input_contract is not None:
+            checkpoint[CHECKPOINT_KEY] = self.input_contract.to_dict()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        path = self._trainer.ckpt_path if self._trainer is not None else "the checkpoint"
         # Lightning's strict loading would name the tensors but not the file: a checkpoint of another
         # architecture (resuming with a changed config) is reported with its path.
         mismatch = state_dict_mismatch(self.state_dict(), checkpoint["state_dict"])
         if mismatch:
-            path = self._trainer.ckpt_path if self._trainer is not None else "the checkpoint"
             raise ValueError(f"{path}: weights do not fit the configured {type(self).__name__}: {mismatch}")
+        if CHECKPOINT_KEY in checkpoint:
+            contract = InputContract.from_checkpoint(checkpoint, str(path))
+            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            if datamodule is not None and hasattr(datamodule, "adopt"):
+                datamodule.adopt(contract, str(path))
+            self.set_input_contract(contract)
 
     def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
         return self.decoder(self.encoder(values, days, mask), mask)

@@ -1,6 +1,7 @@
 """Classifier: a crop-type classifier trained from scratch or fine-tuned from a pretrained encoder."""
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +16,7 @@ from torchmetrics.classification import (
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from cmap.data.batch import Batch
+from cmap.data.contract import InputContract
 from cmap.ml.base import SITSTask
 from cmap.ml.losses import FocalLoss, resolve_class_weights
 
@@ -30,41 +32,42 @@ class Classifier(SITSTask):
         encoder: a :class:`~cmap.ml.encoders.SeriesEncoder`.
         decoder: a classification head with ``num_classes`` outputs, e.g.
             :class:`~cmap.ml.decoders.MultiClassClassification`.
-        min_lr, max_lr, warmup_fraction, weight_decay, init_encoder_from: see :class:`~cmap.ml.base.SITSTask`.
         classes_weights: focal-loss alpha per class *name*; every class of the data module must be
             named, and no other (default: equal weights).
         focal_gamma: focal-loss gamma; 0 gives (weighted) cross-entropy.
         label_smoothing: target mass spread uniformly over the classes (0 = none).
-        class_names: class names in index order; taken from the data module when omitted and
-            then saved in the hyper-parameters, so checkpoints always carry them.
+        class_names: class names in index order, for a model used without a data module;
+            otherwise they come with the data's input contract (and must agree when both are given).
         freeze_encoder_epochs: fine-tuning: train only the decoder for this many epochs (linear
             probing when it is the whole run).
         encoder_lr_factor: fine-tuning: the encoder's learning rates are this fraction of
             ``min_lr`` / ``max_lr``.
+        **kwargs: the optimiser and schedule settings of :class:`~cmap.ml.base.SITSTask`
+            (``min_lr``, ``max_lr``, ``warmup_fraction``, ``weight_decay``, ``init_encoder_from``).
     """
 
     def __init__(
         self,
         encoder: nn.Module,
         decoder: nn.Module,
-        min_lr: float = 1e-5,
-        max_lr: float = 1e-4,
-        warmup_fraction: float = 0.1,
-        weight_decay: float = 0.01,
-        init_encoder_from: str | None = None,
         classes_weights: Mapping[str, float] | None = None,
         focal_gamma: float = 2.0,
         label_smoothing: float = 0.0,
         class_names: list[str] | None = None,
         freeze_encoder_epochs: int = 0,
         encoder_lr_factor: float = 1.0,
+        **kwargs: Any,
     ) -> None:
         if freeze_encoder_epochs < 0 or encoder_lr_factor <= 0:
             raise ValueError(
                 f"need freeze_encoder_epochs >= 0 and encoder_lr_factor > 0, got {freeze_encoder_epochs}, "
                 f"{encoder_lr_factor}"
             )
-        super().__init__(encoder, decoder, min_lr, max_lr, warmup_fraction, weight_decay, init_encoder_from)
+        super().__init__(encoder, decoder, **kwargs)
+        if class_names is None:
+            # The data's input contract names the classes: no second, empty copy in the
+            # hyper-parameters (it would also clash with a data module's own class_names argument).
+            self.drop_hyperparameters("class_names")
 
     def lr_groups(self) -> list[tuple[list[nn.Parameter], float]]:
         encoder = list(self.encoder.parameters())
@@ -81,13 +84,22 @@ class Classifier(SITSTask):
         return self.decoder.num_classes
 
     @property
+    def known_class_names(self) -> list[str] | None:
+        """The class names of the input contract, else of the arguments, else None."""
+        contract = getattr(self, "input_contract", None)
+        if contract is not None and contract.class_names is not None:
+            return list(contract.class_names)
+        given = self.hparams.get("class_names")
+        return None if given is None else list(given)
+
+    @property
     def class_names(self) -> list[str]:
         """The class names in output order (indices as strings until the data gives names)."""
-        return self.hparams.class_names or [str(i) for i in range(self.num_classes)]
+        return self.known_class_names or [str(i) for i in range(self.num_classes)]
 
     def configure_losses(self) -> None:
         # Class weights are given by name, so they wait for the class names (init or setup).
-        names, weights = self.hparams.class_names, self.hparams.classes_weights
+        names, weights = self.known_class_names, self.hparams.classes_weights
         alpha = None
         if names is not None:
             if len(names) != self.num_classes:
@@ -115,18 +127,16 @@ class Classifier(SITSTask):
         )
         self.set_stage_metrics(metrics)
 
+    def set_input_contract(self, contract: InputContract) -> None:
+        given = self.hparams.get("class_names")
+        if given is not None and contract.class_names is not None and list(contract.class_names) != list(given):
+            raise ValueError(f"the model was built for classes {list(given)} but the data has {list(contract.class_names)}")
+        super().set_input_contract(contract)
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        data_names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
-        if self.hparams.class_names is None:
-            if data_names is None:
-                raise ValueError("Classifier needs class_names: give them or use a data module that has them")
-            self.save_hyperparameters({"class_names": list(data_names)})
-            self.reconfigure()
-        elif data_names is not None and list(data_names) != list(self.hparams.class_names):
-            raise ValueError(
-                f"the model was built for classes {self.hparams.class_names} but the data module has {list(data_names)}"
-            )
+        if self.known_class_names is None:
+            raise ValueError("Classifier needs class_names: give them or use a data module that has them")
 
     def _shared_step(self, batch: Batch, stage: str) -> dict[str, Tensor]:
         logits = self(batch["values"], batch["days"], batch["mask"])

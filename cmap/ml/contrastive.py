@@ -4,9 +4,11 @@ SimCLR (Chen et al. 2020) on pixel series: each series is augmented twice (:clas
 a random run of dates, date dropout, band noise), both views are encoded and projected, and the
 loss (NT-Xent) asks each view to pick its twin among the other views of the batch. Unlike masked
 reconstruction, the objective asks for series-level features that survive clouds and partial
-seasons. On UCR Crop with 10 labels per class it did not beat reconstruction (fine-tuned: -0.7
+seasons (views: :class:`~cmap.data.perturbations.SeriesViews`). On UCR Crop with 10 labels per class it did not beat reconstruction (fine-tuned: -0.7
 points against training from scratch; ``benchmarks/README.md``, "Pretraining").
 """
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,40 +17,7 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from cmap.data.batch import Batch
 from cmap.ml.base import SITSTask
-from cmap.ml.masking import keep_one_visible, random_run
-
-
-class SeriesViews:
-    """A random view of each series: a run of its valid dates, date dropout, band noise.
-
-    Args:
-        min_crop: the run keeps a uniform fraction in [min_crop, 1] of each series' valid dates
-            (contiguous in valid dates, so cloud gaps do not shorten it).
-        date_dropout: probability of hiding each date of the run (one date always stays).
-        band_noise: standard deviation of Gaussian noise added to visible values (normalised units).
-
-    ``views(values, mask) -> (values, mask)``: hidden dates are zeroed and masked; padding and
-    cloudy dates never become visible.
-    """
-
-    def __init__(self, min_crop: float = 0.5, date_dropout: float = 0.2, band_noise: float = 0.05) -> None:
-        if not 0 < min_crop <= 1 or not 0 <= date_dropout < 1 or band_noise < 0:
-            raise ValueError(
-                "SeriesViews needs 0 < min_crop <= 1, 0 <= date_dropout < 1 and band_noise >= 0, got "
-                f"{min_crop}, {date_dropout}, {band_noise}"
-            )
-        self.min_crop = min_crop
-        self.date_dropout = date_dropout
-        self.band_noise = band_noise
-
-    def __call__(self, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        fraction = self.min_crop + (1 - self.min_crop) * torch.rand(mask.shape[0], 1, device=mask.device)
-        run = random_run(mask, fraction)
-        dropped = torch.rand(mask.shape, device=mask.device) < self.date_dropout
-        hidden = keep_one_visible(mask, mask & (~run | dropped))
-        visible = mask & ~hidden
-        noise = self.band_noise * torch.randn_like(values) if self.band_noise else 0.0
-        return (values + noise).masked_fill(~visible.unsqueeze(-1), 0.0), visible
+from cmap.data.perturbations import SeriesViews
 
 
 def nt_xent(first: Tensor, second: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -75,7 +44,8 @@ class ContrastivePretraining(SITSTask):
         decoder: the projection head, e.g. :class:`~cmap.ml.decoders.ProjectionHead`.
         views: the augmentation drawing each view (default ``SeriesViews()``).
         temperature: the softmax temperature of the similarities (SimCLR: 0.1 to 0.5).
-        min_lr, max_lr, warmup_fraction, weight_decay, init_encoder_from: see :class:`~cmap.ml.base.SITSTask`.
+        **kwargs: the optimiser and schedule settings of :class:`~cmap.ml.base.SITSTask` (the same
+            defaults as every task: ``configs/ucr_crop_contrastive.yaml`` sets ``max_lr``).
     """
 
     def __init__(
@@ -84,15 +54,11 @@ class ContrastivePretraining(SITSTask):
         decoder: nn.Module,
         views: SeriesViews | None = None,
         temperature: float = 0.1,
-        min_lr: float = 1e-5,
-        max_lr: float = 1e-3,
-        warmup_fraction: float = 0.1,
-        weight_decay: float = 0.01,
-        init_encoder_from: str | None = None,
+        **kwargs: Any,
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        super().__init__(encoder, decoder, min_lr, max_lr, warmup_fraction, weight_decay, init_encoder_from)
+        super().__init__(encoder, decoder, **kwargs)
         self.views = views if views is not None else SeriesViews()
 
     def configure_metrics(self) -> None:

@@ -1,4 +1,9 @@
-"""Decoders: from per-date encoder features to the task's output."""
+"""Decoders: from per-date encoder features to the task's output.
+
+A decoder's input width is the encoder's ``d_model``: the task calls :meth:`Decoder.bind` with it,
+which builds a decoder given without a width and rejects one given another width (the error names
+both), so a config states the width once, in the encoder.
+"""
 
 from collections.abc import Sequence
 
@@ -13,29 +18,66 @@ def masked_mean(features: Tensor, mask: Tensor) -> Tensor:
     return (features * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
-class MultiClassClassification(nn.Module):
+class Decoder(nn.Module):
+    """Base of the decoders: ``in_features`` is the encoder's ``d_model`` (see the module docstring)."""
+
+    in_features: int | None = None
+
+    def bind(self, d_model: int) -> None:
+        """Check (or, when it was not given, set and build) the input width: the encoder's ``d_model``."""
+        if self.in_features is None:
+            self.in_features = d_model
+            self.build(d_model)
+        elif self.in_features != d_model:
+            raise ValueError(
+                f"{type(self).__name__} takes features of width {self.in_features} but the encoder's d_model is "
+                f"{d_model}: leave the decoder's width out (it follows the encoder) or make them equal"
+            )
+
+    def build(self, in_features: int) -> None:
+        """Create the layers for input width ``in_features``."""
+        raise NotImplementedError
+
+
+class MultiClassClassification(Decoder):
     """Classification head: mean over valid dates, layer norm, dropout, linear.
 
     Args:
-        hidden: feature width (the encoder's ``d_model``).
         num_classes: number of output classes; must match the data module's class names.
+        hidden: feature width; default (and it must be) the encoder's ``d_model``.
         dropout_p: dropout before the linear layer.
 
     Shapes: features (B, T, hidden), mask (B, T) -> logits (B, num_classes).
     """
 
-    def __init__(self, hidden: int, num_classes: int, dropout_p: float = 0.0) -> None:
+    def __init__(self, num_classes: int, hidden: int | None = None, dropout_p: float = 0.0) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.norm = nn.LayerNorm(hidden)
-        self.dropout = nn.Dropout(dropout_p)
-        self.linear = nn.Linear(hidden, num_classes)
+        self.dropout_p = dropout_p
+        self.in_features = hidden
+        if hidden is not None:
+            self.build(hidden)
+
+    def build(self, in_features: int) -> None:
+        self.norm = nn.LayerNorm(in_features)
+        self.dropout = nn.Dropout(self.dropout_p)
+        self.linear = nn.Linear(in_features, self.num_classes)
 
     def forward(self, features: Tensor, mask: Tensor) -> Tensor:
         return self.linear(self.dropout(self.norm(masked_mean(features, mask))))
 
 
-class BandReconstruction(nn.Module):
+class MLPDecoder(Decoder):
+    """A decoder around an MLP of widths ``sizes``: ``sizes[0]`` is the encoder's ``d_model``."""
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.sizes = list(sizes)
+        self.in_features = self.sizes[0]
+        self.mlp = mlp(self.sizes)
+
+
+class BandReconstruction(MLPDecoder):
     """Reconstruction head: an MLP from each date's features back to its band values.
 
     Args:
@@ -45,11 +87,6 @@ class BandReconstruction(nn.Module):
     Shapes: features (B, T, sizes[0]), mask (B, T) -> values (B, T, sizes[-1]).
     """
 
-    def __init__(self, sizes: Sequence[int]) -> None:
-        super().__init__()
-        self.sizes = list(sizes)
-        self.mlp = mlp(self.sizes)
-
     @property
     def num_bands(self) -> int:
         return self.sizes[-1]
@@ -58,7 +95,7 @@ class BandReconstruction(nn.Module):
         return self.mlp(features)
 
 
-class ProjectionHead(nn.Module):
+class ProjectionHead(MLPDecoder):
     """Contrastive projection head: mean over valid dates, then an MLP to the embedding compared across views.
 
     Args:
@@ -67,11 +104,6 @@ class ProjectionHead(nn.Module):
 
     Shapes: features (B, T, sizes[0]), mask (B, T) -> embedding (B, sizes[-1]).
     """
-
-    def __init__(self, sizes: Sequence[int]) -> None:
-        super().__init__()
-        self.sizes = list(sizes)
-        self.mlp = mlp(self.sizes)
 
     def forward(self, features: Tensor, mask: Tensor) -> Tensor:
         return self.mlp(masked_mean(features, mask))

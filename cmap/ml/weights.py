@@ -2,7 +2,7 @@
 
 This is the bridge from pretraining (``AutoEncoder``) to fine-tuning (``Classifier``)::
 
-    python -m cmap.ml.weights runs/pretrain/.../last.ckpt encoder.pt     # export (optional)
+    cmap export runs/pretrain/.../last.ckpt encoder.pt     # export (optional)
     cmap fit --config classifier.yaml --model.init_args.init_encoder_from encoder.pt
 
 ``init_encoder_from`` accepts the exported file or the Lightning checkpoint itself.
@@ -10,17 +10,16 @@ This is the bridge from pretraining (``AutoEncoder``) to fine-tuning (``Classifi
 
 import argparse
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 ENCODER_FORMAT = "cmap-encoder-v1"
 
 
-def _load(path: str | Path) -> dict:
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint or exported encoder file, loaded safely (weights only: no code runs); errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint or encoder weights file")
@@ -38,7 +37,7 @@ def encoder_state_dict(path: str | Path, content: dict | None = None) -> dict[st
 
     ``content``: the file already loaded, to read it once.
     """
-    content = _load(path) if content is None else content
+    content = read_checkpoint(path) if content is None else content
     if content.get("format") == ENCODER_FORMAT:
         return content["state_dict"]
     prefix = "encoder."
@@ -54,7 +53,7 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> Path:
     The file is written under a temporary name then renamed, so it is complete or absent.
     """
     output = Path(output)
-    loaded = _load(checkpoint)
+    loaded = read_checkpoint(checkpoint)
     content = {
         "format": ENCODER_FORMAT,
         "state_dict": encoder_state_dict(checkpoint, loaded),
@@ -90,43 +89,9 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     encoder.load_state_dict(state)
 
 
-@dataclass
-class TrainedClassifier:
-    """A classifier with what its inputs must look like, all read from its checkpoint."""
-
-    model: nn.Module  # a cmap.ml.classifiers.Classifier, in eval mode
-    band_names: list[str]
-    class_names: list[str]
-    mean: np.ndarray  # float32 (C,): series are normalised as (values - mean) / std
-    std: np.ndarray
-
-
-def load_classifier(path: str | Path) -> TrainedClassifier:
-    """The classifier of a ``cmap fit`` checkpoint, with the band names, class names and normalisation
-    statistics its data module saved there (so they are never re-specified by hand)."""
-    from cmap.ml.classifiers import Classifier
-
-    content = _load(path)
-    # Lightning saves the data module's state_dict under the data module's class name.
-    states = [v for v in content.values() if isinstance(v, dict) and {"band_names", "mean", "std"} <= v.keys()]
-    if not states or states[0]["mean"] is None:
-        raise ValueError(f"{path}: no data module state (band names, normalisation) in the checkpoint")
-    try:
-        model = Classifier.load_from_checkpoint(path, map_location="cpu")
-    except Exception as error:
-        raise ValueError(f"{path}: not a checkpoint of a cmap Classifier ({error})") from error
-    state = states[0]
-    return TrainedClassifier(
-        model.eval(),
-        list(state["band_names"]),
-        list(model.class_names),
-        np.asarray(state["mean"], dtype=np.float32),
-        np.asarray(state["std"], dtype=np.float32),
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Export the encoder weights of a cmap checkpoint.")
+def main(argv: list[str] | None = None, prog: str = "python -m cmap.ml.weights") -> None:
+    """``cmap export CHECKPOINT OUTPUT`` (``python -m cmap.ml.weights`` is the same command)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Export the encoder weights of a cmap checkpoint.")
     parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) of a Classifier or AutoEncoder")
     parser.add_argument("output", help="file to write (a torch.save dict: format, state_dict, encoder config)")
     args = parser.parse_args(argv)

@@ -1,9 +1,22 @@
-"""Corruptions for self-supervised pretraining: what the encoder sees, what it must reconstruct.
+"""Random perturbations of series: training augmentation, contrastive views, pretraining corruptions.
 
-Each strategy maps a batch's ``values`` (B, T, C) and ``mask`` (B, T) to a :class:`Corruption`.
-Padding and cloudy dates (``mask`` False) are never targets and never visible. Strategies follow
-Presto (Tseng et al. 2023: random dates, contiguous chunks, channel groups) and SITS-BERT (Yuan &
-Lin 2021: noise contamination).
+Every perturbation works on a batch's ``values`` (B, T, C) and ``mask`` (B, T; True on valid
+dates) and follows one rule set:
+
+- padding and cloudy dates (``mask`` False) never become visible, and are never targets;
+- a perturbation that would hide every valid date of a series keeps its first valid date
+  (:func:`keep_one_visible`): every series reaches the encoder with at least one date;
+- runs of dates are contiguous in *valid* dates (:func:`random_run`), so a cloud gap inside a run
+  does not shorten it.
+
+Three uses:
+
+- :class:`Augmentation` (data modules, training split): date dropout and band noise;
+- :class:`SeriesViews` (:class:`~cmap.ml.contrastive.ContrastivePretraining`): two random views per
+  series;
+- masking strategies (:class:`~cmap.ml.autoencoders.AutoEncoder`): what the encoder sees and what
+  it must reconstruct, after Presto (Tseng et al. 2023: random dates, contiguous chunks, channel
+  groups) and SITS-BERT (Yuan & Lin 2021: noise contamination).
 """
 
 from collections.abc import Sequence
@@ -11,6 +24,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from cmap.data.batch import Batch
+
+
 
 
 @dataclass
@@ -132,3 +149,73 @@ class NoiseContamination(MaskingStrategy):
         target = noisy.unsqueeze(-1).expand_as(values)
         contaminated = values + self.std * torch.randn_like(values) * target
         return Corruption(values=contaminated, visible=mask, target=target)
+
+
+@dataclass
+class Augmentation:
+    """Random perturbations of training batches; the defaults change nothing.
+
+    Attributes:
+        date_dropout: probability of masking each valid date (as if clouded); a series keeps its
+            first valid date when every one would be masked.
+        band_noise: standard deviation of Gaussian noise added to the normalised band values of
+            valid dates.
+
+    Each series of a batch (B, T, C) is drawn independently.
+    """
+
+    date_dropout: float = 0.0
+    band_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.date_dropout < 1:
+            raise ValueError(f"augmentation.date_dropout must lie in [0, 1), got {self.date_dropout}")
+        if self.band_noise < 0:
+            raise ValueError(f"augmentation.band_noise must be >= 0, got {self.band_noise}")
+
+    @property
+    def active(self) -> bool:
+        return self.date_dropout > 0 or self.band_noise > 0
+
+    def __call__(self, item: Batch) -> Batch:
+        values, mask = item["values"], item["mask"]
+        if self.date_dropout:
+            hidden = keep_one_visible(mask, mask & (torch.rand(mask.shape) < self.date_dropout))
+            mask = mask & ~hidden
+            values = values * mask.unsqueeze(-1)
+        if self.band_noise:
+            values = values + self.band_noise * torch.randn_like(values) * mask.unsqueeze(-1)
+        return {**item, "values": values, "mask": mask}
+
+
+class SeriesViews:
+    """A random view of each series: a run of its valid dates, date dropout, band noise.
+
+    Args:
+        min_crop: the run keeps a uniform fraction in [min_crop, 1] of each series' valid dates
+            (contiguous in valid dates, so cloud gaps do not shorten it).
+        date_dropout: probability of hiding each date of the run (one date always stays).
+        band_noise: standard deviation of Gaussian noise added to visible values (normalised units).
+
+    ``views(values, mask) -> (values, mask)``: hidden dates are zeroed and masked; padding and
+    cloudy dates never become visible.
+    """
+
+    def __init__(self, min_crop: float = 0.5, date_dropout: float = 0.2, band_noise: float = 0.05) -> None:
+        if not 0 < min_crop <= 1 or not 0 <= date_dropout < 1 or band_noise < 0:
+            raise ValueError(
+                "SeriesViews needs 0 < min_crop <= 1, 0 <= date_dropout < 1 and band_noise >= 0, got "
+                f"{min_crop}, {date_dropout}, {band_noise}"
+            )
+        self.min_crop = min_crop
+        self.date_dropout = date_dropout
+        self.band_noise = band_noise
+
+    def __call__(self, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        fraction = self.min_crop + (1 - self.min_crop) * torch.rand(mask.shape[0], 1, device=mask.device)
+        run = random_run(mask, fraction)
+        dropped = torch.rand(mask.shape, device=mask.device) < self.date_dropout
+        hidden = keep_one_visible(mask, mask & (~run | dropped))
+        visible = mask & ~hidden
+        noise = self.band_noise * torch.randn_like(values) if self.band_noise else 0.0
+        return (values + noise).masked_fill(~visible.unsqueeze(-1), 0.0), visible

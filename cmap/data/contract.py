@@ -1,0 +1,271 @@
+"""The input contract: what a trained model's inputs must look like, from the data to the map.
+
+A model learns from series that were read, scaled, normalised and placed on a time axis in one
+particular way; ``cmap predict`` and ``cmap map`` must do exactly the same to new inputs. The
+:class:`InputContract` holds all of it in one object::
+
+    data module (store metadata + training statistics) -> InputContract
+        -> checkpoint[CHECKPOINT_KEY] (written by the task) -> Classifier.input_contract
+        -> cmap predict / cmap map (its model_inputs and time_axis)
+
+- band names (in the order the encoder reads them) and class names (in output order);
+- the per-band normalisation (mean and standard deviation of the training split), applied by
+  :meth:`InputContract.model_inputs`, the one normalisation function of the package;
+- the :class:`TimeAxis`: how acquisition dates become the day offsets the encoders see;
+- optionally the raw-value convention of the source rasters (:class:`RawValues`), the default of
+  ``cmap map``'s ``--scale``, ``--offset`` and ``--valid_range``.
+"""
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: The checkpoint entry holding :meth:`InputContract.to_dict`.
+CHECKPOINT_KEY = "cmap_input_contract"
+
+TIME_AXIS_RULES = ("series_start", "reference_date", "season_start")
+
+
+DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d")
+
+
+def parse_date(text: str | datetime.date, source: str) -> datetime.date:
+    """A ``YYYY-MM-DD`` (or ``YYYYMMDD``) date; the error names ``source``."""
+    if isinstance(text, datetime.date):
+        return text
+    for layout in DATE_FORMATS:
+        try:
+            return datetime.datetime.strptime(str(text), layout).date()
+        except ValueError:
+            pass
+    raise ValueError(f"{source}: cannot parse the date {text!r} (expected YYYY-MM-DD or YYYYMMDD)")
+
+
+def parse_month_day(text: str, what: str = "season_start") -> tuple[int, int]:
+    """``MM-DD`` -> (month, day); 02-29 is refused (it does not occur every year)."""
+    try:
+        month, day = (int(part) for part in str(text).split("-"))
+        datetime.date(2001, month, day)  # a non-leap year: 02-29 fails here
+    except ValueError:
+        raise ValueError(f"{what}: {text!r} is not a month-day MM-DD of every year (e.g. 09-01)") from None
+    return month, day
+
+
+@dataclass(frozen=True)
+class TimeAxis:
+    """How acquisition dates become day offsets (the ``days`` of a batch).
+
+    Rules:
+        ``series_start``: days since each series' first date (the default; for data whose
+            calendar is unknown, or series that all begin at the start of their season).
+        ``reference_date``: days since one fixed ``reference_date`` (``YYYY-MM-DD``): every
+            series of one season, e.g. the pixels of one year's raster stack.
+        ``season_start``: days since the latest ``season_start`` (``MM-DD``, e.g. ``09-01``) on or
+            before each series' first date: samples of many years, each within one season. A
+            model then sees the day of the season, never the calendar year.
+
+    A map of a raster stack is one series in time: its days follow the same rule, so a stack that
+    starts later than the training data (a missing first image) still gets the training days.
+    """
+
+    rule: str = "series_start"
+    reference_date: str | None = None
+    season_start: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.rule not in TIME_AXIS_RULES:
+            raise ValueError(f"time axis rule must be one of {TIME_AXIS_RULES}, got {self.rule!r}")
+        needs = {"reference_date": self.reference_date, "season_start": self.season_start}
+        for name, value in needs.items():
+            if (self.rule == name) != (value is not None):
+                raise ValueError(
+                    f"time axis rule {self.rule!r} "
+                    + (f"needs {name}" if self.rule == name else f"takes no {name} (got {value!r})")
+                )
+        if self.reference_date is not None:
+            object.__setattr__(self, "reference_date", str(parse_date(self.reference_date, "reference_date")))
+        if self.season_start is not None:
+            month, day = parse_month_day(self.season_start)
+            object.__setattr__(self, "season_start", f"{month:02d}-{day:02d}")
+
+    @classmethod
+    def from_reference_date(cls, date: str | datetime.date) -> "TimeAxis":
+        return cls("reference_date", reference_date=str(parse_date(date, "reference_date")))
+
+    @classmethod
+    def from_season_start(cls, month_day: str) -> "TimeAxis":
+        return cls("season_start", season_start=month_day)
+
+    @classmethod
+    def fit_season(cls, first_dates: np.ndarray) -> "TimeAxis":
+        """The ``season_start`` axis that fits series starting on ``first_dates`` best: among their
+        month-days, the one that puts every first date closest to day 0 (the largest offset is the
+        smallest). MODIS 16-day composites start on 09-14, or 09-13 in leap years: 09-13 wins."""
+        first = np.unique(np.asarray(first_dates, dtype="datetime64[D]"))
+        candidates = sorted({str(date)[5:].replace("02-29", "02-28") for date in first})
+        axes = [cls.from_season_start(month_day) for month_day in candidates]
+        return min(axes, key=lambda axis: int((first - axis.anchors(first)).astype(np.int64).max()))
+
+    def anchors(self, first_dates: np.ndarray) -> np.ndarray:
+        """Day 0 (datetime64[D]) of series whose first dates are ``first_dates`` (datetime64[D], any shape)."""
+        first = np.asarray(first_dates, dtype="datetime64[D]")
+        if self.rule == "series_start":
+            return first
+        if self.rule == "reference_date":
+            return np.full(first.shape, np.datetime64(self.reference_date, "D"))
+        month, day = parse_month_day(self.season_start)
+        years = first.astype("datetime64[Y]").astype(np.int64) + 1970
+        this_year = np.array(
+            [np.datetime64(f"{year:04d}-{month:02d}-{day:02d}", "D") for year in years.ravel()], dtype="datetime64[D]"
+        ).reshape(first.shape)
+        last_year = np.array(
+            [np.datetime64(f"{year - 1:04d}-{month:02d}-{day:02d}", "D") for year in years.ravel()],
+            dtype="datetime64[D]",
+        ).reshape(first.shape)
+        return np.where(this_year <= first, this_year, last_year)
+
+    def days(self, dates: Sequence[datetime.date] | np.ndarray) -> np.ndarray:
+        """int64 (T,) day offsets of one series' (or one raster stack's) sorted dates."""
+        dates = np.asarray(dates, dtype="datetime64[D]")
+        if dates.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        days = (dates - self.anchors(dates.min())).astype(np.int64)
+        if (days < 0).any():
+            first = dates[np.flatnonzero(days < 0)[0]]
+            raise ValueError(f"date {first} lies before day 0 of the time axis {self.describe()}")
+        return days
+
+    def describe(self) -> str:
+        if self.rule == "reference_date":
+            return f"days since {self.reference_date}"
+        if self.rule == "season_start":
+            return f"days since each series' latest {self.season_start}"
+        return "days since each series' first date"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, content: dict[str, Any]) -> "TimeAxis":
+        return cls(**content)
+
+
+@dataclass(frozen=True)
+class RawValues:
+    """The raw-value convention of raster sources: physical value = raw * scale + offset; raw values
+    outside ``valid_range`` (and the files' nodata) are missing dates."""
+
+    scale: float = 1.0
+    offset: float = 0.0
+    valid_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.valid_range is not None:
+            low, high = (float(v) for v in self.valid_range)
+            if not low <= high:
+                raise ValueError(f"valid_range must be [low, high] with low <= high, got {list(self.valid_range)}")
+            object.__setattr__(self, "valid_range", (low, high))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "offset": self.offset, "valid_range": self.valid_range and list(self.valid_range)}
+
+    @classmethod
+    def from_dict(cls, content: dict[str, Any]) -> "RawValues":
+        return cls(content["scale"], content["offset"], content.get("valid_range"))
+
+
+@dataclass(frozen=True, eq=False)
+class InputContract:
+    """Band names, class names, normalisation, time axis and raw values of a model's inputs.
+
+    Attributes:
+        band_names: the bands of each date, in the order the encoder reads them.
+        mean, std: float32 (C,) per-band statistics of the training split; inputs are
+            ``(values - mean) / std``.
+        time_axis: how dates become days.
+        class_names: the classes in output order (None for tasks without classes).
+        raw_values: the raw-value convention of the source rasters, when the data came from rasters.
+    """
+
+    band_names: tuple[str, ...]
+    mean: np.ndarray
+    std: np.ndarray
+    time_axis: TimeAxis = field(default_factory=TimeAxis)
+    class_names: tuple[str, ...] | None = None
+    raw_values: RawValues | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "band_names", tuple(self.band_names))
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(self.class_names))
+        for name in ("mean", "std"):
+            array = np.asarray(getattr(self, name), dtype=np.float32).reshape(-1)
+            if array.shape != (len(self.band_names),):
+                raise ValueError(
+                    f"input contract: {name} has {array.size} values for {len(self.band_names)} bands {self.band_names}"
+                )
+            object.__setattr__(self, name, array)
+        if not (np.isfinite(self.std).all() and (self.std > 0).all()):
+            raise ValueError(f"input contract: std must be finite and > 0, got {self.std.tolist()}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InputContract) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # mutable arrays inside: not hashable
+
+    @property
+    def num_bands(self) -> int:
+        return len(self.band_names)
+
+    def model_inputs(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw series (..., T, C) -> (normalised values, mask (..., T)).
+
+        A date with any NaN or infinite band value is masked (a cloud, a gap, padding) and its
+        values are zeroed, as the batch contract asks.
+        """
+        mask = np.isfinite(values).all(axis=-1)
+        normalised = ((values - self.mean) / self.std).astype(np.float32, copy=False)
+        normalised[~mask] = 0.0
+        return normalised, mask
+
+    def check_compatible(self, other: "InputContract", what: str) -> None:
+        """Raise unless ``other`` (``what``: where it comes from) has the same bands and classes."""
+        for name in ("band_names", "class_names"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is not None and theirs is not None and mine != theirs:
+                raise ValueError(f"{what}: {name} {list(theirs)} differ from the model's {list(mine)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, strings, floats): safe for ``torch.load(weights_only=True)`` and YAML."""
+        return {
+            "band_names": list(self.band_names),
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "time_axis": self.time_axis.to_dict(),
+            "raw_values": None if self.raw_values is None else self.raw_values.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, content: dict[str, Any]) -> "InputContract":
+        return cls(
+            band_names=content["band_names"],
+            mean=content["mean"],
+            std=content["std"],
+            time_axis=TimeAxis.from_dict(content["time_axis"]),
+            class_names=content.get("class_names"),
+            raw_values=None if content.get("raw_values") is None else RawValues.from_dict(content["raw_values"]),
+        )
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any], path: str) -> "InputContract":
+        """The contract a ``cmap fit`` checkpoint carries (``path`` names it in errors)."""
+        if CHECKPOINT_KEY not in checkpoint:
+            raise ValueError(
+                f"{path}: the checkpoint has no input contract ({CHECKPOINT_KEY!r}): it was not made by `cmap fit` "
+                "with a cmap data module (or by a cmap version before the contract); retrain it"
+            )
+        return cls.from_dict(checkpoint[CHECKPOINT_KEY])
