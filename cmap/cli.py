@@ -79,7 +79,7 @@ class CMapCLI(LightningCLI):
     """LightningCLI for any cmap task and data module, parsed with case-insensitive class paths."""
 
     def __init__(self, *args: Any, parser_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        parser_kwargs = {"parser_mode": PARSER_MODE, **(parser_kwargs or {})}
+        parser_kwargs = {"parser_mode": PARSER_MODE, "prog": "cmap", **(parser_kwargs or {})}
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         super().__init__(*args, parser_kwargs=parser_kwargs, **kwargs)

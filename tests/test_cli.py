@@ -97,3 +97,16 @@ def test_pretraining_configs_fine_tune_into_the_classifier_config(pretraining, u
     )  # fmt: skip
     for name, weight in pretrain.model.encoder.state_dict().items():
         torch.testing.assert_close(fine_tune.model.encoder.state_dict()[name], weight, atol=1e-6, rtol=0)
+
+
+def test_one_command_lists_and_runs_every_sub_command():
+    """``cmap --help`` names every sub-command; each has its own ``--help`` under ``cmap COMMAND``."""
+    cmap = [sys.executable, "-c", "from cmap.cli import main; main()"]
+    listing = subprocess.run([*cmap, "--help"], capture_output=True, text=True, check=True).stdout
+    commands = ["fit", "validate", "test", "predict", "map", "convert", "extract", "export"]
+    assert all(f"\n  {command} " in listing for command in commands), listing
+    for command in commands:
+        result = subprocess.run([*cmap, command, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+        usage = result.stdout.split("\n", 1)[0]
+        assert usage.startswith("usage: cmap") and (command in usage or command in ("convert", "extract")), usage
