@@ -26,6 +26,8 @@ class PixelSeries:
         labels: int64 (N,) class indices, or None when unlabelled.
         source: where the series came from, for error messages (a file path).
         groups: int64 (N,) parcel / polygon ids, or None; splits never separate a group.
+        sample_ids: str (N,) the user's sample ids (e.g. a table's ``sample_id`` column), or None;
+            ``cmap predict`` writes them beside each prediction.
     """
 
     values: np.ndarray
@@ -33,6 +35,7 @@ class PixelSeries:
     labels: np.ndarray | None
     source: str
     groups: np.ndarray | None = None
+    sample_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.values.ndim != 3:
@@ -45,6 +48,10 @@ class PixelSeries:
             raise ValueError(f"{self.source}: labels has shape {self.labels.shape}, expected ({len(self.values)},)")
         if self.groups is not None and self.groups.shape != (len(self.values),):
             raise ValueError(f"{self.source}: groups has shape {self.groups.shape}, expected ({len(self.values)},)")
+        if self.sample_ids is not None and self.sample_ids.shape != (len(self.values),):
+            raise ValueError(
+                f"{self.source}: sample_ids has shape {self.sample_ids.shape}, expected ({len(self.values)},)"
+            )
         if isinstance(self.values, np.ndarray):  # a store was checked when written; never read it whole
             self.check_valid_dates()
 
@@ -63,7 +70,8 @@ class PixelSeries:
     def subset(self, index: np.ndarray) -> "PixelSeries":
         labels = None if self.labels is None else self.labels[index]
         groups = None if self.groups is None else self.groups[index]
-        return PixelSeries(self.values[index], self.days[index], labels, self.source, groups)
+        sample_ids = None if self.sample_ids is None else self.sample_ids[index]
+        return PixelSeries(self.values[index], self.days[index], labels, self.source, groups, sample_ids)
 
 
 def check_series(mask: np.ndarray, source: str, rows: np.ndarray) -> None:
@@ -341,26 +349,19 @@ class SITSDataModule(SeriesDataModule):
     the classes to another nomenclature.
 
     Args:
-        batch_size, num_workers, val_fraction, seed, augmentation: see :class:`SeriesDataModule`
-            (``val_fraction``: of each training class).
         labels_per_class: keep only this many labelled training series per class (drawn with
             ``seed``), for few-label experiments; normalisation statistics still use every
             training series (they need no labels).
         class_map: ``{dataset class: your class}``, ``"*"`` for every class not listed (see
             :class:`~cmap.data.classes.ClassMapping`); ``class_names`` are then your classes.
+        **kwargs: the :class:`SeriesDataModule` arguments (batch_size, num_workers, val_fraction
+            (of each training class), seed, augmentation).
     """
 
     def __init__(
-        self,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        augmentation: Augmentation | None = None,
-        labels_per_class: int | None = None,
-        class_map: dict[str, str] | None = None,
+        self, labels_per_class: int | None = None, class_map: dict[str, str] | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(batch_size, num_workers, val_fraction, seed, augmentation)
+        super().__init__(**kwargs)
         self.labels_per_class = labels_per_class
         self.class_map = class_map
 

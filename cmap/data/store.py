@@ -11,6 +11,7 @@
       days.npy        int32   (N, T)     day offset on the time axis (0 on padding)
       labels.npy      int64   (N,)       class index into class_names, -1 = unlabelled  [optional]
       groups.npy      int64   (N,)       parcel / polygon id, for leakage-free splits   [optional]
+      sample_ids.npy  str     (N,)       the source's sample ids (fixed-width unicode)  [optional]
 
 Why ``.npy`` files: a batch reads B random rows; :class:`NpyRows` reads exactly those rows with
 one positioned read each (``os.pread``), no decoding, no extra dependency, and the operating
@@ -20,7 +21,15 @@ process: resident memory then grows with the store, measured in ``benchmarks/dat
 Zarr or Parquet would add chunk decoding on every random row read (Parquet is the right tool for the *input* table, see
 :mod:`cmap.data.convert`). Variable series lengths are padding (NaN values) up to the longest.
 
+Sample ids (``sample_ids.npy``, written when the source has ids, as the table converter's
+``sample_id`` column) are a fixed-width unicode array (``<U{longest id}``): like the other arrays,
+row ``i`` is one positioned read at a fixed offset (no pickled objects, no decoding of a whole
+JSON or Parquet file to find one id), so ``cmap predict`` joins its predictions back to the
+user's table by id at any store size. They are unique, non-empty strings, in row order.
+
 A store is written to a temporary folder and renamed into place: it is complete or absent.
+``overwrite`` replaces only a cmap store (a folder of store files with a ``metadata.json``),
+never another folder or a file.
 """
 
 import json
@@ -38,6 +47,45 @@ from cmap.data.datamodule import PixelSeries, SITSDataModule, kfold_split
 FORMAT = "cmap-series"
 VERSION = 1
 ARRAYS = {"values": (np.float32, 3), "days": (np.int32, 2), "labels": (np.int64, 1), "groups": (np.int64, 1)}
+#: Every file a store may hold: ``overwrite`` replaces a folder of these only.
+STORE_FILES = {"metadata.json", "sample_ids.npy", *(f"{name}.npy" for name in ARRAYS)}
+
+
+def check_replaceable(folder: Path) -> None:
+    """Raise unless ``folder`` is a cmap store that ``overwrite`` may replace (not another folder, not a file)."""
+    if folder.is_symlink() or not folder.is_dir():
+        raise FileExistsError(
+            f"{folder} exists and is not a folder: overwrite replaces only a cmap series store; "
+            "remove it yourself or choose another output"
+        )
+    others = sorted(entry.name for entry in folder.iterdir() if entry.name not in STORE_FILES)
+    metadata = folder / "metadata.json"
+    try:
+        store_format = json.loads(metadata.read_text()).get("format") if metadata.is_file() else None
+    except (ValueError, AttributeError, OSError):
+        store_format = FORMAT  # a damaged store (only store files, see `others`) may be replaced
+    if others or not metadata.is_file() or store_format != FORMAT:
+        found = f"it holds {others[:5]}{' ...' if len(others) > 5 else ''}" if others else "no cmap metadata.json"
+        raise FileExistsError(
+            f"{folder} exists and is not a cmap series store ({found}): overwrite replaces only a store; "
+            "remove it yourself or choose another output"
+        )
+
+
+def check_sample_ids(sample_ids: np.ndarray, source: str) -> np.ndarray:
+    """Sample ids as a fixed-width unicode array; empty or repeated ids are an error naming the row."""
+    ids = np.asarray(sample_ids)
+    if ids.dtype.kind not in "UO":
+        raise ValueError(f"{source}: sample ids must be strings, got dtype {ids.dtype}")
+    ids = ids.astype(str) if len(ids) else np.zeros(0, dtype="<U1")
+    empty = np.flatnonzero(np.char.str_len(np.char.strip(ids)) == 0)
+    if len(empty):
+        raise ValueError(f"{source}: sample id of row {int(empty[0])} is empty")
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        repeated = unique[counts > 1][0]
+        raise ValueError(f"{source}: sample id {str(repeated)!r} names {int(counts[counts > 1][0])} series")
+    return ids
 
 
 def write_store(
@@ -49,7 +97,7 @@ def write_store(
     raw_values: RawValues | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``series`` (labels and groups included when present) as a store in ``folder``.
+    """Write ``series`` (labels, groups and sample ids included when present) as a store in ``folder``.
 
     ``time_axis``: how the series' ``days`` were counted (default: from each series' first date);
     ``raw_values``: the raw-value convention of the rasters the series came from, if any. Both
@@ -60,6 +108,9 @@ def write_store(
         raise ValueError(
             f"{series.source}: {series.values.shape[-1]} bands per date but {len(band_names)} band names {band_names}"
         )
+    bad_names = [name for name in class_names if not isinstance(name, str) or not name.strip()]
+    if bad_names:
+        raise ValueError(f"{series.source}: class names must be non-empty strings, got {bad_names}")
     if series.labels is not None:
         bad = (series.labels < -1) | (series.labels >= len(class_names))
         if bad.any():
@@ -67,8 +118,11 @@ def write_store(
                 f"{series.source}: label index {int(series.labels[bad][0])} is not in the "
                 f"{len(class_names)} classes {class_names}"
             )
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder} exists: remove it or pass overwrite=True")
+    sample_ids = None if series.sample_ids is None else check_sample_ids(series.sample_ids, series.source)
+    if folder.exists() or folder.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{folder} exists: remove it or pass overwrite=True")
+        check_replaceable(folder)
     temporary = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
@@ -77,6 +131,8 @@ def write_store(
         for name, array in arrays.items():
             if array is not None:
                 np.save(temporary / f"{name}.npy", np.ascontiguousarray(array, dtype=ARRAYS[name][0]))
+        if sample_ids is not None:
+            np.save(temporary / "sample_ids.npy", sample_ids)
         write_metadata(
             temporary, band_names, class_names, series.values.shape[:2], time_axis or TimeAxis(), raw_values,
             series.source,
@@ -111,7 +167,7 @@ def write_metadata(
         "num_dates": int(shape[1]),
         "source": source,
     }
-    (folder / "metadata.json").write_text(json.dumps(metadata, indent=1))
+    (folder / "metadata.json").write_text(json.dumps(metadata, indent=1, allow_nan=False))  # NaN is not JSON
 
 
 def read_metadata(folder: str | Path) -> dict[str, Any]:
@@ -145,6 +201,21 @@ def store_time_axis(metadata: dict[str, Any]) -> TimeAxis:
 def store_raw_values(metadata: dict[str, Any]) -> RawValues | None:
     content = metadata.get("raw_values")
     return None if content is None else RawValues.from_dict(content)
+
+
+def use_stores(module: Any, path: str, test_path: str | None, fold: int | None, num_folds: int) -> None:
+    """Point a data module at a training store and its test store or fold, and take the stores'
+    band names, class names, time axis and raw values (shared by the in-memory and the streaming module)."""
+    if test_path is not None and fold is not None:
+        raise ValueError("give test_path or fold, not both")
+    module.path = Path(path)
+    module.test_path = None if test_path is None else Path(test_path)
+    module.fold, module.num_folds = fold, num_folds
+    metadata = read_store_pair(module.path, module.test_path)
+    module.source_class_names = metadata["class_names"]
+    module.band_names = metadata["band_names"]
+    module.time_axis = store_time_axis(metadata)
+    module.raw_values = store_raw_values(metadata)
 
 
 def read_store_pair(path: str | Path, test_path: str | Path | None) -> dict[str, Any]:
@@ -260,6 +331,14 @@ def open_store(folder: str | Path, lazy: bool = False) -> tuple[PixelSeries, dic
                 "(from metadata.json)"
             )
         arrays[name] = array
+    sample_ids = None
+    if (folder / "sample_ids.npy").exists():  # read row by row on demand, like values
+        sample_ids = NpyRows(folder / "sample_ids.npy")
+        if sample_ids.shape != (n,) or sample_ids.dtype.kind != "U":
+            raise ValueError(
+                f"{folder / 'sample_ids.npy'}: shape {sample_ids.shape} dtype {sample_ids.dtype}, expected ({n},) "
+                "unicode strings (from metadata.json)"
+            )
     labels, num_classes = arrays["labels"], len(metadata["class_names"])
     if labels is not None and not lazy and ((labels < -1) | (labels >= num_classes)).any():
         row = int(np.flatnonzero((labels < -1) | (labels >= num_classes))[0])
@@ -267,7 +346,7 @@ def open_store(folder: str | Path, lazy: bool = False) -> tuple[PixelSeries, dic
             f"{folder / 'labels.npy'}: row {row} holds label {int(labels[row])}, expected -1 (unlabelled) or a "
             f"class index in [0, {num_classes}) of metadata.json's class_names"
         )
-    series = PixelSeries(arrays["values"], arrays["days"], arrays["labels"], str(folder), arrays["groups"])
+    series = PixelSeries(arrays["values"], arrays["days"], arrays["labels"], str(folder), arrays["groups"], sample_ids)
     return series, metadata
 
 
@@ -297,17 +376,7 @@ class SeriesStore(SITSDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if test_path is not None and fold is not None:
-            raise ValueError("give test_path or fold, not both")
-        self.path = Path(path)
-        self.test_path = None if test_path is None else Path(test_path)
-        self.fold = fold
-        self.num_folds = num_folds
-        metadata = read_store_pair(self.path, self.test_path)
-        self.source_class_names = metadata["class_names"]
-        self.band_names = metadata["band_names"]
-        self.time_axis = store_time_axis(metadata)
-        self.raw_values = store_raw_values(metadata)
+        use_stores(self, path, test_path, fold, num_folds)
 
     @cached_property
     def _series(self) -> PixelSeries:

@@ -16,7 +16,6 @@ Setup streams the labels once, in chunks, to count classes per split (for the lo
 """
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,8 +23,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from cmap.data.contract import InputContract
 from cmap.data.datamodule import SeriesDataModule, SeriesDataset, normalisation_statistics, pass_through
-from cmap.data.perturbations import Augmentation
-from cmap.data.store import open_store, read_store_pair, store_raw_values, store_time_axis
+from cmap.data.store import open_store, use_stores
 
 CHUNK = 1 << 16
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -133,33 +131,15 @@ class StreamingSeriesStore(SeriesDataModule):
 
     Args:
         path, test_path, fold, num_folds: as :class:`~cmap.data.store.SeriesStore`.
-        batch_size, num_workers, val_fraction, seed, augmentation: see
-            :class:`~cmap.data.datamodule.SeriesDataModule`.
+        **kwargs: the :class:`~cmap.data.datamodule.SeriesDataModule` arguments (batch_size,
+            num_workers, val_fraction, seed, augmentation).
     """
 
     def __init__(
-        self,
-        path: str,
-        test_path: str | None = None,
-        fold: int | None = None,
-        num_folds: int = 5,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        augmentation: Augmentation | None = None,
+        self, path: str, test_path: str | None = None, fold: int | None = None, num_folds: int = 5, **kwargs: Any
     ) -> None:
-        super().__init__(batch_size, num_workers, val_fraction, seed, augmentation)
-        if test_path is not None and fold is not None:
-            raise ValueError("give test_path or fold, not both")
-        self.path = Path(path)
-        self.test_path = None if test_path is None else Path(test_path)
-        self.fold, self.num_folds = fold, num_folds
-        metadata = read_store_pair(self.path, self.test_path)
-        self.source_class_names = metadata["class_names"]
-        self.band_names = metadata["band_names"]
-        self.time_axis = store_time_axis(metadata)
-        self.raw_values = store_raw_values(metadata)
+        super().__init__(**kwargs)
+        use_stores(self, path, test_path, fold, num_folds)
         self.sizes: dict[str, int] = {}
         self.counts: dict[str, np.ndarray] = {}
 
