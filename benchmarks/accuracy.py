@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from common import machine
+from common import REPO, SHARED_DATA, machine
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, f1_score
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -51,10 +51,8 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from cmap.cli import CMapCLI
 from cmap.data import convert
 from cmap.data.datamodule import PixelSeries, SITSDataModule
-from cmap.data.store import read_metadata, write_store
+from cmap.data.store import read_metadata
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 README_START, README_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
 
 
@@ -126,7 +124,7 @@ def convert_stores(dataset: Dataset, stores: Path, shared_data: Path) -> None:
             read_metadata(folder)  # a store of another format version fails here, by name
             continue
         converted = reader(shared_data / source)
-        write_store(folder, converted.series, converted.band_names, converted.class_names, converted.reference_date)
+        converted.write(folder)
         print(f"converted {shared_data / source} -> {folder}", flush=True)
 
 

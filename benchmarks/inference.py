@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 import torch._inductor.config
 from common import (
+    footer,
+    header,
     interleaved,
-    load_average,
-    machine,
     median_ratio,
     mha_fast_path,
     rate,
@@ -141,13 +141,13 @@ def ucr_crop(checkpoint: str, batch_size: int):
     """The trained model and the UCR Crop test set as in-memory batches (normalised with the checkpoint's
     statistics), so that data loading is not timed."""
     from cmap.data import UCRCrop
-    from cmap.ml.weights import load_classifier
+    from cmap.predictions import load_classifier
 
-    trained = load_classifier(checkpoint)
+    model = load_classifier(checkpoint)
     data = UCRCrop(batch_size=batch_size)
-    data.mean, data.std = trained.mean, trained.std
     data.setup("test")
-    return trained.model, list(data.test_dataloader())
+    data.adopt(model.input_contract, checkpoint)  # normalised as in training: data -> checkpoint -> here
+    return model, list(data.test_dataloader())
 
 
 def main() -> None:
@@ -164,7 +164,7 @@ def main() -> None:
     # Compilation times as a first run sees them: no kernels from Inductor's on-disk cache.
     torch._inductor.config.force_disable_caches = True
     started = time.perf_counter()
-    print(f"# Inference benchmark\n\nMachine: {machine()}.\nAt start: {load_average()}.\n")
+    print(header("Inference benchmark"))
 
     # 1. FLOPs per pixel.
     model = seed_model().eval()
@@ -264,7 +264,7 @@ def main() -> None:
         print()
     else:
         print(f"(No UCR Crop checkpoint at `{args.checkpoint}`: accuracy not measured.)\n")
-    print(f"At end: {load_average()}. Total {time.perf_counter() - started:.0f} s.")
+    print(footer(started))
 
 
 if __name__ == "__main__":

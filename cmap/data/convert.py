@@ -1,9 +1,10 @@
 """Readers of real datasets' original files and of the user's own tables -> :mod:`cmap.data.store`.
 
 Each reader returns a :class:`Converted` (series, band names, class names, time axis); the
-``python -m cmap.data convert`` command writes it as a store. The original files are read in place.
+``cmap convert`` command writes it as a store. The original files are read in place.
 """
 
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -58,7 +59,8 @@ class Converted:
         channels = [self.band_names.index(band) for band in names]
         series = self.series
         values = series.values[:, ::date_step][:, :, channels]
-        selected = PixelSeries(values, series.days[:, ::date_step], series.labels, series.source, series.groups)
+        days = series.days[:, ::date_step]
+        selected = PixelSeries(values, days, series.labels, series.source, series.groups, series.sample_ids)
         return replace(self, series=selected, band_names=names)
 
 
@@ -169,6 +171,186 @@ def read_ucr(path: str | Path, step_days: int = 8) -> Converted:
     return Converted(read_ucr_crop(path, step_days), ["ndvi"], list(UCR_CROP_CLASSES))
 
 
+#: Band cells read as a missing date (a cloud, a gap) unless ``missing_values`` says otherwise; any
+#: other cell that is not a number is an error.
+MISSING_VALUES = ("", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "None")
+#: Without ``time_axis``, dates spanning more days than this (more than one season) are an error.
+ONE_SEASON_DAYS = 366
+
+
+class _Cells:
+    """Errors naming a table's cell: ``<file>: column 'B4' row 3: <problem> (line 5 of the file)``.
+
+    Rows count from 0 after the header; in a CSV, line = row + 2 (the header is line 1).
+    """
+
+    def __init__(self, path: Path, csv: bool) -> None:
+        self.path, self.csv = path, csv
+
+    def error(self, column: str, row: int, problem: str) -> ValueError:
+        line = f" (line {row + 2} of the file)" if self.csv else ""
+        return ValueError(f"{self.path}: column {column!r} row {row}: {problem}{line}")
+
+
+def _read_long_table(path: Path, encoding: str, delimiter: str) -> tuple[pd.DataFrame, bool]:
+    """The table as read (CSV: every cell as text, nothing read as missing; Parquet: as typed), and
+    whether it is a CSV. Rows keep their position in the file as index; blank CSV lines are dropped."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        try:
+            return pd.read_parquet(path), False
+        except Exception as error:  # pyarrow raises several types for a file that is not Parquet
+            raise ValueError(f"{path}: not a readable Parquet file ({error})") from error
+    try:
+        table = pd.read_csv(
+            path, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False, encoding=encoding,
+            sep=delimiter,
+        )  # fmt: skip
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}: not readable as {encoding} text ({error}); give the file's encoding with --encoding "
+            "(e.g. latin-1, cp1252)"
+        ) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise ValueError(f"{path}: not a readable CSV table ({error})") from None
+    return table[~(table == "").all(axis=1)], True
+
+
+def _text(column: pd.Series) -> pd.Series:
+    """Cells as text: CSV cells are already; Parquet nulls become empty text, other values ``str``."""
+    if column.dtype == object and all(isinstance(value, str) for value in column):
+        return column
+    return pd.Series(["" if _is_null(value) else str(value) for value in column], index=column.index, dtype=object)
+
+
+def _is_null(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT or value is pd.NA
+
+
+def _parse_dates(cells: _Cells, column: str, values: pd.Series, date_format: str | None) -> np.ndarray:
+    """datetime64[D] of each row: ``date_format`` (strftime codes) if given; otherwise ISO 8601
+    (``YYYY-MM-DD``, ``YYYYMMDD``, ``YYYY/MM/DD``, with or without a time), or any other layout
+    that reads the same day-first and month-first (``13/01/2020``, ``1 March 2020``). A date that
+    reads differently either way (``03/01/2020``) is an error asking for ``date_format``."""
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):  # a typed Parquet column
+        dates = values.dt.tz_localize(None) if values.dt.tz is not None else values
+        if dates.isna().any():
+            row = int(values.index[np.flatnonzero(dates.isna().to_numpy())[0]])
+            raise cells.error(column, row, "empty date")
+        return dates.to_numpy().astype("datetime64[D]")
+    text = _text(values).str.strip()
+    unique, inverse = np.unique(text.to_numpy(dtype=str), return_inverse=True)
+
+    def fail(position: int, problem: str) -> ValueError:
+        row = int(values.index[np.flatnonzero(inverse == position)[0]])
+        return cells.error(column, row, problem)
+
+    with warnings.catch_warnings():  # pandas warns when a layout is guessed; we check the guesses ourselves
+        warnings.simplefilter("ignore")
+        if date_format is not None:
+            parsed = pd.to_datetime(pd.Index(unique), format=date_format, errors="coerce")
+            if parsed.isna().any():
+                position = int(np.flatnonzero(parsed.isna())[0])
+                raise fail(position, f"date {unique[position]!r} does not match --date_format {date_format!r}")
+        else:
+            parsed = pd.to_datetime(pd.Index(unique), format="ISO8601", errors="coerce")
+            if parsed.tz is not None:
+                parsed = parsed.tz_localize(None)
+            parsed = parsed.to_numpy().astype("datetime64[s]")
+            for position in np.flatnonzero(np.isnat(parsed) | np.array([_too_short(d) for d in unique], dtype=bool)):
+                value = unique[position]
+                if _too_short(value):
+                    raise fail(position, f"unparsable date {value!r}: not a full date (day, month and year)")
+                if value[:4].isdigit():  # year first: ISO 8601 only (2021-13-45 is no date, not 13 January)
+                    raise fail(position, f"unparsable date {value!r} (expected YYYY-MM-DD or --date_format)")
+                month_first, day_first = (
+                    pd.to_datetime(pd.Index([value]), format="mixed", dayfirst=first, errors="coerce")[0]
+                    for first in (False, True)
+                )
+                if pd.isna(month_first) or pd.isna(day_first):
+                    raise fail(position, f"unparsable date {value!r} (expected YYYY-MM-DD or --date_format)")
+                if month_first != day_first:
+                    raise fail(
+                        position,
+                        f"ambiguous date {value!r}: {month_first.date()} read month first, {day_first.date()} day "
+                        "first; give the layout with --date_format (e.g. %d/%m/%Y or %m/%d/%Y)",
+                    )
+                parsed[position] = np.datetime64(month_first.tz_localize(None) if month_first.tz else month_first, "s")
+            return parsed.astype("datetime64[D]")[inverse]
+    if parsed.tz is not None:
+        parsed = parsed.tz_localize(None)
+    return parsed.to_numpy().astype("datetime64[D]")[inverse]
+
+
+def _too_short(value: str) -> bool:
+    """A date needs a day, a month and a year: ``2020`` or ``2020-03`` are not dates (pandas reads them as the 1st)."""
+    return not (len(re.findall(r"\d+|[^\W\d_]+", value)) >= 3 or (len(value) == 8 and value.isdigit()))
+
+
+def _parse_numbers(
+    cells: _Cells, column: str, values: pd.Series, missing_values: Sequence[str], decimal: str
+) -> np.ndarray:
+    """float32 of each row; ``missing_values`` markers (after stripping blanks) are NaN (a missing date)."""
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        return values.to_numpy(np.float32, na_value=np.nan)
+    text = _text(values).str.strip()
+    missing = text.isin(list(missing_values)).to_numpy()
+    numbers = text.str.replace(decimal, ".", regex=False) if decimal != "." else text
+    parsed = pd.to_numeric(numbers.where(~missing, "nan"), errors="coerce").to_numpy(np.float64)
+    bad = np.isnan(parsed) & ~missing
+    if bad.any():
+        row = int(values.index[np.flatnonzero(bad)[0]])
+        raise cells.error(
+            column,
+            row,
+            f"{text.loc[row]!r} is not a number (decimal {decimal!r}) nor a missing-value marker "
+            f"{list(missing_values)}; mark missing values with --missing_values, decimal commas with --decimal ,",
+        )
+    return parsed.astype(np.float32)
+
+
+def _one_per_sample(cells: _Cells, column: str, values: np.ndarray, codes: np.ndarray, ids: np.ndarray, rows):
+    """The value of ``column`` of each sample (every row of a sample must agree), in sample order."""
+    first_row = np.unique(codes, return_index=True)[1]  # the first row of each sample (codes 0..len(ids)-1)
+    first = values[first_row]
+    differ = np.flatnonzero(values != first[codes])
+    if len(differ):
+        i = differ[0]
+        sample = codes[i]
+        raise ValueError(
+            f"{cells.path}: sample {ids[sample]!r} has {column} {first[sample]!r} (row {rows[first_row[sample]]}) and "
+            f"{values[i]!r} (row {rows[i]}): one sample is one field in one season, with one {column}"
+        )
+    return first, first_row
+
+
+def resolve_time_axis(
+    path: Path,
+    first_dates: np.ndarray,
+    time_axis: "TimeAxis | str | None",
+    reference_date: str | None,
+    season_start: str | None,
+) -> TimeAxis:
+    """The table's :class:`TimeAxis` from the options (see :func:`read_table`)."""
+    if isinstance(time_axis, TimeAxis):
+        return time_axis
+    rule = time_axis or ("season_start" if season_start else "reference_date")
+    given = {"reference_date": reference_date, "season_start": season_start}
+    extra = [f"{name}={value!r}" for name, value in given.items() if value is not None and name != rule]
+    if extra:
+        raise ValueError(f"time axis {rule!r} takes no {', '.join(extra)}")
+    if rule == "series_start":
+        return TimeAxis()
+    if rule == "season_start":
+        return TimeAxis.from_season_start(season_start) if season_start else TimeAxis.fit_season(first_dates)
+    if rule != "reference_date":
+        raise ValueError(f"time_axis must be one of series_start, reference_date, season_start; got {rule!r}")
+    if reference_date is not None:
+        return TimeAxis.from_reference_date(reference_date)
+    return TimeAxis.from_reference_date(str(first_dates.min()))
+
+
 def read_table(
     path: str | Path,
     bands: Sequence[str],
@@ -178,54 +360,138 @@ def read_table(
     group_column: str | None = None,
     class_names: Sequence[str] | None = None,
     reference_date: str | None = None,
+    time_axis: "TimeAxis | str | None" = None,
+    season_start: str | None = None,
+    date_format: str | None = None,
+    encoding: str = "utf-8-sig",
+    missing_values: Sequence[str] = MISSING_VALUES,
+    delimiter: str = ",",
+    decimal: str = ".",
+    allow_unlabelled: bool = False,
 ) -> Converted:
     """The user's own long table, one row per (sample, date): CSV or Parquet.
 
-    Columns: ``sample_column``, ``date_column`` (any date pandas parses), one column per band,
-    optionally ``label_column`` (class names) and ``group_column`` (parcel / polygon id). Dates are
-    sorted within each sample; samples have any number of dates (padded with missing dates); an
-    empty band value is a missing (clouded) date. Days count from ``reference_date`` (default: the
-    earliest date of the table). ``class_names`` fixes the class order (default: sorted names).
+    Columns: ``sample_column`` (any text: the id is kept in the store and written beside each
+    prediction), ``date_column``, one column per band, optionally ``label_column`` (class names)
+    and ``group_column`` (parcel / polygon id). Samples keep the order of their first rows; dates
+    are sorted within each sample; samples have any number of dates (padded with missing dates).
+
+    Parsing is explicit. CSV cells are read as text: a label or id is never a missing value
+    (``NA`` or ``None`` are class names like any other). Dates: ``date_format`` (strftime codes,
+    e.g. ``%d/%m/%Y``) or else ISO 8601, or a layout that reads the same day-first and
+    month-first; an ambiguous date (``03/01/2020``) is an error. A band cell is a number
+    (``decimal`` point) or one of ``missing_values`` (a clouded date); anything else is an error.
+    Every error names the file, column, row (from 0, after the header; ``line`` in a CSV) and value.
+
+    Checks: a sample id may not be empty; a sample's label and group are the same on all its
+    rows; an empty label is an unlabelled sample (label -1, for pretraining stores) with
+    ``allow_unlabelled``, an error otherwise; two rows of one sample on one date are an error.
+
+    Time axis (:class:`~cmap.data.contract.TimeAxis`, recorded in the store and the checkpoints):
+    ``time_axis="season_start"`` counts days from the latest ``season_start`` (``MM-DD``; default:
+    fitted to the samples' first dates) on or before each sample's first date: samples of many
+    years each see the day of their season. ``"series_start"``: from each sample's first date.
+    ``"reference_date"``: from ``reference_date`` (default: the table's earliest date). Without
+    ``time_axis``: ``season_start`` if given, else ``reference_date``; then dates spanning more
+    than one season (366 days) are an error asking for a choice, as the days would run into the
+    thousands and the model would see the calendar year.
+
+    ``class_names`` fixes the class order (default: sorted names).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    table, csv = _read_long_table(path, encoding, delimiter)
+    cells = _Cells(path, csv)
     required = [sample_column, date_column, *bands] + [c for c in (label_column, group_column) if c]
     missing = [column for column in required if column not in table]
     if missing:
         raise ValueError(f"{path}: columns {missing} are missing (found {list(table.columns)})")
-    dates = pd.to_datetime(table[date_column], errors="coerce")
-    if dates.isna().any():
-        row = int(np.flatnonzero(dates.isna().to_numpy())[0])
-        raise ValueError(f"{path}: column {date_column!r} row {row}: unparsable date {table[date_column].iloc[row]!r}")
-    reference = pd.Timestamp(reference_date) if reference_date else dates.min()
-    table = table.assign(_day=(dates - reference).dt.days).sort_values([sample_column, "_day"], kind="stable")
-    if (table["_day"] < 0).any():
-        raise ValueError(f"{path}: dates before reference_date {reference.date()}")
-    duplicated = table.duplicated([sample_column, "_day"])
-    if duplicated.any():
-        sample = table.loc[duplicated, sample_column].iloc[0]
-        raise ValueError(f"{path}: sample {sample!r} has two rows for the same date")
-    samples, position = np.unique(table[sample_column].to_numpy(), return_inverse=True)
-    rank = table.groupby(sample_column, sort=True).cumcount().to_numpy()
+    if len(table) == 0:
+        raise ValueError(f"{path}: no rows")
+    rows = table.index.to_numpy()
+    ids_text = _text(table[sample_column])
+    empty = np.flatnonzero(ids_text.str.strip().to_numpy() == "")
+    if len(empty):
+        raise cells.error(sample_column, int(rows[empty[0]]), "empty sample id; every row needs its sample's id")
+    codes, ids = pd.factorize(ids_text.to_numpy(dtype=object))  # samples in the order of their first rows
+    ids = np.asarray(ids, dtype=str)
+    dates = _parse_dates(cells, date_column, table[date_column], date_format)
+    values = np.stack(
+        [_parse_numbers(cells, band, table[band], missing_values, decimal) for band in bands], axis=-1
+    ).reshape(len(table), len(bands))
+    first_dates = np.full(len(ids), np.datetime64("9999-12-31", "D"))
+    np.minimum.at(first_dates, codes, dates)
+    explicit = time_axis is not None or reference_date is not None or season_start is not None
+    axis = resolve_time_axis(path, first_dates, time_axis, reference_date, season_start)
+    if not explicit and (dates.max() - dates.min()).astype(np.int64) >= ONE_SEASON_DAYS:
+        suggested = TimeAxis.fit_season(first_dates).season_start
+        raise ValueError(
+            f"{path}: dates span {dates.min()} to {dates.max()}, more than one season: counted from one reference "
+            f"date, days would reach {int((dates.max() - dates.min()).astype(np.int64))} and a model would learn the "
+            f"calendar year. Choose the time axis: --time_axis season_start --season_start {suggested} (days since "
+            "each sample's season start; the fitted one shown), --time_axis series_start (days since each sample's "
+            "first date), or --reference_date YYYY-MM-DD to keep one reference date"
+        )
+    anchors = axis.anchors(first_dates)
+    day = (dates - anchors[codes]).astype(np.int64)
+    if (day < 0).any():
+        i = int(np.flatnonzero(day < 0)[0])
+        raise cells.error(
+            date_column,
+            int(rows[i]),
+            f"date {dates[i]} of sample {ids[codes[i]]!r} lies before day 0 of the time axis ({axis.describe()})",
+        )
+    order = np.lexsort((day, codes))
+    sorted_codes, sorted_day = codes[order], day[order]
+    same = np.flatnonzero((sorted_codes[1:] == sorted_codes[:-1]) & (sorted_day[1:] == sorted_day[:-1]))
+    if len(same):
+        a, b = order[same[0]], order[same[0] + 1]
+        raise ValueError(
+            f"{path}: sample {ids[codes[a]]!r} has two rows for the same date {dates[a]} (rows {rows[min(a, b)]} "
+            f"and {rows[max(a, b)]})"
+        )
+    starts = np.r_[0, np.flatnonzero(sorted_codes[1:] != sorted_codes[:-1]) + 1]
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
     num_dates = int(rank.max()) + 1
-    values = np.full((len(samples), num_dates, len(bands)), np.nan, dtype=np.float32)
-    values[position, rank] = table[list(bands)].to_numpy(np.float32)
-    days = np.zeros((len(samples), num_dates), dtype=np.int64)
-    days[position, rank] = table["_day"].to_numpy()
+    series_values = np.full((len(ids), num_dates, len(bands)), np.nan, dtype=np.float32)
+    series_values[sorted_codes, rank] = values[order]
+    series_days = np.zeros((len(ids), num_dates), dtype=np.int64)
+    series_days[sorted_codes, rank] = sorted_day
+    no_valid = np.flatnonzero(~np.isfinite(series_values).all(axis=-1).any(axis=1))
+    if len(no_valid):
+        raise ValueError(
+            f"{path}: {len(no_valid)} samples have no valid date (every date has a missing band value), first "
+            f"sample {ids[no_valid[0]]!r}; remove them"
+        )
     labels = groups = None
     names: list[str] = []
-    first = table.groupby(sample_column, sort=True).head(1)
     if label_column:
-        sample_labels = first[label_column].astype(str).to_numpy()
-        names = list(class_names) if class_names is not None else sorted(set(sample_labels))
-        unknown = sorted(set(sample_labels) - set(names))
+        label_text = np.array(_text(table[label_column]).tolist(), dtype=object)
+        unlabelled = np.array([not label.strip() for label in label_text])
+        label_text[unlabelled] = ""
+        sample_labels, first_row = _one_per_sample(cells, "label", label_text, codes, ids, rows)
+        sample_labels = sample_labels.astype(str)
+        empty = np.flatnonzero(sample_labels == "")
+        if len(empty) and not allow_unlabelled:
+            raise cells.error(
+                label_column,
+                int(rows[first_row[empty[0]]]),
+                f"sample {ids[empty[0]]!r} has an empty label ({len(empty)} samples have none): give every sample a "
+                "class, or pass --allow_unlabelled to keep them unlabelled (label -1: a store for pretraining, not "
+                "for supervised training)",
+            )
+        found = sorted(set(sample_labels.tolist()) - {""})
+        names = list(class_names) if class_names is not None else found
+        unknown = sorted(set(found) - set(names))
         if unknown:
             raise ValueError(f"{path}: column {label_column!r} has labels {unknown} not in the classes {names}")
         index = {name: i for i, name in enumerate(names)}
-        labels = np.array([index[label] for label in sample_labels], dtype=np.int64)
+        labels = np.array([index.get(label, -1) for label in sample_labels], dtype=np.int64)
     if group_column:
-        groups = pd.factorize(first[group_column])[0].astype(np.int64)
-    series = PixelSeries(values, days, labels, str(path), groups)
-    return Converted(series, list(bands), names, TimeAxis.from_reference_date(reference.date()))
+        group_text = np.array(_text(table[group_column]).tolist(), dtype=object)
+        empty = np.flatnonzero([not group.strip() for group in group_text])
+        if len(empty):
+            raise cells.error(group_column, int(rows[empty[0]]), "empty group")
+        sample_groups, _ = _one_per_sample(cells, "group", group_text, codes, ids, rows)
+        groups = pd.factorize(sample_groups)[0].astype(np.int64)
+    series = PixelSeries(series_values, series_days, labels, str(path), groups, ids)
+    return Converted(series, list(bands), names, axis)

@@ -351,7 +351,7 @@ def open_store(folder: str | Path, lazy: bool = False) -> tuple[PixelSeries, dic
 
 
 class SeriesStore(SITSDataModule):
-    """Data module over stores written by :func:`write_store` (or ``python -m cmap.data convert``).
+    """Data module over stores written by :func:`write_store` (or ``cmap convert``).
 
     The test series come from ``test_path`` (a second store with the same bands and classes) or,
     for datasets evaluated by cross-validation, from fold ``fold`` of ``num_folds`` (whole groups
