@@ -1,15 +1,19 @@
-"""What the benchmark scripts share: the seed model, synthetic batches, interleaved timing, the machine.
+"""What the benchmark scripts share: paths, the seed and UCR Crop models, synthetic batches, training
+arms, interleaved timing, the machine.
 
 Scripts run as ``python benchmarks/<name>.py``, so this module is importable as ``common``.
 """
 
+import contextlib
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import lightning as L
 import torch
 
 from cmap.ml.classifiers import Classifier
@@ -17,8 +21,34 @@ from cmap.ml.decoders import MultiClassClassification
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
 from cmap.ml.encoders import ExchangerEncoder, TransformerEncoder
 
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+#: The Sinop MODIS cube (12 NDVI JPEG2000 images) and the band and date pattern of its file names.
+SINOP_CUBE = SHARED_DATA / "sits_sinop_modis_cube"
+SINOP_PATTERN = r"_(?P<band>NDVI)_(?P<date>\d{4}-\d{2}-\d{2})"
+
 SEED_CLASSES = ["other", "ble_tendre", "mais", "orge", "colza", "tournesol", "ble_dur"]
 SEED_BANDS = 9
+UCR_CROP_CLASSES = 24
+
+
+def build_encoder(
+    encoder: str,
+    position: PositionalEncoding,
+    bands: PixelEncoding,
+    heads: int,
+    depth: int,
+    n_groups: int,
+    dim_feedforward: int | None = None,
+) -> TransformerEncoder | ExchangerEncoder:
+    """A transformer (``depth`` layers) or Exchanger (``depth`` blocks, ``n_groups`` group tokens)
+    encoder at the width of its embeddings, dropout 0.1."""
+    d_model = position.d_model
+    if encoder == "transformer":
+        return TransformerEncoder(position, bands, d_model, heads, depth, 0.1, dim_feedforward)
+    if encoder == "exchanger":
+        return ExchangerEncoder(position, bands, d_model, n_groups, heads, depth, 0.1)
+    raise ValueError(f"encoder must be transformer or exchanger, got {encoder!r}")
 
 
 def seed_model(
@@ -28,13 +58,43 @@ def seed_model(
     MLP 9-32-64-128-256, 7 classes), or the Exchanger encoder at the same width and depth."""
     position = PositionalEncoding(d_model, 10000, 10000)
     bands = PixelEncoding([SEED_BANDS, 32, 64, 128, d_model])
-    if encoder == "transformer":
-        layers = TransformerEncoder(position, bands, d_model, heads, depth, 0.1)
-    elif encoder == "exchanger":
-        layers = ExchangerEncoder(position, bands, d_model, n_groups, heads, depth, 0.1)
-    else:
-        raise ValueError(f"encoder must be transformer or exchanger, got {encoder!r}")
-    return Classifier(layers, MultiClassClassification(d_model, len(SEED_CLASSES)), class_names=SEED_CLASSES)
+    layers = build_encoder(encoder, position, bands, heads, depth, n_groups)
+    decoder = MultiClassClassification(hidden=d_model, num_classes=len(SEED_CLASSES))
+    return Classifier(layers, decoder, class_names=SEED_CLASSES)
+
+
+def ucr_crop_encoder(
+    d_model: int = 96, encoder: str = "transformer", heads: int = 4, depth: int = 3, n_groups: int = 8
+) -> TransformerEncoder | ExchangerEncoder:
+    """The encoder of ``configs/ucr_crop_transformer.yaml`` (d_model 96, 4 heads, 3 layers, feed-forward
+    2 x d_model, band MLP 1-32-d_model, days below 1000), or the Exchanger at the same width and depth."""
+    position = PositionalEncoding(d_model, 1000, 1000)
+    bands = PixelEncoding([1, 32, d_model])
+    return build_encoder(encoder, position, bands, heads, depth, n_groups, 2 * d_model)
+
+
+def ucr_crop_model(
+    d_model: int = 96,
+    encoder: str = "transformer",
+    heads: int = 4,
+    depth: int = 3,
+    n_groups: int = 8,
+    **classifier_options,
+) -> Classifier:
+    """The classifier of ``configs/ucr_crop_transformer.yaml``: :func:`ucr_crop_encoder` and a 24-class
+    decoder (dropout 0.1); ``classifier_options`` go to :class:`Classifier` (learning rates, loss)."""
+    return Classifier(
+        ucr_crop_encoder(d_model, encoder, heads, depth, n_groups),
+        MultiClassClassification(hidden=d_model, num_classes=UCR_CROP_CLASSES, dropout_p=0.1),
+        **classifier_options,
+    )
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    """A Lightning trainer without logger, checkpoints, progress bar or model summary."""
+    return L.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kwargs
+    )
 
 
 def synthetic_batch(
@@ -80,15 +140,81 @@ def interleaved(arms: dict[str, Callable[[], float]], repeats: int) -> dict[str,
     return rates
 
 
-def rate(function: Callable[[], object], items: float) -> Callable[[], float]:
-    """An arm: items per second of one call of ``function``."""
+def synchronize(device: torch.device | None) -> None:
+    """Wait for the work queued on a CUDA ``device``; nothing on the CPU."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rate(
+    function: Callable[[], object], items: float, calls: int = 1, device: torch.device | None = None
+) -> Callable[[], float]:
+    """An arm: items per second over ``calls`` calls of ``function`` (a CUDA ``device`` drained before
+    and after)."""
 
     def measure() -> float:
+        synchronize(device)
         start = time.perf_counter()
-        function()
-        return items / (time.perf_counter() - start)
+        for _ in range(calls):
+            function()
+        synchronize(device)
+        return calls * items / (time.perf_counter() - start)
 
     return measure
+
+
+def training_step(
+    model: Classifier,
+    batch: dict[str, torch.Tensor],
+    forward: Callable[..., torch.Tensor] | None = None,
+    precision: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> Callable[[], None]:
+    """One plain PyTorch training step of ``model`` on ``batch`` per call: forward, the model's loss,
+    zero_grad, backward, AdamW (lr 1e-4, its own optimizer).
+
+    ``forward``: what runs the model (e.g. ``torch.compile(model)``); ``precision``: a fresh context
+    around forward and loss at each step (e.g. autocast).
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+    forward = forward or model
+
+    def step() -> None:
+        with precision():
+            loss = model.criterion(forward(batch["values"], batch["days"], batch["mask"]), batch["label"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def training_arm(
+    model: Classifier,
+    batch: dict[str, torch.Tensor],
+    steps: int = 1,
+    threads: int | None = None,
+    forward: Callable[..., torch.Tensor] | None = None,
+    precision: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    device: torch.device | None = None,
+) -> Callable[[], float]:
+    """An arm: training samples/s over ``steps`` :func:`training_step` calls, after one untimed step
+    (AdamW's state; kernels and compilation on a first call).
+
+    ``threads``: torch's thread count, set before the warm-up and at the start of every measurement.
+    """
+    step = training_step(model, batch, forward, precision)
+
+    def run() -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        for _ in range(steps):
+            step()
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    step()
+    synchronize(device)
+    return rate(run, steps * len(batch["label"]), device=device)
 
 
 def median_ratio(numerator: list[float], denominator: list[float]) -> float:
@@ -134,3 +260,13 @@ def machine() -> str:
 def load_average() -> str:
     """The 1-minute load average over the core count: above 1 the machine is shared."""
     return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+
+
+def header(title: str) -> str:
+    """A report's first lines: its title, the machine and the load at start."""
+    return f"# {title}\n\nMachine: {machine()}.\nAt start: {load_average()}.\n"
+
+
+def footer(started: float) -> str:
+    """A report's last line: the load at end and the time since ``started`` (``time.perf_counter()``)."""
+    return f"At end: {load_average()}. Total {time.perf_counter() - started:.0f} s."

@@ -22,8 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from common import SEED_BANDS, SEED_CLASSES, seed_model
+from common import SEED_BANDS, SEED_CLASSES, seed_model, training_arm
 
 from cmap.data.store import SeriesStore, write_metadata
 from cmap.data.streaming import StreamingSeriesStore
@@ -94,20 +93,8 @@ def main() -> None:
     data_batches_per_s = args.batches / (time.perf_counter() - start)
     data_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    model = seed_model()
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
-
-    def step() -> None:
-        loss = model.criterion(model(batch["values"], batch["days"], batch["mask"]), batch["label"])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    step()
-    start = time.perf_counter()
-    for _ in range(args.model_steps):
-        step()
-    model_batches_per_s = args.model_steps / (time.perf_counter() - start)
+    samples_per_s = training_arm(seed_model(), batch, args.model_steps)()
+    model_batches_per_s = samples_per_s / len(batch["label"])
 
     figures = {
         "num_series": args.num_series,

@@ -23,24 +23,20 @@ import time
 
 import lightning as L
 import torch
-from common import interleaved, load_average, machine, rate, seed_model, synthetic_batch
+from common import (
+    footer,
+    header,
+    interleaved,
+    quiet_trainer,
+    rate,
+    seed_model,
+    synthetic_batch,
+    training_arm,
+    ucr_crop_model,
+)
 
 DATES = (25, 50, 100, 200, 400)
 ENCODERS = ("transformer", "exchanger")
-
-
-def training_arm(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
-    """samples/s of one forward + backward + AdamW step."""
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
-
-    def step() -> None:
-        loss = model.criterion(model(batch["values"], batch["days"], batch["mask"]), batch["label"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    step()  # allocates AdamW's state
-    return rate(step, len(batch["values"]))
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -91,46 +87,23 @@ def speed(args: argparse.Namespace) -> None:
 
 def accuracy(args: argparse.Namespace) -> None:
     from cmap.data import UCRCrop
-    from cmap.data.augment import Augmentation
-    from cmap.ml.classifiers import Classifier
-    from cmap.ml.decoders import MultiClassClassification
-    from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
-    from cmap.ml.encoders import ExchangerEncoder, TransformerEncoder
+    from cmap.data.perturbations import Augmentation
 
-    width, depth, heads = 64, 3, 4
+    width, depth, heads, groups = 64, 3, 4, 8
     print(
-        f"UCR Crop, equal width: d_model {width}, {heads} heads, {depth} layers / blocks (Exchanger: 8 group tokens), "
-        f"dropout 0.1, {args.epochs} epochs, batch 128, AdamW one-cycle 1e-5 .. 2e-3, label smoothing 0.1, "
+        f"UCR Crop, equal width: d_model {width}, {heads} heads, {depth} layers / blocks (Exchanger: {groups} group "
+        f"tokens), dropout 0.1, {args.epochs} epochs, batch 128, AdamW one-cycle 1e-5 .. 2e-3, label smoothing 0.1, "
         "date dropout 0.1, band noise 0.03, seed 0; test on the 16,800 test series.\n"
     )
     print("| encoder | parameters | training time | test accuracy | test pass pixels/s (with data loading, metrics) |")
     print("|---|---|---|---|---|")
     for name in ENCODERS:
         L.seed_everything(0, verbose=False)
-        position, bands = PositionalEncoding(width, 1000, 1000), PixelEncoding([1, 32, width])
-        if name == "transformer":
-            encoder = TransformerEncoder(position, bands, width, heads, depth, 0.1, 2 * width)
-        else:
-            encoder = ExchangerEncoder(position, bands, width, 8, heads, depth, 0.1)
-        model = Classifier(
-            encoder,
-            MultiClassClassification(width, 24, 0.1),
-            max_lr=0.002,
-            focal_gamma=0.0,
-            label_smoothing=0.1,
-        )
+        model = ucr_crop_model(width, name, heads, depth, groups, max_lr=0.002, focal_gamma=0.0, label_smoothing=0.1)
         augmentation = Augmentation(date_dropout=0.1, band_noise=0.03)
         data = UCRCrop(batch_size=128, val_fraction=0.05, augmentation=augmentation)
         with tempfile.TemporaryDirectory() as workdir:
-            trainer = L.Trainer(
-                max_epochs=args.epochs,
-                limit_val_batches=0,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                default_root_dir=workdir,
-            )
+            trainer = quiet_trainer(max_epochs=args.epochs, limit_val_batches=0, default_root_dir=workdir)
             start = time.perf_counter()
             trainer.fit(model, datamodule=data)
             train_s = time.perf_counter() - start
@@ -157,9 +130,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     started = time.perf_counter()
-    print(f"# Exchanger vs Transformer\n\nMachine: {machine()}.\nAt start: {load_average()}.\n")
+    print(header("Exchanger vs Transformer"))
     accuracy(args) if args.accuracy else speed(args)
-    print(f"At end: {load_average()}. Total {time.perf_counter() - started:.0f} s.")
+    print(footer(started))
 
 
 if __name__ == "__main__":

@@ -22,26 +22,18 @@ import statistics
 import time
 
 import torch
-from common import interleaved, load_average, machine, mha_fast_path, seed_model, synthetic_batch
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(function, items: int, steps: int, device: torch.device):
-    """An arm: items/s over ``steps`` calls (the device drained before and after)."""
-
-    def measure() -> float:
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            function()
-        synchronize(device)
-        return steps * items / (time.perf_counter() - start)
-
-    return measure
+from common import (
+    footer,
+    interleaved,
+    load_average,
+    machine,
+    mha_fast_path,
+    rate,
+    seed_model,
+    synchronize,
+    synthetic_batch,
+    training_arm,
+)
 
 
 def precision_context(precision: str, device: torch.device):
@@ -51,25 +43,19 @@ def precision_context(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def training_arm(precision: str, compiled: bool, batch, device: torch.device, steps: int):
+def seed_training_arm(precision: str, compiled: bool, batch, device: torch.device, steps: int):
+    """The seed model's training arm at ``precision`` and the seconds of its first step (warm-up, compilation)."""
     model = seed_model().to(device).train()
     forward = torch.compile(model) if compiled else model
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
-
-    def step() -> None:
-        with precision_context(precision, device):
-            loss = model.criterion(forward(batch["values"], batch["days"], batch["mask"]), batch["label"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
     start = time.perf_counter()
-    step()  # warm-up: kernels, AdamW state, compilation
-    synchronize(device)
-    return timed(step, len(batch["label"]), steps, device), time.perf_counter() - start
+    arm = training_arm(
+        model, batch, steps, forward=forward, precision=lambda: precision_context(precision, device), device=device
+    )
+    return arm, time.perf_counter() - start
 
 
-def inference_arm(precision: str, compiled: bool, batch, device: torch.device, steps: int):
+def seed_inference_arm(precision: str, compiled: bool, batch, device: torch.device, steps: int):
+    """The seed model's inference arm at ``precision`` and the seconds of its first call (warm-up, compilation)."""
     model = seed_model().to(device).eval()
     dtype = torch.bfloat16 if precision == "bf16-true" else torch.float32
     model = copy.deepcopy(model).to(dtype) if dtype != torch.float32 else model
@@ -84,7 +70,7 @@ def inference_arm(precision: str, compiled: bool, batch, device: torch.device, s
     start = time.perf_counter()
     step()
     synchronize(device)
-    return timed(step, len(values), steps, device), time.perf_counter() - start
+    return rate(step, len(values), steps, device), time.perf_counter() - start
 
 
 def main() -> None:
@@ -117,10 +103,10 @@ def main() -> None:
     for compiled in compiled_options:
         for precision in precisions:
             key = ("training", precision, compiled)
-            arms[key], warmup_s[key] = training_arm(precision, compiled, train_batch, device, steps)
+            arms[key], warmup_s[key] = seed_training_arm(precision, compiled, train_batch, device, steps)
         for precision in [*precisions, "bf16-true"]:
             key = ("inference", precision, compiled)
-            arms[key], warmup_s[key] = inference_arm(precision, compiled, infer_batch, device, steps)
+            arms[key], warmup_s[key] = seed_inference_arm(precision, compiled, infer_batch, device, steps)
     rates = interleaved(arms, args.repeats)
     torch.set_float32_matmul_precision("highest")
 
@@ -138,7 +124,7 @@ def main() -> None:
         )
     if gpu:
         print(f"\nPeak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB.")
-    print(f"\nAt end: {load_average()}. Total {time.perf_counter() - started:.0f} s.")
+    print("\n" + footer(started))
 
 
 if __name__ == "__main__":

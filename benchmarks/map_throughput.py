@@ -19,17 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from common import REPO, SINOP_CUBE, SINOP_PATTERN
 
-REPO = Path(__file__).resolve().parents[1]
-CUBE = REPO.parent / "shared" / "data" / "sits_sinop_modis_cube"
-PATTERN = r"_(?P<band>NDVI)_(?P<date>\d{4}-\d{2}-\d{2})"
 SENTINEL2_TILE_PIXELS = 10980 * 10980
 
 
 def build(folder: Path, repeat: int) -> Path:
     """The Sinop cube tiled ``repeat`` x ``repeat`` times, one GeoTIFF per date."""
     folder.mkdir(parents=True, exist_ok=True)
-    for source in sorted(CUBE.glob("TERRA_MODIS_012010_NDVI_*.jp2")):
+    for source in sorted(SINOP_CUBE.glob("TERRA_MODIS_012010_NDVI_*.jp2")):
         target = folder / source.with_suffix(".tif").name
         if target.exists():
             continue
@@ -46,7 +44,7 @@ def run(checkpoint: str, rasters: Path, output: Path, window_size: int, batch_si
     from cmap.map import map_rasters
 
     start = time.perf_counter()
-    map_rasters(checkpoint, str(rasters), str(output), pattern=PATTERN, scale=1e-4, valid_range=(-2000, 10000),
+    map_rasters(checkpoint, str(rasters), str(output), pattern=SINOP_PATTERN, scale=1e-4, valid_range=(-2000, 10000),
                 window_size=window_size, batch_size=batch_size, precision=precision, progress=False)  # fmt: skip
     seconds = time.perf_counter() - start
     with rasterio.open(output) as dataset:

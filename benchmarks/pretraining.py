@@ -20,19 +20,17 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from common import machine
+from common import machine, quiet_trainer, ucr_crop_encoder, ucr_crop_model
 
 from cmap.data import UCRCrop
 from cmap.data.datamodule import SeriesDataset, batch_loader
+from cmap.data.perturbations import ContiguousDates, NoiseContamination, RandomDates
 from cmap.ml.autoencoders import AutoEncoder
-from cmap.ml.classifiers import Classifier
 from cmap.ml.contrastive import ContrastivePretraining
-from cmap.ml.decoders import BandReconstruction, MultiClassClassification, ProjectionHead
-from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
-from cmap.ml.encoders import TransformerEncoder
-from cmap.ml.masking import ContiguousDates, NoiseContamination, RandomDates
+from cmap.ml.decoders import BandReconstruction, ProjectionHead
 
-D_MODEL = 64  # default encoder width (--d_model)
+# Default encoder width (--d_model): that of the first UCR Crop config, cheap enough for 18 fine-tunings.
+D_MODEL = 64
 MASKINGS = {  # name -> (strategy class, default ratio of hidden or contaminated dates)
     "random_dates": (RandomDates, 0.5),
     "contiguous_dates": (ContiguousDates, 0.5),
@@ -40,25 +38,6 @@ MASKINGS = {  # name -> (strategy class, default ratio of hidden or contaminated
 }
 FINETUNE_BATCH = 32
 OBJECTIVES = [*MASKINGS, "contrastive"]  # masked reconstruction (AutoEncoder), or ContrastivePretraining
-
-
-def build_encoder(d_model: int) -> TransformerEncoder:
-    """A small transformer (by default the width of the first UCR Crop config, cheap enough for 18 fine-tunings)."""
-    return TransformerEncoder(
-        PositionalEncoding(d_model, tau=1000, max_len=1000),
-        PixelEncoding([1, 32, d_model]),
-        d_model=d_model,
-        n_att_head=4,
-        n_att_layers=3,
-        dropout_p=0.1,
-        dim_feedforward=2 * d_model,
-    )
-
-
-def quiet_trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kwargs
-    )
 
 
 def pretrain(
@@ -71,10 +50,10 @@ def pretrain(
     every_series = SeriesDataset(train.series, np.concatenate([train.index, val.index]), data.mean, data.std)
     if objective == "contrastive":
         # Negatives come from the batch: a larger one than reconstruction needs.
-        model = ContrastivePretraining(build_encoder(d_model), ProjectionHead([d_model, d_model, 32]), max_lr=2e-3)
+        model = ContrastivePretraining(ucr_crop_encoder(d_model), ProjectionHead([d_model, d_model, 32]), max_lr=2e-3)
         batch_size = 256
     else:
-        encoder, decoder = build_encoder(d_model), BandReconstruction([d_model, 1])
+        encoder, decoder = ucr_crop_encoder(d_model), BandReconstruction([d_model, 1])
         strategy, default_ratio = MASKINGS[objective]
         masking = strategy(mask_ratio or default_ratio)
         model = AutoEncoder(encoder, decoder, masking, max_lr=2e-3)
@@ -100,9 +79,8 @@ def finetune(
     # The classifier freezes by epochs; an epoch is labels_per_class * 24 series (10 per class: 7.5 steps).
     steps_per_epoch = labels_per_class * len(data.source_class_names) / FINETUNE_BATCH
     freeze_encoder_epochs = round(freeze_fraction * steps / steps_per_epoch)
-    model = Classifier(
-        build_encoder(d_model),
-        MultiClassClassification(d_model, 24, dropout_p=0.1),
+    model = ucr_crop_model(
+        d_model,
         max_lr=1e-3,
         focal_gamma=0.0,
         init_encoder_from=None if encoder_from is None else str(encoder_from),

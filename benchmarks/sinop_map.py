@@ -22,28 +22,25 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from common import REPO, SHARED_DATA, SINOP_CUBE, SINOP_PATTERN
 from rasterio.transform import rowcol, xy
 from rasterio.warp import transform
 
 from cmap.data.raster import read_labels
 from cmap.map import class_colours, map_rasters
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-CUBE = DATA / "sits_sinop_modis_cube"
-SITS_PROBABILITIES = CUBE / "sinop_2014_probs_2013-09-01_2014-08-30_v1.tif"
+SITS_PROBABILITIES = SINOP_CUBE / "sinop_2014_probs_2013-09-01_2014-08-30_v1.tif"
 #: Band order of sits' probability raster (sits R/sits_cube.R documents it for this file).
 SITS_CLASSES = [
     "Cerrado", "Fallow_Cotton", "Forest", "Pasture", "Soy_Corn", "Soy_Cotton", "Soy_Fallow", "Soy_Millet",
     "Soy_Sunflower",
 ]  # fmt: skip
-PATTERN = r"_(?P<band>NDVI)_(?P<date>\d{4}-\d{2}-\d{2})"
 
 
 def convert(workdir: Path) -> Path:
     store = workdir / "stores" / "mato_grosso_ndvi12"
     if not (store / "metadata.json").exists():
-        source = DATA / "sits_matogrosso_mod13q1" / "br_mt_1_8K_9classes_6bands.rda"
+        source = SHARED_DATA / "sits_matogrosso_mod13q1" / "br_mt_1_8K_9classes_6bands.rda"
         convert = [sys.executable, "-m", "cmap.data", "convert", "mato_grosso", str(source), str(store)]
         subprocess.run([*convert, "--keep_bands", "NDVI", "--date_step", "2", "--overwrite"], check=True)
     return store
@@ -101,7 +98,7 @@ def random_forest_map(store: Path, output: Path) -> Path:
     series, metadata = open_store(store)
     train = np.asarray(series.values[np.arange(len(series))])[:, :, 0]
     forest = RandomForestClassifier(300, n_jobs=2, random_state=0).fit(train, series.labels)
-    stack = RasterStack.from_folder(CUBE, PATTERN, ["NDVI"], 1e-4, 0.0, (-2000, 10000))
+    stack = RasterStack.from_folder(SINOP_CUBE, SINOP_PATTERN, ["NDVI"], 1e-4, 0.0, (-2000, 10000))
     pixels = pixel_series(stack.read())[:, :, 0]
     pixels = np.where(np.isnan(pixels), np.nanmean(pixels, axis=1, keepdims=True), pixels)
     classes = forest.predict(pixels).astype(np.uint8).reshape(stack.shape)
@@ -112,7 +109,7 @@ def random_forest_map(store: Path, output: Path) -> Path:
 
 
 def point_accuracy(cmap_map: Path) -> tuple[float, int]:
-    shapes = read_labels(CUBE / "samples_sinop_crop.csv")
+    shapes = read_labels(SINOP_CUBE / "samples_sinop_crop.csv")
     with rasterio.open(cmap_map) as ours:
         xs, ys = transform(shapes.crs, ours.crs, *zip(*(g["coordinates"] for g in shapes.geometries), strict=True))
         names = json.loads(ours.tags()["class_names"])
@@ -172,7 +169,7 @@ def main() -> None:
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     output = map_rasters(
-        str(checkpoint), str(CUBE), str(args.workdir / "sinop_map.tif"), pattern=PATTERN, scale=1e-4,
+        str(checkpoint), str(SINOP_CUBE), str(args.workdir / "sinop_map.tif"), pattern=SINOP_PATTERN, scale=1e-4,
         valid_range=(-2000, 10000), progress=False,
     )  # fmt: skip
     map_s = time.perf_counter() - start

@@ -22,37 +22,7 @@ import sys
 import time
 
 import torch
-from common import interleaved, load_average, machine, rate, seed_model, synthetic_batch
-
-from cmap.ml.classifiers import Classifier
-from cmap.ml.decoders import MultiClassClassification
-from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
-from cmap.ml.encoders import TransformerEncoder
-
-
-def ucr_crop_model() -> Classifier:
-    """The architecture of configs/ucr_crop_transformer.yaml."""
-    encoder = TransformerEncoder(PositionalEncoding(96, 1000, 1000), PixelEncoding([1, 32, 96]), 96, 4, 3, 0.1, 192)
-    return Classifier(encoder, MultiClassClassification(96, 24, 0.1), class_names=[str(i) for i in range(24)])
-
-
-def training_arm(model: Classifier, batch: dict[str, torch.Tensor], threads: int, steps: int):
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
-
-    def step() -> None:
-        loss = model.criterion(model(batch["values"], batch["days"], batch["mask"]), batch["label"] % model.num_classes)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def run() -> None:
-        torch.set_num_threads(threads)
-        for _ in range(steps):
-            step()
-
-    torch.set_num_threads(threads)
-    step()  # AdamW state
-    return rate(run, steps * len(batch["label"]))
+from common import header, interleaved, load_average, seed_model, synthetic_batch, training_arm, ucr_crop_model
 
 
 def main() -> None:
@@ -62,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     cores = os.cpu_count() or 1
-    print(f"# Threads\n\nMachine: {machine()}.\nAt start: {load_average()}.\n")
+    print(header("Threads"))
     torch.manual_seed(0)
     models = {
         "UCR Crop model (d96, 3 layers), batch 128 x 46 dates": (ucr_crop_model(), synthetic_batch(128, 46, 1)),
@@ -77,7 +47,7 @@ def main() -> None:
             busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
             arms = {
-                (name, n): training_arm(model, batch, n, args.steps)
+                (name, n): training_arm(model, batch, args.steps, threads=n)
                 for name, (model, batch) in models.items()
                 for n in thread_counts
             }

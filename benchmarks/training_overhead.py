@@ -33,13 +33,12 @@ from types import SimpleNamespace
 
 import lightning as L
 import torch
-from common import load_average, machine
+from common import REPO, footer, header
 
 from cmap.cli import CMapCLI
 
-ROOT = Path(__file__).resolve().parent.parent
-SEED_MODEL = ROOT.parent / "shared" / "seed" / "classifier.yaml"
-SEED_DATA = ROOT / "configs" / "seed_data_synthetic.yaml"
+SEED_MODEL = REPO.parent / "shared" / "seed" / "classifier.yaml"
+SEED_DATA = REPO / "configs" / "seed_data_synthetic.yaml"
 
 
 def build(args: argparse.Namespace, workdir: str) -> CMapCLI:
@@ -127,8 +126,7 @@ def main() -> None:
     parser.add_argument("--no_progress_bar", action="store_true", help="cmap fit without its progress bar")
     args = parser.parse_args()
     started = time.perf_counter()
-    print("# Training overhead: cmap fit vs a bare PyTorch loop\n")
-    print(f"Machine: {machine()}.\nAt start: {load_average()}.\n")
+    print(header("Training overhead: cmap fit vs a bare PyTorch loop"))
 
     with tempfile.TemporaryDirectory() as workdir:
         cli = build(args, workdir)
@@ -168,7 +166,7 @@ def main() -> None:
         f"({100 * metrics_ms / (1000 * statistics.median(bare)):.2f} % of a step). End of training after the "
         f"last batch (epoch-end metrics, logger flush; not in the step times): {1000 * epoch_end_s:.0f} ms.\n"
     )
-    print(f"At end: {load_average()}. Total {time.perf_counter() - started:.0f} s.")
+    print(footer(started))
 
 
 if __name__ == "__main__":
