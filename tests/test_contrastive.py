@@ -3,17 +3,15 @@
 import pytest
 import torch
 
-from cmap.ml.classifiers import Classifier
 from cmap.data.perturbations import SeriesViews
 from cmap.ml.contrastive import ContrastivePretraining, nt_xent
-from cmap.ml.decoders import MultiClassClassification, ProjectionHead
+from cmap.ml.decoders import ProjectionHead
 
-from .test_masking import batch
-from .test_tasks import encoder, synthetic, trainer
+from .conftest import padded_batch, quiet_trainer, synthetic_sits, tiny_classifier, tiny_encoder, tiny_encoder_config
 
 
 def test_views_keep_a_run_of_valid_dates_and_never_reveal_padding():
-    values, mask = batch(b=256)
+    values, mask = padded_batch(b=256)
     torch.manual_seed(0)
     view_values, visible = SeriesViews(min_crop=0.5, date_dropout=0.0, band_noise=0.0)(values, mask)
     assert not (visible & ~mask).any()
@@ -29,7 +27,7 @@ def test_views_keep_a_run_of_valid_dates_and_never_reveal_padding():
 
 
 def test_views_drop_dates_and_add_noise_to_visible_values_only():
-    values, mask = batch(b=256)
+    values, mask = padded_batch(b=256)
     view_values, visible = SeriesViews(min_crop=1.0, date_dropout=0.5, band_noise=0.1)(values, mask)
     assert visible.any(dim=1).all()
     assert 0.35 < visible.sum() / mask.sum() < 0.65
@@ -54,17 +52,17 @@ def test_nt_xent_is_low_for_matching_views_and_finds_their_twins():
 
 def test_contrastive_pretraining_learns_and_its_encoder_fine_tunes(tmp_path):
     torch.manual_seed(0)
-    model = ContrastivePretraining(encoder(d=32), ProjectionHead([32, 32, 16]), max_lr=3e-3)
-    data = synthetic()
-    fit = trainer(max_epochs=10, limit_val_batches=2, default_root_dir=tmp_path)
+    model = ContrastivePretraining(tiny_encoder(d_model=32), ProjectionHead([32, 32, 16]), max_lr=3e-3)
+    data = synthetic_sits()
+    fit = quiet_trainer(max_epochs=10, limit_val_batches=2, default_root_dir=tmp_path)
     first = fit.validate(model, data, verbose=False)[0]
     fit.fit(model, data)
     assert fit.callback_metrics["val/loss"] < 0.8 * first["val/loss"]
     assert fit.callback_metrics["val/twin_accuracy"] > first["val/twin_accuracy"]
     checkpoint = tmp_path / "contrastive.ckpt"
     fit.save_checkpoint(checkpoint)
-    classifier = Classifier(encoder(d=32), MultiClassClassification(3, hidden=32), init_encoder_from=str(checkpoint))
-    trainer(max_steps=1, limit_val_batches=0).fit(classifier, synthetic())
+    classifier = tiny_classifier(3, tiny_encoder_config(d_model=32), init_encoder_from=str(checkpoint))
+    quiet_trainer(max_steps=1, limit_val_batches=0).fit(classifier, synthetic_sits())
     # Loaded at setup, then one step at the starting (minimum) LR: still the pretrained weights.
     for name, weight in model.encoder.state_dict().items():
         torch.testing.assert_close(classifier.encoder.state_dict()[name], weight, atol=1e-3, rtol=0)
@@ -72,4 +70,4 @@ def test_contrastive_pretraining_learns_and_its_encoder_fine_tunes(tmp_path):
 
 def test_temperature_must_be_positive():
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        ContrastivePretraining(encoder(), ProjectionHead([16, 8]), temperature=0.0)
+        ContrastivePretraining(tiny_encoder(), ProjectionHead([16, 8]), temperature=0.0)

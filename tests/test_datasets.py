@@ -1,9 +1,11 @@
 """Every real dataset of ../shared/data converts to a store (README facts hold) and trains."""
 
-import lightning as L
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cmap.data import SeriesStore, UCRCrop, open_store, write_store
 from cmap.data.__main__ import main as convert_main
@@ -15,12 +17,8 @@ from cmap.data.convert import (
     read_tempcnn,
     read_victoria,
 )
-from cmap.ml.classifiers import Classifier
-from cmap.ml.decoders import MultiClassClassification
-from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
-from cmap.ml.encoders import TransformerEncoder
 
-from .conftest import SHARED_DATA, require
+from .conftest import SHARED_DATA, quiet_trainer, require, tiny_classifier, tiny_encoder_config
 
 
 def counts(converted) -> dict[str, int]:
@@ -91,17 +89,19 @@ def test_every_dataset_converts_and_trains_through_one_data_module(dataset, tmp_
         data = SeriesStore(str(tmp_path / "train"), test_path=str(tmp_path / "test"), batch_size=32)
     else:  # cross-validation datasets
         data = SeriesStore(str(tmp_path / "train"), fold=0, num_folds=5, batch_size=32)
-    model = Classifier(
-        TransformerEncoder(PositionalEncoding(16, max_len=1000), PixelEncoding([data.num_bands, 16]), 16, 2, 1),
-        MultiClassClassification(len(data.class_names), hidden=16),
-        max_lr=1e-3,
-    )
-    trainer = L.Trainer(
-        max_steps=2, limit_val_batches=1, limit_test_batches=1, logger=False, enable_checkpointing=False
-    )
+    model = tiny_classifier(len(data.class_names), tiny_encoder_config(data.num_bands), max_lr=1e-3)
+    before = [parameter.detach().clone() for parameter in model.parameters()]
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=1, limit_test_batches=1)
     trainer.fit(model, data)
     assert trainer.global_step == 2
-    assert trainer.test(model, data, verbose=False)[0]["test/overall_accuracy"] >= 0
+    # Two steps at the start of the LR schedule learn nothing measurable, and the one test batch is
+    # mostly of one class (stores are in class order): accuracy says nothing here. What must hold:
+    # every weight tensor moved and stayed finite, and the test loss is finite (a NaN or infinite
+    # value left in the converted series fails here).
+    after = list(model.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert all(torch.isfinite(parameter).all() for parameter in after)
+    assert math.isfinite(trainer.test(model, data, verbose=False)[0]["test/loss"])
     if data.fold is not None:  # no series in both the test fold and training
         series, _ = open_store(data.path)
         assert len(data.datasets["train"]) + len(data.datasets["val"]) + len(data.datasets["test"]) == len(series)
@@ -126,7 +126,9 @@ def test_table_with_irregular_dates_and_clouds(tmp_path):
     converted = read_table(path, ["B4", "B8"], group_column="parcel", class_names=["colza", "mais", "orge"])
     series = converted.series
     assert series.values.shape == (2, 3, 2)
-    assert series.days.tolist() == [[0, 9, 31], [4, 0, 0]] and converted.time_axis == TimeAxis.from_reference_date("2021-03-01")
+    assert series.days.tolist() == [[0, 9, 31], [4, 0, 0]] and converted.time_axis == TimeAxis.from_reference_date(
+        "2021-03-01"
+    )
     np.testing.assert_allclose(series.values[0, 0], [0.2, 0.4])
     assert series.valid_dates.tolist() == [[True, True, False], [True, False, False]]
     assert series.labels.tolist() == [1, 0] and series.groups.tolist() == [0, 1]

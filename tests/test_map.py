@@ -19,7 +19,8 @@ from cmap.data.convert import read_mato_grosso
 from cmap.data.raster import RasterStack, extract_samples, read_labels
 from cmap.map import MapWriter, map_rasters, probabilities_path
 from cmap.ml.classifiers import Classifier
-from tests.conftest import SHARED_DATA, fit_tiny_classifier, require
+
+from .conftest import SHARED_DATA, fit_tiny_classifier, require
 
 SINOP = SHARED_DATA / "sits_sinop_modis_cube"
 SINOP_PATTERN = r"_(?P<band>NDVI)_(?P<date>\d{4}-\d{2}-\d{2})"
@@ -31,7 +32,7 @@ def fit_checkpoint(store: Path, root: Path, steps: int = 3) -> Path:
     """A tiny classifier fitted by ``cmap fit`` for a few steps on ``store``; its last checkpoint."""
     data = SeriesStore(str(store), fold=0)
     root.mkdir(parents=True, exist_ok=True)
-    store_data = f"class_path: cmap.data.SeriesStore\ninit_args: {{path: {store}, fold: 0, batch_size: 64}}"
+    store_data = {"class_path": "cmap.data.SeriesStore", "init_args": {"path": str(store), "fold": 0, "batch_size": 64}}
     return fit_tiny_classifier(root, store_data, len(data.band_names), len(data.class_names), steps)
 
 

@@ -3,25 +3,18 @@
 import pytest
 import torch
 
+from cmap.data.perturbations import BandGroups, ContiguousDates, NoiseContamination, RandomDates
 from cmap.ml.autoencoders import AutoEncoder
 from cmap.ml.decoders import BandReconstruction
-from cmap.data.perturbations import BandGroups, ContiguousDates, NoiseContamination, RandomDates
 
-from .test_tasks import encoder
+from .conftest import padded_batch, tiny_encoder
 
 STRATEGIES = [RandomDates(0.5), ContiguousDates(0.4), BandGroups([[0, 1], [2, 3]], 0.5), NoiseContamination(0.3)]
 
 
-def batch(b=32, t=10, c=4):
-    mask = torch.ones(b, t, dtype=torch.bool)
-    mask[:, 7:] = False  # padding
-    mask[::3, 2] = False  # a cloud
-    return torch.randn(b, t, c), mask
-
-
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: type(s).__name__)
 def test_targets_are_valid_elements_and_something_stays_visible(strategy):
-    values, mask = batch()
+    values, mask = padded_batch()
     corruption = strategy(values, mask)
     assert corruption.target.any()
     assert not (corruption.target & ~mask.unsqueeze(-1)).any()  # never padding or clouds
@@ -31,13 +24,13 @@ def test_targets_are_valid_elements_and_something_stays_visible(strategy):
 
 @pytest.mark.parametrize("strategy", STRATEGIES[:3], ids=lambda s: type(s).__name__)
 def test_hidden_values_do_not_reach_the_encoder(strategy):
-    values, mask = batch()
+    values, mask = padded_batch()
     corruption = strategy(values, mask)
     assert (corruption.values[corruption.target] == 0).all()
 
 
 def test_contiguous_dates_hide_one_run_of_valid_dates():
-    values, mask = batch()
+    values, mask = padded_batch()
     corruption = ContiguousDates(0.5)(values, mask)
     for row_mask, row_target in zip(mask, corruption.target[..., 0], strict=True):
         ranks = torch.nonzero(row_target[row_mask]).squeeze(1)
@@ -46,7 +39,7 @@ def test_contiguous_dates_hide_one_run_of_valid_dates():
 
 
 def test_noise_contamination_keeps_every_date_visible():
-    values, mask = batch()
+    values, mask = padded_batch()
     corruption = NoiseContamination(0.3)(values, mask)
     assert torch.equal(corruption.visible, mask)
     changed = (corruption.values != values).any(dim=-1)
@@ -60,8 +53,8 @@ def test_band_groups_need_two_groups():
 
 @torch.no_grad()
 def test_loss_counts_targets_only_never_padding():
-    model = AutoEncoder(encoder(), BandReconstruction([16, 4])).eval()
-    values, mask = batch(b=4)
+    model = AutoEncoder(tiny_encoder(), BandReconstruction([16, 4])).eval()
+    values, mask = padded_batch(b=4)
     days = torch.arange(10).repeat(4, 1) * 10
     corruption = RandomDates(0.5)(values, mask)
     loss, reconstruction = model.reconstruction_loss({"values": values, "days": days, "mask": mask}, corruption)

@@ -14,10 +14,9 @@ from cmap.data import SyntheticSITS
 from cmap.map import map_rasters, probabilities_path
 from cmap.ml.classifiers import Classifier
 from cmap.ml.compile import CompileModel
-from cmap.ml.decoders import MultiClassClassification
-from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
-from cmap.ml.encoders import TransformerEncoder
-from tests.conftest import fit_tiny_classifier
+from cmap.ml.embeddings import PositionalEncoding
+
+from .conftest import fit_tiny_classifier, quiet_trainer, tiny_classifier, tiny_encoder_config
 
 CLASSES = ["a", "b", "c"]
 
@@ -34,22 +33,15 @@ def test_positional_encoding_cast_to_bf16_computes_angles_in_float32():
     torch.testing.assert_close(encoded.float(), reference, atol=2**-8, rtol=0)
 
 
-def tiny_classifier() -> Classifier:
-    encoder = TransformerEncoder(PositionalEncoding(32, 1000, 1000), PixelEncoding([2, 32]), 32, 4, 2, 0.0)
-    return Classifier(encoder, MultiClassClassification(len(CLASSES), hidden=32), class_names=CLASSES)
-
-
 def predict(model: Classifier, data: SyntheticSITS, precision: str) -> dict[str, torch.Tensor]:
-    trainer = L.Trainer(
-        accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
-    batches = trainer.predict(copy.deepcopy(model), datamodule=data)
+    batches = quiet_trainer(accelerator="cpu", precision=precision).predict(copy.deepcopy(model), datamodule=data)
     return {key: torch.cat([batch[key] for batch in batches]) for key in ("probabilities", "prediction")}
 
 
 def test_bf16_true_prediction_matches_float32():
     data = SyntheticSITS(CLASSES, num_bands=2, num_dates=20, num_train=64, num_test=256, batch_size=128)
-    model = tiny_classifier().eval()
+    encoder = tiny_encoder_config(2, d_model=32, heads=4, layers=2, dropout=0.0)
+    model = tiny_classifier(len(CLASSES), encoder, class_names=CLASSES).eval()
     reference, bf16 = predict(model, data, "32-true"), predict(model, data, "bf16-true")
     assert bf16["probabilities"].dtype == torch.float32  # predict_step returns float32 probabilities
     torch.testing.assert_close(bf16["probabilities"], reference["probabilities"], atol=0.02, rtol=0)
@@ -72,10 +64,11 @@ class CountingCompile(CompileModel):
 
 
 def test_compile_option_of_map_and_predict_gives_the_same_results(tmp_path, monkeypatch):
-    synthetic = (
-        "class_path: cmap.data.SyntheticSITS\n"
-        "init_args: {class_names: [a, b, c], num_bands: 1, num_dates: 6, num_train: 64, num_test: 16, batch_size: 32}"
-    )
+    synthetic = {
+        "class_path": "cmap.data.SyntheticSITS",
+        "init_args": {"class_names": CLASSES, "num_bands": 1, "num_dates": 6, "num_train": 64, "num_test": 16,
+                      "batch_size": 32},
+    }  # fmt: skip
     checkpoint = fit_tiny_classifier(tmp_path / "run", synthetic, num_bands=1, num_classes=3, steps=2)
     rasters = tmp_path / "rasters"
     rasters.mkdir()

@@ -31,39 +31,16 @@ from cmap.data.store import open_store, write_store
 from cmap.data.ucr import UCR_CROP_CLASSES, read_ucr_crop
 from cmap.ml.fault_tolerance import INTERRUPTED
 
-from .conftest import REPO, SHARED_DATA
+from .conftest import REPO, SHARED_DATA, tiny_classifier_config, tiny_encoder_config
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 SUBPROCESS_TIMEOUT = 300  # a deadlocked multi-process run fails the test instead of hanging CI
 
 
-def tiny_classifier(num_bands: int, num_classes: int, dropout: float = 0.1, max_len: int = 1000) -> dict:
-    encoder = {
-        "class_path": "cmap.ml.encoders.TransformerEncoder",
-        "init_args": {
-            "position_encoder": {
-                "class_path": "cmap.ml.embeddings.position.PositionalEncoding",
-                "init_args": {"d_model": 16, "tau": 1000, "max_len": max_len},
-            },
-            "bands_encoder": {
-                "class_path": "cmap.ml.embeddings.bands.PixelEncoding",
-                "init_args": {"sizes": [num_bands, 16]},
-            },
-            "d_model": 16,
-            "n_att_head": 2,
-            "n_att_layers": 1,
-            "dropout_p": dropout,
-            "dim_feedforward": 32,
-        },
-    }
-    decoder = {
-        "class_path": "cmap.ml.decoders.MultiClassClassification",
-        "init_args": {"hidden": 16, "num_classes": num_classes},
-    }
-    return {
-        "class_path": "cmap.ml.classifiers.Classifier",
-        "init_args": {"encoder": encoder, "decoder": decoder, "max_lr": 0.01},
-    }
+def tiny_model(num_bands: int, num_classes: int, **encoder_args) -> dict:
+    """The tiny classifier of these runs (feed-forward width 32, max_lr 0.01), as a config."""
+    encoder = tiny_encoder_config(num_bands, dim_feedforward=32, **encoder_args)
+    return tiny_classifier_config(num_classes, encoder, max_lr=0.01)
 
 
 def run_config(path: Path, data: dict, model: dict, max_epochs: int = 3) -> Path:
@@ -138,8 +115,13 @@ def pause_at(epoch: int, batch: int, marker: Path) -> str:
     return "--trainer.callbacks+=" + json.dumps(callback)
 
 
-def signal_when_paused(process: subprocess.Popen, marker: Path, signum: int) -> tuple[int, str]:
-    """Wait for ``marker``, send ``signum``; the child's exit status and stderr."""
+def interrupted_fit(config: Path, root: Path, epoch: int, batch: int, signum: int) -> tuple[int, str]:
+    """``cmap fit`` in a child process, paused at ``batch`` of ``epoch``, then sent ``signum``; the
+    child's exit status and stderr."""
+    marker = root / "paused"
+    process = cmap_subprocess(
+        "fit", "--config", str(config), "--trainer.default_root_dir", str(root), pause_at(epoch, batch, marker)
+    )
     deadline = time.monotonic() + SUBPROCESS_TIMEOUT
     while not marker.exists():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -165,7 +147,7 @@ def final_state(cli: CMapCLI) -> tuple[dict[str, float], dict[str, torch.Tensor]
 @pytest.fixture(scope="module")
 def interruption_config(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("config")
-    return run_config(folder / "run.yaml", synthetic_data(), tiny_classifier(num_bands=2, num_classes=3))
+    return run_config(folder / "run.yaml", synthetic_data(), tiny_model(2, 3))
 
 
 @pytest.fixture(scope="module")
@@ -195,12 +177,7 @@ def test_seed_and_deterministic_mode_give_identical_runs(interruption_config, un
 
 
 def test_sigkill_mid_epoch_resumes_from_last_checkpoint_to_the_same_end(interruption_config, uninterrupted, tmp_path):
-    marker = tmp_path / "paused"
-    killed = cmap_subprocess(
-        "fit", "--config", str(interruption_config), "--trainer.default_root_dir", str(tmp_path),
-        pause_at(epoch=1, batch=3, marker=marker),
-    )  # fmt: skip
-    status, _ = signal_when_paused(killed, marker, signal.SIGKILL)
+    status, _ = interrupted_fit(interruption_config, tmp_path, epoch=1, batch=3, signum=signal.SIGKILL)
     assert status == -signal.SIGKILL
     # What the kill left: the end of epoch 0, complete (Lightning writes checkpoints atomically).
     checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
@@ -223,12 +200,7 @@ def test_sigkill_mid_epoch_resumes_from_last_checkpoint_to_the_same_end(interrup
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143_then_resumes(interruption_config, tmp_path):
-    marker = tmp_path / "paused"
-    stopped = cmap_subprocess(
-        "fit", "--config", str(interruption_config), "--trainer.default_root_dir", str(tmp_path),
-        pause_at(epoch=1, batch=2, marker=marker),
-    )  # fmt: skip
-    status, stderr = signal_when_paused(stopped, marker, signal.SIGTERM)
+    status, stderr = interrupted_fit(interruption_config, tmp_path, epoch=1, batch=2, signum=signal.SIGTERM)
     assert status == 128 + signal.SIGTERM, stderr[-3000:]
     saved = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / INTERRUPTED
     assert f"SIGTERM: saved {saved}" in stderr
@@ -265,7 +237,7 @@ def ddp_runs(tmp_path_factory) -> dict[int, EventAccumulator]:
     for processes in (1, 2):
         config = run_config(
             folder / f"{processes}.yaml", synthetic_data(augment=False, batch_size=32 // processes),
-            tiny_classifier(num_bands=2, num_classes=3, dropout=0.0), max_epochs=2,
+            tiny_model(2, 3, dropout=0.0), max_epochs=2,
         )  # fmt: skip
         runs[processes] = cmap_subprocess(
             "fit", "--config", str(config), "--trainer.default_root_dir", str(folder / str(processes)),
@@ -325,9 +297,7 @@ def store_config(tmp_path: Path, sample: PixelSeries, **model_args) -> Path:
         "class_path": "cmap.data.SeriesStore",
         "init_args": {"path": str(train), "test_path": str(train), "batch_size": 32},
     }
-    return run_config(
-        tmp_path / "run.yaml", data, tiny_classifier(num_bands=1, num_classes=24, **model_args), max_epochs=1
-    )
+    return run_config(tmp_path / "run.yaml", data, tiny_model(1, 24, **model_args), max_epochs=1)
 
 
 def whole_split(data: SeriesStore, split: str) -> dict[str, torch.Tensor]:

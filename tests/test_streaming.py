@@ -1,6 +1,5 @@
 """StreamingSeriesStore: splits, shuffling and labels without per-series memory."""
 
-import lightning as L
 import numpy as np
 import pytest
 
@@ -8,11 +7,8 @@ from cmap.data import SeriesStore, StreamingSeriesStore, write_store
 from cmap.data.convert import read_mato_grosso
 from cmap.data.datamodule import PixelSeries
 from cmap.data.streaming import RowPermutation, unit_hash
-from cmap.ml.classifiers import Classifier
-from cmap.ml.decoders import MultiClassClassification
-from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
-from cmap.ml.encoders import TransformerEncoder
-from tests.conftest import SHARED_DATA, require
+
+from .conftest import SHARED_DATA, quiet_trainer, require, tiny_classifier, tiny_encoder_config
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 1000, 65_537])
@@ -90,9 +86,9 @@ def test_groups_are_never_split_and_a_model_trains(tmp_path):
               (data.train_dataloader(), data.val_dataloader(), data.test_dataloader())]  # fmt: skip
     assert not splits[0] & splits[1] and not splits[0] & splits[2] and not splits[1] & splits[2]
     assert set().union(*splits) == set(range(n // 4))
-    encoder = TransformerEncoder(PositionalEncoding(8, 100, 100), PixelEncoding([2, 8]), 8, 2, 1, 0.0, 16)
-    model = Classifier(encoder, MultiClassClassification(3, hidden=8))
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    encoder = tiny_encoder_config(2, d_model=8, dropout=0.0, dim_feedforward=16, tau=100, max_len=100)
+    model = tiny_classifier(3, encoder)
+    trainer = quiet_trainer(max_epochs=1)
     trainer.fit(model, datamodule=data)
     assert trainer.global_step == len(data.datasets["train"]) // 32
 

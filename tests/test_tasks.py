@@ -4,49 +4,26 @@ import lightning as L
 import pytest
 import torch
 
-from cmap.data import SyntheticSITS, UCRCrop
-from cmap.ml.autoencoders import AutoEncoder
-from cmap.ml.classifiers import Classifier
-from cmap.ml.decoders import BandReconstruction, MultiClassClassification
-from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
-from cmap.ml.encoders import ExchangerEncoder, TransformerEncoder
+from cmap.data import UCRCrop
 from cmap.data.perturbations import RandomDates
+from cmap.ml.autoencoders import AutoEncoder
+from cmap.ml.decoders import BandReconstruction
 
-CLASSES = ["other", "mais", "colza"]
-
-
-def encoder(bands=4, d=16, exchanger=False):
-    embeddings = (PositionalEncoding(d, tau=1000, max_len=1000), PixelEncoding([bands, d]))
-    if exchanger:
-        return ExchangerEncoder(*embeddings, d_model=d, n_groups=4, n_att_head=2, n_blocks=1)
-    return TransformerEncoder(*embeddings, d_model=d, n_att_head=2, n_att_layers=1)
-
-
-def trainer(**kwargs):
-    defaults = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    return L.Trainer(**{**defaults, **kwargs})
-
-
-def synthetic(bands=4, classes=CLASSES):
-    return SyntheticSITS(class_names=classes, num_bands=bands, num_dates=12, num_train=128, batch_size=16)
-
-
-class LearningRates(L.Callback):
-    """Learning rate of the last parameter group (the decoder's) and of every group, per step."""
-
-    def __init__(self):
-        self.rates, self.groups = [], []
-
-    def on_train_batch_start(self, trainer, *args):
-        groups = [group["lr"] for group in trainer.optimizers[0].param_groups]
-        self.rates.append(groups[-1])
-        self.groups.append(groups)
+from .conftest import (
+    CLASSES,
+    LearningRates,
+    quiet_trainer,
+    synthetic_sits,
+    tiny_classifier,
+    tiny_encoder,
+    tiny_encoder_config,
+)
 
 
 def test_one_cycle_schedule_runs_from_min_to_max_and_back():
-    model = Classifier(encoder(), MultiClassClassification(3, hidden=16), min_lr=1e-4, max_lr=1e-2, warmup_fraction=0.25)
+    model = tiny_classifier(3, min_lr=1e-4, max_lr=1e-2, warmup_fraction=0.25)
     rates = LearningRates()
-    trainer(max_steps=20, limit_val_batches=0, callbacks=[rates]).fit(model, synthetic())
+    quiet_trainer(max_steps=20, limit_val_batches=0, callbacks=[rates]).fit(model, synthetic_sits())
     assert len(rates.rates) == 20
     assert rates.rates[0] == pytest.approx(1e-4)
     assert max(rates.rates) == pytest.approx(1e-2, rel=0.05) and rates.rates.index(max(rates.rates)) == 4
@@ -55,20 +32,18 @@ def test_one_cycle_schedule_runs_from_min_to_max_and_back():
 
 @pytest.mark.parametrize("steps, warmup_fraction", [(2, 0.1), (10, 0.1), (10, 0.0), (10, 1.0)])
 def test_one_cycle_schedule_survives_short_runs_and_extreme_warmups(steps, warmup_fraction):
-    model = Classifier(
-        encoder(), MultiClassClassification(3, hidden=16), min_lr=1e-4, max_lr=1e-2, warmup_fraction=warmup_fraction
-    )
+    model = tiny_classifier(3, min_lr=1e-4, max_lr=1e-2, warmup_fraction=warmup_fraction)
     rates = LearningRates()
-    trainer(max_steps=steps, limit_val_batches=0, callbacks=[rates]).fit(model, synthetic())
+    quiet_trainer(max_steps=steps, limit_val_batches=0, callbacks=[rates]).fit(model, synthetic_sits())
     assert len(rates.rates) == steps and rates.rates[0] == pytest.approx(1e-4)
     assert max(rates.rates) > 2e-3 or steps == 2  # two steps: the peak falls between them
 
 
 @pytest.mark.parametrize("exchanger", [False, True], ids=["transformer", "exchanger"])
 def test_classifier_trains_and_predicts(exchanger):
-    model = Classifier(encoder(exchanger=exchanger), MultiClassClassification(3, hidden=16), max_lr=1e-3)
-    data = synthetic()
-    fit = trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1)
+    model = tiny_classifier(3, tiny_encoder_config(exchanger=exchanger), max_lr=1e-3)
+    data = synthetic_sits()
+    fit = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1)
     before = [p.detach().clone() for p in model.parameters()]
     fit.fit(model, data)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
@@ -80,27 +55,27 @@ def test_classifier_trains_and_predicts(exchanger):
 
 
 def test_unknown_class_weight_name_fails_at_setup():
-    model = Classifier(encoder(), MultiClassClassification(3, hidden=16), classes_weights={"other": 1, "mais": 1, "rape": 2})
+    model = tiny_classifier(3, classes_weights={"other": 1, "mais": 1, "rape": 2})
     with pytest.raises(ValueError, match=r"unknown class names \['rape'\].*no weight for classes \['colza'\]"):
-        trainer(fast_dev_run=True).fit(model, synthetic())
+        quiet_trainer(fast_dev_run=True).fit(model, synthetic_sits())
 
 
 def test_band_count_mismatch_is_explained():
-    model = Classifier(encoder(bands=9), MultiClassClassification(3, hidden=16))
+    model = tiny_classifier(3, tiny_encoder_config(9))
     with pytest.raises(ValueError, match="expects 9 bands.*SyntheticSITS provides 4"):
-        trainer(fast_dev_run=True).fit(model, synthetic(bands=4))
+        quiet_trainer(fast_dev_run=True).fit(model, synthetic_sits(4))
 
 
 def test_class_count_mismatch_is_explained():
-    model = Classifier(encoder(), MultiClassClassification(7, hidden=16))
+    model = tiny_classifier(7)
     with pytest.raises(ValueError, match="num_classes=7 outputs but the data has 3 classes"):
-        trainer(fast_dev_run=True).fit(model, synthetic())
+        quiet_trainer(fast_dev_run=True).fit(model, synthetic_sits())
 
 
 def test_autoencoder_reduces_reconstruction_error():
-    model = AutoEncoder(encoder(d=32), BandReconstruction([32, 4]), RandomDates(0.3), max_lr=3e-3)
-    data = synthetic()
-    fit = trainer(max_epochs=20, limit_val_batches=2)
+    model = AutoEncoder(tiny_encoder(d_model=32), BandReconstruction([32, 4]), RandomDates(0.3), max_lr=3e-3)
+    data = synthetic_sits()
+    fit = quiet_trainer(max_epochs=20, limit_val_batches=2)
     first = fit.validate(model, data, verbose=False)[0]["val/loss"]
     fit.fit(model, data)
     assert fit.callback_metrics["val/loss"] < 0.7 * first
@@ -110,13 +85,9 @@ def test_autoencoder_reduces_reconstruction_error():
 def test_small_transformer_learns_ucr_crop(ucr_root):
     """Real data: two epochs of a tiny model are far above chance (1/24) on held-out series."""
     L.seed_everything(0)
-    model = Classifier(
-        TransformerEncoder(PositionalEncoding(32, 1000, 1000), PixelEncoding([1, 32]), 32, 2, 1, 0.0),
-        MultiClassClassification(24, hidden=32),
-        min_lr=1e-4,
-        max_lr=3e-3,
-        focal_gamma=0.0,
+    model = tiny_classifier(
+        24, tiny_encoder_config(1, d_model=32, dropout=0.0), min_lr=1e-4, max_lr=3e-3, focal_gamma=0.0
     )
-    trainer(max_epochs=2, limit_val_batches=0).fit(model, UCRCrop(root=str(ucr_root), batch_size=64))
-    accuracy = trainer().validate(model, UCRCrop(root=str(ucr_root), batch_size=256), verbose=False)[0]
+    quiet_trainer(max_epochs=2, limit_val_batches=0).fit(model, UCRCrop(root=str(ucr_root), batch_size=64))
+    accuracy = quiet_trainer().validate(model, UCRCrop(root=str(ucr_root), batch_size=256), verbose=False)[0]
     assert accuracy["val/overall_accuracy"] > 0.35
