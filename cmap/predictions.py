@@ -9,8 +9,10 @@ axis), which ``cmap map`` and every other prediction path use to prepare inputs.
     cmap predict --config run.yaml --ckpt_path last.ckpt \\
         --trainer.callbacks+=cmap.predictions.PredictionWriter --trainer.callbacks.output predictions.parquet
 
-Columns: ``index`` (the series' row in the predicted split), ``class`` (name), ``confidence`` (its
-probability) and ``probability/<class>`` per class. Parquet (``.parquet``) or CSV (any other
+Columns: ``index`` (the series' row in the predicted split), ``sample_id`` (when the store keeps
+sample ids, as stores converted from a table do: the id of the table's ``sample_id`` column, to join
+predictions back to it), ``class`` (name), ``confidence`` (its probability) and
+``probability/<class>`` per class. Parquet (``.parquet``) or CSV (any other
 suffix). With several processes (``--trainer.devices 2``, DDP), each writes its own rows to
 ``<stem>.rank<k><suffix>``; rows are keyed by ``index`` (a sampler may repeat a few to even out
 the processes). Files are written under a temporary name, then renamed.
@@ -21,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from cmap.data.contract import InputContract
+from cmap.data.datamodule import SeriesDataset
 from cmap.ml.classifiers import Classifier
 from cmap.ml.weights import read_checkpoint
 
@@ -38,6 +42,16 @@ def load_classifier(path: str | Path) -> Classifier:
     except Exception as error:
         raise ValueError(f"{path}: not a checkpoint of a cmap Classifier ({error})") from error
     return model.eval()
+
+
+def predicted_sample_ids(trainer: L.Trainer) -> np.ndarray | None:
+    """The sample ids of the predicted split, by position (None when its series have no ids)."""
+    loaders = trainer.predict_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    dataset = getattr(loader, "dataset", None)
+    if not isinstance(dataset, SeriesDataset) or dataset.series.sample_ids is None:
+        return None
+    return np.asarray(dataset.series.sample_ids[dataset.index])
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -70,7 +84,11 @@ class PredictionWriter(BasePredictionWriter):
                 "needs a batch sampler for PredictionWriter"
             )
         class_names = list(getattr(pl_module, "class_names", range(probabilities.shape[1])))
-        table = pd.DataFrame({"index": indices, "class": [class_names[i] for i in probabilities.argmax(axis=1)]})
+        table = pd.DataFrame({"index": indices})
+        sample_ids = predicted_sample_ids(trainer)
+        if sample_ids is not None:
+            table["sample_id"] = sample_ids.astype(object)[np.asarray(indices, dtype=np.int64)]
+        table["class"] = [class_names[i] for i in probabilities.argmax(axis=1)]
         table["confidence"] = probabilities.max(axis=1)
         for i, name in enumerate(class_names):
             table[f"probability/{name}"] = probabilities[:, i]

@@ -17,7 +17,7 @@ points or polygons -> a store (see ``extract --help``).
 import argparse
 
 from cmap.data import convert, raster
-from cmap.data.contract import RawValues, TimeAxis
+from cmap.data.contract import TIME_AXIS_RULES, RawValues, TimeAxis
 
 READERS = {
     "ucr_crop": convert.read_ucr,
@@ -45,7 +45,36 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
     table.add_argument("--label_column", default="label", help="'' for unlabelled data")
     table.add_argument("--group_column", default=None)
     table.add_argument("--class_names", nargs="+", default=None, help="class order (default: sorted)")
-    table.add_argument("--reference_date", default=None, help="day 0 (default: the earliest date)")
+    table.add_argument(
+        "--time_axis", choices=TIME_AXIS_RULES, default=None,
+        help="how dates become days: season_start (days since each sample's season start, --season_start; samples "
+        "of many years), series_start (days since each sample's first date), reference_date (days since "
+        "--reference_date). Default: season_start with --season_start, else reference_date; dates spanning more "
+        "than one season then need an explicit choice",
+    )  # fmt: skip
+    table.add_argument(
+        "--season_start", default=None,
+        help="MM-DD (e.g. 09-01): day 0 is the latest such day on or before each sample's first date (default with "
+        "--time_axis season_start: fitted to the samples' first dates)",
+    )  # fmt: skip
+    table.add_argument("--reference_date", default=None, help="YYYY-MM-DD: day 0 (default: the earliest date)")
+    table.add_argument(
+        "--date_format", default=None,
+        help="strftime layout of the dates, e.g. %%d/%%m/%%Y (default: ISO 8601, or any layout that reads the same "
+        "day-first and month-first; ambiguous dates are an error)",
+    )  # fmt: skip
+    table.add_argument("--encoding", default="utf-8-sig", help="CSV text encoding (default: UTF-8, with or without BOM)")
+    table.add_argument("--delimiter", default=",", help="CSV field separator")
+    table.add_argument("--decimal", default=".", help="decimal mark of band values (e.g. ,)")
+    table.add_argument(
+        "--missing_values", nargs="*", default=list(convert.MISSING_VALUES),
+        help="band cells read as a missing (clouded) date; any other text is an error "
+        f"(default: {' '.join(repr(v) for v in convert.MISSING_VALUES)})",
+    )  # fmt: skip
+    table.add_argument(
+        "--allow_unlabelled", action="store_true",
+        help="samples with an empty label are kept unlabelled (label -1, for pretraining stores) instead of an error",
+    )  # fmt: skip
     extract = commands.add_parser(
         "extract",
         help="training series from rasters under labelled points / polygons",
@@ -91,11 +120,26 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
             parser.error("table needs --bands")
         converted = convert.read_table(
             args.source, args.bands, args.sample_column, args.date_column, args.label_column or None,
-            args.group_column, args.class_names, args.reference_date,
+            args.group_column, args.class_names, args.reference_date, args.time_axis, args.season_start,
+            args.date_format, args.encoding, args.missing_values, args.delimiter, args.decimal, args.allow_unlabelled,
         )  # fmt: skip
+        print(_describe_days(converted))
     else:
         converted = READERS[args.dataset](args.source)
     _write(converted.select(args.keep_bands, args.date_step), args.output, args.overwrite)
+
+
+def _describe_days(converted: convert.Converted) -> str:
+    """The time axis and the range of days it gives, with a note when a sample spans more than a season."""
+    series = converted.series
+    days = series.days[series.valid_dates]
+    text = f"time axis: {converted.time_axis.describe()}; days {int(days.min())} to {int(days.max())}"
+    if days.max() >= convert.ONE_SEASON_DAYS:
+        text += (
+            " (beyond one season: check PositionalEncoding.max_len, and whether --time_axis / --season_start fit "
+            "your samples)"
+        )
+    return text
 
 
 def _write(converted: convert.Converted, output: str, overwrite: bool) -> None:

@@ -252,14 +252,14 @@ def _parse_dates(cells: _Cells, column: str, values: pd.Series, date_format: str
             parsed = pd.to_datetime(pd.Index(unique), format=date_format, errors="coerce")
             if parsed.isna().any():
                 position = int(np.flatnonzero(parsed.isna())[0])
-                raise fail(position, f"date {unique[position]!r} does not match --date_format {date_format!r}")
+                raise fail(position, f"date {str(unique[position])!r} does not match --date_format {date_format!r}")
         else:
             parsed = pd.to_datetime(pd.Index(unique), format="ISO8601", errors="coerce")
             if parsed.tz is not None:
                 parsed = parsed.tz_localize(None)
             parsed = parsed.to_numpy().astype("datetime64[s]")
             for position in np.flatnonzero(np.isnat(parsed) | np.array([_too_short(d) for d in unique], dtype=bool)):
-                value = unique[position]
+                value = str(unique[position])
                 if _too_short(value):
                     raise fail(position, f"unparsable date {value!r}: not a full date (day, month and year)")
                 if value[:4].isdigit():  # year first: ISO 8601 only (2021-13-45 is no date, not 13 January)
@@ -319,7 +319,7 @@ def _one_per_sample(cells: _Cells, column: str, values: np.ndarray, codes: np.nd
         i = differ[0]
         sample = codes[i]
         raise ValueError(
-            f"{cells.path}: sample {ids[sample]!r} has {column} {first[sample]!r} (row {rows[first_row[sample]]}) and "
+            f"{cells.path}: sample {str(ids[sample])!r} has {column} {first[sample]!r} (row {rows[first_row[sample]]}) and "
             f"{values[i]!r} (row {rows[i]}): one sample is one field in one season, with one {column}"
         )
     return first, first_row
@@ -438,7 +438,7 @@ def read_table(
         raise cells.error(
             date_column,
             int(rows[i]),
-            f"date {dates[i]} of sample {ids[codes[i]]!r} lies before day 0 of the time axis ({axis.describe()})",
+            f"date {dates[i]} of sample {str(ids[codes[i]])!r} lies before day 0 of the time axis ({axis.describe()})",
         )
     order = np.lexsort((day, codes))
     sorted_codes, sorted_day = codes[order], day[order]
@@ -446,7 +446,7 @@ def read_table(
     if len(same):
         a, b = order[same[0]], order[same[0] + 1]
         raise ValueError(
-            f"{path}: sample {ids[codes[a]]!r} has two rows for the same date {dates[a]} (rows {rows[min(a, b)]} "
+            f"{path}: sample {str(ids[codes[a]])!r} has two rows for the same date {dates[a]} (rows {rows[min(a, b)]} "
             f"and {rows[max(a, b)]})"
         )
     starts = np.r_[0, np.flatnonzero(sorted_codes[1:] != sorted_codes[:-1]) + 1]
@@ -460,7 +460,7 @@ def read_table(
     if len(no_valid):
         raise ValueError(
             f"{path}: {len(no_valid)} samples have no valid date (every date has a missing band value), first "
-            f"sample {ids[no_valid[0]]!r}; remove them"
+            f"sample {str(ids[no_valid[0]])!r}; remove them"
         )
     labels = groups = None
     names: list[str] = []
@@ -475,7 +475,7 @@ def read_table(
             raise cells.error(
                 label_column,
                 int(rows[first_row[empty[0]]]),
-                f"sample {ids[empty[0]]!r} has an empty label ({len(empty)} samples have none): give every sample a "
+                f"sample {str(ids[empty[0]])!r} has an empty label ({len(empty)} samples have none): give every sample a "
                 "class, or pass --allow_unlabelled to keep them unlabelled (label -1: a store for pretraining, not "
                 "for supervised training)",
             )

@@ -44,7 +44,10 @@ class PositionalEncoding(nn.Module):
             if low < 0 or high >= self.max_len:
                 raise ValueError(
                     f"day offsets must lie in [0, max_len={self.max_len}), got [{low}, {high}]: "
-                    "raise PositionalEncoding.max_len or move the dataset's reference date"
+                    "raise PositionalEncoding.max_len or move the dataset's reference date; for samples of "
+                    "several seasons (years), count days within each sample's season instead: convert the table "
+                    "with `cmap convert table ... --time_axis season_start --season_start MM-DD` (or --time_axis "
+                    "series_start), so the model sees the day of the season, not the calendar year"
                 )
         # Angles reach max_len radians, far beyond what bf16 resolves (8-bit mantissa): in a model cast
         # to bf16 (Lightning's "bf16-true" precision) they are still computed in float32, from

@@ -1,0 +1,365 @@
+"""Your own table through ``cmap convert table``: time axis, explicit parsing, consistency checks,
+sample ids, ``--overwrite``; every case through the command (``cmap.cli.main``)."""
+
+import csv
+import datetime
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cmap.cli import main as cmap_main
+from cmap.data import open_store
+from cmap.data.contract import TimeAxis
+from cmap.ml.embeddings import PositionalEncoding
+
+from .conftest import fit_tiny_classifier
+
+HEADER = ["sample_id", "date", "B4", "B8", "label", "parcel"]
+
+
+def write_csv(path, rows, header=HEADER, encoding="utf-8", delimiter=","):
+    with open(path, "w", newline="", encoding=encoding) as file:
+        writer = csv.writer(file, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def convert(source, output, *options):
+    cmap_main(["convert", "table", str(source), str(output), "--bands", "B4", "B8", *options])
+    return open_store(output)
+
+
+def multi_year_rows(num_samples=60, seed=0):
+    """Fields of 12 seasons (2010-2021), each observed from early September to late July, 3 classes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(num_samples):
+        year = 2010 + i % 12
+        start = datetime.date(year, 9, 1) + datetime.timedelta(days=int(rng.integers(0, 20)))
+        label = ["soy", "maize", "cotton"][i % 3]
+        for k in range(int(rng.integers(8, 14))):
+            date = start + datetime.timedelta(days=25 * k + int(rng.integers(0, 5)))
+            ndvi = 0.3 + 0.1 * (i % 3) + 0.2 * math.sin(k / 2)
+            rows.append((f"field-{i:03d}", date.isoformat(), f"{ndvi:.4f}", f"{ndvi + 0.1:.4f}", label, f"p{i // 2}"))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The time axis
+# ---------------------------------------------------------------------------------------------
+
+
+def test_multi_year_table_needs_a_time_axis_choice_instead_of_days_in_the_thousands(tmp_path):
+    source = write_csv(tmp_path / "samples.csv", multi_year_rows())
+    with pytest.raises(ValueError, match=r"samples.csv: dates span 2010-09-\d\d to 2022-.* more than one season") as error:
+        convert(source, tmp_path / "store")
+    assert "--time_axis season_start --season_start" in str(error.value)
+    assert not (tmp_path / "store").exists()
+    # An explicit reference date keeps the old behaviour, and the fit-time error names the option that fixes it.
+    series, metadata = convert(source, tmp_path / "store", "--reference_date", "2010-09-01")
+    assert metadata["time_axis"] == {"rule": "reference_date", "reference_date": "2010-09-01", "season_start": None}
+    days = np.asarray(series.days)
+    assert days.max() > 4000
+    import torch
+
+    with pytest.raises(ValueError, match=r"max_len=1000\), got \[0, \d+\].*--time_axis season_start --season_start"):
+        PositionalEncoding(8, max_len=1000)(torch.from_numpy(days))
+
+
+def test_season_start_counts_days_within_each_season_and_trains_and_predicts_with_ids(tmp_path, capsys):
+    rows = multi_year_rows()
+    source = write_csv(tmp_path / "samples.csv", rows[::-1])  # any row order
+    store = tmp_path / "store"
+    series, metadata = convert(source, store, "--time_axis", "season_start", "--season_start", "09-01",
+                               "--group_column", "parcel")  # fmt: skip
+    assert "time axis: days since each series' latest 09-01; days" in capsys.readouterr().out
+    assert metadata["time_axis"] == {"rule": "season_start", "reference_date": None, "season_start": "09-01"}
+    days, valid = np.asarray(series.days), np.isfinite(np.asarray(series.values)).all(axis=-1)
+    assert days[valid].min() >= 0 and days[valid].max() < 366  # the day of the season, whatever the year
+    # Each sample's days: its dates minus 1 September of its season.
+    table = pd.DataFrame(rows, columns=HEADER)
+    ids = np.asarray(series.sample_ids[np.arange(len(series))]).tolist()
+    assert sorted(ids) == sorted(table["sample_id"].unique())
+    for row, sample in enumerate(ids[:5]):
+        dates = sorted(datetime.date.fromisoformat(d) for d in table.loc[table["sample_id"] == sample, "date"])
+        anchor = datetime.date(dates[0].year if dates[0].month >= 9 else dates[0].year - 1, 9, 1)
+        assert days[row, : len(dates)].tolist() == [(d - anchor).days for d in dates]
+    # The shipped tiny recipe (PositionalEncoding max_len 400) trains on it with only the data path set.
+    data = {"class_path": "cmap.data.SeriesStore", "init_args": {"path": str(store), "fold": 0, "batch_size": 16}}
+    checkpoint = fit_tiny_classifier(tmp_path / "run", data, num_bands=2, num_classes=3, steps=2)
+    import torch
+
+    contract = torch.load(checkpoint, weights_only=False)["cmap_input_contract"]
+    assert contract["time_axis"] == metadata["time_axis"]  # cmap predict and cmap map count days the same way
+    output = tmp_path / "predictions.csv"
+    cmap_main(["predict", "--config", str(tmp_path / "run" / "config.yaml"), "--ckpt_path", str(checkpoint),
+               "--trainer.callbacks+=cmap.predictions.PredictionWriter", "--trainer.callbacks.output", str(output)])  # fmt: skip
+    predictions = pd.read_csv(output, dtype={"sample_id": str})
+    assert list(predictions.columns[:3]) == ["index", "sample_id", "class"]
+    from cmap.data import SeriesStore
+
+    test = SeriesStore(str(store), fold=0)
+    test.setup("predict")
+    expected = np.asarray(test.datasets["test"].series.sample_ids)[predictions["index"].to_numpy()]
+    assert predictions["sample_id"].tolist() == expected.tolist()
+    assert set(predictions["sample_id"]) <= set(table["sample_id"])
+
+
+def test_series_start_and_fitted_season(tmp_path, capsys):
+    source = write_csv(tmp_path / "samples.csv", multi_year_rows(12))
+    series, metadata = convert(source, tmp_path / "a", "--time_axis", "series_start")
+    assert metadata["time_axis"]["rule"] == "series_start" and np.asarray(series.days)[:, 0].tolist() == [0] * 12
+    series, metadata = convert(source, tmp_path / "b", "--time_axis", "season_start")
+    assert metadata["time_axis"]["rule"] == "season_start"
+    fitted = metadata["time_axis"]["season_start"]
+    assert "08-" in fitted or "09-" in fitted
+    assert np.asarray(series.days)[np.isfinite(np.asarray(series.values)).all(-1)].max() < 366
+    with pytest.raises(ValueError, match="time axis 'series_start' takes no reference_date"):
+        convert(source, tmp_path / "c", "--time_axis", "series_start", "--reference_date", "2010-01-01")
+
+
+# ---------------------------------------------------------------------------------------------
+# Explicit parsing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_class_names_that_pandas_reads_as_missing_are_class_names(tmp_path):
+    names = ["NA", "None", "null", "n/a", "NaN"]
+    rows = [(f"s{i}", "2021-03-01", "0.1", "0.2", name, "p") for i, name in enumerate(names)]
+    series, metadata = convert(write_csv(tmp_path / "samples.csv", rows), tmp_path / "store")
+    assert metadata["class_names"] == sorted(names)
+    assert [metadata["class_names"][i] for i in series.labels] == names
+    json.loads((tmp_path / "store" / "metadata.json").read_text(), parse_constant=pytest.fail)  # strict JSON
+
+
+@pytest.mark.parametrize(
+    ("dates", "options", "expected"),
+    [
+        (["03/01/2020", "13/01/2020"], [], "ambiguous date '03/01/2020': 2020-03-01 read month first, 2020-01-03 day"),
+        (["03/01/2020", "13/01/2020"], ["--date_format", "%d/%m/%Y"], [0, 10]),
+        (["03/01/2020", "03/11/2020"], ["--date_format", "%m/%d/%Y"], [0, 10]),
+        (["2020-01-03", "20200113"], [], [0, 10]),
+        (["13/01/2020", "23/01/2020"], [], [0, 10]),  # day first is the only reading
+        (["2020-01-03", "2020-13-45"], [], "unparsable date '2020-13-45'"),
+        (["2020-01-03", "2020"], [], "unparsable date '2020': not a full date"),
+        (["2020-01-03", "2020-01-13"], ["--date_format", "%d/%m/%Y"], "date '2020-01-03' does not match --date_format"),
+    ],
+)
+def test_dates_are_read_as_written_or_rejected(tmp_path, dates, options, expected):
+    rows = [("s", date, "0.1", "0.2", "m", "p") for date in dates]
+    source = write_csv(tmp_path / "samples.csv", rows)
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match="samples.csv: column 'date' row [01]: " + expected.replace("(", r"\(")):
+            convert(source, tmp_path / "store", *options)
+        assert not (tmp_path / "store").exists()
+    else:
+        series, _ = convert(source, tmp_path / "store", *options)
+        assert np.asarray(series.days)[0].tolist() == expected
+
+
+def test_day_first_dates_need_date_format_and_then_count_correctly(tmp_path):
+    rows = [("s", "03/01/2020", "0.1", "0.2", "m", "p"), ("s", "05/01/2020", "0.1", "0.2", "m", "p")]
+    source = write_csv(tmp_path / "samples.csv", rows)
+    with pytest.raises(ValueError, match=r"column 'date' row 0: ambiguous date .* give the layout with --date_format"):
+        convert(source, tmp_path / "store")
+    series, metadata = convert(source, tmp_path / "store", "--date_format", "%d/%m/%Y")
+    assert np.asarray(series.days)[0].tolist() == [0, 2]
+    assert metadata["time_axis"]["reference_date"] == "2020-01-03"
+
+
+@pytest.mark.parametrize("cell", ["cloud", "0,5", "1.2.3"])
+def test_band_text_is_an_error_naming_file_column_row_and_value(tmp_path, cell):
+    rows = [("s", "2021-03-01", "0.1", "0.2", "m", "p"), ("s", "2021-03-02", "0.3", cell, "m", "p")]
+    with pytest.raises(ValueError, match=rf"samples.csv: column 'B8' row 1: '{cell}' is not a number .*--missing_values.* \(line 3 of the file\)"):  # fmt: skip
+        convert(write_csv(tmp_path / "samples.csv", rows), tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+
+def test_missing_value_markers_decimal_comma_delimiter_and_encoding(tmp_path):
+    rows = [
+        ("s", "2021-03-01", "0,1", "cloud", "maïs", "p"),
+        ("s", "2021-03-02", "0,5", "0,25", "maïs", "p"),
+        ("t", "2021-03-01", "-", "1", "blé", "q"),
+        ("t", "2021-03-03", "2", "3", "blé", "q"),
+    ]
+    source = write_csv(tmp_path / "samples.csv", rows, encoding="latin-1", delimiter=";")
+    options = ["--delimiter", ";", "--decimal", ","]
+    with pytest.raises(ValueError, match=r"samples.csv: not readable as utf-8-sig text .* --encoding"):
+        convert(source, tmp_path / "store", *options)
+    with pytest.raises(ValueError, match=r"column 'B4' row 2: '-' is not a number"):
+        convert(source, tmp_path / "store", *options, "--encoding", "latin-1")
+    series, metadata = convert(
+        source, tmp_path / "store", *options, "--encoding", "latin-1", "--missing_values", "", "cloud", "-"
+    )
+    assert metadata["class_names"] == ["blé", "maïs"]
+    values = np.asarray(series.values)
+    np.testing.assert_array_equal(values[0, :2], np.array([[0.1, np.nan], [0.5, 0.25]], dtype=np.float32))
+    np.testing.assert_array_equal(values[1, :2], np.array([[np.nan, 1], [2, 3]], dtype=np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Consistency checks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_label_that_changes_within_a_sample_is_an_error(tmp_path):
+    rows = [("s", "2021-03-01", "0.1", "0.2", "mais", "p"), ("t", "2021-03-01", "0.1", "0.2", "ble", "p"),
+            ("s", "2021-03-11", "0.1", "0.2", "colza", "p")]  # fmt: skip
+    with pytest.raises(ValueError, match=r"samples.csv: sample 's' has label 'mais' \(row 0\) and 'colza' \(row 2\)"):
+        convert(write_csv(tmp_path / "samples.csv", rows), tmp_path / "store")
+    rows[2] = ("s", "2021-03-11", "0.1", "0.2", "mais", "q")
+    with pytest.raises(ValueError, match=r"sample 's' has group 'p' \(row 0\) and 'q' \(row 2\)"):
+        convert(write_csv(tmp_path / "samples.csv", rows), tmp_path / "store", "--group_column", "parcel")
+
+
+def test_empty_label_is_unlabelled_only_when_allowed(tmp_path):
+    rows = [("s", "2021-03-01", "0.1", "0.2", "mais", "p"), ("t", "2021-03-01", "0.1", "0.2", "", "p"),
+            ("t", "2021-03-05", "0.1", "0.2", "", "p")]  # fmt: skip
+    source = write_csv(tmp_path / "samples.csv", rows)
+    with pytest.raises(ValueError, match=r"samples.csv: column 'label' row 1: sample 't' has an empty label .*--allow_unlabelled"):  # fmt: skip
+        convert(source, tmp_path / "store")
+    series, metadata = convert(source, tmp_path / "store", "--allow_unlabelled")
+    assert metadata["class_names"] == ["mais"] and series.labels.tolist() == [0, -1]
+    series, _ = convert(source, tmp_path / "unlabelled", "--label_column", "")  # no label column: unlabelled store
+    assert series.labels is None and not (tmp_path / "unlabelled" / "labels.npy").exists()
+
+
+def test_empty_sample_id_is_an_error_naming_the_row(tmp_path):
+    rows = [("s", "2021-03-01", "0.1", "0.2", "m", "p"), ("", "2021-03-02", "0.1", "0.2", "m", "p")]
+    with pytest.raises(ValueError, match=r"samples.csv: column 'sample_id' row 1: empty sample id.*\(line 3 of the file\)"):  # fmt: skip
+        convert(write_csv(tmp_path / "samples.csv", rows), tmp_path / "store")
+
+
+def test_two_rows_of_one_sample_on_one_date_name_both_rows(tmp_path):
+    rows = [("s", "2021-03-01", "0.1", "0.2", "m", "p"), ("t", "2021-03-01", "0.1", "0.2", "m", "p"),
+            ("s", "2021-03-01", "0.3", "0.2", "m", "p")]  # fmt: skip
+    with pytest.raises(ValueError, match=r"sample 's' has two rows for the same date 2021-03-01 \(rows 0 and 2\)"):
+        convert(write_csv(tmp_path / "samples.csv", rows), tmp_path / "store")
+
+
+# ---------------------------------------------------------------------------------------------
+# --overwrite replaces only a store
+# ---------------------------------------------------------------------------------------------
+
+
+def test_overwrite_replaces_a_store_but_never_another_folder_or_a_file(tmp_path):
+    source = write_csv(tmp_path / "samples.csv", [("s", "2021-03-01", "0.1", "0.2", "m", "p")])
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match=r"photos exists and is not a cmap series store \(it holds \['holiday.jpg'\]\)"):  # fmt: skip
+        convert(source, folder, "--overwrite")
+    assert (folder / "holiday.jpg").read_bytes() == b"precious"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileExistsError, match="not a cmap series store"):
+        convert(source, empty, "--overwrite")
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me")
+    with pytest.raises(FileExistsError, match="notes.txt exists and is not a folder"):
+        convert(source, file, "--overwrite")
+    assert file.read_text() == "keep me"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    convert(source, tmp_path / "store")
+    series, _ = convert(source, tmp_path / "store", "--overwrite")  # a store is replaced
+    assert len(series) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "store"])  # no hidden temporary left
+
+
+# ---------------------------------------------------------------------------------------------
+# Property: the store read back is the table, exactly
+# ---------------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+TEXT = st.text(alphabet="abXYZ0179 ,;\"'é-_/.NAnulo", min_size=1, max_size=6).filter(lambda text: text.strip())
+FLOAT32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def tables(draw):
+    """Samples (id, label, group, dates, values: None = missing), a row order, a file format, a time axis."""
+    num_samples = draw(st.integers(1, 6))
+    ids = draw(st.lists(TEXT, min_size=num_samples, max_size=num_samples, unique=True))
+    classes = draw(st.lists(TEXT, min_size=1, max_size=3, unique=True))
+    samples = []
+    for sample_id in ids:
+        first = draw(st.dates(datetime.date(2004, 1, 1), datetime.date(2024, 12, 31)))
+        offsets = sorted(draw(st.sets(st.integers(0, 420), min_size=1, max_size=5)) | {0})
+        values = [[draw(st.one_of(st.none(), FLOAT32)) for _ in range(2)] for _ in offsets]
+        valid = draw(st.integers(0, len(offsets) - 1))
+        values[valid] = [draw(FLOAT32), draw(FLOAT32)]  # at least one valid date
+        dates = [first + datetime.timedelta(days=offset) for offset in offsets]
+        samples.append((sample_id, draw(st.sampled_from(classes)), draw(st.sampled_from(["g0", "g1", "g2"])), dates, values))
+    rows = [(s[0], date, value, s[1], s[2]) for s in samples for date, value in zip(s[3], s[4], strict=True)]
+    order = draw(st.permutations(range(len(rows))))
+    earliest = min(date for s in samples for date in s[3])
+    time_axis = draw(
+        st.one_of(
+            st.just(("series_start", None)),
+            st.tuples(st.just("season_start"), st.dates(datetime.date(2001, 1, 1), datetime.date(2001, 12, 31))),
+            st.tuples(st.just("reference_date"), st.dates(datetime.date(2003, 1, 1), earliest)),
+        )
+    )
+    file_format = draw(st.sampled_from(["csv", "parquet", "parquet-typed-dates"]))
+    return samples, [rows[i] for i in order], time_axis, file_format
+
+
+def expected_anchor(rule, parameter, first):
+    if rule == "series_start":
+        return first
+    if rule == "reference_date":
+        return parameter
+    anchor = datetime.date(first.year, parameter.month, parameter.day)
+    return anchor if anchor <= first else datetime.date(first.year - 1, parameter.month, parameter.day)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(tables())
+def test_the_store_read_back_equals_the_table(tmp_path_factory, table):
+    samples, rows, (rule, parameter), file_format = table
+    folder = tmp_path_factory.mktemp("property")
+    header = ["sample_id", "date", "B4", "B8", "label", "parcel"]
+    if file_format == "csv":
+        text = [(i, d.isoformat(), *("" if v is None else repr(float(v)) for v in values), label, group)
+                for i, d, values, label, group in rows]  # fmt: skip
+        source = write_csv(folder / "samples.csv", text, header)
+    else:
+        frame = pd.DataFrame(
+            [(i, d, *(None if v is None else float(v) for v in values), label, group) for i, d, values, label, group in rows],
+            columns=header,
+        )  # fmt: skip
+        frame["date"] = pd.to_datetime(frame["date"]) if file_format == "parquet-typed-dates" else frame["date"].map(str)
+        source = folder / "samples.parquet"
+        frame.to_parquet(source)
+    options = ["--group_column", "parcel", "--time_axis", rule]
+    if rule == "season_start":
+        options += ["--season_start", parameter.strftime("%m-%d")]
+    elif rule == "reference_date":
+        options += ["--reference_date", parameter.isoformat()]
+    series, metadata = convert(source, folder / "store", *options)
+
+    order = list(dict.fromkeys(row[0] for row in rows))  # samples in the order of their first rows
+    by_id = {s[0]: s for s in samples}
+    class_names = sorted({s[1] for s in samples})
+    assert np.asarray(series.sample_ids).tolist() == order
+    assert metadata["class_names"] == class_names
+    assert series.labels.tolist() == [class_names.index(by_id[i][1]) for i in order]
+    groups = [by_id[i][2] for i in order]
+    assert series.groups.tolist() == pd.factorize(pd.Series(groups))[0].tolist()
+    num_dates = max(len(s[3]) for s in samples)
+    values, days = np.asarray(series.values), np.asarray(series.days)
+    assert values.shape == (len(samples), num_dates, 2)
+    for row, sample_id in enumerate(order):
+        _, _, _, dates, sample_values = by_id[sample_id]
+        anchor = expected_anchor(rule, parameter, dates[0])
+        expected_values = np.full((num_dates, 2), np.nan, dtype=np.float32)
+        expected_values[: len(dates)] = [[np.nan if v is None else v for v in pair] for pair in sample_values]
+        np.testing.assert_array_equal(values[row], expected_values)
+        assert days[row].tolist() == [(date - anchor).days for date in dates] + [0] * (num_dates - len(dates))
+    assert TimeAxis.from_dict(metadata["time_axis"]).rule == rule
