@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
 from cmap.ml.gp_block import GroupPropagationBlock
+from cmap.ml.tempcnn import MaskedConvBlock, zero_masked
 
 
 class SeriesEncoder(nn.Module):
@@ -134,3 +135,53 @@ class ExchangerEncoder(SeriesEncoder):
         for block in self.blocks:
             x = block(x, mask)
         return self.norm(x)
+
+
+class TempCNNEncoder(SeriesEncoder):
+    """TempCNN (Pelletier et al. 2019): 1-D convolutions over the date axis, per-date features out.
+
+    Each block is a convolution of ``kernel_size`` dates ('same' padding, so T dates in, T out),
+    batch norm, ReLU and dropout (:class:`~cmap.ml.tempcnn.MaskedConvBlock`). Masked dates
+    (padding, clouds, date dropout) are zeroed at the input of every block and in its output, and
+    the batch norm's statistics count valid dates only, so features of valid dates never depend
+    on the values of masked ones; masked dates' features are 0.
+
+    How dates are positioned: the convolutions see the *order* of the dates (a date's neighbours
+    in the series, whatever their days); the *day* of each date enters through the base's date
+    embedding, ``bands_encoder(values) + position_encoder(days)``, added before the first block,
+    so irregular calendars are told apart. The receptive field is ``n_layers * (kernel_size - 1) +
+    1`` dates (13 with the defaults).
+
+    Decoder contract: like every encoder, per-date features (B, T, d_model). The pooling decoders
+    (:class:`~cmap.ml.decoders.MultiClassClassification`) work on any series; TempCNN's own
+    flatten + dense head, which keeps where in the series each feature is, is
+    :class:`~cmap.ml.tempcnn.FlattenClassification`, for data on a fixed date grid.
+
+    Args:
+        position_encoder: date embedding, width ``d_model``.
+        bands_encoder: band embedding, output width ``d_model`` (``[C, d_model]``: one linear layer).
+        d_model: filters of every convolution, and the feature width.
+        n_layers: number of convolution blocks (Pelletier et al.: 3).
+        kernel_size: dates per convolution window, odd (Pelletier et al.: 5).
+        dropout_p: dropout after every block (Pelletier et al.: 0.2).
+        embedding_dropout_p: dropout on the date embedding (the base's; TempCNN has none).
+    """
+
+    def __init__(
+        self,
+        position_encoder: PositionalEncoding,
+        bands_encoder: PixelEncoding,
+        d_model: int = 64,
+        n_layers: int = 3,
+        kernel_size: int = 5,
+        dropout_p: float = 0.2,
+        embedding_dropout_p: float = 0.0,
+    ) -> None:
+        super().__init__(position_encoder, bands_encoder, d_model, embedding_dropout_p)
+        self.blocks = nn.ModuleList(MaskedConvBlock(d_model, d_model, kernel_size, dropout_p) for _ in range(n_layers))
+
+    def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
+        x = zero_masked(self.embed(values, days), mask)
+        for block in self.blocks:
+            x = block(x, mask)
+        return x

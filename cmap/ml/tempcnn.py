@@ -1,0 +1,117 @@
+"""TempCNN parts (Pelletier et al. 2019): masked convolution blocks and the flatten + dense head.
+
+:class:`~cmap.ml.encoders.TempCNNEncoder` stacks :class:`MaskedConvBlock` s over the embedded
+dates; :class:`FlattenClassification` is TempCNN's own head, for data with a fixed number of dates.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cmap.ml.decoders import Decoder
+
+
+def zero_masked(features: Tensor, mask: Tensor) -> Tensor:
+    """``features`` (B, T, D) with the dates where ``mask`` (B, T) is False set to 0."""
+    return features * mask.unsqueeze(-1).to(features.dtype)
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """Batch norm of per-date features (B, T, D) whose statistics count the valid dates only.
+
+    In training, the batch mean and variance (and so the running statistics) come from the dates
+    where ``mask`` is True; padded and cloudy dates neither move them nor are normalised (they
+    come out as 0). A training batch with fewer than two valid dates uses the running statistics.
+    """
+
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+        valid = features[mask]  # (N, D): the valid dates of every series
+        training = self.training and valid.shape[0] > 1
+        if training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        normalised = F.batch_norm(
+            valid, self.running_mean, self.running_var, self.weight, self.bias, training, self.momentum, self.eps
+        )
+        out = features.new_zeros(features.shape[:-1] + normalised.shape[-1:])
+        out[mask] = normalised.to(out.dtype)
+        return out
+
+
+class MaskedConvBlock(nn.Module):
+    """Convolution over the date axis ('same' padding), masked batch norm, ReLU, dropout.
+
+    Masked dates are zeroed before the convolution and in its output, so valid dates see their
+    neighbours' values, zeros for masked neighbours, and never a masked date's value.
+
+    Shapes: features (B, T, in_features), mask (B, T) -> (B, T, out_features).
+    """
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int = 5, dropout_p: float = 0.2) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd ('same' padding centred on each date), got {kernel_size}")
+        # No bias: the batch norm's shift replaces it.
+        self.conv = nn.Conv1d(in_features, out_features, kernel_size, padding=kernel_size // 2, bias=False)
+        self.norm = MaskedBatchNorm1d(out_features)
+        self.dropout = nn.Dropout(dropout_p)
+
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+        x = self.conv(zero_masked(features, mask).transpose(1, 2)).transpose(1, 2)
+        return zero_masked(self.dropout(F.relu(self.norm(x, mask))), mask)
+
+
+class FlattenClassification(Decoder):
+    """TempCNN's head: the features of all T dates in date order, flattened, then dense layers.
+
+    ``flatten (T * d_model) -> linear (hidden) -> batch norm -> ReLU -> dropout -> linear
+    (num_classes)``. Unlike the masked mean of
+    :class:`~cmap.ml.decoders.MultiClassClassification`, it keeps *where* in the series each
+    feature is, which is what a fixed acquisition calendar offers. Masked dates enter as zeros.
+
+    It applies only when every series has the same ``num_dates`` dates, the i-th date of every
+    series at (about) the same time of the season: UCR Crop, the TempCNN example, stores of one
+    date grid, and maps of rasters on the training's dates. For irregular series of varying
+    length (or a map of other dates) use a pooling decoder; a batch with another number of dates
+    is an error.
+
+    Args:
+        num_dates: dates per series T.
+        num_classes: number of output classes.
+        hidden: width of the dense layer (Pelletier et al.: 256).
+        dropout_p: dropout after the dense layer.
+        in_features: per-date feature width; default (and it must be) the encoder's ``d_model``.
+
+    Shapes: features (B, num_dates, in_features), mask (B, num_dates) -> logits (B, num_classes).
+    """
+
+    def __init__(
+        self,
+        num_dates: int,
+        num_classes: int,
+        hidden: int = 256,
+        dropout_p: float = 0.2,
+        in_features: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_dates = num_dates
+        self.num_classes = num_classes
+        self.hidden = hidden
+        self.dropout_p = dropout_p
+        self.in_features = in_features
+        if in_features is not None:
+            self.build(in_features)
+
+    def build(self, in_features: int) -> None:
+        self.dense = nn.Linear(self.num_dates * in_features, self.hidden, bias=False)
+        self.norm = nn.BatchNorm1d(self.hidden)
+        self.dropout = nn.Dropout(self.dropout_p)
+        self.linear = nn.Linear(self.hidden, self.num_classes)
+
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+        if features.shape[1] != self.num_dates:
+            raise ValueError(
+                f"FlattenClassification was built for num_dates={self.num_dates} dates per series, got "
+                f"{features.shape[1]}: it needs a fixed date grid (use a pooling decoder otherwise)"
+            )
+        x = torch.flatten(zero_masked(features, mask), start_dim=1)
+        return self.linear(self.dropout(F.relu(self.norm(self.dense(x)))))

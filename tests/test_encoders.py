@@ -1,0 +1,186 @@
+"""TempCNNEncoder and FlattenClassification: shapes, masking, the decoder contract, YAML configs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cmap.cli import CMapCLI
+from cmap.ml.classifiers import Classifier
+from cmap.ml.decoders import MultiClassClassification
+from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
+from cmap.ml.encoders import SeriesEncoder, TempCNNEncoder
+from cmap.ml.tempcnn import FlattenClassification, MaskedBatchNorm1d
+from cmap.ml.weights import load_encoder_weights
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def tempcnn(num_bands: int = 3, d_model: int = 16, dropout_p: float = 0.0, **options) -> TempCNNEncoder:
+    return TempCNNEncoder(
+        PositionalEncoding(d_model, tau=1000, max_len=1000), PixelEncoding([num_bands, d_model]), d_model,
+        dropout_p=dropout_p, **options,
+    )  # fmt: skip
+
+
+def series(b: int = 8, t: int = 12, c: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Values, days and a mask with clouds inside the series and padding at its end."""
+    values = torch.randn(b, t, c)
+    days = torch.sort(torch.randint(0, 365, (b, t)), dim=1).values
+    mask = torch.rand(b, t) > 0.3
+    mask[:, 0] = True
+    mask[: b // 2, -3:] = False  # padding
+    return values * mask.unsqueeze(-1), days, mask
+
+
+def test_shapes_and_the_receptive_field_of_the_convolutions():
+    encoder = tempcnn(n_layers=3, kernel_size=5).eval()
+    values, days, mask = series(t=30)
+    features = encoder(values, days, torch.ones_like(mask))
+    assert isinstance(encoder, SeriesEncoder) and features.shape == (8, 30, 16)
+    # Date 20 sees dates 14..26 (3 layers of kernel 5) and none further.
+    changed = values.clone()
+    changed[:, 0] += 5.0
+    after = encoder(changed, days, torch.ones_like(mask))
+    torch.testing.assert_close(after[:, 7:], features[:, 7:])
+    assert not torch.allclose(after[:, 6], features[:, 6])
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_valid_dates_ignore_masked_values_and_masked_dates_are_zero(training):
+    encoder = tempcnn().train(training)
+    values, days, mask = series()
+    garbage = values.masked_fill(~mask.unsqueeze(-1), 1e3) + 7.0 * (~mask).unsqueeze(-1)
+    shifted_days = torch.where(mask, days, days + 50)
+    # The masked batch norm counts valid dates only, so even training-mode statistics agree.
+    torch.manual_seed(1)
+    features = encoder(values, days, mask)
+    torch.manual_seed(1)
+    other = encoder(garbage, shifted_days, mask)
+    torch.testing.assert_close(other[mask], features[mask])
+    assert features[~mask].abs().max() == 0 and other[~mask].abs().max() == 0
+
+
+def test_padding_at_the_end_changes_nothing():
+    encoder = tempcnn().eval()
+    values, days, mask = series()
+    padded = encoder(
+        torch.cat([values, torch.randn(8, 4, 3)], dim=1),
+        torch.cat([days, torch.full((8, 4), 400)], dim=1),
+        torch.cat([mask, torch.zeros(8, 4, dtype=torch.bool)], dim=1),
+    )
+    torch.testing.assert_close(padded[:, :12], encoder(values, days, mask))
+
+
+def test_masked_batch_norm_statistics_count_valid_dates_only():
+    norm = MaskedBatchNorm1d(4, momentum=1.0)
+    features = torch.randn(6, 10, 4)
+    mask = torch.rand(6, 10) > 0.4
+    out = norm(features.masked_fill(~mask.unsqueeze(-1), 100.0), mask)
+    valid = features[mask]
+    torch.testing.assert_close(norm.running_mean, valid.mean(dim=0))
+    torch.testing.assert_close(norm.running_var, valid.var(dim=0))
+    torch.testing.assert_close(out[mask].mean(dim=0), torch.zeros(4), atol=1e-5, rtol=0)
+    assert out[~mask].abs().max() == 0
+
+
+def test_decoders_bind_to_the_encoder_width():
+    encoder = tempcnn(d_model=16)
+    values, days, mask = series()
+    for decoder in (MultiClassClassification(num_classes=5), FlattenClassification(num_dates=12, num_classes=5)):
+        model = Classifier(encoder, decoder, class_names=list("abcde")).eval()
+        assert decoder.in_features == 16
+        assert model(values, days, mask).shape == (8, 5)
+    with pytest.raises(ValueError, match="width 32 but the encoder's d_model is 16"):
+        Classifier(encoder, FlattenClassification(num_dates=12, num_classes=5, in_features=32))
+
+
+def test_flatten_classification_keeps_the_date_order_and_needs_its_number_of_dates():
+    decoder = FlattenClassification(num_dates=12, num_classes=5, in_features=16).eval()
+    features, mask = torch.randn(8, 12, 16), torch.ones(8, 12, dtype=torch.bool)
+    reversed_logits = decoder(features.flip(1), mask)
+    assert not torch.allclose(reversed_logits, decoder(features, mask))  # a masked mean would not tell
+    # Masked dates enter as zeros, whatever their features.
+    mask[:, 3] = False
+    torch.testing.assert_close(decoder(features, mask), decoder(features.index_fill(1, torch.tensor([3]), 0.0), mask))
+    with pytest.raises(ValueError, match="num_dates=12 dates per series, got 10"):
+        decoder(features[:, :10], mask[:, :10])
+
+
+def test_kernel_size_must_be_odd():
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        tempcnn(kernel_size=4)
+
+
+def tiny_config(root: Path) -> Path:
+    """A TempCNN + FlattenClassification run on SyntheticSITS, 3 steps."""
+    d_model = 8
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_steps": 3, "default_root_dir": str(root), "limit_val_batches": 1,
+            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}],
+        },
+        "model": {
+            "class_path": "cmap.ml.classifiers.Classifier",
+            "init_args": {
+                "encoder": {
+                    "class_path": "cmap.ml.encoders.TempCNNEncoder",
+                    "init_args": {
+                        "position_encoder": {
+                            "class_path": "cmap.ml.embeddings.position.PositionalEncoding",
+                            "init_args": {"d_model": d_model, "tau": 1000, "max_len": 1000},
+                        },
+                        "bands_encoder": {"class_path": "cmap.ml.embeddings.bands.PixelEncoding",
+                                          "init_args": {"sizes": [2, d_model]}},
+                        "d_model": d_model, "n_layers": 2, "kernel_size": 3,
+                    },
+                },
+                "decoder": {"class_path": "cmap.ml.tempcnn.FlattenClassification",
+                            "init_args": {"num_dates": 10, "num_classes": 3, "hidden": 16}},
+                "max_lr": 0.001, "focal_gamma": 0.0,
+            },
+        },
+        "data": {
+            "class_path": "cmap.data.SyntheticSITS",
+            "init_args": {"class_names": ["a", "b", "c"], "num_bands": 2, "num_dates": 10, "num_train": 64,
+                          "num_test": 16, "batch_size": 16, "augmentation": {"date_dropout": 0.2}},
+        },
+        "attention_maps": {"first_epoch": 1000},
+        "embeddings": {"first_epoch": 1000},
+    }  # fmt: skip
+    path = root / "config.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_yaml_config_trains_and_the_checkpoint_rebuilds_the_model(tmp_path):
+    cli = CMapCLI(args=["fit", "--config", str(tiny_config(tmp_path)), *QUIET])
+    assert cli.trainer.global_step == 3
+    assert isinstance(cli.model.encoder, TempCNNEncoder) and isinstance(cli.model.decoder, FlattenClassification)
+    checkpoint = next(tmp_path.rglob("last.ckpt"))
+    loaded = Classifier.load_from_checkpoint(checkpoint).eval()
+    cli.model.eval()
+    values, days, mask = series(c=2, t=10)
+    days = days.clamp(max=999)
+    torch.testing.assert_close(loaded(values, days, mask), cli.model(values, days, mask))
+    # init_encoder_from: the trained encoder's weights (batch-norm statistics included) load into a new one.
+    fresh = TempCNNEncoder(
+        PositionalEncoding(8, tau=1000, max_len=1000), PixelEncoding([2, 8]), 8, n_layers=2, kernel_size=3
+    )
+    load_encoder_weights(fresh, str(checkpoint))
+    for name, tensor in loaded.encoder.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[name], tensor)
+
+
+def test_ucr_crop_tempcnn_config_parses(capsys):
+    with pytest.raises(SystemExit):
+        CMapCLI(args=["fit", "--config", str(CONFIGS / "ucr_crop_tempcnn.yaml"), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    model = config["model"]["init_args"]
+    assert model["encoder"]["class_path"] == "cmap.ml.encoders.TempCNNEncoder"
+    assert config["data"]["class_path"] == "cmap.data.UCRCrop"
+    assert any(c["init_args"].get("save_last") for c in config["trainer"]["callbacks"])
