@@ -46,7 +46,7 @@ class PositionalEncoding(nn.Module):
                     f"day offsets must lie in [0, max_len={self.max_len}), got [{low}, {high}]: "
                     "raise PositionalEncoding.max_len or move the dataset's reference date; for samples of "
                     "several seasons (years), count days within each sample's season instead: convert the table "
-                    "with `cmap convert table ... --time_axis season_start --season_start MM-DD` (or --time_axis "
+                    "with cmap convert table ... --time_axis season_start --season_start MM-DD (or --time_axis "
                     "series_start), so the model sees the day of the season, not the calendar year"
                 )
         # Angles reach max_len radians, far beyond what bf16 resolves (8-bit mantissa): in a model cast
