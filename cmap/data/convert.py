@@ -459,8 +459,8 @@ def read_table(
     no_valid = np.flatnonzero(~np.isfinite(series_values).all(axis=-1).any(axis=1))
     if len(no_valid):
         raise ValueError(
-            f"{path}: {len(no_valid)} samples have no valid date (every date has a missing band value), first "
-            f"sample {str(ids[no_valid[0]])!r}; remove them"
+            f"{path}: {len(no_valid)} series have no valid date (every date has a missing band value), first at "
+            f"sample index {int(no_valid[0])} (sample_id {str(ids[no_valid[0]])!r}); remove them"
         )
     labels = groups = None
     names: list[str] = []
