@@ -47,7 +47,7 @@ def pretrain(
     data = UCRCrop(root=root, batch_size=128)
     data.setup("fit")
     train, val = data.datasets["train"], data.datasets["val"]
-    every_series = SeriesDataset(train.series, np.concatenate([train.index, val.index]), data.mean, data.std)
+    every_series = SeriesDataset(train.series, np.concatenate([train.index, val.index]), data.input_contract)
     if objective == "contrastive":
         # Negatives come from the batch: a larger one than reconstruction needs.
         model = ContrastivePretraining(ucr_crop_encoder(d_model), ProjectionHead([d_model, d_model, 32]), max_lr=2e-3)

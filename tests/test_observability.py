@@ -66,6 +66,17 @@ def test_every_metric_is_logged_per_stage_and_class(events):
         for metric in ("precision", "recall", "f1"):
             assert {f"{stage}/{metric}/{c}" for c in UCR_CROP_CLASSES} <= scalars
     assert [event.step for event in events.Scalars("val/overall_accuracy")] == [3, 7, 11]  # once per epoch
+    learning_rates = [event.value for event in events.Scalars("lr-AdamW/pg1")]
+    assert len(learning_rates) >= 11 and max(learning_rates) > learning_rates[0]  # every step; warm-up rises
+
+
+def test_hparams_tab_holds_the_final_metrics(events):
+    """hp_metric is the final validation accuracy, and the session names the val and test metrics."""
+    hp_metric = events.Scalars("hp_metric")
+    assert hp_metric[-1].value == events.Scalars("val/overall_accuracy")[-1].value and hp_metric[-1].value != -1
+    content = events.PluginTagToContent("hparams")["_hparams_/experiment"]
+    names = {info.name.tag for info in HParamsPluginData.FromString(content).experiment.metric_infos}
+    assert {"val/overall_accuracy", "val/macro_f1", "test/overall_accuracy", "test/kappa"} <= names
 
 
 def test_figures_are_logged(events):
@@ -75,21 +86,23 @@ def test_figures_are_logged(events):
         "class_distribution/val_predicted_vs_true", "class_distribution/test_predicted_vs_true",
     }  # fmt: skip
     assert expected <= images
-    assert len(events.Images("confusion_matrix/val")) == 3  # every epoch, not the sanity check
+    # Every epoch (not the sanity check), on the step axis of the epoch-end scalars.
+    epoch_ends = [event.step for event in events.Scalars("val/overall_accuracy")]
+    assert [image.step for image in events.Images("confusion_matrix/val")] == epoch_ends
 
 
 def test_attention_maps_only_at_epoch_one(events):
     layers = sorted(tag for tag in events.Tags()["images"] if tag.startswith("attention/"))
     assert layers == ["attention/layer_0", "attention/layer_1", "attention/layer_2"]  # config: 3 layers
     for tag in layers:
-        assert [image.step for image in events.Images(tag)] == [1]
+        assert [image.step for image in events.Images(tag)] == [7]  # the end of epoch index 1 (4 steps each)
 
 
 def test_projector_embeddings_with_class_metadata(classifier_run):
     config = (classifier_run / "projector_config.pbtxt").read_text()
     assert "val_embeddings" in config
     (folder,) = [p for p in classifier_run.iterdir() if p.is_dir() and p.name.startswith("0")]
-    assert folder.name == "00001"  # epoch index 1 only
+    assert folder.name == "00007"  # epoch index 1 only, at its last step
     rows = (next(folder.iterdir()) / "tensors.tsv").read_text().splitlines()
     metadata = (next(folder.iterdir()) / "metadata.tsv").read_text().split()
     assert len(rows) == len(metadata) > 0 and set(metadata) <= set(UCR_CROP_CLASSES)

@@ -4,7 +4,8 @@ The ``cmap`` command adds all of them to every run (configurable, e.g.
 ``--attention_maps.every_n_epochs 5``). Each writes to the run's TensorBoard logger, and does
 nothing for a task it does not apply to (no confusion matrix for an AutoEncoder). Figures are
 made on the global-zero process only; metric states are synchronised first, so multi-process
-runs log once.
+runs log once. Figures and the projector are logged at the step of the epoch-end scalars
+(:func:`logging_step`), so TensorBoard shows them on the same step axis.
 """
 
 from typing import Any
@@ -16,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from cmap.data.batch import Batch
@@ -35,11 +37,17 @@ def class_names_of(trainer: L.Trainer, pl_module: L.LightningModule) -> list[str
     return None if names is None else list(names)
 
 
-def _log_figure(trainer: L.Trainer, tag: str, figure: Figure, step: int) -> None:
+def logging_step(trainer: L.Trainer) -> int:
+    """The step of the scalars logged at an epoch's end: Lightning writes them at the index of the
+    epoch's last optimizer step (``global_step - 1``); figures use it too."""
+    return max(trainer.global_step - 1, 0)
+
+
+def _log_figure(trainer: L.Trainer, tag: str, figure: Figure) -> None:
     # Figures are built with matplotlib's object API (no pyplot state, no GUI backend).
     writer = tensorboard_writer(trainer)
     if writer is not None:
-        writer.add_figure(tag, figure, global_step=step)
+        writer.add_figure(tag, figure, global_step=logging_step(trainer))
 
 
 def _class_axis_size(num_classes: int) -> float:
@@ -90,7 +98,7 @@ class ClassDistributionLogger(L.Callback):
             return
         counts = {split: datamodule.class_counts(split) for split in splits}
         figure = distribution_figure(counts, names, "class distribution: " + " / ".join(splits))
-        _log_figure(trainer, f"class_distribution/{'_'.join(splits)}", figure, trainer.current_epoch)
+        _log_figure(trainer, f"class_distribution/{'_'.join(splits)}", figure)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log(trainer, pl_module, ("train", "val"))
@@ -122,11 +130,10 @@ class ConfusionMatrixLogger(L.Callback):
         matrix = metric.compute().cpu().numpy()  # every process takes part in the synchronisation
         names = class_names_of(trainer, pl_module) or [str(i) for i in range(len(matrix))]
         if trainer.is_global_zero:
-            step = trainer.current_epoch
-            _log_figure(trainer, f"confusion_matrix/{stage}", confusion_figure(matrix, names), step)
+            _log_figure(trainer, f"confusion_matrix/{stage}", confusion_figure(matrix, names))
             counts = {"true": matrix.sum(axis=1), "predicted": matrix.sum(axis=0)}
             figure = distribution_figure(counts, names, f"{stage}: predicted vs true classes")
-            _log_figure(trainer, f"class_distribution/{stage}_predicted_vs_true", figure, step)
+            _log_figure(trainer, f"class_distribution/{stage}_predicted_vs_true", figure)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._update("val", pl_module, outputs, batch)
@@ -146,6 +153,11 @@ class EpochScheduledCallback(L.Callback):
 
     The defaults give epoch indices 1, 11, 21, ... (Lightning counts epochs from 0), on a fixed
     set of validation series: the first ``num_samples`` of the (unshuffled) validation loader.
+
+    Args:
+        first_epoch: the first epoch index logged (0 is the first epoch).
+        every_n_epochs: epochs between two logged epochs.
+        num_samples: validation series used (all of them when the split is smaller).
     """
 
     def __init__(self, first_epoch: int = 1, every_n_epochs: int = 10, num_samples: int = 64) -> None:
@@ -215,6 +227,11 @@ class AttentionMapLogger(EpochScheduledCallback):
     Only at the scheduled epochs does the encoder run :meth:`forward_with_attention` (once, on
     ``num_samples`` series); training and all other validation passes keep the fused attention.
     Dates label the axes when the series share their days (otherwise date indices).
+
+    Args:
+        first_epoch: the first epoch index logged (0 is the first epoch).
+        every_n_epochs: epochs between two logged epochs.
+        num_samples: validation series whose attention maps are averaged.
     """
 
     def log_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Batch) -> None:
@@ -225,14 +242,20 @@ class AttentionMapLogger(EpochScheduledCallback):
         days = batch["days"][0] if (batch["days"] == batch["days"][:1]).all() else None
         for layer, weights in enumerate(attention):
             figure = attention_figure(weights.float().mean(dim=0), days, layer)
-            _log_figure(trainer, f"attention/layer_{layer}", figure, trainer.current_epoch)
+            _log_figure(trainer, f"attention/layer_{layer}", figure)
 
 
 class EmbeddingProjector(EpochScheduledCallback):
     """Pooled encoder features of fixed validation series, for TensorBoard's projector.
 
     Features are spherized before logging (centred, then scaled to unit norm), which is what the
-    projector's "Spherize data" option does; the class name of each series is its metadata.
+    projector's "Spherize data" option does; the class name of each series is its metadata
+    (choose it under "Color by": TensorBoard's projector offers no way to preselect it).
+
+    Args:
+        first_epoch: the first epoch index logged (0 is the first epoch).
+        every_n_epochs: epochs between two logged epochs.
+        num_samples: validation series projected (all of them when the split is smaller).
     """
 
     def __init__(self, first_epoch: int = 1, every_n_epochs: int = 10, num_samples: int = 512) -> None:
@@ -247,5 +270,59 @@ class EmbeddingProjector(EpochScheduledCallback):
         if "label" in batch and names is not None:
             metadata = [names[int(label)] for label in batch["label"]]
         tensorboard_writer(trainer).add_embedding(
-            features.cpu(), metadata=metadata, tag="val_embeddings", global_step=trainer.current_epoch
+            features.cpu(), metadata=metadata, tag="val_embeddings", global_step=logging_step(trainer)
         )
+
+
+def flat_hyperparameters(params: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested hyper-parameters as ``{"a/b": value}`` with values TensorBoard's hparams accept."""
+    if isinstance(params, dict) or hasattr(params, "items"):
+        return {k: v for key, value in params.items() for k, v in flat_hyperparameters(value, f"{prefix}{key}/").items()}
+    value = params if isinstance(params, (bool, int, float, str)) else str(params)
+    return {prefix.rstrip("/"): value}
+
+
+class FinalMetrics(L.Callback):
+    """Puts the run's final validation and test metrics in TensorBoard's hyper-parameters tab.
+
+    Lightning logs the hyper-parameters when training starts, with a placeholder ``hp_metric`` of
+    -1. When fitting (then testing) ends, the hyper-parameters are written again naming the stage's
+    scalar metrics (``val/overall_accuracy``, ``val/macro_f1``, ..., ``test/...``; not the
+    per-class ones) as the tab's metric columns, whose values TensorBoard reads from the scalars
+    already logged; ``hp_metric`` is set to the final ``monitor`` value. Each run is then one row
+    of final figures.
+
+    Args:
+        monitor: the metric copied to ``hp_metric`` when fitting ends.
+    """
+
+    def __init__(self, monitor: str = "val/overall_accuracy") -> None:
+        self.monitor = monitor
+        self.names: set[str] = set()
+
+    def _write(self, trainer: L.Trainer, stage: str) -> None:
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if logger is None or not trainer.is_global_zero:
+            return
+        metrics = {
+            name: float(value)
+            for name, value in trainer.callback_metrics.items()
+            if name.startswith(f"{stage}/") and name.count("/") == 1 and value.numel() == 1
+        }
+        if stage == "val" and self.monitor in metrics:
+            logger.log_metrics({"hp_metric": metrics[self.monitor]}, step=logging_step(trainer))
+        # Both stages' columns in every write: TensorBoard may show the session of either event file
+        # (fit and the test after it write one each); a stage that never ran leaves its column empty.
+        self.names |= {f"{other}/{name.split('/', 1)[1]}" for name in metrics for other in ("val", "test")}
+        if not self.names:
+            return
+        writer = logger.experiment._get_file_writer()
+        for summary in hparams_summary(flat_hyperparameters(logger.hparams), dict.fromkeys(self.names, 0.0)):
+            writer.add_summary(summary, logging_step(trainer))
+        writer.flush()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, "val")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, "test")
