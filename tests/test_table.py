@@ -241,6 +241,48 @@ def test_two_rows_of_one_sample_on_one_date_name_both_rows(tmp_path):
         convert(write_csv(tmp_path / "samples.csv", rows), tmp_path / "store")
 
 
+def test_unlabelled_samples_pretrain_and_supervised_training_names_them(tmp_path):
+    from cmap.data import SeriesStore
+    from cmap.ml.autoencoders import AutoEncoder
+    from cmap.ml.decoders import BandReconstruction
+
+    from .conftest import quiet_trainer, tiny_classifier, tiny_encoder, tiny_encoder_config
+
+    rows = [(*row[:4], "" if int(row[0][-3:]) % 2 else row[4], row[5]) for row in multi_year_rows(24)]
+    source = write_csv(tmp_path / "samples.csv", rows)
+    axis = ["--time_axis", "season_start", "--season_start", "09-01"]
+    partial, _ = convert(source, tmp_path / "partial", *axis, "--allow_unlabelled")
+    assert (partial.labels == -1).sum() == 12
+    convert(source, tmp_path / "none", *axis, "--label_column", "")
+    for store in ("partial", "none"):  # pretraining uses every series, labelled or not
+        data = SeriesStore(str(tmp_path / store), fold=0, batch_size=8)
+        trainer = quiet_trainer(max_steps=2, limit_val_batches=1)
+        trainer.fit(AutoEncoder(tiny_encoder(2), BandReconstruction([16, 2])), data)
+        assert trainer.global_step == 2
+        assert len(data.datasets["train"]) + len(data.datasets["val"]) == 24 - len(data.load_test())
+    classifier = tiny_classifier(3, tiny_encoder_config(2, max_len=400))
+    with pytest.raises(ValueError, match=r"partial: label index -1 is outside the 3 classes"):
+        quiet_trainer(max_steps=1).fit(classifier, SeriesStore(str(tmp_path / "partial"), fold=0))
+    with pytest.raises(ValueError, match=r"none: the series have no labels .* this task needs labelled series"):
+        quiet_trainer(max_steps=1).fit(classifier, SeriesStore(str(tmp_path / "none"), fold=0))
+
+
+def test_predictions_for_a_new_unlabelled_table_carry_its_sample_ids(tmp_path):
+    axis = ["--time_axis", "season_start", "--season_start", "09-01"]
+    convert(write_csv(tmp_path / "train.csv", multi_year_rows(30)), tmp_path / "train", *axis)
+    new = [(f"new-{row[0]}", *row[1:4], "", row[5]) for row in multi_year_rows(8, seed=1)]
+    series, _ = convert(write_csv(tmp_path / "new.csv", new), tmp_path / "new", *axis, "--label_column", "")
+    data = {"class_path": "cmap.data.SeriesStore",
+            "init_args": {"path": str(tmp_path / "train"), "test_path": str(tmp_path / "new"), "batch_size": 16}}  # fmt: skip
+    checkpoint = fit_tiny_classifier(tmp_path / "run", data, num_bands=2, num_classes=3, steps=1)
+    output = tmp_path / "predictions.parquet"
+    cmap_main(["predict", "--config", str(tmp_path / "run" / "config.yaml"), "--ckpt_path", str(checkpoint),
+               "--trainer.callbacks+=cmap.predictions.PredictionWriter", "--trainer.callbacks.output", str(output)])  # fmt: skip
+    predictions = pd.read_parquet(output).sort_values("index")
+    assert predictions["sample_id"].tolist() == [f"new-field-{i:03d}" for i in range(8)]
+    assert set(predictions["class"]) <= {"cotton", "maize", "soy"}
+
+
 # ---------------------------------------------------------------------------------------------
 # --overwrite replaces only a store
 # ---------------------------------------------------------------------------------------------

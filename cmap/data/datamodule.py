@@ -187,10 +187,16 @@ def group_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
 
 
 def holdout_split(series: "PixelSeries", fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """By group when the series have groups (no parcel on both sides), stratified by class otherwise."""
+    """By group when the series have groups (no parcel on both sides), stratified by class otherwise
+    (at random when unlabelled)."""
     if series.groups is not None:
         return group_split(series.groups, fraction, seed)
-    return stratified_split(series.labels, fraction, seed)
+    return stratified_split(strata(series), fraction, seed)
+
+
+def strata(series: "PixelSeries") -> np.ndarray:
+    """The labels to stratify splits by: one stratum for unlabelled series."""
+    return np.zeros(len(series), dtype=np.int64) if series.labels is None else series.labels
 
 
 def kfold_split(series: "PixelSeries", num_folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,8 +219,9 @@ def kfold_split(series: "PixelSeries", num_folds: int, fold: int, seed: int) -> 
             fold_sizes[group_fold[group]] += sizes[group]
         assignment = group_fold[inverse]
     else:
-        for label in np.unique(series.labels):
-            members = rng.permutation(np.flatnonzero(series.labels == label))
+        labels = strata(series)
+        for label in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == label))
             assignment[members] = np.arange(len(members)) % num_folds
     return np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)
 
@@ -312,8 +319,11 @@ class SeriesDataModule(L.LightningDataModule):
             dataset.contract = contract
 
     def class_counts(self, split: str) -> np.ndarray:
-        """Number of series of each class in ``split`` (train, val or test)."""
-        return np.bincount(self.datasets[split].labels, minlength=len(self.class_names))
+        """Number of series of each class in ``split`` (train, val or test); none when unlabelled."""
+        labels = self.datasets[split].labels
+        if labels is None:
+            return np.zeros(len(self.class_names), dtype=np.int64)
+        return np.bincount(labels[labels >= 0], minlength=len(self.class_names))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
@@ -388,6 +398,30 @@ class SITSDataModule(SeriesDataModule):
         mapping = self.class_mapping
         return series if mapping is None else replace(series, labels=mapping(series.labels))
 
+    def labels_needed(self) -> bool:
+        """Whether the task being trained learns from labels (a task says it does not with
+        ``needs_labels = False``: the pretraining tasks); True without a trainer."""
+        trainer = getattr(self, "trainer", None)
+        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        return bool(getattr(model, "needs_labels", True))
+
+    def _unlabelled(self, series: PixelSeries, stage: str) -> PixelSeries:
+        """Series with unlabelled members (label -1, or no labels at all) for a task that needs none
+        (pretraining, or predicting the test split) lose their labels; for a task that needs labels,
+        unlabelled training series are an error."""
+        needs = stage != "predict" and self.labels_needed()
+        if series.labels is None:
+            if needs:
+                raise ValueError(
+                    f"{series.source}: the series have no labels (a store converted without a label column): "
+                    "this task needs labelled series; use the store for pretraining (AutoEncoder, "
+                    "ContrastivePretraining) or to predict"
+                )
+            return series
+        if not needs and (series.labels == -1).any():
+            return replace(series, labels=None)
+        return series
+
     def load_train(self) -> PixelSeries:
         """All labelled training series (validation is split off here)."""
         raise NotImplementedError
@@ -398,7 +432,7 @@ class SITSDataModule(SeriesDataModule):
 
     def setup(self, stage: str) -> None:
         if "train" not in self.datasets:
-            train_all = self._prepare(self.load_train())
+            train_all = self._prepare(self._unlabelled(self.load_train(), stage))
             if len(train_all) == 0:
                 raise ValueError(f"{train_all.source}: no training series")
             train_index, val_index = holdout_split(train_all, self.val_fraction, self.seed)
@@ -415,7 +449,7 @@ class SITSDataModule(SeriesDataModule):
             self.datasets["train"] = SeriesDataset(train_all, train_index, contract, self.augmentation)
             self.datasets["val"] = SeriesDataset(train_all, val_index, contract)
         if stage in ("test", "predict") and "test" not in self.datasets:
-            test = self._prepare(self.load_test())
+            test = self._prepare(self._unlabelled(self.load_test(), stage))
             if len(test) == 0:
                 raise ValueError(f"{test.source}: the test split is empty")
             self.datasets["test"] = SeriesDataset(test, np.arange(len(test)), self.input_contract)

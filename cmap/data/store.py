@@ -224,6 +224,8 @@ def read_store_pair(path: str | Path, test_path: str | Path | None) -> dict[str,
     if test_path is not None:
         test_metadata = read_metadata(test_path)
         for key in ("band_names", "class_names"):
+            if key == "class_names" and not test_metadata[key]:
+                continue  # an unlabelled store: new samples to predict
             if test_metadata[key] != metadata[key]:
                 raise ValueError(f"{test_path}: {key} {test_metadata[key]} differ from {path}'s {metadata[key]}")
         if store_time_axis(test_metadata) != store_time_axis(metadata):

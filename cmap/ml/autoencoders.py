@@ -50,6 +50,9 @@ class AutoEncoder(SITSTask):
         **kwargs: the optimiser and schedule settings of :class:`~cmap.ml.base.SITSTask`.
     """
 
+    #: Labels are not learnt from: stores with unlabelled series (label -1, or none) pretrain.
+    needs_labels = False
+
     def __init__(
         self, encoder: nn.Module, decoder: nn.Module, masking: MaskingStrategy | None = None, **kwargs: Any
     ) -> None:

@@ -48,6 +48,9 @@ class ContrastivePretraining(SITSTask):
             defaults as every task: ``configs/ucr_crop_contrastive.yaml`` sets ``max_lr``).
     """
 
+    #: Labels are not learnt from: stores with unlabelled series (label -1, or none) pretrain.
+    needs_labels = False
+
     def __init__(
         self,
         encoder: nn.Module,
