@@ -44,14 +44,16 @@ def load_classifier(path: str | Path) -> Classifier:
     return model.eval()
 
 
-def predicted_sample_ids(trainer: L.Trainer) -> np.ndarray | None:
-    """The sample ids of the predicted split, by position (None when its series have no ids)."""
+def predicted_sample_ids(trainer: L.Trainer, indices: list[int]) -> np.ndarray | None:
+    """The sample ids of the predicted split's series at dataset positions ``indices`` (None when
+    its series have no ids); only those ids are read from the store."""
     loaders = trainer.predict_dataloaders
     loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
     dataset = getattr(loader, "dataset", None)
     if not isinstance(dataset, SeriesDataset) or dataset.series.sample_ids is None:
         return None
-    return np.asarray(dataset.series.sample_ids[dataset.index])
+    rows = np.asarray(dataset.index[np.asarray(indices, dtype=np.int64)], dtype=np.int64)  # store rows
+    return np.asarray(dataset.series.sample_ids[rows]).astype(object)
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -85,9 +87,9 @@ class PredictionWriter(BasePredictionWriter):
             )
         class_names = list(getattr(pl_module, "class_names", range(probabilities.shape[1])))
         table = pd.DataFrame({"index": indices})
-        sample_ids = predicted_sample_ids(trainer)
+        sample_ids = predicted_sample_ids(trainer, indices)
         if sample_ids is not None:
-            table["sample_id"] = sample_ids.astype(object)[np.asarray(indices, dtype=np.int64)]
+            table["sample_id"] = sample_ids
         table["class"] = [class_names[i] for i in probabilities.argmax(axis=1)]
         table["confidence"] = probabilities.max(axis=1)
         for i, name in enumerate(class_names):

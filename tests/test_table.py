@@ -283,6 +283,20 @@ def test_predictions_for_a_new_unlabelled_table_carry_its_sample_ids(tmp_path):
     assert set(predictions["class"]) <= {"cotton", "maize", "soy"}
 
 
+def test_predictions_of_a_streaming_store_carry_sample_ids(tmp_path):
+    axis = ["--time_axis", "season_start", "--season_start", "09-01"]
+    series, _ = convert(write_csv(tmp_path / "train.csv", multi_year_rows(40)), tmp_path / "train", *axis)
+    data = {"class_path": "cmap.data.StreamingSeriesStore",
+            "init_args": {"path": str(tmp_path / "train"), "fold": 0, "batch_size": 16}}  # fmt: skip
+    checkpoint = fit_tiny_classifier(tmp_path / "run", data, num_bands=2, num_classes=3, steps=1)
+    output = tmp_path / "predictions.csv"
+    cmap_main(["predict", "--config", str(tmp_path / "run" / "config.yaml"), "--ckpt_path", str(checkpoint),
+               "--trainer.callbacks+=cmap.predictions.PredictionWriter", "--trainer.callbacks.output", str(output)])  # fmt: skip
+    predictions = pd.read_csv(output, dtype={"sample_id": str})
+    ids = np.asarray(series.sample_ids[np.arange(len(series))])
+    assert len(predictions) > 0 and predictions["sample_id"].tolist() == ids[predictions["index"]].tolist()
+
+
 # ---------------------------------------------------------------------------------------------
 # --overwrite replaces only a store
 # ---------------------------------------------------------------------------------------------
