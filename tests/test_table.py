@@ -122,6 +122,15 @@ def test_series_start_and_fitted_season(tmp_path, capsys):
         convert(source, tmp_path / "c", "--time_axis", "series_start", "--reference_date", "2010-01-01")
 
 
+def test_a_sample_reaching_past_one_season_is_named_when_converted(tmp_path, capsys):
+    rows = [("early", "2015-08-25", "0.1", "0.2", "m", "p"), ("early", "2016-03-01", "0.1", "0.2", "m", "p"),
+            ("fine", "2015-09-10", "0.1", "0.2", "m", "p")]  # fmt: skip
+    convert(write_csv(tmp_path / "samples.csv", rows), tmp_path / "store", "--season_start", "09-01")
+    out = capsys.readouterr().out
+    # 2015-08-25 lies before 2015-09-01: its season started on 2014-09-01.
+    assert "1 samples reach past day 365 (more than one season), first 'early' (days 358 to 547)" in out
+
+
 # ---------------------------------------------------------------------------------------------
 # Explicit parsing
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ points or polygons -> a store (see ``extract --help``).
 
 import argparse
 
+import numpy as np
+
 from cmap.data import convert, raster
 from cmap.data.contract import TIME_AXIS_RULES, RawValues, TimeAxis
 
@@ -132,12 +134,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
 def _describe_days(converted: convert.Converted) -> str:
     """The time axis and the range of days it gives, with a note when a sample spans more than a season."""
     series = converted.series
-    days = series.days[series.valid_dates]
-    text = f"time axis: {converted.time_axis.describe()}; days {int(days.min())} to {int(days.max())}"
-    if days.max() >= convert.ONE_SEASON_DAYS:
+    days = np.where(series.valid_dates, series.days, -1)
+    text = f"time axis: {converted.time_axis.describe()}; days 0 to {int(days.max())}"
+    late = np.flatnonzero(days.max(axis=1) >= convert.ONE_SEASON_DAYS)
+    if len(late):
+        first = late[0] if series.sample_ids is None else repr(str(series.sample_ids[late[0]]))
         text += (
-            " (beyond one season: check PositionalEncoding.max_len, and whether --time_axis / --season_start fit "
-            "your samples)"
+            f"; {len(late)} samples reach past day {convert.ONE_SEASON_DAYS - 1} (more than one season), first "
+            f"{first} (days {int(days[late[0]][days[late[0]] >= 0].min())} to {int(days[late[0]].max())}): check "
+            "PositionalEncoding.max_len, and whether --time_axis / --season_start fit your samples"
         )
     return text
 
