@@ -9,13 +9,18 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cmap.cli import main as cmap_main
-from cmap.data import open_store
+from cmap.data import SeriesStore, open_store
 from cmap.data.contract import TimeAxis
+from cmap.ml.autoencoders import AutoEncoder
+from cmap.ml.decoders import BandReconstruction
 from cmap.ml.embeddings import PositionalEncoding
 
-from .conftest import fit_tiny_classifier
+from .conftest import fit_tiny_classifier, quiet_trainer, tiny_classifier, tiny_encoder, tiny_encoder_config
 
 HEADER = ["sample_id", "date", "B4", "B8", "label", "parcel"]
 
@@ -31,6 +36,12 @@ def write_csv(path, rows, header=HEADER, encoding="utf-8", delimiter=","):
 def convert(source, output, *options):
     cmap_main(["convert", "table", str(source), str(output), "--bands", "B4", "B8", *options])
     return open_store(output)
+
+
+def predict(config, checkpoint, output):
+    """``cmap predict`` writing the table ``output`` with :class:`cmap.predictions.PredictionWriter`."""
+    writer = ["--trainer.callbacks+=cmap.predictions.PredictionWriter", "--trainer.callbacks.output", str(output)]
+    cmap_main(["predict", "--config", str(config), "--ckpt_path", str(checkpoint), *writer])
 
 
 def multi_year_rows(num_samples=60, seed=0):
@@ -55,7 +66,8 @@ def multi_year_rows(num_samples=60, seed=0):
 
 def test_multi_year_table_needs_a_time_axis_choice_instead_of_days_in_the_thousands(tmp_path):
     source = write_csv(tmp_path / "samples.csv", multi_year_rows())
-    with pytest.raises(ValueError, match=r"samples.csv: dates span 2010-09-\d\d to 2022-.* more than one season") as error:
+    span = r"samples.csv: dates span 2010-09-\d\d to 2022-.* more than one season"
+    with pytest.raises(ValueError, match=span) as error:
         convert(source, tmp_path / "store")
     assert "--time_axis season_start --season_start" in str(error.value)
     assert not (tmp_path / "store").exists()
@@ -64,8 +76,6 @@ def test_multi_year_table_needs_a_time_axis_choice_instead_of_days_in_the_thousa
     assert metadata["time_axis"] == {"rule": "reference_date", "reference_date": "2010-09-01", "season_start": None}
     days = np.asarray(series.days)
     assert days.max() > 4000
-    import torch
-
     with pytest.raises(ValueError, match=r"max_len=1000\), got \[0, \d+\].*--time_axis season_start --season_start"):
         PositionalEncoding(8, max_len=1000)(torch.from_numpy(days))
 
@@ -91,17 +101,12 @@ def test_season_start_counts_days_within_each_season_and_trains_and_predicts_wit
     # The shipped tiny recipe (PositionalEncoding max_len 400) trains on it with only the data path set.
     data = {"class_path": "cmap.data.SeriesStore", "init_args": {"path": str(store), "fold": 0, "batch_size": 16}}
     checkpoint = fit_tiny_classifier(tmp_path / "run", data, num_bands=2, num_classes=3, steps=2)
-    import torch
-
     contract = torch.load(checkpoint, weights_only=False)["cmap_input_contract"]
     assert contract["time_axis"] == metadata["time_axis"]  # cmap predict and cmap map count days the same way
     output = tmp_path / "predictions.csv"
-    cmap_main(["predict", "--config", str(tmp_path / "run" / "config.yaml"), "--ckpt_path", str(checkpoint),
-               "--trainer.callbacks+=cmap.predictions.PredictionWriter", "--trainer.callbacks.output", str(output)])  # fmt: skip
+    predict(tmp_path / "run" / "config.yaml", checkpoint, output)
     predictions = pd.read_csv(output, dtype={"sample_id": str})
     assert list(predictions.columns[:3]) == ["index", "sample_id", "class"]
-    from cmap.data import SeriesStore
-
     test = SeriesStore(str(store), fold=0)
     test.setup("predict")
     expected = np.asarray(test.datasets["test"].series.sample_ids)[predictions["index"].to_numpy()]
@@ -183,7 +188,8 @@ def test_day_first_dates_need_date_format_and_then_count_correctly(tmp_path):
 @pytest.mark.parametrize("cell", ["cloud", "0,5", "1.2.3"])
 def test_band_text_is_an_error_naming_file_column_row_and_value(tmp_path, cell):
     rows = [("s", "2021-03-01", "0.1", "0.2", "m", "p"), ("s", "2021-03-02", "0.3", cell, "m", "p")]
-    with pytest.raises(ValueError, match=rf"samples.csv: column 'B8' row 1: '{cell}' is not a number .*--missing_values.* \(line 3 of the file\)"):  # fmt: skip
+    message = rf"samples.csv: column 'B8' row 1: '{cell}' is not a number .*--missing_values.* \(line 3 of the file\)"
+    with pytest.raises(ValueError, match=message):
         convert(write_csv(tmp_path / "samples.csv", rows), tmp_path / "store")
     assert not (tmp_path / "store").exists()
 
@@ -229,7 +235,8 @@ def test_empty_label_is_unlabelled_only_when_allowed(tmp_path):
     rows = [("s", "2021-03-01", "0.1", "0.2", "mais", "p"), ("t", "2021-03-01", "0.1", "0.2", "", "p"),
             ("t", "2021-03-05", "0.1", "0.2", "", "p")]  # fmt: skip
     source = write_csv(tmp_path / "samples.csv", rows)
-    with pytest.raises(ValueError, match=r"samples.csv: column 'label' row 1: sample 't' has an empty label .*--allow_unlabelled"):  # fmt: skip
+    message = r"samples.csv: column 'label' row 1: sample 't' has an empty label .*--allow_unlabelled"
+    with pytest.raises(ValueError, match=message):
         convert(source, tmp_path / "store")
     series, metadata = convert(source, tmp_path / "store", "--allow_unlabelled")
     assert metadata["class_names"] == ["mais"] and series.labels.tolist() == [0, -1]
@@ -239,7 +246,8 @@ def test_empty_label_is_unlabelled_only_when_allowed(tmp_path):
 
 def test_empty_sample_id_is_an_error_naming_the_row(tmp_path):
     rows = [("s", "2021-03-01", "0.1", "0.2", "m", "p"), ("", "2021-03-02", "0.1", "0.2", "m", "p")]
-    with pytest.raises(ValueError, match=r"samples.csv: column 'sample_id' row 1: empty sample id.*\(line 3 of the file\)"):  # fmt: skip
+    message = r"samples.csv: column 'sample_id' row 1: empty sample id.*\(line 3 of the file\)"
+    with pytest.raises(ValueError, match=message):
         convert(write_csv(tmp_path / "samples.csv", rows), tmp_path / "store")
 
 
@@ -251,12 +259,6 @@ def test_two_rows_of_one_sample_on_one_date_name_both_rows(tmp_path):
 
 
 def test_unlabelled_samples_pretrain_and_supervised_training_names_them(tmp_path):
-    from cmap.data import SeriesStore
-    from cmap.ml.autoencoders import AutoEncoder
-    from cmap.ml.decoders import BandReconstruction
-
-    from .conftest import quiet_trainer, tiny_classifier, tiny_encoder, tiny_encoder_config
-
     rows = [(*row[:4], "" if int(row[0][-3:]) % 2 else row[4], row[5]) for row in multi_year_rows(24)]
     source = write_csv(tmp_path / "samples.csv", rows)
     axis = ["--time_axis", "season_start", "--season_start", "09-01"]
@@ -282,11 +284,11 @@ def test_predictions_for_a_new_unlabelled_table_carry_its_sample_ids(tmp_path):
     new = [(f"new-{row[0]}", *row[1:4], "", row[5]) for row in multi_year_rows(8, seed=1)]
     series, _ = convert(write_csv(tmp_path / "new.csv", new), tmp_path / "new", *axis, "--label_column", "")
     data = {"class_path": "cmap.data.SeriesStore",
-            "init_args": {"path": str(tmp_path / "train"), "test_path": str(tmp_path / "new"), "batch_size": 16}}  # fmt: skip
+            "init_args": {"path": str(tmp_path / "train"), "test_path": str(tmp_path / "new"),
+                          "batch_size": 16}}  # fmt: skip
     checkpoint = fit_tiny_classifier(tmp_path / "run", data, num_bands=2, num_classes=3, steps=1)
     output = tmp_path / "predictions.parquet"
-    cmap_main(["predict", "--config", str(tmp_path / "run" / "config.yaml"), "--ckpt_path", str(checkpoint),
-               "--trainer.callbacks+=cmap.predictions.PredictionWriter", "--trainer.callbacks.output", str(output)])  # fmt: skip
+    predict(tmp_path / "run" / "config.yaml", checkpoint, output)
     predictions = pd.read_parquet(output).sort_values("index")
     assert predictions["sample_id"].tolist() == [f"new-field-{i:03d}" for i in range(8)]
     assert set(predictions["class"]) <= {"cotton", "maize", "soy"}
@@ -299,8 +301,7 @@ def test_predictions_of_a_streaming_store_carry_sample_ids(tmp_path):
             "init_args": {"path": str(tmp_path / "train"), "fold": 0, "batch_size": 16}}  # fmt: skip
     checkpoint = fit_tiny_classifier(tmp_path / "run", data, num_bands=2, num_classes=3, steps=1)
     output = tmp_path / "predictions.csv"
-    cmap_main(["predict", "--config", str(tmp_path / "run" / "config.yaml"), "--ckpt_path", str(checkpoint),
-               "--trainer.callbacks+=cmap.predictions.PredictionWriter", "--trainer.callbacks.output", str(output)])  # fmt: skip
+    predict(tmp_path / "run" / "config.yaml", checkpoint, output)
     predictions = pd.read_csv(output, dtype={"sample_id": str})
     ids = np.asarray(series.sample_ids[np.arange(len(series))])
     assert len(predictions) > 0 and predictions["sample_id"].tolist() == ids[predictions["index"]].tolist()
@@ -316,7 +317,8 @@ def test_overwrite_replaces_a_store_but_never_another_folder_or_a_file(tmp_path)
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "holiday.jpg").write_bytes(b"precious")
-    with pytest.raises(FileExistsError, match=r"photos exists and is not a cmap series store \(it holds \['holiday.jpg'\]\)"):  # fmt: skip
+    message = r"photos exists and is not a cmap series store \(it holds \['holiday.jpg'\]\)"
+    with pytest.raises(FileExistsError, match=message):
         convert(source, folder, "--overwrite")
     assert (folder / "holiday.jpg").read_bytes() == b"precious"
     empty = tmp_path / "empty"
@@ -339,8 +341,6 @@ def test_overwrite_replaces_a_store_but_never_another_folder_or_a_file(tmp_path)
 # Property: the store read back is the table, exactly
 # ---------------------------------------------------------------------------------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 TEXT = st.text(alphabet="abXYZ0179 ,;\"'é-_/.NAnulo", min_size=1, max_size=6).filter(lambda text: text.strip())
 FLOAT32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
@@ -360,7 +360,8 @@ def tables(draw):
         valid = draw(st.integers(0, len(offsets) - 1))
         values[valid] = [draw(FLOAT32), draw(FLOAT32)]  # at least one valid date
         dates = [first + datetime.timedelta(days=offset) for offset in offsets]
-        samples.append((sample_id, draw(st.sampled_from(classes)), draw(st.sampled_from(["g0", "g1", "g2"])), dates, values))
+        label, group = draw(st.sampled_from(classes)), draw(st.sampled_from(["g0", "g1", "g2"]))
+        samples.append((sample_id, label, group, dates, values))
     rows = [(s[0], date, value, s[1], s[2]) for s in samples for date, value in zip(s[3], s[4], strict=True)]
     order = draw(st.permutations(range(len(rows))))
     earliest = min(date for s in samples for date in s[3])
@@ -396,10 +397,12 @@ def test_the_store_read_back_equals_the_table(tmp_path_factory, table):
         source = write_csv(folder / "samples.csv", text, header)
     else:
         frame = pd.DataFrame(
-            [(i, d, *(None if v is None else float(v) for v in values), label, group) for i, d, values, label, group in rows],
+            [(i, d, *(None if v is None else float(v) for v in values), label, group)
+             for i, d, values, label, group in rows],
             columns=header,
         )  # fmt: skip
-        frame["date"] = pd.to_datetime(frame["date"]) if file_format == "parquet-typed-dates" else frame["date"].map(str)
+        typed = file_format == "parquet-typed-dates"
+        frame["date"] = pd.to_datetime(frame["date"]) if typed else frame["date"].map(str)
         source = folder / "samples.parquet"
         frame.to_parquet(source)
     options = ["--group_column", "parcel", "--time_axis", rule]

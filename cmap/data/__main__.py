@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
         help="strftime layout of the dates, e.g. %%d/%%m/%%Y (default: ISO 8601, or any layout that reads the same "
         "day-first and month-first; ambiguous dates are an error)",
     )  # fmt: skip
-    table.add_argument("--encoding", default="utf-8-sig", help="CSV text encoding (default: UTF-8, with or without BOM)")
+    table.add_argument("--encoding", default="utf-8-sig", help="CSV text encoding (default: UTF-8, BOM or not)")
     table.add_argument("--delimiter", default=",", help="CSV field separator")
     table.add_argument("--decimal", default=".", help="decimal mark of band values (e.g. ,)")
     table.add_argument(

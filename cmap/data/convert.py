@@ -319,8 +319,8 @@ def _one_per_sample(cells: _Cells, column: str, values: np.ndarray, codes: np.nd
         i = differ[0]
         sample = codes[i]
         raise ValueError(
-            f"{cells.path}: sample {str(ids[sample])!r} has {column} {first[sample]!r} (row {rows[first_row[sample]]}) and "
-            f"{values[i]!r} (row {rows[i]}): one sample is one field in one season, with one {column}"
+            f"{cells.path}: sample {str(ids[sample])!r} has {column} {first[sample]!r} (row {rows[first_row[sample]]}) "
+            f"and {values[i]!r} (row {rows[i]}): one sample is one field in one season, with one {column}"
         )
     return first, first_row
 
@@ -475,9 +475,9 @@ def read_table(
             raise cells.error(
                 label_column,
                 int(rows[first_row[empty[0]]]),
-                f"sample {str(ids[empty[0]])!r} has an empty label ({len(empty)} samples have none): give every sample a "
-                "class, or pass --allow_unlabelled to keep them unlabelled (label -1: a store for pretraining, not "
-                "for supervised training)",
+                f"sample {str(ids[empty[0]])!r} has an empty label ({len(empty)} samples have none): give every "
+                "sample a class, or pass --allow_unlabelled to keep them unlabelled (label -1: a store for "
+                "pretraining, not for supervised training)",
             )
         found = sorted(set(sample_labels.tolist()) - {""})
         names = list(class_names) if class_names is not None else found
