@@ -16,18 +16,20 @@ import sys
 import warnings
 from typing import Any
 
-from jsonargparse import get_loader, set_loader
+from jsonargparse import _typehints as jsonargparse_typehints
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cmap.ml.callbacks import AttentionMapLogger, ClassDistributionLogger, ConfusionMatrixLogger, EmbeddingProjector
-from cmap.ml.fault_tolerance import InterruptCheckpoint, RandomState, last_checkpoint
+from cmap.ml.fault_tolerance import InterruptCheckpoint, RandomState, last_checkpoint, use_atomic_checkpoints
+from cmap.outputs import INPUT_ERROR_STATUS, InputError
 
-PARSER_MODE = "cmap_yaml"
+PARSER_MODE = "yaml"
 
 
-def canonical_class_path(class_path: str) -> str:
-    """``pkg.module.classname`` -> ``pkg.module.ClassName`` when exactly one class matches.
+def canonical_class_path(class_path: str, base: Any = None) -> str:
+    """``pkg.module.classname`` -> ``pkg.module.ClassName`` when exactly one class (a subclass of
+    ``base``, when given) matches.
 
     Anything else (short names, unknown modules, ambiguous names) is returned unchanged for
     jsonargparse to resolve or report.
@@ -41,21 +43,37 @@ def canonical_class_path(class_path: str) -> str:
         return class_path
     if isinstance(getattr(module, name, None), type):
         return class_path
-    matches = [attr for attr in dir(module) if attr.lower() == name.lower() and isinstance(getattr(module, attr), type)]
+
+    def fits(attr: str) -> bool:
+        value = getattr(module, attr)
+        if attr.lower() != name.lower() or not isinstance(value, type):
+            return False
+        try:
+            return base is None or issubclass(value, base)
+        except TypeError:  # a typing construct as base: jsonargparse checks it
+            return True
+
+    matches = [attr for attr in dir(module) if fits(attr)]
     return f"{module_name}.{matches[0]}" if len(matches) == 1 else class_path
 
 
-def canonicalise_class_paths(node: Any) -> Any:
-    """Rewrite, in place, every ``class_path`` string of a parsed config tree."""
-    if isinstance(node, dict):
-        if isinstance(node.get("class_path"), str):
-            node["class_path"] = canonical_class_path(node["class_path"])
-        for value in node.values():
-            canonicalise_class_paths(value)
-    elif isinstance(node, list):
-        for value in node:
-            canonicalise_class_paths(value)
-    return node
+def _resolve_class_path_case_insensitively(cls: Any, name: str) -> str:
+    """jsonargparse's ``resolve_class_path_by_name``, then :func:`canonical_class_path` of the result.
+
+    jsonargparse calls it only for a value given where the config declares a class type (model,
+    data, callbacks, an ``init_args`` parameter typed as a class), with that type as ``cls``, and
+    imports the module named by the result just after. So case-insensitive matching imports nothing
+    that plain LightningCLI would not: a ``class_path`` key elsewhere (a value of a plain dict such as
+    ``class_map``) is never imported.
+    """
+    class_path = _resolve_class_path_by_name(cls, name)
+    if not isinstance(class_path, str) or "." not in class_path:
+        return class_path
+    return canonical_class_path(class_path, cls if isinstance(cls, (type, tuple)) else None)
+
+
+_resolve_class_path_by_name = jsonargparse_typehints.resolve_class_path_by_name
+jsonargparse_typehints.resolve_class_path_by_name = _resolve_class_path_case_insensitively
 
 
 def namespace_dict(node: Any) -> Any:
@@ -69,10 +87,6 @@ def replaced_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
         keys = sorted(before.keys() | after.keys())
         return [key for k in keys for key in replaced_keys(before.get(k), after.get(k), f"{prefix}{k}.")]
     return [] if before is None or before == after else [prefix.rstrip(".")]
-
-
-_yaml_loader = get_loader("yaml")
-set_loader(PARSER_MODE, lambda text: canonicalise_class_paths(_yaml_loader(text)))
 
 
 class CMapCLI(LightningCLI):
@@ -109,7 +123,8 @@ class CMapCLI(LightningCLI):
         try:
             super()._parse_ckpt_path()
         except Exception as error:  # torch raises several types for truncated or foreign files
-            raise ValueError(f"{self.config[subcommand].ckpt_path}: not a readable checkpoint ({error})") from error
+            message = " ".join(str(error).split())
+            raise InputError(f"{self.config[subcommand].ckpt_path}: not a readable checkpoint ({message})") from error
         if before is None:
             return
         after = self.config[subcommand].get("model")
@@ -136,6 +151,11 @@ class CMapCLI(LightningCLI):
                 config["ckpt_path"] = str(path)
 
     before_fit = before_validate = before_test = before_predict = _resolve_last_checkpoint
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)  # a checkpoint on disk is complete, even when the disk fills up
+        return trainer
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit:
@@ -190,14 +210,26 @@ def main(args: list[str] | None = None) -> None:
         if not args:
             sys.exit(2)
         return
-    if args[0] in COMMANDS:
-        COMMANDS[args[0]](args[1:])
-        return
     try:
+        if args[0] in COMMANDS:
+            COMMANDS[args[0]](args[1:])
+            return
         CMapCLI(args=args)
     except SIGTERMException:
         # Stopped by SIGTERM (its checkpoint is saved): not a success for the calling script.
         sys.exit(128 + signal.SIGTERM)
+    except InputError as error:
+        # A bad input or argument: its one-line message (file, date, band, expected value), no traceback.
+        print(f"cmap {args[0]}: error: {input_error_message(error)}", file=sys.stderr)
+        sys.exit(INPUT_ERROR_STATUS)
+
+
+def input_error_message(error: InputError) -> str:
+    """The error's message on one line (a DataLoader worker's re-raised error carries its traceback: its last line)."""
+    text = str(error).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -21,12 +21,18 @@ GeoTIFF by default:
 - ``OUTPUT`` with ``_probs`` before the suffix (unless ``probabilities=False``): one uint8 band per
   class, the class probability in percent (0..100, nodata 255), bands described by class name.
 
-Files are written under temporary names and renamed when complete, class map last: a run that fails
-or is killed leaves no file under the output names.
+Files are written under temporary names, with GDAL's write errors raised; each finished file is
+reopened and every block read back, then flushed and renamed, class map last (:mod:`cmap.outputs`):
+a run that fails (a full disk) or is killed leaves no file under the output names. Output paths are
+checked first: never an input (a raster, the checkpoint), never an existing file that is not a cmap
+map, never a name among the input rasters that the pattern would read as a date.
 """
 
+import contextlib
+import errno
 import json
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,8 +49,9 @@ from matplotlib import colormaps
 from torch.utils.data import DataLoader, Dataset
 
 from cmap.data.contract import InputContract, RawValues, TimeAxis
-from cmap.data.raster import DEFAULT_PATTERN, RasterStack, pixel_series
+from cmap.data.raster import DEFAULT_PATTERN, RASTER_SUFFIXES, RasterStack, pixel_series
 from cmap.ml.compile import CompileModel
+from cmap.outputs import OutputPathError, check_outputs, gdal_errors, publish, temporary_path, verify_raster
 from cmap.predictions import load_classifier
 
 NODATA = 255
@@ -163,10 +170,16 @@ class MapWriter(BasePredictionWriter):
         self._files: dict[Path, Any] = {}  # final path -> open temporary dataset
 
     def _temporary(self, path: Path, suffix: str = "") -> Path:
-        return path.with_name(f".{path.name}.partial{suffix}")
+        return temporary_path(path, suffix)
 
     def _targets(self) -> list[Path]:
         return [probabilities_path(self.output)] * self.probabilities + [self.output]
+
+    def _partials(self) -> list[Path]:
+        """Every temporary file this writer may leave (removed on failure)."""
+        return [self._temporary(path, suffix) for path in self._targets() for suffix in ("", ".cog")] + [
+            self._temporary(self.output.with_suffix(".qml"))
+        ]
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1:
@@ -184,8 +197,10 @@ class MapWriter(BasePredictionWriter):
             **self.stack.profile,
         }
         for path in self._targets():
-            count = len(self.class_names) if path != self.output else 1
-            dataset = rasterio.open(self._temporary(path), "w", count=count, **profile)
+            count = self._count(path)
+            with gdal_errors(self._temporary(path)):
+                dataset = rasterio.open(self._temporary(path), "w", count=count, **profile)
+            self._files[path] = dataset
             dataset.update_tags(class_names=json.dumps(self.class_names))
             if path == self.output:
                 dataset.set_band_description(1, "class")
@@ -196,7 +211,9 @@ class MapWriter(BasePredictionWriter):
                 for band, name in enumerate(self.class_names, start=1):
                     dataset.set_band_description(band, name)
                 dataset.update_tags(scale="0.01", unit="probability in percent")
-            self._files[path] = dataset
+
+    def _count(self, path: Path) -> int:
+        return len(self.class_names) if path != self.output else 1
 
     def write_on_batch_end(
         self,
@@ -214,38 +231,93 @@ class MapWriter(BasePredictionWriter):
         probabilities = prediction["probabilities"].cpu().numpy()
         classes = np.full(height * width, NODATA, dtype=np.uint8)
         classes[pixels] = probabilities.argmax(axis=1)
-        self._files[self.output].write(classes.reshape(height, width), 1, window=window)
+        with gdal_errors(self._temporary(self.output)):  # GDAL flushes cached blocks at any write
+            self._files[self.output].write(classes.reshape(height, width), 1, window=window)
         if self.probabilities:
             percent = np.full((len(self.class_names), height * width), NODATA, dtype=np.uint8)
             percent[:, pixels] = np.rint(100 * probabilities.T)
-            self._files[probabilities_path(self.output)].write(percent.reshape(-1, height, width), window=window)
+            with gdal_errors(self._temporary(probabilities_path(self.output))):
+                self._files[probabilities_path(self.output)].write(percent.reshape(-1, height, width), window=window)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for dataset in self._files.values():
-            dataset.close()
+        # Every file is finished and verified (reopened, every block read) before any is renamed:
+        # a failure (a full disk) leaves nothing new under the output names (cmap.outputs).
+        for path, dataset in list(self._files.items()):
+            with gdal_errors(self._temporary(path)):  # blocks still cached are written at close
+                dataset.close()
+        self._files.clear()
+        staged: dict[Path, Path] = {}  # final path -> verified temporary file
         for path in self._targets():
             partial = self._temporary(path)
             if self.cog:  # a COG is written in one go (overviews, then tiles), from the finished GeoTIFF
-                rasterio.shutil.copy(
-                    partial, self._temporary(path, ".cog"), driver="COG", compress="DEFLATE",
-                    overview_resampling="nearest", BIGTIFF="IF_SAFER",
-                )  # fmt: skip
+                verify_raster(partial, self._count(path), self.stack.shape)
+                with gdal_errors(self._temporary(path, ".cog")):
+                    rasterio.shutil.copy(
+                        partial, self._temporary(path, ".cog"), driver="COG", compress="DEFLATE",
+                        overview_resampling="nearest", BIGTIFF="IF_SAFER",
+                    )  # fmt: skip
                 os.remove(partial)
                 partial = self._temporary(path, ".cog")
-            if path == self.output:
-                style = self._temporary(path.with_suffix(".qml"))
-                style.write_text(qgis_style(self.class_names))
-                os.replace(style, path.with_suffix(".qml"))
-            os.replace(partial, path)
-        self._files.clear()
+            verify_raster(partial, self._count(path), self.stack.shape)
+            staged[path] = partial
+        style, text = self._temporary(self.output.with_suffix(".qml")), qgis_style(self.class_names)
+        style.write_text(text)
+        if style.read_text() != text:
+            raise OSError(errno.EIO, f"{style}: the written style differs from what was written")
+        staged = {path: staged[path] for path in self._targets()[:-1]} | {
+            self.output.with_suffix(".qml"): style,
+            self.output: staged[self.output],  # the class map last
+        }
+        for path, partial in staged.items():
+            publish(partial, path)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         for dataset in self._files.values():
-            dataset.close()
+            with contextlib.suppress(Exception):
+                dataset.close()
         self._files.clear()
-        for path in self._targets():
-            for partial in (self._temporary(path), self._temporary(path, ".cog")):
-                partial.unlink(missing_ok=True)
+        for partial in self._partials():
+            partial.unlink(missing_ok=True)
+
+
+def is_cmap_raster(path: Path) -> bool:
+    """A class map or probability raster written by ``cmap map`` (class names in its tags)."""
+    if not path.is_file():
+        return False
+    try:
+        with rasterio.open(path) as dataset:
+            return "class_names" in dataset.tags()
+    except rasterio.errors.RasterioError:
+        return False
+
+
+def is_cmap_style(path: Path) -> bool:
+    """A QGIS paletted style as ``cmap map`` writes beside its maps."""
+    try:
+        text = path.read_text(errors="replace")[:4096]
+    except OSError:
+        return False
+    return text.startswith("<!DOCTYPE qgis") and 'rasterrenderer type="paletted"' in text
+
+
+def check_map_outputs(output: Path, probabilities: bool, stack: RasterStack, checkpoint: str, pattern: str) -> None:
+    """Refuse outputs that are inputs (rasters, checkpoint), other files, or files a later run would read as dates."""
+    targets = [output, *([probabilities_path(output)] if probabilities else [])]
+    inputs = [Path(checkpoint), *dict.fromkeys(path for paths in stack.paths for path in paths)]
+    check_outputs(targets, inputs, is_cmap_raster, "crop map")
+    check_outputs([output.with_suffix(".qml")], inputs, is_cmap_style, "crop map's QGIS style")
+    folders = {Path(os.path.abspath(path.parent)).resolve() for path in inputs[1:]}
+    regex = re.compile(pattern)
+    for target in targets:
+        if (
+            Path(os.path.abspath(target.parent)).resolve() in folders
+            and target.suffix.lower() in RASTER_SUFFIXES
+            and regex.search(target.name)
+        ):
+            raise OutputPathError(
+                f"{target}: the crop map would be written among its input rasters with a name matching the pattern "
+                f"{pattern!r}, so the next run on that folder would read it as a date; choose another output path"
+            )
 
 
 def map_rasters(
@@ -305,6 +377,7 @@ def map_rasters(
         rasters, pattern, list(contract.band_names), raw.scale if scale is None else scale,
         raw.offset if offset is None else offset, raw.valid_range if valid_range is None else valid_range,
     )  # fmt: skip
+    check_map_outputs(Path(output), probabilities, stack, checkpoint, pattern)
     time_axis = contract.time_axis if reference_date is None else TimeAxis.from_reference_date(reference_date)
     windows = StackWindows(stack, window_size, stack.days(time_axis), contract)
     writer = MapWriter(output, stack, windows.windows, model.class_names, probabilities, cog)

@@ -15,10 +15,11 @@ predictions back to it), ``class`` (name), ``confidence`` (its probability) and
 ``probability/<class>`` per class. Parquet (``.parquet``) or CSV (any other
 suffix). With several processes (``--trainer.devices 2``, DDP), each writes its own rows to
 ``<stem>.rank<k><suffix>``; rows are keyed by ``index`` (a sampler may repeat a few to even out
-the processes). Files are written under a temporary name, then renamed.
+the processes). Files are written under a temporary name, read back, then renamed (:mod:`cmap.outputs`);
+an existing file is replaced only when it is a prediction table, never an input.
 """
 
-import os
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from cmap.data.contract import InputContract
 from cmap.data.datamodule import SeriesDataset
 from cmap.ml.classifiers import Classifier
 from cmap.ml.weights import read_checkpoint
+from cmap.outputs import InputError, check_outputs, publish, temporary_path
 
 
 def load_classifier(path: str | Path) -> Classifier:
@@ -40,7 +42,7 @@ def load_classifier(path: str | Path) -> Classifier:
     try:
         model = Classifier.load_from_checkpoint(path, map_location="cpu")
     except Exception as error:
-        raise ValueError(f"{path}: not a checkpoint of a cmap Classifier ({error})") from error
+        raise InputError(f"{path}: not a checkpoint of a cmap Classifier ({error})") from error
     return model.eval()
 
 
@@ -94,11 +96,47 @@ class PredictionWriter(BasePredictionWriter):
         table["confidence"] = probabilities.max(axis=1)
         for i, name in enumerate(class_names):
             table[f"probability/{name}"] = probabilities[:, i]
-        path = self.path_for(trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.partial")
+        write_table(table, self.path_for(trainer))
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Before predicting: the table never replaces an input (store, checkpoint) or a file cmap did not write.
+        data = trainer.datamodule
+        inputs = [getattr(data, name, None) for name in ("path", "test_path")] + [trainer.ckpt_path]
+        check_outputs([self.path_for(trainer)], [p for p in inputs if p], is_prediction_table, "prediction table")
+
+
+def is_prediction_table(path: Path) -> bool:
+    """A table written by :class:`PredictionWriter` (``class`` and ``confidence`` columns)."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            columns = pq.read_schema(path).names
+        else:
+            with open(path, encoding="utf-8") as file:
+                columns = file.readline().strip().split(",")
+    except (OSError, UnicodeDecodeError, ValueError, ImportError):
+        return False
+    return path.is_file() and {"class", "confidence"} <= set(columns)
+
+
+def write_table(table: pd.DataFrame, path: Path) -> Path:
+    """Write ``table`` as Parquet or CSV (by suffix) under a temporary name, read it back, then rename it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_path(path)
+    try:
         if path.suffix == ".parquet":
             table.to_parquet(temporary, index=False)
+            written = pd.read_parquet(temporary)
         else:
             table.to_csv(temporary, index=False)
-        os.replace(temporary, path)
+            written = pd.read_csv(temporary)
+        if written.shape != table.shape or list(written.columns) != [str(c) for c in table.columns]:
+            raise OSError(
+                errno.EIO, f"{temporary}: read back as {written.shape} {list(written.columns)[:4]}, written {table.shape}"
+            )
+        publish(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path

@@ -33,9 +33,23 @@ from rasterio.windows import Window
 
 from cmap.data.contract import TimeAxis, parse_date
 from cmap.data.datamodule import PixelSeries
+from cmap.outputs import InputError, MissingInput
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 DEFAULT_PATTERN = r"(?P<date>\d{4}-\d{2}-\d{2})"
+
+
+def open_raster(path: Path, context: str = "") -> Any:
+    """``rasterio.open(path)``; an unreadable file is an :class:`InputError` naming it (and ``context``)."""
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioError as error:
+        raise InputError(f"{path}: not a readable raster{context} ({one_line(error)})") from error
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
 
 @dataclass
 class RasterStack:
@@ -80,10 +94,10 @@ class RasterStack:
         """
         folder = Path(folder)
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such folder of rasters")
+            raise MissingInput(f"{folder}: no such folder of rasters")
         regex = re.compile(pattern)
         if "date" not in regex.groupindex:
-            raise ValueError(f"pattern {pattern!r} needs a (?P<date>...) group")
+            raise InputError(f"pattern {pattern!r} needs a (?P<date>...) group")
         by_date: dict[datetime.date, dict[str, tuple[Path, int]]] = {}
         for path in sorted(folder.iterdir()):
             match = regex.search(path.name)
@@ -92,10 +106,10 @@ class RasterStack:
             if "band" in regex.groupindex:
                 names = {match["band"]: (path, 1)}
             else:
-                with rasterio.open(path) as dataset:
+                with open_raster(path) as dataset:
                     descriptions = dataset.descriptions
                 if any(d is None for d in descriptions):
-                    raise ValueError(
+                    raise InputError(
                         f"{path}: bands have no descriptions, so their names are unknown; name them in the files "
                         "or give one file per band with a (?P<band>...) group in the pattern"
                     )
@@ -105,20 +119,23 @@ class RasterStack:
                 names = {name: location for name, location in names.items() if name in bands}
                 if not names and "band" in regex.groupindex:
                     continue
-            date = parse_date(match["date"], str(path))
+            try:
+                date = parse_date(match["date"], str(path))
+            except ValueError as error:
+                raise InputError(str(error)) from None
             found = by_date.setdefault(date, {})
             for name, location in names.items():
                 if name in found:
-                    raise ValueError(f"{path}: band {name!r} at {date} is also in {found[name][0]}")
+                    raise InputError(f"{path}: band {name!r} at {date} is also in {found[name][0]}")
                 found[name] = location
         if not by_date:
-            raise ValueError(f"{folder}: no file ({', '.join(RASTER_SUFFIXES)}) matches the pattern {pattern!r}")
+            raise InputError(f"{folder}: no file ({', '.join(RASTER_SUFFIXES)}) matches the pattern {pattern!r}")
         dates = sorted(by_date)
         names = list(bands) if bands is not None else list(by_date[dates[0]])
         for date in dates:
             missing = [name for name in names if name not in by_date[date]]
             if missing:
-                raise ValueError(
+                raise InputError(
                     f"{folder}: bands {missing} missing at {date} (found {sorted(by_date[date])}, expected {names})"
                 )
         return cls(
@@ -135,7 +152,7 @@ class RasterStack:
         """The grid (CRS, transform, size) shared by every file; a file on another grid is an error."""
         reference, grid = None, None
         for path in dict.fromkeys(path for paths in self.paths for path in paths):
-            with rasterio.open(path) as dataset:
+            with open_raster(path) as dataset:
                 this = {
                     "crs": dataset.crs,
                     "transform": dataset.transform,
@@ -147,7 +164,7 @@ class RasterStack:
                 continue
             for key, expected in grid.items():
                 if this[key] != expected:
-                    raise ValueError(f"{path}: {key} {this[key]} differs from {expected} of {reference}")
+                    raise InputError(f"{path}: {key} {this[key]} differs from {expected} of {reference}")
         return grid
 
     @property
@@ -182,9 +199,15 @@ class RasterStack:
         out = np.empty((len(self.dates), len(self.band_names), height, width), dtype=np.float32)
         for t, (paths, bands) in enumerate(zip(self.paths, self.file_bands, strict=True)):
             for c, (path, band) in enumerate(zip(paths, bands, strict=True)):
-                dataset = datasets[path] if datasets is not None else rasterio.open(path)
+                dataset = datasets[path] if datasets is not None else open_raster(path)
                 try:
                     raw = dataset.read(band, window=window, masked=True)
+                except rasterio.errors.RasterioError as error:  # a truncated or corrupt file
+                    where = "" if window is None else f", window rows {window.row_off}.. cols {window.col_off}.."
+                    raise InputError(
+                        f"{path}: unreadable at date {self.dates[t]}, band {self.band_names[c]} (band {band} of the "
+                        f"file){where} ({one_line(error)})"
+                    ) from error
                 finally:
                     if datasets is None:
                         dataset.close()
@@ -198,7 +221,15 @@ class RasterStack:
 
     def open(self) -> dict[Path, Any]:
         """Every file opened once (close them with :func:`close_all`)."""
-        return {path: rasterio.open(path) for paths in self.paths for path in dict.fromkeys(paths)}
+        datasets: dict[Path, Any] = {}
+        try:
+            for paths in self.paths:
+                for path in dict.fromkeys(paths):
+                    datasets.setdefault(path, open_raster(path))
+        except InputError:
+            close_all(datasets)
+            raise
+        return datasets
 
 
 def close_all(datasets: dict[Path, Any]) -> None:
@@ -233,12 +264,12 @@ def read_labels(
     fiona) or a CSV of points (``x_column``, ``y_column`` in ``crs``, ``label_field``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file of labels")
+        raise MissingInput(f"{path}: no such file of labels")
     if path.suffix.lower() == ".csv":
         table = pd.read_csv(path)
         missing = [column for column in (x_column, y_column, label_field) if column not in table]
         if missing:
-            raise ValueError(f"{path}: columns {missing} are missing (found {list(table.columns)})")
+            raise InputError(f"{path}: columns {missing} are missing (found {list(table.columns)})")
         geometries = [
             {"type": "Point", "coordinates": (float(x), float(y))}
             for x, y in zip(table[x_column], table[y_column], strict=True)
@@ -248,7 +279,7 @@ def read_labels(
 
     with fiona.open(path) as layer:
         if label_field not in layer.schema["properties"]:
-            raise ValueError(f"{path}: no field {label_field!r} (fields: {list(layer.schema['properties'])})")
+            raise InputError(f"{path}: no field {label_field!r} (fields: {list(layer.schema['properties'])})")
         features = list(layer)
         layer_crs = layer.crs
     geometries = [dict(feature.geometry.__geo_interface__) for feature in features]
@@ -275,7 +306,7 @@ def extract_samples(
     names = sorted(set(shapes.labels)) if class_names is None else list(class_names)
     unknown = sorted(set(shapes.labels) - set(names))
     if unknown:
-        raise ValueError(f"{shapes.source}: labels {unknown} are not in the class names {names}")
+        raise InputError(f"{shapes.source}: labels {unknown} are not in the class names {names}")
     index = {name: i for i, name in enumerate(names)}
     crs, transform = stack.profile["crs"], stack.profile["transform"]
     geometries = [transform_geom(shapes.crs, crs, geometry) for geometry in shapes.geometries]
@@ -313,7 +344,7 @@ def extract_samples(
     found = np.concatenate(shape_ids) if shape_ids else np.empty(0, dtype=np.int64)
     outside = sorted(set(range(len(geometries))) - set(found.tolist()))
     if outside:
-        raise ValueError(
+        raise InputError(
             f"{shapes.source}: {len(outside)} shapes cover no pixel of the raster grid (outside it, or "
             f"polygons smaller than a pixel), first at index {outside[0]}; remove them"
         )

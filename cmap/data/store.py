@@ -43,6 +43,7 @@ import numpy as np
 
 from cmap.data.contract import RawValues, TimeAxis
 from cmap.data.datamodule import PixelSeries, SITSDataModule, kfold_split
+from cmap.outputs import check_outputs, fsync_path
 
 FORMAT = "cmap-series"
 VERSION = 1
@@ -123,6 +124,8 @@ def write_store(
         if not overwrite:
             raise FileExistsError(f"{folder} exists: remove it or pass overwrite=True")
         check_replaceable(folder)
+    # Never the source itself, nor a folder holding it.
+    check_outputs([folder], [series.source] if Path(series.source).exists() else [], lambda _: True, "store")
     temporary = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
@@ -137,12 +140,21 @@ def write_store(
             temporary, band_names, class_names, series.values.shape[:2], time_axis or TimeAxis(), raw_values,
             series.source,
         )  # fmt: skip
-    except BaseException:  # a failed or interrupted write (disk full, Ctrl+C) leaves nothing behind
+        open_store(temporary, lazy=True)  # read back: every array's header and size against metadata.json
+        for path in temporary.iterdir():
+            fsync_path(path)
+        fsync_path(temporary, directory=True)
+    except BaseException as error:  # a failed or interrupted write (disk full, Ctrl+C) leaves nothing behind
         shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+            raise OSError(error.errno, f"{folder}: writing the store failed, nothing written ({error})") from error
         raise
-    if folder.exists():
-        shutil.rmtree(folder)
+    previous = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():  # set aside: the store is absent between two renames only, never half-deleted
+        os.replace(folder, previous)
     os.replace(temporary, folder)
+    fsync_path(folder.parent, directory=True)
+    shutil.rmtree(previous, ignore_errors=True)
     return folder
 
 

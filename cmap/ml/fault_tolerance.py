@@ -6,22 +6,31 @@ LR schedule; :class:`RandomState` adds the random number generators, so that a r
 single-process run draws the same batches, dropout masks and augmentations as an uninterrupted
 one and ends with the same weights. A run asked to stop (SIGTERM: ``kill``, a scheduler's
 pre-emption or time limit) saves ``interrupted.ckpt`` first (:class:`InterruptCheckpoint`).
-:func:`last_checkpoint` is what ``--ckpt_path last`` means for the ``cmap`` command: the newest of
-these files across the run's ``version_N`` folders (Lightning alone would look only in the new
-run's own, empty, folder and silently start from scratch).
+:func:`last_checkpoint` is what ``--ckpt_path last`` means for the ``cmap`` command: the newest
+readable checkpoint across the run's ``version_N`` folders (Lightning alone would look only in the
+new run's own, empty, folder and silently start from scratch), skipping damaged files with a
+warning. :class:`AtomicCheckpointIO` writes every checkpoint atomically on its own file system, so
+a full disk never leaves a truncated one.
 """
 
+import io
 import logging
 import random
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from cmap.ml.weights import read_checkpoint
+from cmap.outputs import write_bytes_atomically
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +106,62 @@ class InterruptCheckpoint(L.Callback):
             log.warning(f"SIGTERM: saved {self.saved} (epoch {trainer.current_epoch}, step {trainer.global_step})")
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, atomic on the checkpoint's own file system.
+
+    Lightning (2.6) writes a local checkpoint to a temporary file in the system's temporary folder and
+    moves it into place; across file systems the move is a copy, and a full disk leaves a truncated
+    checkpoint under the final name. Here the file is written beside its final name, flushed,
+    ``fsync``-ed and read back before the rename (:func:`cmap.outputs.write_bytes_atomically`): a
+    checkpoint on disk is complete, and a failed save leaves the previous one untouched. Remote paths
+    (``s3://...``) keep Lightning's writer. The ``cmap`` command installs it (:func:`use_atomic_checkpoints`).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_bytes_atomically(path, buffer.getbuffer())
+
+
+def use_atomic_checkpoints(trainer: L.Trainer) -> None:
+    """Make ``trainer`` save checkpoints with :class:`AtomicCheckpointIO` (unless another writer was configured)."""
+    strategy = trainer.strategy
+    current = getattr(strategy, "_checkpoint_io", None)
+    if current is None or type(current) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+    elif getattr(current, "_checkpoint_io", "absent") is None:  # a wrapper (AsyncCheckpointIO) of the default
+        current.checkpoint_io = AtomicCheckpointIO()
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint, or None.
+
+    A PyTorch checkpoint is a zip archive: every member's CRC is checked (a truncated or damaged file
+    fails), without unpickling anything; a file of the legacy format is loaded weights-only.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            return None if bad is None else f"member {bad} is damaged"
+        read_checkpoint(path)
+    except (OSError, ValueError, zipfile.BadZipFile, RuntimeError, EOFError) as error:
+        return " ".join(str(error).split())
+    return "not a zip archive" if not path.is_file() else None
+
+
 def last_checkpoint(trainer: L.Trainer) -> Path | None:
-    """The newest ``last*.ckpt`` or ``interrupted.ckpt`` of the run's checkpoint folders, or None.
+    """The newest readable checkpoint of the run's checkpoint folders, or None.
 
     Those folders are every ``ModelCheckpoint``'s ``dirpath`` when set, and every
     ``<logger save_dir>/<name>/<version>/checkpoints`` (each run opens a new version), or
-    ``<default_root_dir>/checkpoints`` when the run has no logger.
+    ``<default_root_dir>/checkpoints`` when the run has no logger. Newest by modification time; at
+    equal times ``last*.ckpt`` and ``interrupted.ckpt`` come first. An unreadable file (truncated
+    by a full disk, damaged) is skipped with a warning naming it.
     """
     folders = {
         Path(callback.dirpath)
@@ -115,10 +174,20 @@ def last_checkpoint(trainer: L.Trainer) -> Path | None:
         folders.update(path for path in root.glob("*/checkpoints") if path.is_dir())
     else:
         folders.add(Path(trainer.default_root_dir) / "checkpoints")
-    candidates = [
-        path
-        for folder in folders
-        for path in folder.glob("*.ckpt")
-        if path.name == INTERRUPTED or path.stem == "last" or path.stem.startswith("last-v")
-    ]
-    return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
+
+    def preferred(path: Path) -> bool:
+        return path.name == INTERRUPTED or path.stem == "last" or path.stem.startswith("last-v")
+
+    candidates = sorted(
+        (path for folder in folders for path in folder.glob("*.ckpt") if path.is_file()),
+        key=lambda path: (path.stat().st_mtime, preferred(path)),
+        reverse=True,
+    )
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        message = f"{path}: skipped by --ckpt_path last, not a readable checkpoint ({problem})"
+        log.warning(message)
+        warnings.warn(message, stacklevel=2)
+    return None

@@ -9,11 +9,13 @@ This is the bridge from pretraining (``AutoEncoder``) to fine-tuning (``Classifi
 """
 
 import argparse
-import os
+import io
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from cmap.outputs import InputError, MissingInput, check_outputs, write_bytes_atomically
 
 ENCODER_FORMAT = "cmap-encoder-v1"
 
@@ -22,13 +24,13 @@ def read_checkpoint(path: str | Path) -> dict:
     """A checkpoint or exported encoder file, loaded safely (weights only: no code runs); errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint or encoder weights file")
+        raise MissingInput(f"{path}: no such checkpoint or encoder weights file")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from error
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({' '.join(str(error).split())})") from error
     if not isinstance(content, dict) or "state_dict" not in content:
-        raise ValueError(f"{path}: expected a Lightning checkpoint or a cmap encoder file with a 'state_dict' key")
+        raise InputError(f"{path}: expected a Lightning checkpoint or a cmap encoder file with a 'state_dict' key")
     return content
 
 
@@ -50,9 +52,11 @@ def encoder_state_dict(path: str | Path, content: dict | None = None) -> dict[st
 def export_encoder(checkpoint: str | Path, output: str | Path) -> Path:
     """Write the encoder's weights (and its config, when the checkpoint has it) to ``output``.
 
-    The file is written under a temporary name then renamed, so it is complete or absent.
+    The file is written beside its final name, flushed, read back, then renamed, so it is complete or
+    absent; it never replaces the checkpoint, nor an existing file that is not an encoder file.
     """
     output = Path(output)
+    check_outputs([output], [checkpoint], is_encoder_file, "file of encoder weights")
     loaded = read_checkpoint(checkpoint)
     content = {
         "format": ENCODER_FORMAT,
@@ -60,10 +64,18 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> Path:
         "encoder": loaded.get("hyper_parameters", {}).get("encoder"),
         "source": str(checkpoint),
     }
-    temporary = output.with_name(output.name + ".tmp")
-    torch.save(content, temporary)
-    os.replace(temporary, output)
-    return output
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return write_bytes_atomically(output, buffer.getbuffer())
+
+
+def is_encoder_file(path: Path) -> bool:
+    """A file written by :func:`export_encoder`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True).get("format") == ENCODER_FORMAT
+    except Exception:  # anything unreadable is not one
+        return False
 
 
 def state_dict_mismatch(own: dict[str, Tensor], state: dict[str, Tensor]) -> str | None:
