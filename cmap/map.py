@@ -303,6 +303,8 @@ def is_cmap_style(path: Path) -> bool:
 def check_map_outputs(output: Path, probabilities: bool, stack: RasterStack, checkpoint: str, pattern: str) -> None:
     """Refuse outputs that are inputs (rasters, checkpoint), other files, or files a later run would read as dates."""
     targets = [output, *([probabilities_path(output)] if probabilities else [])]
+    if output.suffix.lower() == ".qml":  # the style beside the map would replace the map itself
+        raise OutputPathError(f"{output}: the crop map is a GeoTIFF (.tif), and its QGIS style goes to the .qml name")
     inputs = [Path(checkpoint), *dict.fromkeys(path for paths in stack.paths for path in paths)]
     check_outputs(targets, inputs, is_cmap_raster, "crop map")
     check_outputs([output.with_suffix(".qml")], inputs, is_cmap_style, "crop map's QGIS style")

@@ -268,6 +268,7 @@ def test_2_map_output_naming_an_input_raster_is_refused(checkpoint, tmp_path, ca
         ("a_file_of_the_user", r"notes.tif: exists and is not a crop map written by cmap"),
         ("a_style_of_the_user", r"notes.qml: exists and is not a crop map's QGIS style written by cmap"),
         ("the_rasters_folder", r"rasters: the crop map would overwrite the input"),
+        ("a_style_name", r"map.qml: the crop map is a GeoTIFF"),
     ],
 )
 def test_map_outputs_never_replace_an_input_or_a_file_cmap_did_not_write(checkpoint, tmp_path, capsys, output,
@@ -287,6 +288,7 @@ def test_map_outputs_never_replace_an_input_or_a_file_cmap_did_not_write(checkpo
             "a_file_of_the_user": mine / "notes.tif",
             "a_style_of_the_user": mine / "notes.tif",
             "the_rasters_folder": rasters,
+            "a_style_name": tmp_path / "map.qml",
         }[output]
     if output == "a_style_of_the_user":
         (mine / "notes.tif").unlink()
