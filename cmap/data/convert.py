@@ -326,9 +326,8 @@ def _one_per_sample(cells: _Cells, column: str, values: np.ndarray, codes: np.nd
 
 
 def resolve_time_axis(
-    path: Path,
     first_dates: np.ndarray,
-    time_axis: "TimeAxis | str | None",
+    time_axis: TimeAxis | str | None,
     reference_date: str | None,
     season_start: str | None,
 ) -> TimeAxis:
@@ -360,7 +359,7 @@ def read_table(
     group_column: str | None = None,
     class_names: Sequence[str] | None = None,
     reference_date: str | None = None,
-    time_axis: "TimeAxis | str | None" = None,
+    time_axis: TimeAxis | str | None = None,
     season_start: str | None = None,
     date_format: str | None = None,
     encoding: str = "utf-8-sig",
@@ -421,7 +420,7 @@ def read_table(
     first_dates = np.full(len(ids), np.datetime64("9999-12-31", "D"))
     np.minimum.at(first_dates, codes, dates)
     explicit = time_axis is not None or reference_date is not None or season_start is not None
-    axis = resolve_time_axis(path, first_dates, time_axis, reference_date, season_start)
+    axis = resolve_time_axis(first_dates, time_axis, reference_date, season_start)
     if not explicit and (dates.max() - dates.min()).astype(np.int64) >= ONE_SEASON_DAYS:
         suggested = TimeAxis.fit_season(first_dates).season_start
         raise ValueError(
