@@ -5,6 +5,7 @@ import csv
 import datetime
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -431,3 +432,21 @@ def test_the_store_read_back_equals_the_table(tmp_path_factory, table):
         np.testing.assert_array_equal(values[row], expected_values)
         assert days[row].tolist() == [(date - anchor).days for date in dates] + [0] * (num_dates - len(dates))
     assert TimeAxis.from_dict(metadata["time_axis"]).rule == rule
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(tables(), st.data())
+def test_a_bad_band_cell_anywhere_is_named_and_nothing_is_written(tmp_path_factory, table, data):
+    samples, rows, _, _ = table
+    folder = tmp_path_factory.mktemp("bad_cell")
+    text = [[i, d.isoformat(), *("" if v is None else repr(float(v)) for v in values), label, group]
+            for i, d, values, label, group in rows]  # fmt: skip
+    row = data.draw(st.integers(0, len(text) - 1))
+    band = data.draw(st.sampled_from(["B4", "B8"]))
+    cell = data.draw(st.sampled_from(["cloud", "0,5", "1.2.3", "x", "--"]))
+    text[row][2 if band == "B4" else 3] = cell
+    source = write_csv(folder / "samples.csv", text)
+    message = rf"samples.csv: column '{band}' row {row}: '{re.escape(cell)}' is not a number .*\(line {row + 2} of"
+    with pytest.raises(ValueError, match=message):
+        convert(source, folder / "store", "--time_axis", "series_start")
+    assert sorted(path.name for path in folder.iterdir()) == ["samples.csv"]
