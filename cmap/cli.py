@@ -14,6 +14,7 @@ import importlib
 import signal
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import _typehints as jsonargparse_typehints
@@ -21,8 +22,14 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cmap.ml.callbacks import AttentionMapLogger, ClassDistributionLogger, ConfusionMatrixLogger, EmbeddingProjector
-from cmap.ml.fault_tolerance import InterruptCheckpoint, RandomState, last_checkpoint, use_atomic_checkpoints
-from cmap.outputs import INPUT_ERROR_STATUS, InputError
+from cmap.ml.fault_tolerance import (
+    InterruptCheckpoint,
+    RandomState,
+    checkpoint_problem,
+    last_checkpoint,
+    use_atomic_checkpoints,
+)
+from cmap.outputs import INPUT_ERROR_STATUS, InputError, MissingInput
 
 PARSER_MODE = "yaml"
 
@@ -139,16 +146,24 @@ class CMapCLI(LightningCLI):
             )
 
     def _resolve_last_checkpoint(self) -> None:
-        """``--ckpt_path last``: the newest last / interrupted checkpoint of this run's earlier versions.
+        """``--ckpt_path last``: the newest readable checkpoint of this run's earlier versions.
 
         Left as ``last`` when there is none: Lightning then warns and starts from scratch, so a job
-        script can always pass it.
+        script can always pass it. A local ``--ckpt_path FILE`` that is missing or damaged is an
+        :class:`InputError` naming it (one line from the ``cmap`` command), before any work.
         """
         config = self.config_init[self.subcommand]
-        if config.get("ckpt_path") == "last":
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
             path = last_checkpoint(self.trainer)
             if path is not None:
                 config["ckpt_path"] = str(path)
+        elif ckpt_path not in (None, "best", "hpc", "registry") and "://" not in str(ckpt_path):
+            if not Path(ckpt_path).is_file():
+                raise MissingInput(f"{ckpt_path}: no such checkpoint (--ckpt_path)")
+            problem = checkpoint_problem(Path(ckpt_path))
+            if problem is not None:
+                raise InputError(f"{ckpt_path}: not a readable checkpoint ({problem})")
 
     before_fit = before_validate = before_test = before_predict = _resolve_last_checkpoint
 

@@ -537,6 +537,33 @@ def test_a_damaged_checkpoint_and_an_export_onto_its_input_are_one_line_errors(c
     assert visible(tmp_path) == sorted(["copy.ckpt", "damaged.ckpt", "encoder.pt", "notes.pt", "rasters"])
 
 
+def test_bad_label_files_are_one_line_naming_file_column_and_row(tmp_path, capsys):
+    rasters = raster_stack(tmp_path / "rasters", shape=(20, 20))
+    points = tmp_path / "points.csv"
+    command = ["extract", str(rasters), str(points), str(tmp_path / "store"), "--pattern", PATTERN,
+               "--x_column", "x", "--y_column", "y", "--crs", "EPSG:32631"]  # fmt: skip
+    for table, message in (
+        ("x,y,label\n500005,4799995,a\n500015,north,b\n", "column 'y' row 1 (line 3) holds 'north', expected a coordinate"),
+        ("x,y,label\n500005,4799995,a\n500015,4799985,\n", "column 'label' row 1 (line 3) is empty, expected a class name"),
+    ):
+        points.write_text(table)
+        assert f"{points}: {message}" in one_line_error(capsys, command)
+    polygons = tmp_path / "fields.gpkg"
+    polygons.write_bytes(b"not a GeoPackage" * 8)
+    command[2] = str(polygons)
+    assert f"{polygons}: not a readable vector file of labels" in one_line_error(capsys, command)
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_missing_or_damaged_ckpt_path_is_one_line(checkpoint, tmp_path, capsys):
+    config = checkpoint.parents[3] / "config.yaml"
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(checkpoint.read_bytes()[:-100])  # the zip's central directory cut off
+    for path, message in ((tmp_path / "missing.ckpt", "no such checkpoint"), (damaged, "not a readable checkpoint")):
+        line = one_line_error(capsys, ["predict", "--config", str(config), "--ckpt_path", str(path), *QUIET])
+        assert f"cmap predict: error: {path}: {message}" in line, line
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. Config loading imports only classes of the declared types
 # ---------------------------------------------------------------------------------------------

@@ -266,18 +266,40 @@ def read_labels(
     if not path.is_file():
         raise MissingInput(f"{path}: no such file of labels")
     if path.suffix.lower() == ".csv":
-        table = pd.read_csv(path)
+        try:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (ValueError, UnicodeDecodeError) as error:  # pandas' parser errors are ValueErrors
+            raise InputError(f"{path}: not a readable CSV table ({one_line(error)})") from error
         missing = [column for column in (x_column, y_column, label_field) if column not in table]
         if missing:
             raise InputError(f"{path}: columns {missing} are missing (found {list(table.columns)})")
+        coordinates = {}
+        for column in (x_column, y_column):
+            numbers = pd.to_numeric(table[column].str.strip(), errors="coerce")
+            bad = np.flatnonzero(~np.isfinite(numbers.to_numpy(dtype=float)))
+            if len(bad):
+                raise InputError(
+                    f"{path}: column {column!r} row {bad[0]} (line {bad[0] + 2}) holds {table[column].iloc[bad[0]]!r}, "
+                    "expected a coordinate (a number)"
+                )
+            coordinates[column] = numbers.to_numpy(dtype=float)
+        empty = np.flatnonzero(table[label_field].str.strip().to_numpy() == "")
+        if len(empty):
+            raise InputError(
+                f"{path}: column {label_field!r} row {empty[0]} (line {empty[0] + 2}) is empty, expected a class name"
+            )
         geometries = [
             {"type": "Point", "coordinates": (float(x), float(y))}
-            for x, y in zip(table[x_column], table[y_column], strict=True)
+            for x, y in zip(coordinates[x_column], coordinates[y_column], strict=True)
         ]
-        return LabelledShapes(geometries, table[label_field].astype(str).tolist(), crs, str(path))
+        return LabelledShapes(geometries, table[label_field].str.strip().tolist(), crs, str(path))
     import fiona
 
-    with fiona.open(path) as layer:
+    try:
+        layer = fiona.open(path)
+    except fiona.errors.FionaError as error:
+        raise InputError(f"{path}: not a readable vector file of labels ({one_line(error)})") from error
+    with layer:
         if label_field not in layer.schema["properties"]:
             raise InputError(f"{path}: no field {label_field!r} (fields: {list(layer.schema['properties'])})")
         features = list(layer)
