@@ -11,17 +11,27 @@ means ``cmap.ml.classifiers.Classifier``.
 """
 
 import importlib
+import logging
 import signal
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from jsonargparse import _typehints as jsonargparse_typehints
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from cmap.ml.callbacks import AttentionMapLogger, ClassDistributionLogger, ConfusionMatrixLogger, EmbeddingProjector
+from cmap.ml.callbacks import (
+    AttentionMapLogger,
+    ClassDistributionLogger,
+    ConfusionMatrixLogger,
+    EmbeddingProjector,
+    FinalMetrics,
+)
 from cmap.ml.fault_tolerance import (
     InterruptCheckpoint,
     RandomState,
@@ -29,9 +39,22 @@ from cmap.ml.fault_tolerance import (
     last_checkpoint,
     use_atomic_checkpoints,
 )
+from cmap.ml.progress import LogProgress
 from cmap.outputs import INPUT_ERROR_STATUS, InputError, MissingInput
 
 PARSER_MODE = "yaml"
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: try installing ..." advertisements: nothing a cmap user acts on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
+# Lightning calls a torch.utils._pytree API that torch deprecated: nothing a cmap user can change.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def canonical_class_path(class_path: str, base: Any = None) -> str:
@@ -103,6 +126,14 @@ class CMapCLI(LightningCLI):
         parser_kwargs = {"parser_mode": PARSER_MODE, "prog": "cmap", **(parser_kwargs or {})}
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
+        # The tasks configure their own optimiser and schedule (SITSTask.configure_optimizers):
+        # LightningCLI's --optimizer / --lr_scheduler would do nothing, so they are not offered.
+        kwargs.setdefault("auto_configure_optimizers", False)
+        # Runs are reproducible by default (LightningCLI would pick a random seed and warn about it).
+        kwargs.setdefault("seed_everything_default", 0)
+        # A progress bar on a terminal; plain lines (LogProgress) in a log file.
+        trainer_defaults = {"enable_progress_bar": sys.stdout.isatty(), **(kwargs.pop("trainer_defaults", None) or {})}
+        kwargs["trainer_defaults"] = trainer_defaults
         super().__init__(*args, parser_kwargs=parser_kwargs, **kwargs)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
@@ -111,6 +142,9 @@ class CMapCLI(LightningCLI):
         parser.add_lightning_class_args(ConfusionMatrixLogger, "confusion_matrix")
         parser.add_lightning_class_args(AttentionMapLogger, "attention_maps")
         parser.add_lightning_class_args(EmbeddingProjector, "embeddings")
+        parser.add_lightning_class_args(FinalMetrics, "final_metrics")
+        parser.add_lightning_class_args(LearningRateMonitor, "learning_rate")
+        parser.add_lightning_class_args(LogProgress, "log_progress")
         # Fault tolerance (cmap.ml.fault_tolerance): exact resumption, a checkpoint on SIGTERM.
         parser.add_lightning_class_args(RandomState, "random_state")
         parser.add_lightning_class_args(InterruptCheckpoint, "interrupt_checkpoint")
@@ -120,6 +154,23 @@ class CMapCLI(LightningCLI):
             default=False,
             help="fit only: when training ends, test the model as it is (the end of its LR schedule)",
         )
+        parser.add_argument(
+            "--threads",
+            type=int | None,
+            default=None,
+            help="CPU threads of PyTorch (default: PyTorch's, one per core); set it to the free cores when "
+            "other jobs share the machine (two 2-thread jobs on 2 cores ran 5-8x slower than one thread each)",
+        )
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        # LightningCLI warns when ``args`` and sys.argv are both given; cmap's own entry point passes
+        # sys.argv[1:] itself (after choosing the sub-command), which is not the mistake it warns about.
+        self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
+
+    def before_instantiate_classes(self) -> None:
+        threads = self.config[self.subcommand].get("threads") if self.subcommand else None
+        if threads:
+            torch.set_num_threads(threads)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI rebuilds the model from the hyper-parameters of a --ckpt_path file, whatever
@@ -170,6 +221,11 @@ class CMapCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)  # a checkpoint on disk is complete, even when the disk fills up
+        for logger in trainer.loggers:
+            # FinalMetrics writes the real hp_metric; Lightning's placeholder (-1, logged again at
+            # every stage's start, after the final value) would hide it in the hparams tab.
+            if isinstance(logger, TensorBoardLogger):
+                logger._default_hp_metric = False
         return trainer
 
     def after_fit(self) -> None:
