@@ -612,7 +612,7 @@ def readme_tables(results: list[dict]) -> str:
     return (
         f"{summary_table(results)}\n\nCost: cmap's training time per seed (wall, and CPU where recorded, on the "
         "machine of its runs), the peers' fit CPU time (one thread, summed over folds) and every method's "
-        "prediction speed in test series per CPU second (one thread, cmap's timed in the peers' run, on "
+        "prediction speed in test series per CPU second (one thread, cmap's timed in the same run as the peers, on "
         f"the same machine).\n\n{cost_table(results)}"
     )
 
@@ -672,6 +672,10 @@ def main(argv: list[str] | None = None) -> None:
         "--peers_only", action="store_true",
         help="train nothing: add the peers (and cmap's prediction speed) to each dataset's latest result",
     )  # fmt: skip
+    parser.add_argument(
+        "--report_only", action="store_true",
+        help="compute nothing: write the report, the results file and the README's tables from the latest results",
+    )  # fmt: skip
     parser.add_argument("--folds", nargs="+", type=int, default=None, help="only these folds of k-fold datasets")
     parser.add_argument("--config", default=None, help="another config for the one dataset of --datasets (tuning)")
     parser.add_argument("--shared_data", type=Path, default=SHARED_DATA)
@@ -696,14 +700,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(
             "--peers_only takes the splits of each dataset's latest result: no --config, --checkpoints, --folds"
         )
-    peers = peer_choice(parser, args.peers)
+    peers = [] if args.report_only else peer_choice(parser, args.peers)
     seeds = {
         name: [int(seed) for seed in value.split(",")]
         for name, value in pairs(parser, "--seeds_for", args.seeds_for).items()
     }
     checkpoints = pairs(parser, "--checkpoints", args.checkpoints)
     made = {"command": command, "commit": commit(), "date": date.today().isoformat(), "machine": machine()}
-    for name in args.datasets:
+    for name in [] if args.report_only else args.datasets:
         dataset = DATASETS[name] if args.config is None else replace(DATASETS[name], config=args.config)
         convert_stores(dataset, args.stores, args.shared_data)
         if args.peers_only:
