@@ -33,6 +33,7 @@ import errno
 import json
 import os
 import re
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -339,7 +340,8 @@ def map_rasters(
     accelerator: str = "auto",
     precision: str = "32-true",
     compile: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
+    threads: int | None = None,
 ) -> Path:
     """Classify every pixel of a raster stack with a trained classifier and write the crop map.
 
@@ -350,8 +352,9 @@ def map_rasters(
         output: the class map GeoTIFF to write (``*_probs.tif`` and ``.qml`` beside it).
         pattern: regular expression on file names with a ``date`` group, and a ``band`` group
             when each file holds one band (:mod:`cmap.data.raster`).
-        scale, offset: physical value = raw * scale + offset, as in the training data (default:
-            the checkpoint's raw-value convention when its data came from rasters, else 1 and 0).
+        scale: physical value = raw * scale + offset, as in the training data (default: the
+            checkpoint's raw-value convention when its samples came from rasters, else 1).
+        offset: see ``scale`` (default: the checkpoint's, else 0).
         valid_range: raw values outside [low, high] are missing (clouds, fill values); default as
             ``scale``.
         reference_date: day 0 of the dates (YYYY-MM-DD), replacing the checkpoint's time axis
@@ -362,14 +365,19 @@ def map_rasters(
         probabilities: also write the class probabilities.
         cog: write Cloud Optimized GeoTIFFs (else tiled GeoTIFFs).
         num_workers: DataLoader processes reading windows.
-        accelerator, precision: Lightning Trainer options. ``bf16-true`` (the model cast to bf16) is the
+        accelerator: Lightning Trainer's device type: ``auto``, ``cpu``, ``gpu``.
+        precision: Lightning Trainer's precision. ``bf16-true`` (the model cast to bf16) is the
             fastest on GPUs and on CPUs with bf16 instructions (AVX512-BF16, AMX); speed-ups and their
             accuracy cost are measured by ``benchmarks/inference.py`` (figures in benchmarks/README.md).
         compile: ``torch.compile`` the model (:class:`~cmap.ml.compile.CompileModel`, weights frozen into
             the graph): faster once compiled (seconds to a minute, twice: the second batch size makes
             it dynamic), so worth it for large rasters.
-        progress: show a progress bar.
+        progress: show a progress bar (default: when the output is a terminal).
+        threads: CPU threads of PyTorch (default: PyTorch's, one per core); the free cores when other
+            jobs share the machine.
     """
+    if threads:
+        torch.set_num_threads(threads)
     model = load_classifier(checkpoint)
     contract: InputContract = model.input_contract
     if len(model.class_names) > MAX_CLASSES:
@@ -389,7 +397,7 @@ def map_rasters(
         precision=precision,
         logger=False,
         callbacks=[writer, *([CompileModel()] if compile else [])],
-        enable_progress_bar=progress,
+        enable_progress_bar=sys.stdout.isatty() if progress is None else progress,
         enable_model_summary=False,
     )
     loader = DataLoader(windows, batch_size=None, num_workers=num_workers)

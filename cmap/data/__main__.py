@@ -17,6 +17,7 @@ points or polygons -> a store (see ``extract --help``).
 import argparse
 
 import numpy as np
+import yaml
 
 from cmap.data import convert, raster
 from cmap.data.contract import TIME_AXIS_RULES, RawValues, TimeAxis
@@ -28,6 +29,15 @@ READERS = {
     "mato_grosso": convert.read_mato_grosso,
     "sinop_samples": convert.read_sinop_samples,
 }
+
+
+def value_range(text: str) -> tuple[float, float]:
+    """``'[low, high]'`` (YAML, as jsonargparse reads ``cmap map --valid_range``) -> (low, high)."""
+    try:
+        low, high = (float(value) for value in yaml.safe_load(text))
+    except (TypeError, ValueError, yaml.YAMLError):
+        raise argparse.ArgumentTypeError(f"expected '[low, high]', e.g. '[-2000, 10000]', got {text!r}") from None
+    return low, high
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> None:
@@ -94,7 +104,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
     extract.add_argument("--bands", nargs="+", default=None, help="bands to read, in order (default: all)")
     extract.add_argument("--scale", type=float, default=1.0)
     extract.add_argument("--offset", type=float, default=0.0)
-    extract.add_argument("--valid_range", type=float, nargs=2, default=None, help="raw values outside are missing")
+    extract.add_argument(
+        "--valid_range", type=value_range, default=None,
+        help="'[low, high]': raw values outside are missing (the same syntax as cmap map --valid_range)",
+    )  # fmt: skip
     extract.add_argument("--label_field", default="label")
     extract.add_argument("--x_column", default="longitude", help="CSV only")
     extract.add_argument("--y_column", default="latitude", help="CSV only")
