@@ -66,6 +66,7 @@ def in_child(action: Callable[[], None], file_size_limit: int | None = None, kil
         os.close(read_end)
         status = 0
         try:
+            torch.set_num_threads(1)  # the parent's OpenMP threads do not exist here (OpenMP is not fork-safe)
             if file_size_limit is not None:
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
                 resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
