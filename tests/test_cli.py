@@ -110,3 +110,25 @@ def test_one_command_lists_and_runs_every_sub_command():
         assert result.returncode == 0, (command, result.stderr[-2000:])
         usage = result.stdout.split("\n", 1)[0]
         assert usage.startswith("usage: cmap") and (command in usage or command in ("convert", "extract")), usage
+
+
+def test_every_option_of_every_command_has_help_text():
+    """convert/extract (argparse), map (its docstring) and the forced callbacks of fit (their docstrings)."""
+    import inspect
+
+    from docstring_parser import parse
+
+    from cmap.data.__main__ import build_parser
+    from cmap.map import map_rasters
+    from cmap.ml.callbacks import AttentionMapLogger, EmbeddingProjector, FinalMetrics
+    from cmap.ml.progress import LogProgress
+
+    subcommands = build_parser()._subparsers._group_actions[0].choices.values()
+    missing = [f"{sub.prog} {action.dest}" for sub in subcommands for action in sub._actions if not action.help]
+    documented = {param.arg_name for param in parse(inspect.getdoc(map_rasters)).params}
+    missing += [f"map {name}" for name in inspect.signature(map_rasters).parameters if name not in documented]
+    for callback in (AttentionMapLogger, EmbeddingProjector, FinalMetrics, LogProgress):
+        documented = {param.arg_name for param in parse(inspect.getdoc(callback)).params}
+        names = inspect.signature(callback).parameters
+        missing += [f"{callback.__name__} {name}" for name in names if name not in documented]
+    assert not missing, missing

@@ -40,22 +40,26 @@ def value_range(text: str) -> tuple[float, float]:
     return low, high
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> None:
+def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
+    """The ``convert`` and ``extract`` commands' parser."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    command = commands.add_parser("convert", help="convert a dataset to a store", description=__doc__)
-    command.add_argument("dataset", choices=[*READERS, "table"])
-    command.add_argument("source")
-    command.add_argument("output")
-    command.add_argument("--overwrite", action="store_true")
+    command = commands.add_parser(
+        "convert", help="convert a dataset to a store", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the dataset list's lines
+    )  # fmt: skip
+    command.add_argument("dataset", choices=[*READERS, "table"], help="the dataset's reader (see above)")
+    command.add_argument("source", help="the original file, read in place")
+    command.add_argument("output", help="the store folder to write")
+    command.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it is a cmap store")
     command.add_argument("--keep_bands", nargs="+", default=None, help="write only these bands, in this order")
     command.add_argument("--date_step", type=int, default=1, help="write every n-th date only")
     table = command.add_argument_group("table options")
     table.add_argument("--bands", nargs="+", help="band columns, in order")
-    table.add_argument("--sample_column", default="sample_id")
-    table.add_argument("--date_column", default="date")
+    table.add_argument("--sample_column", default="sample_id", help="the column naming each sample")
+    table.add_argument("--date_column", default="date", help="the column of acquisition dates")
     table.add_argument("--label_column", default="label", help="'' for unlabelled data")
-    table.add_argument("--group_column", default=None)
+    table.add_argument("--group_column", default=None, help="parcel / polygon ids: splits keep a group together")
     table.add_argument("--class_names", nargs="+", default=None, help="class order (default: sorted)")
     table.add_argument(
         "--time_axis", choices=TIME_AXIS_RULES, default=None,
@@ -96,19 +100,19 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
     )
     extract.add_argument("rasters", help="folder of rasters, one file per date (or per date and band)")
     extract.add_argument("labels", help="CSV of points, or a vector file of points / polygons")
-    extract.add_argument("output")
-    extract.add_argument("--overwrite", action="store_true")
+    extract.add_argument("output", help="the store folder to write")
+    extract.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it is a cmap store")
     extract.add_argument(
         "--pattern", default=raster.DEFAULT_PATTERN, help="file name regex with (?P<date>) [and (?P<band>)]"
     )
     extract.add_argument("--bands", nargs="+", default=None, help="bands to read, in order (default: all)")
-    extract.add_argument("--scale", type=float, default=1.0)
-    extract.add_argument("--offset", type=float, default=0.0)
+    extract.add_argument("--scale", type=float, default=1.0, help="physical value = raw * scale + offset")
+    extract.add_argument("--offset", type=float, default=0.0, help="see --scale")
     extract.add_argument(
         "--valid_range", type=value_range, default=None,
         help="'[low, high]': raw values outside are missing (the same syntax as cmap map --valid_range)",
     )  # fmt: skip
-    extract.add_argument("--label_field", default="label")
+    extract.add_argument("--label_field", default="label", help="the column / field holding class names")
     extract.add_argument("--x_column", default="longitude", help="CSV only")
     extract.add_argument("--y_column", default="latitude", help="CSV only")
     extract.add_argument("--crs", default="EPSG:4326", help="CSV only: CRS of the coordinates")
@@ -118,6 +122,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
         help="MM-DD: days count from the latest such day before each date (default: the month-day of the "
         "stack's first date, so another year's stack, or this one without its first image, maps on the same days)",
     )  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> None:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.command == "extract":
         raw_values = RawValues(args.scale, args.offset, args.valid_range)
