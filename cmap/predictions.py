@@ -133,7 +133,8 @@ def write_table(table: pd.DataFrame, path: Path) -> Path:
             written = pd.read_csv(temporary)
         if written.shape != table.shape or list(written.columns) != [str(c) for c in table.columns]:
             raise OSError(
-                errno.EIO, f"{temporary}: read back as {written.shape} {list(written.columns)[:4]}, written {table.shape}"
+                errno.EIO,
+                f"{temporary}: read back as {written.shape} {list(written.columns)[:4]}, written {table.shape}",
             )
         publish(temporary, path)
     except BaseException:

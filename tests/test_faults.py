@@ -46,6 +46,7 @@ from .conftest import REPO, fit_tiny_classifier
 PATTERN = r"_(?P<band>NDVI)_(?P<date>\d{4}-\d{2}-\d{2})"
 DATES = ("2021-04-01", "2021-05-01", "2021-06-01")
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+WRITER = ["--trainer.callbacks+=cmap.predictions.PredictionWriter", "--trainer.callbacks.output"]
 SMALL_FILE = 8_000  # bytes a child may write to one file when "the disk is full"
 
 
@@ -69,7 +70,9 @@ def in_child(action: Callable[[], None], file_size_limit: int | None = None, kil
             torch.set_num_threads(1)  # the parent's OpenMP threads do not exist here (OpenMP is not fork-safe)
             if file_size_limit is not None:
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-                resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+                resource.setrlimit(
+                    resource.RLIMIT_FSIZE, (file_size_limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
+                )
             action()
         except SystemExit as error:
             status = error.code if isinstance(error.code, int) else 1
@@ -162,7 +165,8 @@ def raster_stack(folder: Path, shape=(200, 200)) -> Path:
 
 def map_command(checkpoint: Path, rasters: Path, output: Path, window_size: int = 64) -> list[str]:
     return ["map", "--checkpoint", str(checkpoint), "--rasters", str(rasters), "--output", str(output),
-            "--pattern", PATTERN, "--scale", "1e-4", "--window_size", str(window_size), "--progress", "false"]  # fmt: skip
+            "--pattern", PATTERN, "--scale", "1e-4", "--window_size", str(window_size),
+            "--progress", "false"]  # fmt: skip
 
 
 def map_outputs(output: Path) -> list[Path]:
@@ -222,7 +226,9 @@ def test_1_map_on_a_full_disk_fails_and_leaves_no_file_under_the_output_names(ch
         return
     status, text = in_child(lambda: cmap_main(command), file_size_limit=SMALL_FILE)
     # GDAL reports the failed write (EFBIG) on stderr only; reading the file back finds it.
-    assert status != 0 and re.search(r"map(_probs)?.tif.partial(.cog)?: (the written file is unreadable|GDAL)", text), text
+    assert status != 0 and re.search(r"map(_probs)?.tif.partial(.cog)?: (the written file is unreadable|GDAL)", text), (
+        text
+    )
     assert visible(output.parent) == [], visible(output.parent)
     assert [p.name for p in output.parent.iterdir()] == []  # no hidden leftovers either
     status, text = in_child(lambda: cmap_main(command))  # the same command, with room: done
@@ -315,7 +321,7 @@ def test_a_prediction_table_never_replaces_an_input_or_another_file(checkpoint, 
         (config, r"config.yaml: exists and is not a prediction table written by cmap"),
     ):
         args = ["predict", "--config", str(config), "--ckpt_path", str(checkpoint),
-                "--trainer.callbacks+=cmap.predictions.PredictionWriter", "--trainer.callbacks.output", str(output)]  # fmt: skip
+                *WRITER, str(output)]  # fmt: skip
         assert re.search(message, one_line_error(capsys, [*args, *QUIET]))
     assert digest(store) == before and checkpoint.is_file() and "trainer:" in config.read_text()
 
@@ -372,15 +378,24 @@ def fit_args(root: Path, epochs: int = 3, *extra: str) -> list[str]:
             "encoder": {
                 "class_path": "cmap.ml.encoders.TransformerEncoder",
                 "init_args": {
-                    "position_encoder": {"class_path": "cmap.ml.embeddings.PositionalEncoding",
-                                         "init_args": {"d_model": 16, "tau": 1000, "max_len": 400}},  # fmt: skip
-                    "bands_encoder": {"class_path": "cmap.ml.embeddings.PixelEncoding",
-                                      "init_args": {"sizes": [2, 16]}},  # fmt: skip
-                    "d_model": 16, "n_att_head": 2, "n_att_layers": 1, "dim_feedforward": 32,
+                    "position_encoder": {
+                        "class_path": "cmap.ml.embeddings.PositionalEncoding",
+                        "init_args": {"d_model": 16, "tau": 1000, "max_len": 400},
+                    },  # fmt: skip
+                    "bands_encoder": {
+                        "class_path": "cmap.ml.embeddings.PixelEncoding",
+                        "init_args": {"sizes": [2, 16]},
+                    },  # fmt: skip
+                    "d_model": 16,
+                    "n_att_head": 2,
+                    "n_att_layers": 1,
+                    "dim_feedforward": 32,
                 },  # fmt: skip
             },
-            "decoder": {"class_path": "cmap.ml.decoders.MultiClassClassification",
-                        "init_args": {"hidden": 16, "num_classes": 2}},  # fmt: skip
+            "decoder": {
+                "class_path": "cmap.ml.decoders.MultiClassClassification",
+                "init_args": {"hidden": 16, "num_classes": 2},
+            },  # fmt: skip
         },
     }
     data = {"class_path": "cmap.data.SyntheticSITS",
@@ -513,7 +528,8 @@ def test_a_raster_that_is_not_a_raster_is_one_line_naming_it(checkpoint, tmp_pat
     points = tmp_path / "points.csv"
     points.write_text("x,y,label\n500005,4799995,a\n")
     message = one_line_error(capsys, ["extract", str(rasters), str(points), str(tmp_path / "store"), "--pattern",
-                                      PATTERN, "--x_column", "x", "--y_column", "y", "--crs", "EPSG:32631"])  # fmt: skip
+                                      PATTERN, "--x_column", "x", "--y_column", "y",
+                                      "--crs", "EPSG:32631"])  # fmt: skip
     assert re.search(rf"{re.escape(str(damaged))}: not a readable raster", message), message
 
 
@@ -544,8 +560,14 @@ def test_bad_label_files_are_one_line_naming_file_column_and_row(tmp_path, capsy
     command = ["extract", str(rasters), str(points), str(tmp_path / "store"), "--pattern", PATTERN,
                "--x_column", "x", "--y_column", "y", "--crs", "EPSG:32631"]  # fmt: skip
     for table, message in (
-        ("x,y,label\n500005,4799995,a\n500015,north,b\n", "column 'y' row 1 (line 3) holds 'north', expected a coordinate"),
-        ("x,y,label\n500005,4799995,a\n500015,4799985,\n", "column 'label' row 1 (line 3) is empty, expected a class name"),
+        (
+            "x,y,label\n500005,4799995,a\n500015,north,b\n",
+            "column 'y' row 1 (line 3) holds 'north', expected a coordinate",
+        ),
+        (
+            "x,y,label\n500005,4799995,a\n500015,4799985,\n",
+            "column 'label' row 1 (line 3) is empty, expected a class name",
+        ),
     ):
         points.write_text(table)
         assert f"{points}: {message}" in one_line_error(capsys, command)
@@ -576,7 +598,8 @@ def test_5_a_class_path_outside_a_class_typed_key_is_never_imported(tmp_path):
     marker = tmp_path / "imported"
     (tmp_path / "foreign_module.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nclass Thing: pass\n")
     data = {"class_path": "cmap.data.SyntheticSITS",
-            "init_args": {"class_names": ["a", "b"], "class_map": {"class_path": "foreign_module.thing", "a": "a"}}}  # fmt: skip
+            "init_args": {"class_names": ["a", "b"],
+                          "class_map": {"class_path": "foreign_module.thing", "a": "a"}}}  # fmt: skip
     model = tmp_path / "model.yaml"
     model.write_text("class_path: cmap.ml.classifiers.classifier\n")  # lower case: still resolved
     result = subprocess.run(
@@ -635,7 +658,7 @@ def test_predictions_on_a_full_disk_and_killed_at_random_moments(checkpoint, tmp
     config = checkpoint.parents[3] / "config.yaml"
     output = tmp_path / "out" / f"predictions{suffix}"
     command = ["predict", "--config", str(config), "--ckpt_path", str(checkpoint), *QUIET,
-               "--trainer.callbacks+=cmap.predictions.PredictionWriter", "--trainer.callbacks.output", str(output)]  # fmt: skip
+               *WRITER, str(output)]  # fmt: skip
     status, text = in_child(lambda: cmap_main(command), file_size_limit=2_000)
     assert status != 0 and "File too large" in text, text[-3000:]
     assert not output.parent.exists() or [p.name for p in output.parent.iterdir()] == []
@@ -653,4 +676,3 @@ def test_predictions_on_a_full_disk_and_killed_at_random_moments(checkpoint, tmp
         status, text = in_child(lambda: cmap_main(command))
         assert status == 0, text
         pd.testing.assert_frame_equal(read(), expected)
-
