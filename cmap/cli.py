@@ -229,8 +229,39 @@ class CMapCLI(LightningCLI):
         return trainer
 
     def after_fit(self) -> None:
+        metrics = dict(self.trainer.callback_metrics)  # the validation's, before a test replaces them
         if self.config.fit.test_after_fit:
             self.trainer.test(self.model, datamodule=self.datamodule)
+            metrics |= self.trainer.callback_metrics
+        if self.trainer.is_global_zero:
+            print(run_summary(self.trainer, metrics, self.config.fit.get("config")), flush=True)
+
+
+def run_summary(trainer: Any, metrics: dict[str, Any], configs: Any) -> str:
+    """What a fit leaves and what to do next: metrics, run folder, checkpoints, TensorBoard, next commands."""
+    shown = [
+        f"{name} {float(metrics[name]):.4f}"
+        for stage in ("val", "test")
+        for name in (f"{stage}/overall_accuracy", f"{stage}/macro_f1")
+        if name in metrics
+    ]
+    run = Path(trainer.log_dir or trainer.default_root_dir)
+    found = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda path: path.stat().st_mtime)
+    checkpoint = next((path for path in found if path.name == "last.ckpt"), found[-1] if found else None)
+    config = f"--config {configs[0]}" if configs else "<your --config / --model --data>"
+    lines = [
+        "",
+        "cmap fit finished: " + ("  ".join(shown) or "no metrics logged"),
+        f"  run folder   {run}",
+        f"  checkpoints  {', '.join(path.name for path in found) or 'none'}",
+        f"  TensorBoard  tensorboard --logdir {run.parent}",
+    ]
+    if checkpoint is not None:
+        lines += [
+            f"  next         cmap test {config} --ckpt_path {checkpoint}",
+            f"               cmap map --checkpoint {checkpoint} --rasters FOLDER --output map.tif   (a crop map)",
+        ]
+    return "\n".join(lines)
 
 
 def _map(args: list[str]) -> None:

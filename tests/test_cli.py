@@ -132,3 +132,15 @@ def test_every_option_of_every_command_has_help_text():
         names = inspect.signature(callback).parameters
         missing += [f"{callback.__name__} {name}" for name in names if name not in documented]
     assert not missing, missing
+
+
+def test_fit_ends_with_a_summary_of_metrics_folder_and_next_commands(tmp_path, capsys):
+    from .conftest import fit_tiny_classifier
+
+    init_args = {"class_names": ["a", "b"], "num_bands": 2, "num_train": 64, "batch_size": 16}
+    data = {"class_path": "cmap.data.SyntheticSITS", "init_args": init_args}
+    checkpoint = fit_tiny_classifier(tmp_path, data, num_bands=2, num_classes=2, steps=4)  # past one validation
+    summary = capsys.readouterr().out.split("cmap fit finished: ")[-1]
+    assert summary.startswith("val/overall_accuracy ") and f"run folder   {checkpoint.parent.parent}" in summary
+    assert f"tensorboard --logdir {checkpoint.parent.parent.parent}" in summary
+    assert f"cmap test --config {tmp_path / 'config.yaml'} --ckpt_path {checkpoint}" in summary
