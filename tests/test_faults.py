@@ -55,11 +55,18 @@ SMALL_FILE = 8_000  # bytes a child may write to one file when "the disk is full
 # ---------------------------------------------------------------------------------------------
 
 
-def in_child(action: Callable[[], None], file_size_limit: int | None = None, kill_after: float | None = None):
+def in_child(
+    action: Callable[[], None],
+    file_size_limit: int | None = None,
+    kill_after: float | None = None,
+    kill_at_flush: int | None = None,
+):
     """Run ``action`` in a forked child; returns (exit status or -signal, error text).
 
     ``file_size_limit``: writes past this size fail with EFBIG (a full disk, for every writer).
     ``kill_after``: SIGKILL the child after this many seconds.
+    ``kill_at_flush``: the child kills itself (SIGKILL) at its n-th ``os.fsync``: a file written in
+    full but not yet renamed, or renamed but its folder not yet flushed, the riskiest moments.
     """
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -68,6 +75,16 @@ def in_child(action: Callable[[], None], file_size_limit: int | None = None, kil
         status = 0
         try:
             torch.set_num_threads(1)  # the parent's OpenMP threads do not exist here (OpenMP is not fork-safe)
+            if kill_at_flush is not None:
+                calls, fsync = [], os.fsync
+
+                def fsync_then_die(descriptor: int) -> None:
+                    calls.append(descriptor)
+                    if len(calls) == kill_at_flush:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    fsync(descriptor)
+
+                os.fsync = fsync_then_die
             if file_size_limit is not None:
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
                 resource.setrlimit(
@@ -676,3 +693,54 @@ def test_predictions_on_a_full_disk_and_killed_at_random_moments(checkpoint, tmp
         status, text = in_child(lambda: cmap_main(command))
         assert status == 0, text
         pd.testing.assert_frame_equal(read(), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Killed at the riskiest moments: while a finished file is flushed, just before or after its rename
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("writer", ["store", "checkpoint", "map", "predictions"])
+def test_killed_while_flushing_leaves_complete_files_or_none_and_a_rerun_finishes(writer, checkpoint, tmp_path):
+    """SIGKILL at the 1st, 2nd and a seeded random later ``fsync`` of each writer's run."""
+    if writer == "store":
+        output = tmp_path / "store"
+        command = ["convert", "table", str(write_table(tmp_path / "samples.csv", 300)), str(output),
+                   "--bands", "NDVI", "--overwrite"]  # fmt: skip
+        rerun = command
+
+        def check(done: bool) -> None:
+            if output.exists() or done:
+                assert len(open_store(output)[0]) == 300 and np.isfinite(np.asarray(open_store(output)[0].values)).all()
+    elif writer == "checkpoint":
+        root = tmp_path / "run"
+        command, rerun = fit_args(root, 2), fit_args(root, 2, "--ckpt_path", "last")
+
+        def check(done: bool) -> None:
+            checkpoints_are_complete(root) if root.exists() else None
+            if done:
+                assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    elif writer == "map":
+        output = tmp_path / "out" / "map.tif"
+        command = rerun = map_command(checkpoint, raster_stack(tmp_path / "rasters", shape=(50, 50)), output)
+
+        def check(done: bool) -> None:
+            assert check_map(output, (50, 50)) or not done
+    else:
+        output = tmp_path / "out" / "predictions.parquet"
+        config = checkpoint.parents[3] / "config.yaml"
+        command = rerun = ["predict", "--config", str(config), "--ckpt_path", str(checkpoint), *QUIET, *WRITER,
+                           str(output)]  # fmt: skip
+
+        def check(done: bool) -> None:
+            if output.exists() or done:
+                table = pd.read_parquet(output)
+                assert len(table) > 0 and np.allclose(table.filter(like="probability/").sum(axis=1), 1, atol=1e-5)
+
+    for flush in (1, 2, random.Random(writer).randint(3, 8)):
+        status, text = in_child(lambda: cmap_main(command), kill_at_flush=flush)  # noqa: B023
+        assert status == -signal.SIGKILL if flush == 1 else status in (0, -signal.SIGKILL), text  # every writer flushes
+        check(done=status == 0)
+        status, text = in_child(lambda: cmap_main(rerun))
+        assert status == 0, text
+        check(done=True)
