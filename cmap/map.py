@@ -52,7 +52,15 @@ from torch.utils.data import DataLoader, Dataset
 from cmap.data.contract import InputContract, RawValues, TimeAxis
 from cmap.data.raster import DEFAULT_PATTERN, RASTER_SUFFIXES, RasterStack, pixel_series
 from cmap.ml.compile import CompileModel
-from cmap.outputs import OutputPathError, check_outputs, gdal_errors, publish, temporary_path, verify_raster
+from cmap.outputs import (
+    OutputPathError,
+    check_outputs,
+    gdal_errors,
+    publish,
+    remove_stale_partials,
+    temporary_path,
+    verify_raster,
+)
 from cmap.predictions import load_classifier
 
 NODATA = 255
@@ -186,6 +194,8 @@ class MapWriter(BasePredictionWriter):
         if trainer.world_size > 1:
             raise ValueError("cmap map writes one file from one process: use devices=1 (map tiles in parallel instead)")
         self.output.parent.mkdir(parents=True, exist_ok=True)
+        for path in [*self._targets(), self.output.with_suffix(".qml")]:
+            remove_stale_partials(path)  # left by killed runs
         profile = {
             "driver": "GTiff",
             "dtype": "uint8",

@@ -22,6 +22,7 @@ without a traceback and exits with status 1.
 
 import contextlib
 import errno
+import glob
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -112,10 +113,12 @@ def write_bytes_atomically(path: str | Path, data: bytes | memoryview) -> Path:
     folder, written, flushed, ``fsync``-ed and read back (compared byte for byte), then renamed.
 
     A failure (a full disk, a read-back mismatch) removes the temporary file and raises: ``path`` keeps
-    its previous content. A killed process can only leave the hidden ``.<name>.partial-<pid>`` file.
+    its previous content. A killed process can only leave the hidden ``.<name>.partial-<pid>`` file,
+    which the next write of ``path`` removes.
     """
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    remove_stale_partials(path)
+    temporary = temporary_path(path)
     view = memoryview(data).cast("B")
     chunk = 1 << 24
     try:
@@ -139,9 +142,33 @@ def write_bytes_atomically(path: str | Path, data: bytes | memoryview) -> Path:
 
 
 def temporary_path(path: str | Path, suffix: str = "") -> Path:
-    """The hidden temporary name of ``path`` in its folder: ``.name.partial`` (+ suffix)."""
+    """The hidden temporary name of ``path`` in its folder for this process: ``.name.partial-<pid>``
+    (+ suffix). The process id keeps two runs writing the same output from sharing a temporary file."""
     path = Path(path)
-    return path.with_name(f".{path.name}.partial{suffix}")
+    return path.with_name(f".{path.name}.partial-{os.getpid()}{suffix}")
+
+
+def remove_stale_partials(path: str | Path) -> list[Path]:
+    """Remove the temporary files of ``path`` left by killed processes (their process is gone)."""
+    path = Path(path)
+    removed = []
+    for partial in path.parent.glob(f".{glob.escape(path.name)}.partial-*"):
+        pid = partial.name[len(f".{path.name}.partial-") :].split(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        partial.unlink(missing_ok=True)
+        removed.append(partial)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class _GDALErrors(logging.Handler):

@@ -33,7 +33,7 @@ from cmap.data.contract import InputContract
 from cmap.data.datamodule import SeriesDataset
 from cmap.ml.classifiers import Classifier
 from cmap.ml.weights import read_checkpoint
-from cmap.outputs import InputError, check_outputs, publish, temporary_path
+from cmap.outputs import InputError, check_outputs, publish, remove_stale_partials, temporary_path
 
 
 def load_classifier(path: str | Path) -> Classifier:
@@ -123,6 +123,7 @@ def is_prediction_table(path: Path) -> bool:
 def write_table(table: pd.DataFrame, path: Path) -> Path:
     """Write ``table`` as Parquet or CSV (by suffix) under a temporary name, read it back, then rename it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(path)
     temporary = temporary_path(path)
     try:
         if path.suffix == ".parquet":
