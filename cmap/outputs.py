@@ -25,6 +25,7 @@ import errno
 import glob
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -148,16 +149,22 @@ def temporary_path(path: str | Path, suffix: str = "") -> Path:
     return path.with_name(f".{path.name}.partial-{os.getpid()}{suffix}")
 
 
-def remove_stale_partials(path: str | Path) -> list[Path]:
-    """Remove the temporary files of ``path`` left by killed processes (their process is gone)."""
+def remove_stale_partials(path: str | Path, markers: Sequence[str] = (".partial-",)) -> list[Path]:
+    """Remove the temporary files (or folders) of ``path`` left by killed processes: hidden
+    ``.<name><marker><pid>...`` entries whose process is gone."""
     path = Path(path)
     removed = []
-    for partial in path.parent.glob(f".{glob.escape(path.name)}.partial-*"):
-        pid = partial.name[len(f".{path.name}.partial-") :].split(".")[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
-            continue
-        partial.unlink(missing_ok=True)
-        removed.append(partial)
+    for marker in markers:
+        prefix = f".{path.name}{marker}"
+        for partial in path.parent.glob(f"{glob.escape(prefix)}*"):
+            pid = partial.name[len(prefix) :].split(".")[0]
+            if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
+            if partial.is_dir() and not partial.is_symlink():
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                partial.unlink(missing_ok=True)
+            removed.append(partial)
     return removed
 
 

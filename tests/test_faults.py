@@ -652,7 +652,7 @@ def test_store_conversion_on_a_full_disk_and_killed_at_random_moments(tmp_path):
         status, text = in_child(lambda: cmap_main(command))
         assert status == 0, text
         np.testing.assert_array_equal(np.asarray(open_store(output)[0].values), expected)
-        assert visible(output.parent) == ["store"]
+        assert [path.name for path in output.parent.iterdir()] == ["store"]  # the killed run's folders removed
 
 
 def test_map_killed_at_random_moments_leaves_complete_files_or_none(checkpoint, tmp_path):

@@ -43,7 +43,7 @@ import numpy as np
 
 from cmap.data.contract import RawValues, TimeAxis
 from cmap.data.datamodule import PixelSeries, SITSDataModule, kfold_split
-from cmap.outputs import check_outputs, fsync_path
+from cmap.outputs import check_outputs, fsync_path, remove_stale_partials
 
 FORMAT = "cmap-series"
 VERSION = 1
@@ -126,6 +126,7 @@ def write_store(
         check_replaceable(folder)
     # Never the source itself, nor a folder holding it.
     check_outputs([folder], [series.source] if Path(series.source).exists() else [], lambda _: True, "store")
+    remove_stale_partials(folder, (".tmp-", ".old-"))  # left by killed conversions
     temporary = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
