@@ -604,6 +604,39 @@ def test_a_missing_or_damaged_ckpt_path_is_one_line(checkpoint, tmp_path, capsys
         assert f"cmap predict: error: {path}: {message}" in line, line
 
 
+class RunsCode:
+    """Unpickling this runs ``touch <marker>`` (a malicious checkpoint's payload)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_everywhere(checkpoint, tmp_path, capsys):
+    """Checkpoints are read weights-only (nothing unpickled runs code), by cmap map, --ckpt_path FILE
+    and --ckpt_path last (which skips such a file with a warning)."""
+    marker = tmp_path / "ran"
+    content = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    content["hyper_parameters"]["payload"] = RunsCode(marker)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    good, evil = folder / "last.ckpt", folder / "interrupted.ckpt"
+    shutil.copy(checkpoint, good)
+    torch.save(content, evil)
+    os.utime(evil, (time.time() + 10, time.time() + 10))  # the newest
+    rasters = raster_stack(tmp_path / "rasters", shape=(20, 20))
+    assert "not a readable PyTorch checkpoint" in one_line_error(capsys, map_command(evil, rasters, tmp_path / "m.tif"))
+    config = checkpoint.parents[3] / "config.yaml"
+    line = one_line_error(capsys, ["predict", "--config", str(config), "--ckpt_path", str(evil), *QUIET])
+    assert f"{evil}: not a readable checkpoint (Weights only load failed" in line
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with pytest.warns(UserWarning, match=r"interrupted.ckpt: skipped by --ckpt_path last"):
+        assert last_checkpoint(trainer) == good
+    assert not marker.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. Config loading imports only classes of the declared types
 # ---------------------------------------------------------------------------------------------

@@ -141,13 +141,15 @@ def checkpoint_problem(path: Path) -> str | None:
     """Why ``path`` is not a complete checkpoint, or None.
 
     A PyTorch checkpoint is a zip archive: every member's CRC is checked (a truncated or damaged file
-    fails), without unpickling anything; a file of the legacy format is loaded weights-only.
+    fails), then it is loaded weights-only, as Lightning loads it (a pickle that would run code, or
+    hold objects other than tensors and plain values, fails without running anything).
     """
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 bad = archive.testzip()
-            return None if bad is None else f"member {bad} is damaged"
+            if bad is not None:
+                return f"member {bad} is damaged"
         read_checkpoint(path)
     except (OSError, ValueError, zipfile.BadZipFile, RuntimeError, EOFError) as error:
         return " ".join(str(error).split())
