@@ -45,9 +45,13 @@ def build_encoder(
     encoder at the width of its embeddings, dropout 0.1."""
     d_model = position.d_model
     if encoder == "transformer":
-        return TransformerEncoder(position, bands, d_model, heads, depth, 0.1, dim_feedforward)
+        return TransformerEncoder(
+            heads, depth, dim_feedforward, position_encoder=position, bands_encoder=bands, d_model=d_model, dropout_p=0.1
+        )
     if encoder == "exchanger":
-        return ExchangerEncoder(position, bands, d_model, n_groups, heads, depth, 0.1)
+        return ExchangerEncoder(
+            n_groups, heads, depth, position_encoder=position, bands_encoder=bands, d_model=d_model, dropout_p=0.1
+        )
     raise ValueError(f"encoder must be transformer or exchanger, got {encoder!r}")
 
 

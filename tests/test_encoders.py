@@ -20,8 +20,8 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 
 def tempcnn(num_bands: int = 3, d_model: int = 16, dropout_p: float = 0.0, **options) -> TempCNNEncoder:
     return TempCNNEncoder(
-        PositionalEncoding(d_model, tau=1000, max_len=1000), PixelEncoding([num_bands, d_model]), d_model,
-        dropout_p=dropout_p, **options,
+        position_encoder=PositionalEncoding(d_model, tau=1000, max_len=1000),
+        bands_encoder=PixelEncoding([num_bands, d_model]), d_model=d_model, dropout_p=dropout_p, **options,
     )  # fmt: skip
 
 
@@ -169,8 +169,9 @@ def test_yaml_config_trains_and_the_checkpoint_rebuilds_the_model(tmp_path):
     torch.testing.assert_close(loaded(values, days, mask), cli.model(values, days, mask))
     # init_encoder_from: the trained encoder's weights (batch-norm statistics included) load into a new one.
     fresh = TempCNNEncoder(
-        PositionalEncoding(8, tau=1000, max_len=1000), PixelEncoding([2, 8]), 8, n_layers=2, kernel_size=3
-    )
+        position_encoder=PositionalEncoding(8, tau=1000, max_len=1000), bands_encoder=PixelEncoding([2, 8]),
+        d_model=8, n_layers=2, kernel_size=3,
+    )  # fmt: skip
     load_encoder_weights(fresh, str(checkpoint))
     for name, tensor in loaded.encoder.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[name], tensor)

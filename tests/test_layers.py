@@ -16,11 +16,17 @@ def embeddings():
 
 
 def transformer():
-    return TransformerEncoder(*embeddings(), d_model=D, n_att_head=4, n_att_layers=2, dropout_p=0.1).eval()
+    position, bands = embeddings()
+    return TransformerEncoder(
+        position_encoder=position, bands_encoder=bands, d_model=D, n_att_head=4, n_att_layers=2, dropout_p=0.1
+    ).eval()
 
 
 def exchanger():
-    return ExchangerEncoder(*embeddings(), d_model=D, n_groups=4, n_att_head=4, n_blocks=2, dropout_p=0.1).eval()
+    position, bands = embeddings()
+    return ExchangerEncoder(
+        position_encoder=position, bands_encoder=bands, d_model=D, n_groups=4, n_att_head=4, n_blocks=2, dropout_p=0.1
+    ).eval()
 
 
 def irregular_batch(batch=3, dates=7):
@@ -68,7 +74,7 @@ def test_transformer_attention_weights_match_fast_path():
 
 def test_encoder_rejects_embedding_width_mismatch():
     with pytest.raises(ValueError, match="bands_encoder produces width 16, expected d_model=32"):
-        TransformerEncoder(PositionalEncoding(D), PixelEncoding([C, 16]), d_model=D)
+        TransformerEncoder(position_encoder=PositionalEncoding(D), bands_encoder=PixelEncoding([C, 16]), d_model=D)
 
 
 def test_gp_block_is_permutation_equivariant_over_dates():

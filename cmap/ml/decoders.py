@@ -23,6 +23,12 @@ class Decoder(nn.Module):
 
     in_features: int | None = None
 
+    def set_width(self, in_features: int | None) -> None:
+        """The input width, when known at construction (layers are built), else left to :meth:`bind`."""
+        self.in_features = in_features
+        if in_features is not None:
+            self.build(in_features)
+
     def bind(self, d_model: int) -> None:
         """Check (or, when it was not given, set and build) the input width: the encoder's ``d_model``."""
         if self.in_features is None:
@@ -52,11 +58,8 @@ class MultiClassClassification(Decoder):
 
     def __init__(self, num_classes: int, hidden: int | None = None, dropout_p: float = 0.0) -> None:
         super().__init__()
-        self.num_classes = num_classes
-        self.dropout_p = dropout_p
-        self.in_features = hidden
-        if hidden is not None:
-            self.build(hidden)
+        self.num_classes, self.dropout_p = num_classes, dropout_p
+        self.set_width(hidden)
 
     def build(self, in_features: int) -> None:
         self.norm = nn.LayerNorm(in_features)
@@ -73,7 +76,9 @@ class MLPDecoder(Decoder):
     def __init__(self, sizes: Sequence[int]) -> None:
         super().__init__()
         self.sizes = list(sizes)
-        self.in_features = self.sizes[0]
+        self.set_width(self.sizes[0])
+
+    def build(self, in_features: int) -> None:
         self.mlp = mlp(self.sizes)
 
 

@@ -5,6 +5,8 @@ dates) to per-date features (B, T, d_model). Features of padded dates are meanin
 ignored downstream (decoders pool with the mask); features of valid dates never depend on padding.
 """
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
@@ -13,10 +15,23 @@ from cmap.ml.tempcnn import MaskedConvBlock, zero_masked
 
 
 class SeriesEncoder(nn.Module):
-    """Shared embedding step: ``bands_encoder(values) + position_encoder(days)``, then dropout."""
+    """Shared embedding step: ``bands_encoder(values) + position_encoder(days)``, then dropout.
+
+    Its arguments are every encoder's (subclasses take their own and pass these on, by keyword):
+
+    Args:
+        position_encoder: date embedding, width ``d_model``.
+        bands_encoder: band embedding, output width ``d_model``.
+        d_model: token width.
+        dropout_p: dropout on the embedding (and, in the subclasses that say so, inside the layers).
+    """
 
     def __init__(
-        self, position_encoder: PositionalEncoding, bands_encoder: PixelEncoding, d_model: int, dropout_p: float
+        self,
+        position_encoder: PositionalEncoding,
+        bands_encoder: PixelEncoding,
+        d_model: int = 256,
+        dropout_p: float = 0.1,
     ) -> None:
         super().__init__()
         for name, width in (("position_encoder", position_encoder.d_model), ("bands_encoder", bands_encoder.d_model)):
@@ -25,6 +40,7 @@ class SeriesEncoder(nn.Module):
         self.position_encoder = position_encoder
         self.bands_encoder = bands_encoder
         self.d_model = d_model
+        self.dropout_p = dropout_p
         self.embedding_dropout = nn.Dropout(dropout_p)
 
     @property
@@ -47,26 +63,18 @@ class TransformerEncoder(SeriesEncoder):
     additionally returns the weights of every layer and head, for logging.
 
     Args:
-        position_encoder: date embedding, width ``d_model``.
-        bands_encoder: band embedding, output width ``d_model``.
-        d_model: token width.
         n_att_head: attention heads per layer.
         n_att_layers: number of layers.
-        dropout_p: dropout on the embedding and inside every layer.
         dim_feedforward: hidden width of the feed-forward networks (default ``4 * d_model``).
+        **kwargs: :class:`SeriesEncoder`'s ``position_encoder``, ``bands_encoder``, ``d_model`` (256)
+            and ``dropout_p`` (0.1: on the embedding and inside every layer).
     """
 
     def __init__(
-        self,
-        position_encoder: PositionalEncoding,
-        bands_encoder: PixelEncoding,
-        d_model: int = 256,
-        n_att_head: int = 8,
-        n_att_layers: int = 4,
-        dropout_p: float = 0.1,
-        dim_feedforward: int | None = None,
+        self, n_att_head: int = 8, n_att_layers: int = 4, dim_feedforward: int | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(position_encoder, bands_encoder, d_model, dropout_p)
+        super().__init__(**kwargs)
+        d_model, dropout_p = self.d_model, self.dropout_p
         layer = nn.TransformerEncoderLayer(
             d_model,
             n_att_head,
@@ -105,26 +113,16 @@ class ExchangerEncoder(SeriesEncoder):
     """Stack of group-propagation blocks (:mod:`cmap.ml.gp_block`), linear in the number of dates.
 
     Args:
-        position_encoder: date embedding, width ``d_model``.
-        bands_encoder: band embedding, output width ``d_model``.
-        d_model: token width.
         n_groups: group tokens per block.
         n_att_head: heads of the collect/distribute cross-attentions.
         n_blocks: number of blocks.
-        dropout_p: dropout on the embedding and inside every block.
+        **kwargs: :class:`SeriesEncoder`'s ``position_encoder``, ``bands_encoder``, ``d_model`` (256)
+            and ``dropout_p`` (0.1: on the embedding and inside every block).
     """
 
-    def __init__(
-        self,
-        position_encoder: PositionalEncoding,
-        bands_encoder: PixelEncoding,
-        d_model: int = 256,
-        n_groups: int = 16,
-        n_att_head: int = 8,
-        n_blocks: int = 4,
-        dropout_p: float = 0.1,
-    ) -> None:
-        super().__init__(position_encoder, bands_encoder, d_model, dropout_p)
+    def __init__(self, n_groups: int = 16, n_att_head: int = 8, n_blocks: int = 4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        d_model, dropout_p = self.d_model, self.dropout_p
         self.blocks = nn.ModuleList(
             GroupPropagationBlock(d_model, n_groups, n_att_head, dropout_p) for _ in range(n_blocks)
         )
@@ -158,27 +156,23 @@ class TempCNNEncoder(SeriesEncoder):
     :class:`~cmap.ml.tempcnn.FlattenClassification`, for data on a fixed date grid.
 
     Args:
-        position_encoder: date embedding, width ``d_model``.
-        bands_encoder: band embedding, output width ``d_model`` (``[C, d_model]``: one linear layer).
-        d_model: filters of every convolution, and the feature width.
         n_layers: number of convolution blocks (Pelletier et al.: 3).
         kernel_size: dates per convolution window, odd (Pelletier et al.: 5).
         dropout_p: dropout after every block (Pelletier et al.: 0.2).
-        embedding_dropout_p: dropout on the date embedding (the base's; TempCNN has none).
+        embedding_dropout_p: dropout on the date embedding (the base's ``dropout_p``; TempCNN has none).
+        **kwargs: :class:`SeriesEncoder`'s ``position_encoder``, ``bands_encoder`` (``[C, d_model]``:
+            one linear layer) and ``d_model`` (the filters of every convolution, and the feature
+            width; Pelletier et al.: 64).
     """
 
     def __init__(
-        self,
-        position_encoder: PositionalEncoding,
-        bands_encoder: PixelEncoding,
-        d_model: int = 64,
-        n_layers: int = 3,
-        kernel_size: int = 5,
-        dropout_p: float = 0.2,
-        embedding_dropout_p: float = 0.0,
-    ) -> None:
-        super().__init__(position_encoder, bands_encoder, d_model, embedding_dropout_p)
-        self.blocks = nn.ModuleList(MaskedConvBlock(d_model, d_model, kernel_size, dropout_p) for _ in range(n_layers))
+        self, n_layers: int = 3, kernel_size: int = 5, dropout_p: float = 0.2, embedding_dropout_p: float = 0.0,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(dropout_p=embedding_dropout_p, **kwargs)
+        self.blocks = nn.ModuleList(
+            MaskedConvBlock(self.d_model, self.d_model, kernel_size, dropout_p) for _ in range(n_layers)
+        )
 
     def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
         x = zero_masked(self.embed(values, days), mask)

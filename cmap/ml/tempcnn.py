@@ -85,21 +85,12 @@ class FlattenClassification(Decoder):
     """
 
     def __init__(
-        self,
-        num_dates: int,
-        num_classes: int,
-        hidden: int = 256,
-        dropout_p: float = 0.2,
+        self, num_dates: int, num_classes: int, hidden: int = 256, dropout_p: float = 0.2,
         in_features: int | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.num_dates = num_dates
-        self.num_classes = num_classes
-        self.hidden = hidden
-        self.dropout_p = dropout_p
-        self.in_features = in_features
-        if in_features is not None:
-            self.build(in_features)
+        self.num_dates, self.num_classes, self.hidden, self.dropout_p = num_dates, num_classes, hidden, dropout_p
+        self.set_width(in_features)
 
     def build(self, in_features: int) -> None:
         self.dense = nn.Linear(self.num_dates * in_features, self.hidden, bias=False)
