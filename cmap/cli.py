@@ -155,6 +155,13 @@ class CMapCLI(LightningCLI):
             help="fit only: when training ends, test the model as it is (the end of its LR schedule)",
         )
         parser.add_argument(
+            "--ensemble",
+            type=list[str] | None,
+            default=None,
+            help="test, predict: more checkpoints of the same data whose class probabilities are averaged with "
+            "the model's (--ckpt_path), e.g. other seeds: '[seed1.ckpt, seed2.ckpt]'",
+        )
+        parser.add_argument(
             "--threads",
             type=int | None,
             default=None,
@@ -216,7 +223,17 @@ class CMapCLI(LightningCLI):
             if problem is not None:
                 raise InputError(f"{ckpt_path}: not a readable checkpoint ({problem})")
 
-    before_fit = before_validate = before_test = before_predict = _resolve_last_checkpoint
+    before_fit = before_validate = _resolve_last_checkpoint
+
+    def _before_evaluation(self) -> None:
+        self._resolve_last_checkpoint()
+        members = self.config_init[self.subcommand].get("ensemble")
+        if members:
+            from cmap.predictions import load_classifier
+
+            self.model.ensemble_with([load_classifier(path) for path in members], members)
+
+    before_test = before_predict = _before_evaluation
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer = super().instantiate_trainer(**kwargs)

@@ -136,6 +136,9 @@ class WindowClassifier(L.LightningModule):
     def forward(self, values: torch.Tensor, days: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.model(values, days, mask)
 
+    def on_predict_start(self) -> None:
+        self.model.check_ensemble()  # an ensemble's other members join the model's device
+
     def predict_step(self, item: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         chunks = [
             torch.softmax(
@@ -311,15 +314,18 @@ def is_cmap_style(path: Path) -> bool:
     return text.startswith("<!DOCTYPE qgis") and 'rasterrenderer type="paletted"' in text
 
 
-def check_map_outputs(output: Path, probabilities: bool, stack: RasterStack, checkpoint: str, pattern: str) -> None:
-    """Refuse outputs that are inputs (rasters, checkpoint), other files, or files a later run would read as dates."""
+def check_map_outputs(
+    output: Path, probabilities: bool, stack: RasterStack, checkpoints: list[str], pattern: str
+) -> None:
+    """Refuse outputs that are inputs (rasters, checkpoints), other files, or files a later run would read as dates."""
     targets = [output, *([probabilities_path(output)] if probabilities else [])]
     if output.suffix.lower() == ".qml":  # the style beside the map would replace the map itself
         raise OutputPathError(f"{output}: the crop map is a GeoTIFF (.tif), and its QGIS style goes to the .qml name")
-    inputs = [Path(checkpoint), *dict.fromkeys(path for paths in stack.paths for path in paths)]
+    rasters = list(dict.fromkeys(path for paths in stack.paths for path in paths))
+    inputs = [*map(Path, checkpoints), *rasters]
     check_outputs(targets, inputs, is_cmap_raster, "crop map")
     check_outputs([output.with_suffix(".qml")], inputs, is_cmap_style, "crop map's QGIS style")
-    folders = {Path(os.path.abspath(path.parent)).resolve() for path in inputs[1:]}
+    folders = {Path(os.path.abspath(path.parent)).resolve() for path in rasters}
     regex = re.compile(pattern)
     for target in targets:
         if (
@@ -334,7 +340,7 @@ def check_map_outputs(output: Path, probabilities: bool, stack: RasterStack, che
 
 
 def map_rasters(
-    checkpoint: str,
+    checkpoint: str | list[str],
     rasters: str,
     output: str,
     pattern: str = DEFAULT_PATTERN,
@@ -357,7 +363,9 @@ def map_rasters(
 
     Args:
         checkpoint: a ``cmap fit`` checkpoint of a Classifier (its input contract: band names,
-            class names, normalisation, time axis and raw-value convention).
+            class names, normalisation, time axis and raw-value convention), or a list of them: an
+            ensemble averaging their class probabilities (``'[seed0.ckpt, seed1.ckpt]'``; the input
+            contracts must agree).
         rasters: folder of rasters, one file per date (or per date and band), see ``pattern``.
         output: the class map GeoTIFF to write (``*_probs.tif`` and ``.qml`` beside it).
         pattern: regular expression on file names with a ``date`` group, and a ``band`` group
@@ -388,16 +396,19 @@ def map_rasters(
     """
     if threads:
         torch.set_num_threads(threads)
-    model = load_classifier(checkpoint)
+    checkpoints = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+    model = load_classifier(checkpoints)
     contract: InputContract = model.input_contract
     if len(model.class_names) > MAX_CLASSES:
-        raise ValueError(f"{checkpoint}: {len(model.class_names)} classes do not fit a uint8 map (max {MAX_CLASSES})")
+        raise ValueError(
+            f"{checkpoints[0]}: {len(model.class_names)} classes do not fit a uint8 map (max {MAX_CLASSES})"
+        )
     raw = contract.raw_values or RawValues()
     stack = RasterStack.from_folder(
         rasters, pattern, list(contract.band_names), raw.scale if scale is None else scale,
         raw.offset if offset is None else offset, raw.valid_range if valid_range is None else valid_range,
     )  # fmt: skip
-    check_map_outputs(Path(output), probabilities, stack, checkpoint, pattern)
+    check_map_outputs(Path(output), probabilities, stack, checkpoints, pattern)
     time_axis = contract.time_axis if reference_date is None else TimeAxis.from_reference_date(reference_date)
     windows = StackWindows(stack, window_size, stack.days(time_axis), contract)
     writer = MapWriter(output, stack, windows.windows, model.class_names, probabilities, cog)

@@ -20,6 +20,7 @@ an existing file is replaced only when it is a prediction table, never an input.
 """
 
 import errno
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,21 @@ from cmap.ml.weights import read_checkpoint
 from cmap.outputs import InputError, check_outputs, publish, remove_stale_partials, temporary_path
 
 
-def load_classifier(path: str | Path) -> Classifier:
-    """The Classifier of a ``cmap fit`` checkpoint, in eval mode, with its ``input_contract``."""
+def load_classifier(path: str | Path | Sequence[str | Path]) -> Classifier:
+    """The Classifier of a ``cmap fit`` checkpoint, in eval mode, with its ``input_contract``.
+
+    Several checkpoints give an ensemble: the first checkpoint's Classifier averaging the class
+    probabilities of all of them (:meth:`~cmap.ml.classifiers.Classifier.ensemble_with`; their
+    input contracts must agree).
+    """
+    if not isinstance(path, (str, Path)):
+        paths = list(path)
+        if not paths:
+            raise InputError("no checkpoint given")
+        model = load_classifier(paths[0])
+        if len(paths) > 1:
+            model.ensemble_with([load_classifier(member) for member in paths[1:]], paths[1:])
+        return model
     InputContract.from_checkpoint(read_checkpoint(path), str(path))  # a clear error before Lightning's
     try:
         model = Classifier.load_from_checkpoint(path, map_location="cpu")

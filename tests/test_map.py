@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+import torch
 from rasterio.transform import from_origin
 
 from cmap.cli import main as cmap_main
@@ -346,3 +347,50 @@ def test_cmap_predict_on_two_processes_writes_every_series_once_per_rank_file(nd
     assert ranks["index"].tolist() == expected["index"].tolist()
     assert (ranks["class"] == expected["class"]).all()
     np.testing.assert_allclose(ranks["confidence"], expected["confidence"], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def second_checkpoint(mato_grosso_ndvi12: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another model of the same data and inputs (more steps: other weights), for ensembles."""
+    return fit_checkpoint(mato_grosso_ndvi12, tmp_path_factory.mktemp("model2"), steps=6)
+
+
+def test_ensembles_average_the_members_probabilities_in_map_and_predict(ndvi_checkpoint, second_checkpoint, tmp_path):
+    def mapped(name: str, checkpoint: str | list[str]) -> np.ndarray:
+        output = tmp_path / name
+        map_rasters(checkpoint, str(require(SINOP)), str(output), pattern=SINOP_PATTERN, scale=1e-4,
+                    valid_range=(-2000, 10000), progress=False, cog=False)  # fmt: skip
+        with rasterio.open(probabilities_path(output)) as dataset:
+            return dataset.read().astype(float)
+
+    first, second = mapped("a.tif", str(ndvi_checkpoint)), mapped("b.tif", str(second_checkpoint))
+    assert not np.array_equal(first, second)
+    both = mapped("ab.tif", [str(ndvi_checkpoint), str(second_checkpoint)])
+    assert np.abs(both - (first + second) / 2).max() <= 1.0  # percents, each map rounded to whole ones
+
+    config = ndvi_checkpoint.parents[3] / "config.yaml"  # root/lightning_logs/version_0/checkpoints/last.ckpt
+
+    def predicted(name: str, checkpoint: Path, *ensemble: str) -> np.ndarray:
+        output = tmp_path / name
+        writer = ["--trainer.callbacks+=cmap.predictions.PredictionWriter", "--trainer.callbacks.output", str(output)]
+        cmap_main(["predict", "--config", str(config), "--ckpt_path", str(checkpoint), *writer, *ensemble])
+        table = pd.read_csv(output).sort_values("index")
+        return table[[column for column in table if column.startswith("probability/")]].to_numpy()
+
+    together = predicted("together.csv", ndvi_checkpoint, "--ensemble", f"[{second_checkpoint}]")
+    alone = (predicted("first.csv", ndvi_checkpoint) + predicted("second.csv", second_checkpoint)) / 2
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_an_ensemble_member_with_other_inputs_is_refused(ndvi_checkpoint, second_checkpoint, tmp_path):
+    from cmap.data.contract import CHECKPOINT_KEY
+    from cmap.predictions import load_classifier
+
+    content = torch.load(second_checkpoint, weights_only=True)
+    content[CHECKPOINT_KEY]["mean"] = [value + 0.1 for value in content[CHECKPOINT_KEY]["mean"]]
+    other = tmp_path / "other_statistics.ckpt"
+    torch.save(content, other)
+    with pytest.raises(
+        ValueError, match=r"other_statistics.ckpt: an ensemble member's input contract differs .*'mean'"
+    ):
+        load_classifier([str(ndvi_checkpoint), str(other)])

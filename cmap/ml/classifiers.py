@@ -1,6 +1,6 @@
 """Classifier: a crop-type classifier trained from scratch or fine-tuned from a pretrained encoder."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -130,13 +130,61 @@ class Classifier(SITSTask):
     def set_input_contract(self, contract: InputContract) -> None:
         given = self.hparams.get("class_names")
         if given is not None and contract.class_names is not None and list(contract.class_names) != list(given):
-            raise ValueError(f"the model was built for classes {list(given)} but the data has {list(contract.class_names)}")
+            raise ValueError(
+                f"the model was built for classes {list(given)} but the data has {list(contract.class_names)}"
+            )
         super().set_input_contract(contract)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self.known_class_names is None:
             raise ValueError("Classifier needs class_names: give them or use a data module that has them")
+
+    # Ensembles: other trained classifiers whose probabilities are averaged with this one's.
+
+    def ensemble_with(self, members: Sequence["Classifier"], sources: Sequence[str]) -> None:
+        """From now on, every forward pass averages the class probabilities of this model and of
+        ``members`` (trained classifiers, e.g. other seeds; ``sources`` name them in errors).
+
+        Members must have the same input contract (bands, classes, normalisation, time axis): each
+        sees the inputs prepared for this model. It is checked here when this model's contract is
+        known, else when testing or predicting starts (a checkpoint restored by the trainer brings it).
+        Members are not part of this model's weights or checkpoints.
+        """
+        # A plain list, not a ModuleList: the members' weights stay out of this model's state dict.
+        self.__dict__["ensemble_members"] = [
+            (member.eval(), str(source)) for member, source in zip(members, sources, strict=True)
+        ]
+        if self.input_contract is not None:
+            self.check_ensemble()
+
+    def check_ensemble(self) -> None:
+        for member, source in self.__dict__.get("ensemble_members", []):
+            if member.input_contract != self.input_contract:
+                mine, theirs = self.input_contract.to_dict(), member.input_contract.to_dict()
+                fields = [key for key in mine if mine[key] != theirs[key]]
+                raise ValueError(
+                    f"{source}: an ensemble member's input contract differs from the model's in {fields}: members "
+                    "must share bands, classes, normalisation and time axis (models trained on the same data)"
+                )
+            member.to(self.device)
+
+    def on_test_start(self) -> None:
+        self.check_ensemble()
+
+    def on_predict_start(self) -> None:
+        self.check_ensemble()
+
+    def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
+        """Logits; for an ensemble, the log of the members' mean probabilities (their softmax is that mean)."""
+        logits = super().forward(values, days, mask)
+        members = self.__dict__.get("ensemble_members")
+        if not members:
+            return logits
+        probabilities = torch.softmax(logits.float(), dim=-1)
+        for member, _ in members:
+            probabilities = probabilities + torch.softmax(member(values, days, mask).float(), dim=-1)
+        return (probabilities / (len(members) + 1)).clamp_min(1e-12).log()
 
     def _shared_step(self, batch: Batch, stage: str) -> dict[str, Tensor]:
         logits = self(batch["values"], batch["days"], batch["mask"])
