@@ -1,4 +1,4 @@
-"""TempCNNEncoder and FlattenClassification: shapes, masking, the decoder contract, YAML configs."""
+"""TempCNNEncoder, FlattenClassification and LTAEEncoder: shapes, masking, the decoder contract, YAML configs."""
 
 from pathlib import Path
 
@@ -8,9 +8,9 @@ import yaml
 
 from cmap.cli import CMapCLI
 from cmap.ml.classifiers import Classifier
-from cmap.ml.decoders import MultiClassClassification
+from cmap.ml.decoders import MultiClassClassification, masked_mean
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
-from cmap.ml.encoders import SeriesEncoder, TempCNNEncoder
+from cmap.ml.encoders import LTAEEncoder, SeriesEncoder, TempCNNEncoder
 from cmap.ml.tempcnn import FlattenClassification, MaskedBatchNorm1d
 from cmap.ml.weights import load_encoder_weights
 
@@ -109,9 +109,47 @@ def test_flatten_classification_keeps_the_date_order_and_needs_its_number_of_dat
         decoder(features[:, :10], mask[:, :10])
 
 
+def test_a_training_batch_of_one_series_passes_the_flatten_head():
+    decoder = FlattenClassification(num_dates=12, num_classes=5, in_features=16).train()
+    assert decoder(torch.randn(1, 12, 16), torch.ones(1, 12, dtype=torch.bool)).shape == (1, 5)
+
+
 def test_kernel_size_must_be_odd():
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         tempcnn(kernel_size=4)
+
+
+def ltae(num_bands: int = 3, d_model: int = 16, **options) -> LTAEEncoder:
+    return LTAEEncoder(
+        PositionalEncoding(d_model, tau=1000, max_len=1000), PixelEncoding([num_bands, d_model]), d_model, n_head=4,
+        d_k=4, **options,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_ltae_pools_valid_dates_and_meets_the_per_date_contract(training):
+    encoder = ltae(dropout_p=0.0).train(training)
+    values, days, mask = series()
+    features = encoder(values, days, mask)
+    assert isinstance(encoder, SeriesEncoder) and features.shape == (8, 12, 16)
+    assert features[~mask].abs().max() == 0
+    # The pooled vector on every valid date: the masked mean of the pooling decoders gives it back.
+    pooled = encoder.pool(values, days, mask)
+    torch.testing.assert_close(masked_mean(features, mask), pooled)
+    torch.testing.assert_close(features, pooled.unsqueeze(1) * mask.unsqueeze(-1))
+    # Masked dates' values and days change nothing.
+    garbage = values.masked_fill(~mask.unsqueeze(-1), 1e3)
+    torch.testing.assert_close(encoder(garbage, torch.where(mask, days, days + 50), mask), features)
+    # Valid dates' days matter: the attention sees when each date is.
+    assert not torch.allclose(encoder(values, days + 30 * mask, mask), features)
+
+
+def test_ltae_in_a_classifier_and_its_head_count():
+    model = Classifier(ltae(), MultiClassClassification(num_classes=5), class_names=list("abcde")).eval()
+    values, days, mask = series()
+    assert model(values, days, mask).shape == (8, 5)
+    with pytest.raises(ValueError, match="n_head=3 must divide d_model=16"):
+        LTAEEncoder(PositionalEncoding(16), PixelEncoding([3, 16]), 16, n_head=3)
 
 
 def tiny_config(root: Path) -> Path:
@@ -185,3 +223,10 @@ def test_ucr_crop_tempcnn_config_parses(capsys):
     assert model["encoder"]["class_path"] == "cmap.ml.encoders.TempCNNEncoder"
     assert config["data"]["class_path"] == "cmap.data.UCRCrop"
     assert any(c["init_args"].get("save_last") for c in config["trainer"]["callbacks"])
+
+
+def test_ucr_crop_ltae_config_parses(capsys):
+    with pytest.raises(SystemExit):
+        CMapCLI(args=["fit", "--config", str(CONFIGS / "ucr_crop_ltae.yaml"), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["init_args"]["encoder"]["class_path"] == "cmap.ml.encoders.LTAEEncoder"

@@ -7,11 +7,14 @@ ignored downstream (decoders pool with the mask); features of valid dates never 
 
 from typing import Any
 
+import math
+
+import torch
 from torch import Tensor, nn
 
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
 from cmap.ml.gp_block import GroupPropagationBlock
-from cmap.ml.tempcnn import MaskedConvBlock, zero_masked
+from cmap.ml.tempcnn import BatchNorm1dAnyBatch, MaskedConvBlock, zero_masked
 
 
 class SeriesEncoder(nn.Module):
@@ -179,3 +182,74 @@ class TempCNNEncoder(SeriesEncoder):
         for block in self.blocks:
             x = block(x, mask)
         return x
+
+
+class LTAEEncoder(SeriesEncoder):
+    """Lightweight temporal attention encoder (L-TAE, Garnot & Landrieu 2020): pools the series.
+
+    Each of ``n_head`` heads has one learnt *master query* (no query per date): it scores every
+    valid date by its key (a ``d_k``-wide projection of the date's embedding, day included), and
+    averages its own slice of ``d_model / n_head`` embedding channels with the softmax of those
+    scores. The heads' outputs, concatenated, go through a dense layer, batch norm, ReLU, dropout
+    and a layer norm: one vector per series.
+
+    Decoder contract: a pooled encoder still returns per-date features (B, T, d_model), its pooled
+    vector on every valid date and 0 on masked dates. The masked mean of the pooling decoders
+    (``MultiClassClassification``, ``ProjectionHead``, the embedding projector) gives back exactly
+    that vector, so every task, decoder, callback and ``init_encoder_from`` works unchanged, at the
+    cost of a (B, T, d_model) tensor; decoders that need each date's own features (reconstruction
+    for pretraining, ``FlattenClassification``) get nothing from it. :meth:`pool` returns (B, d_model).
+
+    Args:
+        position_encoder: date embedding, width ``d_model``.
+        bands_encoder: band embedding, output width ``d_model``.
+        d_model: embedding width, split among the heads, and output width.
+        n_head: heads (master queries); must divide ``d_model`` (L-TAE: 16).
+        d_k: width of queries and keys (L-TAE: 8).
+        dropout_p: dropout on the attention weights and after the dense layer.
+        embedding_dropout_p: dropout on the date embedding.
+    """
+
+    def __init__(
+        self,
+        position_encoder: PositionalEncoding,
+        bands_encoder: PixelEncoding,
+        d_model: int = 128,
+        n_head: int = 16,
+        d_k: int = 8,
+        dropout_p: float = 0.2,
+        embedding_dropout_p: float = 0.0,
+    ) -> None:
+        super().__init__(position_encoder, bands_encoder, d_model, embedding_dropout_p)
+        if d_model % n_head:
+            raise ValueError(f"LTAEEncoder: n_head={n_head} must divide d_model={d_model}")
+        self.n_head, self.d_k = n_head, d_k
+        self.in_norm = nn.LayerNorm(d_model)
+        self.keys = nn.Linear(d_model, n_head * d_k)
+        self.queries = nn.Parameter(torch.randn(n_head, d_k) * math.sqrt(2.0 / d_k))
+        self.attention_dropout = nn.Dropout(dropout_p)
+        self.out = nn.Sequential(
+            nn.Linear(d_model, d_model), BatchNorm1dAnyBatch(d_model), nn.ReLU(), nn.Dropout(dropout_p),
+            nn.LayerNorm(d_model),
+        )  # fmt: skip
+
+    def attention(self, values: Tensor, days: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The embedded dates (B, T, d_model) and each head's weights over the dates (B, n_head, T)."""
+        x = self.in_norm(self.embed(values, days))
+        b, t, _ = x.shape
+        keys = self.keys(x).view(b, t, self.n_head, self.d_k)
+        scores = torch.einsum("bthk,hk->bht", keys, self.queries) / math.sqrt(self.d_k)
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        # A series without any valid date would give NaN weights: it gets none.
+        weights = torch.softmax(scores, dim=-1).masked_fill(~mask.unsqueeze(1), 0.0)
+        return x, self.attention_dropout(weights)
+
+    def pool(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
+        """One vector per series (B, d_model)."""
+        x, weights = self.attention(values, days, mask)
+        b, t, d = x.shape
+        heads = torch.einsum("bht,bthc->bhc", weights, x.view(b, t, self.n_head, d // self.n_head))
+        return self.out(heads.reshape(b, d))
+
+    def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
+        return zero_masked(self.pool(values, days, mask).unsqueeze(1).expand(-1, mask.shape[1], -1), mask)

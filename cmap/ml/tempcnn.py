@@ -37,6 +37,16 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         return out
 
 
+class BatchNorm1dAnyBatch(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` that normalises a training batch of one series with the running statistics
+    (batch statistics of one sample are undefined; the last batch of an epoch can hold one)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
 class MaskedConvBlock(nn.Module):
     """Convolution over the date axis ('same' padding), masked batch norm, ReLU, dropout.
 
@@ -94,7 +104,7 @@ class FlattenClassification(Decoder):
 
     def build(self, in_features: int) -> None:
         self.dense = nn.Linear(self.num_dates * in_features, self.hidden, bias=False)
-        self.norm = nn.BatchNorm1d(self.hidden)
+        self.norm = BatchNorm1dAnyBatch(self.hidden)
         self.dropout = nn.Dropout(self.dropout_p)
         self.linear = nn.Linear(self.hidden, self.num_classes)
 
