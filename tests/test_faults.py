@@ -41,7 +41,7 @@ from cmap.cli import main as cmap_main
 from cmap.data.store import open_store
 from cmap.ml.fault_tolerance import last_checkpoint
 
-from .conftest import REPO, fit_tiny_classifier
+from .conftest import fit_tiny_classifier
 
 PATTERN = r"_(?P<band>NDVI)_(?P<date>\d{4}-\d{2}-\d{2})"
 DATES = ("2021-04-01", "2021-05-01", "2021-06-01")
@@ -652,14 +652,18 @@ def test_5_a_class_path_outside_a_class_typed_key_is_never_imported(tmp_path):
                           "class_map": {"class_path": "foreign_module.thing", "a": "a"}}}  # fmt: skip
     model = tmp_path / "model.yaml"
     model.write_text("class_path: cmap.ml.classifiers.classifier\n")  # lower case: still resolved
-    result = subprocess.run(
-        [sys.executable, "-m", "cmap.cli", "fit", "--model", str(model), "--data", json.dumps(data), "--print_config"],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}"},
-    )  # fmt: skip
+    printed = tmp_path / "config.yaml"
+
+    def print_config() -> None:  # in a child: the module, if imported, stays out of this process
+        sys.path.insert(0, str(tmp_path))
+        with open(printed, "w") as out, contextlib.redirect_stdout(out):
+            cmap_main(["fit", "--model", str(model), "--data", json.dumps(data), "--print_config"])
+
+    status, text = in_child(print_config)
     assert not marker.exists(), "the foreign module ran"
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "class_path: cmap.ml.classifiers.Classifier" in result.stdout
-    assert "foreign_module.thing" in result.stdout  # the plain dict value, untouched
+    assert status == 0, text
+    assert "class_path: cmap.ml.classifiers.Classifier" in printed.read_text()
+    assert "foreign_module.thing" in printed.read_text()  # the plain dict value, untouched
 
 
 # ---------------------------------------------------------------------------------------------
@@ -735,7 +739,7 @@ def test_predictions_on_a_full_disk_and_killed_at_random_moments(checkpoint, tmp
 
 @pytest.mark.parametrize("writer", ["store", "checkpoint", "map", "predictions"])
 def test_killed_while_flushing_leaves_complete_files_or_none_and_a_rerun_finishes(writer, checkpoint, tmp_path):
-    """SIGKILL at the 1st, 2nd and a seeded random later ``fsync`` of each writer's run."""
+    """SIGKILL at the 1st and a seeded random later ``fsync`` of each writer's run."""
     if writer == "store":
         output = tmp_path / "store"
         command = ["convert", "table", str(write_table(tmp_path / "samples.csv", 300)), str(output),
@@ -770,7 +774,7 @@ def test_killed_while_flushing_leaves_complete_files_or_none_and_a_rerun_finishe
                 table = pd.read_parquet(output)
                 assert len(table) > 0 and np.allclose(table.filter(like="probability/").sum(axis=1), 1, atol=1e-5)
 
-    for flush in (1, 2, random.Random(writer).randint(3, 8)):
+    for flush in (1, random.Random(writer).randint(2, 8)):
         status, text = in_child(lambda: cmap_main(command), kill_at_flush=flush)  # noqa: B023
         assert status == -signal.SIGKILL if flush == 1 else status in (0, -signal.SIGKILL), text  # every writer flushes
         check(done=status == 0)
