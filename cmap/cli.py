@@ -10,6 +10,7 @@ Models and data modules are given in subclass mode (``class_path`` / ``init_args
 means ``cmap.ml.classifiers.Classifier``.
 """
 
+import errno
 import importlib
 import logging
 import signal
@@ -341,6 +342,17 @@ def main(args: list[str] | None = None) -> None:
         # A bad input or argument: its one-line message (file, date, band, expected value), no traceback.
         print(f"cmap {args[0]}: error: {input_error_message(error)}", file=sys.stderr)
         sys.exit(INPUT_ERROR_STATUS)
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        # A full disk, a quota, a read-only or forbidden folder: the writers published nothing half-written.
+        print(f"cmap {args[0]}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(INPUT_ERROR_STATUS)
+
+
+#: Write failures the cmap command reports in one line (the writers of cmap.outputs leave nothing
+#: half-written under an output name): full disk, file too large, quota, read-only, forbidden, I/O error.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO}
 
 
 def input_error_message(error: InputError) -> str:

@@ -135,8 +135,10 @@ def write_bytes_atomically(path: str | Path, data: bytes | memoryview) -> Path:
             if file.read(1):
                 raise OSError(errno.EIO, f"{temporary}: longer than what was written")
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):  # Python's write errors do not name the file
+            raise OSError(error.errno or errno.EIO, f"{path}: not written, nothing changed ({error})") from error
         raise
     fsync_path(path.parent, directory=True)
     return path

@@ -152,7 +152,9 @@ def write_table(table: pd.DataFrame, path: Path) -> Path:
                 f"{temporary}: read back as {written.shape} {list(written.columns)[:4]}, written {table.shape}",
             )
         publish(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):  # the writers' errors do not name the file
+            raise OSError(error.errno or errno.EIO, f"{path}: not written, nothing changed ({error})") from error
         raise
     return path

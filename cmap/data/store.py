@@ -32,6 +32,7 @@ A store is written to a temporary folder and renamed into place: it is complete 
 never another folder or a file.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -148,7 +149,9 @@ def write_store(
     except BaseException as error:  # a failed or interrupted write (disk full, Ctrl+C) leaves nothing behind
         shutil.rmtree(temporary, ignore_errors=True)
         if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
-            raise OSError(error.errno, f"{folder}: writing the store failed, nothing written ({error})") from error
+            raise OSError(
+                error.errno or errno.EIO, f"{folder}: writing the store failed, nothing written ({error})"
+            ) from error
         raise
     previous = folder.with_name(f".{folder.name}.old-{os.getpid()}")
     if folder.exists():  # set aside: the store is absent between two renames only, never half-deleted
