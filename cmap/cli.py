@@ -251,19 +251,19 @@ class CMapCLI(LightningCLI):
         if self.config.fit.test_after_fit:
             self.trainer.test(self.model, datamodule=self.datamodule)
             metrics |= self.trainer.callback_metrics
+        run = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # every process: log_dir broadcasts
         if self.trainer.is_global_zero:
-            print(run_summary(self.trainer, metrics, self.config.fit.get("config")), flush=True)
+            print(run_summary(run, metrics, self.config.fit.get("config")), flush=True)
 
 
-def run_summary(trainer: Any, metrics: dict[str, Any], configs: Any) -> str:
-    """What a fit leaves and what to do next: metrics, run folder, checkpoints, TensorBoard, next commands."""
+def run_summary(run: Path, metrics: dict[str, Any], configs: Any) -> str:
+    """What a fit in ``run`` leaves and what next: metrics, run folder, checkpoints, TensorBoard, next commands."""
     shown = [
         f"{name} {float(metrics[name]):.4f}"
         for stage in ("val", "test")
         for name in (f"{stage}/overall_accuracy", f"{stage}/macro_f1")
         if name in metrics
     ]
-    run = Path(trainer.log_dir or trainer.default_root_dir)
     found = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda path: path.stat().st_mtime)
     checkpoint = next((path for path in found if path.name == "last.ckpt"), found[-1] if found else None)
     config = f"--config {configs[0]}" if configs else "<your --config / --model --data>"

@@ -102,3 +102,19 @@ def test_decoders_shapes():
     features, mask = torch.randn(4, 6, D), torch.ones(4, 6, dtype=torch.bool)
     assert MultiClassClassification(5, hidden=D)(features, mask).shape == (4, 5)
     assert BandReconstruction([D, 16, C])(features, mask).shape == (4, 6, C)
+
+
+def test_band_count_and_classes_left_to_the_data_are_bound_once_and_checked():
+    bands = PixelEncoding([None, 16])
+    with pytest.raises(RuntimeError, match="band count is not known yet"):
+        bands(torch.zeros(2, 3, 4))
+    bands.bind_bands(4)
+    assert bands(torch.zeros(2, 3, 4)).shape == (2, 3, 16) and bands.num_bands == 4
+    with pytest.raises(ValueError, match="expects 4 bands per date .* the data has 5"):
+        bands.bind_bands(5)
+    head = MultiClassClassification(dropout_p=0.1)
+    head.bind(16)
+    head.bind_classes(["a", "b", "c"])
+    assert head(torch.zeros(2, 3, 16), torch.ones(2, 3, dtype=torch.bool)).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"num_classes=3 outputs but the data has 2 classes: \['a', 'b'\]"):
+        head.bind_classes(["a", "b"])

@@ -21,7 +21,7 @@ from cmap.ml.autoencoders import AutoEncoder
 from cmap.ml.decoders import BandReconstruction
 from cmap.ml.embeddings import PositionalEncoding
 
-from .conftest import fit_tiny_classifier, quiet_trainer, tiny_classifier, tiny_encoder, tiny_encoder_config
+from .conftest import CONFIGS, fit_tiny_classifier, quiet_trainer, tiny_classifier, tiny_encoder, tiny_encoder_config
 
 HEADER = ["sample_id", "date", "B4", "B8", "label", "parcel"]
 
@@ -450,3 +450,20 @@ def test_a_bad_band_cell_anywhere_is_named_and_nothing_is_written(tmp_path_facto
     with pytest.raises(ValueError, match=message):
         convert(source, folder / "store", "--time_axis", "series_start")
     assert sorted(path.name for path in folder.iterdir()) == ["samples.csv"]
+
+
+def test_a_multi_year_table_trains_with_the_default_recipe_given_only_its_data(tmp_path):
+    """configs/default.yaml with nothing but the data path (the band count and classes come from the store)."""
+    source = write_csv(tmp_path / "samples.csv", multi_year_rows())
+    store = tmp_path / "store"
+    convert(source, store, "--time_axis", "season_start", "--season_start", "09-01")
+    data = tmp_path / "data.yaml"
+    data.write_text(f"class_path: cmap.data.SeriesStore\ninit_args: {{path: {store}, fold: 0}}\n")
+    quick = ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]
+    cmap_main(["fit", "--config", str(CONFIGS / "default.yaml"), "--data", str(data),
+               "--trainer.default_root_dir", str(tmp_path / "run"), *quick])  # fmt: skip
+    from cmap.predictions import load_classifier
+
+    model = load_classifier(next((tmp_path / "run").rglob("last.ckpt")))
+    assert model.encoder.num_bands == 2 and model.class_names == ["cotton", "maize", "soy"] and model.num_classes == 3
+    assert model.input_contract.time_axis == TimeAxis.from_season_start("09-01")

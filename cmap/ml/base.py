@@ -146,17 +146,28 @@ class SITSTask(L.LightningModule):
         self._log_epoch_metrics("test")
 
     def set_input_contract(self, contract: InputContract) -> None:
-        """Adopt ``contract`` (tasks whose losses or metrics are named by it rebuild them)."""
+        """Adopt ``contract``: layers sized by the data are built (:meth:`bind_to_data`), and tasks whose
+        losses or metrics are named by it rebuild them."""
         changed = contract != self.input_contract
+        self.bind_to_data(contract)
         self.input_contract = contract
         if changed:
             self.reconfigure()
+
+    def bind_to_data(self, contract: InputContract) -> None:
+        """Size what a config may leave to the data: the band embedding's input (``sizes[0]`` null)."""
+        if self.encoder.num_bands is not None and self.encoder.num_bands != contract.num_bands:
+            raise ValueError(
+                f"the encoder expects {self.encoder.num_bands} bands per date (bands_encoder sizes[0]) but the data "
+                f"provides {contract.num_bands}: {list(contract.band_names)}"
+            )
+        self.encoder.bind_bands(contract.num_bands)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         contract = getattr(datamodule, "contract", None)
         if contract is not None:
-            if contract.num_bands != self.encoder.num_bands:
+            if self.encoder.num_bands is not None and contract.num_bands != self.encoder.num_bands:
                 raise ValueError(
                     f"the encoder expects {self.encoder.num_bands} bands per date (bands_encoder sizes[0]) but "
                     f"{type(datamodule).__name__} provides {contract.num_bands}: {list(contract.band_names)}"
@@ -174,17 +185,17 @@ class SITSTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         path = self._trainer.ckpt_path if self._trainer is not None else "the checkpoint"
-        # Lightning's strict loading would name the tensors but not the file: a checkpoint of another
-        # architecture (resuming with a changed config) is reported with its path.
-        mismatch = state_dict_mismatch(self.state_dict(), checkpoint["state_dict"])
-        if mismatch:
-            raise ValueError(f"{path}: weights do not fit the configured {type(self).__name__}: {mismatch}")
-        if CHECKPOINT_KEY in checkpoint:
+        if CHECKPOINT_KEY in checkpoint:  # first: layers sized by the data are built from it
             contract = InputContract.from_checkpoint(checkpoint, str(path))
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
             if datamodule is not None and hasattr(datamodule, "adopt"):
                 datamodule.adopt(contract, str(path))
             self.set_input_contract(contract)
+        # Lightning's strict loading would name the tensors but not the file: a checkpoint of another
+        # architecture (resuming with a changed config) is reported with its path.
+        mismatch = state_dict_mismatch(self.state_dict(), checkpoint["state_dict"])
+        if mismatch:
+            raise ValueError(f"{path}: weights do not fit the configured {type(self).__name__}: {mismatch}")
 
     def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
         return self.decoder(self.encoder(values, days, mask), mask)

@@ -63,6 +63,8 @@ class Classifier(SITSTask):
                 f"need freeze_encoder_epochs >= 0 and encoder_lr_factor > 0, got {freeze_encoder_epochs}, "
                 f"{encoder_lr_factor}"
             )
+        if class_names is not None and getattr(decoder, "num_classes", 0) is None:
+            decoder.bind_classes(class_names)  # a decoder that leaves its classes to the data gets these
         super().__init__(encoder, decoder, **kwargs)
         if class_names is None:
             # The data's input contract names the classes: no second, empty copy in the
@@ -80,8 +82,14 @@ class Classifier(SITSTask):
         self.encoder.requires_grad_(self.current_epoch >= self.hparams.freeze_encoder_epochs)
 
     @property
-    def num_classes(self) -> int:
+    def num_classes(self) -> int | None:
+        """Output classes (None until the data gives them, when the decoder left them open)."""
         return self.decoder.num_classes
+
+    def bind_to_data(self, contract: InputContract) -> None:
+        super().bind_to_data(contract)
+        if contract.class_names is not None and hasattr(self.decoder, "bind_classes"):
+            self.decoder.bind_classes(contract.class_names)
 
     @property
     def known_class_names(self) -> list[str] | None:
@@ -95,14 +103,14 @@ class Classifier(SITSTask):
     @property
     def class_names(self) -> list[str]:
         """The class names in output order (indices as strings until the data gives names)."""
-        return self.known_class_names or [str(i) for i in range(self.num_classes)]
+        return self.known_class_names or [str(i) for i in range(self.num_classes or 0)]
 
     def configure_losses(self) -> None:
         # Class weights are given by name, so they wait for the class names (init or setup).
         names, weights = self.known_class_names, self.hparams.classes_weights
         alpha = None
         if names is not None:
-            if len(names) != self.num_classes:
+            if self.num_classes is not None and len(names) != self.num_classes:
                 raise ValueError(
                     f"the decoder has num_classes={self.num_classes} outputs but the data has "
                     f"{len(names)} classes: {list(names)}"
@@ -113,6 +121,8 @@ class Classifier(SITSTask):
 
     def configure_metrics(self) -> None:
         k, names = self.num_classes, self.class_names
+        if k is None:  # the classes come with the data: metrics are made when it binds them
+            return
         metrics = MetricCollection(
             {
                 "overall_accuracy": MulticlassAccuracy(k, average="micro"),

@@ -49,22 +49,37 @@ class MultiClassClassification(Decoder):
     """Classification head: mean over valid dates, layer norm, dropout, linear.
 
     Args:
-        num_classes: number of output classes; must match the data module's class names.
+        num_classes: number of output classes; default (and it must be) the number of the data's
+            classes, set when the task meets its data (:meth:`bind_classes`).
         hidden: feature width; default (and it must be) the encoder's ``d_model``.
         dropout_p: dropout before the linear layer.
 
     Shapes: features (B, T, hidden), mask (B, T) -> logits (B, num_classes).
     """
 
-    def __init__(self, num_classes: int, hidden: int | None = None, dropout_p: float = 0.0) -> None:
+    def __init__(self, num_classes: int | None = None, hidden: int | None = None, dropout_p: float = 0.0) -> None:
         super().__init__()
         self.num_classes, self.dropout_p = num_classes, dropout_p
+        self.linear: nn.Linear | None = None
         self.set_width(hidden)
 
     def build(self, in_features: int) -> None:
         self.norm = nn.LayerNorm(in_features)
         self.dropout = nn.Dropout(self.dropout_p)
-        self.linear = nn.Linear(in_features, self.num_classes)
+        if self.num_classes is not None:
+            self.linear = nn.Linear(in_features, self.num_classes)
+
+    def bind_classes(self, class_names: Sequence[str]) -> None:
+        """Build the output layer for the data's classes when ``num_classes`` was not given; else check it."""
+        if self.num_classes is None:
+            self.num_classes = len(class_names)
+            if self.in_features is not None:
+                self.linear = nn.Linear(self.in_features, self.num_classes)
+        elif self.num_classes != len(class_names):
+            raise ValueError(
+                f"the decoder has num_classes={self.num_classes} outputs but the data has {len(class_names)} classes: "
+                f"{list(class_names)} (leave num_classes out to take the data's)"
+            )
 
     def forward(self, features: Tensor, mask: Tensor) -> Tensor:
         return self.linear(self.dropout(self.norm(masked_mean(features, mask))))

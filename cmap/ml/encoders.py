@@ -47,9 +47,13 @@ class SeriesEncoder(nn.Module):
         self.embedding_dropout = nn.Dropout(dropout_p)
 
     @property
-    def num_bands(self) -> int:
-        """Number of band values per date the encoder expects."""
+    def num_bands(self) -> int | None:
+        """Number of band values per date the encoder expects (None until bound to the data)."""
         return self.bands_encoder.num_bands
+
+    def bind_bands(self, num_bands: int) -> None:
+        """Take the data's band count when the band embedding left it open (``sizes[0]`` null)."""
+        self.bands_encoder.bind_bands(num_bands)
 
     def embed(self, values: Tensor, days: Tensor) -> Tensor:
         return self.embedding_dropout(self.bands_encoder(values) + self.position_encoder(days))
