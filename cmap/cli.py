@@ -358,8 +358,11 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACC
 def input_error_message(error: InputError) -> str:
     """The error's message on one line (a DataLoader worker's re-raised error carries its traceback: its last line)."""
     text = str(error).strip()
-    if text.startswith("Caught ") and "Original Traceback" in text:
-        text = text.splitlines()[-1].split(": ", 1)[-1]
+    if text.startswith("Caught ") and "DataLoader worker" in text:
+        # "Caught InputError in DataLoader worker ...", then tracebacks; the error itself is the last line
+        # that is not indented: "cmap.outputs.InputError: <message>".
+        last = [line for line in text.splitlines() if line and not line.startswith(" ")][-1]
+        text = last.split(": ", 1)[-1]
     return " ".join(text.split())
 
 

@@ -530,7 +530,8 @@ def test_checkpoints_of_a_run_killed_at_random_moments_are_complete_and_resume_f
 # ---------------------------------------------------------------------------------------------
 
 
-def test_4_truncated_date_raster_is_one_line_naming_file_date_and_band(checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_4_truncated_date_raster_is_one_line_naming_file_date_and_band(checkpoint, tmp_path, capsys, num_workers):
     """Before: a 90-line traceback ending in ``RasterioIOError: Read failed``, the file named deep inside."""
     rasters = raster_stack(tmp_path / "rasters")
     with rasterio.open(rasters / f"TILE_NDVI_{DATES[1]}.tif", "w", driver="GTiff", width=200, height=200, count=1,
@@ -540,8 +541,9 @@ def test_4_truncated_date_raster_is_one_line_naming_file_date_and_band(checkpoin
     damaged = rasters / f"TILE_NDVI_{DATES[1]}.tif"
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size * 2 // 3])
     output = tmp_path / "out" / "map.tif"
-    message = one_line_error(capsys, map_command(checkpoint, rasters, output))
-    assert re.search(rf"{re.escape(str(damaged))}: unreadable at date {DATES[1]}, band NDVI", message), message
+    command = [*map_command(checkpoint, rasters, output), "--num_workers", str(num_workers)]  # 1: read in a worker
+    message = one_line_error(capsys, command)
+    assert re.search(rf"error: {re.escape(str(damaged))}: unreadable at date {DATES[1]}, band NDVI", message), message
     assert not output.exists() and not any(output.parent.iterdir())
 
 
