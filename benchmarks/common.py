@@ -46,7 +46,13 @@ def build_encoder(
     d_model = position.d_model
     if encoder == "transformer":
         return TransformerEncoder(
-            heads, depth, dim_feedforward, position_encoder=position, bands_encoder=bands, d_model=d_model, dropout_p=0.1
+            heads,
+            depth,
+            dim_feedforward,
+            position_encoder=position,
+            bands_encoder=bands,
+            d_model=d_model,
+            dropout_p=0.1,
         )
     if encoder == "exchanger":
         return ExchangerEncoder(

@@ -159,7 +159,9 @@ def tiny_config(root: Path) -> Path:
         "seed_everything": 0,
         "trainer": {
             "max_steps": 3, "default_root_dir": str(root), "limit_val_batches": 1,
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}],
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}
+            ],
         },
         "model": {
             "class_path": "cmap.ml.classifiers.Classifier",

@@ -43,6 +43,7 @@ def test_the_readme_has_commands_of_every_kind():
 @pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c)[:60] for c in COMMANDS])
 def test_readme_command_parses(command, monkeypatch, capsys):
     if command[0] in ("convert", "extract", "export"):
+
         def parse_only(parser, args=None, namespace=None):
             raise Parsed(argparse.ArgumentParser.parse_known_args(parser, args, namespace))
 

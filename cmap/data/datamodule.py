@@ -297,9 +297,7 @@ class SeriesDataModule(L.LightningDataModule):
     def make_contract(self, mean: np.ndarray, std: np.ndarray) -> InputContract:
         """The contract of this data with training statistics ``mean``, ``std`` (unless one was adopted)."""
         if self.contract is None:
-            self.contract = InputContract(
-                self.band_names, mean, std, self.time_axis, self.class_names, self.raw_values
-            )
+            self.contract = InputContract(self.band_names, mean, std, self.time_axis, self.class_names, self.raw_values)
         return self.contract
 
     def adopt(self, contract: InputContract, source: str) -> None:

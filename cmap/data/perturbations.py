@@ -28,8 +28,6 @@ from torch import Tensor
 from cmap.data.batch import Batch
 
 
-
-
 @dataclass
 class Corruption:
     """values: (B, T, C) encoder input; visible: (B, T) dates the encoder may attend to;

@@ -181,7 +181,8 @@ class RasterStack:
         date, so that the same season of another year, or this stack without its first image, gets
         the same days."""
         first = self.dates[0]
-        return TimeAxis.from_season_start(f"{first.month:02d}-{min(first.day, 28) if first.month == 2 else first.day:02d}")
+        day = min(first.day, 28) if first.month == 2 else first.day  # 02-29 does not come every year
+        return TimeAxis.from_season_start(f"{first.month:02d}-{day:02d}")
 
     def windows(self, size: int) -> Iterator[Window]:
         """Row-major ``size`` x ``size`` windows covering the grid (smaller at the right and bottom)."""

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from cmap.data.batch import Batch
-from cmap.ml.base import SITSTask
 from cmap.data.perturbations import Corruption, MaskingStrategy, RandomDates
+from cmap.ml.base import SITSTask
 
 
 class BandMeanSquaredError(Metric):

@@ -277,7 +277,8 @@ class EmbeddingProjector(EpochScheduledCallback):
 def flat_hyperparameters(params: Any, prefix: str = "") -> dict[str, Any]:
     """Nested hyper-parameters as ``{"a/b": value}`` with values TensorBoard's hparams accept."""
     if isinstance(params, dict) or hasattr(params, "items"):
-        return {k: v for key, value in params.items() for k, v in flat_hyperparameters(value, f"{prefix}{key}/").items()}
+        nested = (flat_hyperparameters(value, f"{prefix}{key}/") for key, value in params.items())
+        return {name: value for part in nested for name, value in part.items()}
     value = params if isinstance(params, (bool, int, float, str)) else str(params)
     return {prefix.rstrip("/"): value}
 

@@ -4,8 +4,9 @@ SimCLR (Chen et al. 2020) on pixel series: each series is augmented twice (:clas
 a random run of dates, date dropout, band noise), both views are encoded and projected, and the
 loss (NT-Xent) asks each view to pick its twin among the other views of the batch. Unlike masked
 reconstruction, the objective asks for series-level features that survive clouds and partial
-seasons (views: :class:`~cmap.data.perturbations.SeriesViews`). On UCR Crop with 10 labels per class it did not beat reconstruction (fine-tuned: -0.7
-points against training from scratch; ``benchmarks/README.md``, "Pretraining").
+seasons (views: :class:`~cmap.data.perturbations.SeriesViews`). On UCR Crop with 10 labels per
+class it did not beat reconstruction (fine-tuned: -0.7 points against training from scratch;
+``benchmarks/README.md``, "Pretraining").
 """
 
 from typing import Any
@@ -16,8 +17,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from cmap.data.batch import Batch
-from cmap.ml.base import SITSTask
 from cmap.data.perturbations import SeriesViews
+from cmap.ml.base import SITSTask
 
 
 def nt_xent(first: Tensor, second: Tensor, temperature: float) -> tuple[Tensor, Tensor]:

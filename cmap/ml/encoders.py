@@ -5,9 +5,8 @@ dates) to per-date features (B, T, d_model). Features of padded dates are meanin
 ignored downstream (decoders pool with the mask); features of valid dates never depend on padding.
 """
 
-from typing import Any
-
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
