@@ -121,8 +121,8 @@ def test_kernel_size_must_be_odd():
 
 def ltae(num_bands: int = 3, d_model: int = 16, **options) -> LTAEEncoder:
     return LTAEEncoder(
-        PositionalEncoding(d_model, tau=1000, max_len=1000), PixelEncoding([num_bands, d_model]), d_model, n_head=4,
-        d_k=4, **options,
+        position_encoder=PositionalEncoding(d_model, tau=1000, max_len=1000),
+        bands_encoder=PixelEncoding([num_bands, d_model]), d_model=d_model, n_head=4, d_k=4, **options,
     )  # fmt: skip
 
 
@@ -149,7 +149,7 @@ def test_ltae_in_a_classifier_and_its_head_count():
     values, days, mask = series()
     assert model(values, days, mask).shape == (8, 5)
     with pytest.raises(ValueError, match="n_head=3 must divide d_model=16"):
-        LTAEEncoder(PositionalEncoding(16), PixelEncoding([3, 16]), 16, n_head=3)
+        LTAEEncoder(position_encoder=PositionalEncoding(16), bands_encoder=PixelEncoding([3, 16]), d_model=16, n_head=3)
 
 
 def tiny_config(root: Path) -> Path:

@@ -204,26 +204,19 @@ class LTAEEncoder(SeriesEncoder):
     for pretraining, ``FlattenClassification``) get nothing from it. :meth:`pool` returns (B, d_model).
 
     Args:
-        position_encoder: date embedding, width ``d_model``.
-        bands_encoder: band embedding, output width ``d_model``.
-        d_model: embedding width, split among the heads, and output width.
         n_head: heads (master queries); must divide ``d_model`` (L-TAE: 16).
         d_k: width of queries and keys (L-TAE: 8).
         dropout_p: dropout on the attention weights and after the dense layer.
-        embedding_dropout_p: dropout on the date embedding.
+        embedding_dropout_p: dropout on the date embedding (the base's ``dropout_p``).
+        **kwargs: :class:`SeriesEncoder`'s ``position_encoder``, ``bands_encoder`` and ``d_model``
+            (the embedding width, split among the heads, and the output width; L-TAE: 128).
     """
 
     def __init__(
-        self,
-        position_encoder: PositionalEncoding,
-        bands_encoder: PixelEncoding,
-        d_model: int = 128,
-        n_head: int = 16,
-        d_k: int = 8,
-        dropout_p: float = 0.2,
-        embedding_dropout_p: float = 0.0,
+        self, n_head: int = 16, d_k: int = 8, dropout_p: float = 0.2, embedding_dropout_p: float = 0.0, **kwargs: Any
     ) -> None:
-        super().__init__(position_encoder, bands_encoder, d_model, embedding_dropout_p)
+        super().__init__(dropout_p=embedding_dropout_p, **kwargs)
+        d_model = self.d_model
         if d_model % n_head:
             raise ValueError(f"LTAEEncoder: n_head={n_head} must divide d_model={d_model}")
         self.n_head, self.d_k = n_head, d_k
