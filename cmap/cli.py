@@ -297,6 +297,12 @@ def _data(command: str) -> Any:
     return run
 
 
+def _area(args: list[str]) -> None:
+    from cmap.area import main as area_main
+
+    area_main(args, prog="cmap area")
+
+
 def _export(args: list[str]) -> None:
     from cmap.ml.weights import main as export_main
 
@@ -304,7 +310,9 @@ def _export(args: list[str]) -> None:
 
 
 #: Sub-commands besides LightningCLI's, each with its entry point (imported when used).
-COMMANDS = {"map": _map, "convert": _data("convert"), "extract": _data("extract"), "export": _export}
+COMMANDS = {
+    "map": _map, "area": _area, "convert": _data("convert"), "extract": _data("extract"), "export": _export,
+}  # fmt: skip
 
 USAGE = """usage: cmap COMMAND [options]    (cmap COMMAND --help for a command's options)
 
@@ -316,6 +324,7 @@ commands:
   test       evaluate a model on the test split (--ckpt_path a checkpoint)
   predict    predict the test split (with cmap.predictions.PredictionWriter: a table)
   map        classify a folder of rasters into a crop map GeoTIFF, with probabilities
+  area       accuracy and error-adjusted class areas of a crop map, from reference points
   convert    convert a dataset's original files, or your own table, to a series store
   extract    a store of the pixel series of rasters under labelled points or polygons
   export     write a checkpoint's encoder weights, to fine-tune from them

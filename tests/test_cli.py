@@ -103,7 +103,7 @@ def test_one_command_lists_and_runs_every_sub_command():
     """``cmap --help`` names every sub-command; each has its own ``--help`` under ``cmap COMMAND``."""
     cmap = [sys.executable, "-c", "from cmap.cli import main; main()"]
     listing = subprocess.run([*cmap, "--help"], capture_output=True, text=True, check=True).stdout
-    commands = ["fit", "validate", "test", "predict", "map", "convert", "extract", "export"]
+    commands = ["fit", "validate", "test", "predict", "map", "area", "convert", "extract", "export"]
     assert all(f"\n  {command} " in listing for command in commands), listing
     for command in commands:
         result = subprocess.run([*cmap, command, "--help"], capture_output=True, text=True)

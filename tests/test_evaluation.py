@@ -1,4 +1,4 @@
-"""Area-adjusted accuracy (cmap.evaluation) against the worked example of Olofsson et al. (2014).
+"""Area-adjusted accuracy (cmap.evaluation, cmap area) against the worked example of Olofsson et al. (2014).
 
 Source: P. Olofsson et al., Good practices for estimating area and assessing accuracy of land change,
 Remote Sensing of Environment 148:42-57 (2014), section 5: a stratified random sample of 640
@@ -7,9 +7,15 @@ estimated proportions (table 9); accuracies and areas with 95 % confidence inter
 (sections 5.2.1 and 5.2.2), printed to two decimals and to the hectare.
 """
 
-import numpy as np
-import pytest
+import json
 
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from cmap.cli import main as cmap_main
 from cmap.evaluation import area_adjusted_accuracy, sample_counts
 
 CLASSES = ["deforestation", "forest_gain", "stable_forest", "stable_nonforest"]
@@ -100,3 +106,65 @@ def test_errors_name_the_problem(counts, area, message):
 def test_sample_counts_reject_unknown_classes():
     with pytest.raises(ValueError, match="reference_classes"):
         sample_counts([0, 1], [0, 4], num_classes=3)
+
+
+# ``cmap area``: the same worked example through the command, from a class map and reference points.
+
+WIDTH, ORIGIN, PIXEL = 2500, (500_000.0, 5_000_000.0), 30.0  # 30 m Landsat pixels: 0.09 ha
+
+
+@pytest.fixture(scope="module")
+def example_map(tmp_path_factory):
+    """The paper's map (10,000,000 pixels: its four classes in row bands) and its 640 reference points
+    (table 8: n_ij points labelled j on pixels of map class i)."""
+    folder = tmp_path_factory.mktemp("olofsson")
+    rows = MAPPED_PIXELS // WIDTH  # 80, 60, 1280, 2580 rows
+    classes = np.repeat(np.arange(4, dtype=np.uint8), rows)[:, None].repeat(WIDTH, axis=1)
+    with rasterio.open(
+        folder / "map.tif", "w", driver="GTiff", width=WIDTH, height=int(rows.sum()), count=1, dtype="uint8",
+        crs="EPSG:32631", transform=from_origin(*ORIGIN, PIXEL, PIXEL), nodata=255, tiled=True, compress="deflate",
+    ) as dataset:  # fmt: skip
+        dataset.write(classes, 1)
+        dataset.update_tags(class_names=json.dumps(CLASSES))
+    points, first_row = [], np.concatenate([[0], np.cumsum(rows)[:-1]])
+    for i in range(4):
+        column = 0
+        for j in range(4):
+            for _ in range(COUNTS[i, j]):
+                row, col = first_row[i] + column // WIDTH, column % WIDTH
+                points.append((ORIGIN[0] + (col + 0.5) * PIXEL, ORIGIN[1] - (row + 0.5) * PIXEL, CLASSES[j]))
+                column += 7  # distinct pixels of the class's band
+    pd.DataFrame(points, columns=["x", "y", "label"]).to_csv(folder / "reference.csv", index=False)
+    return folder
+
+
+def test_the_worked_example_through_the_command(example_map, tmp_path):
+    output = tmp_path / "area.md"
+    cmap_main(["area", "--map", str(example_map / "map.tif"), "--reference", str(example_map / "reference.csv"),
+               "--output", str(output), "--x_column", "x", "--y_column", "y", "--crs", "EPSG:32631"])  # fmt: skip
+    table = pd.read_csv(output.with_suffix(".csv")).set_index("class")
+    np.testing.assert_allclose(table.loc[CLASSES, "samples"], COUNTS.sum(axis=1))
+    np.testing.assert_allclose(table.loc[CLASSES, "mapped_area_ha"], MAPPED_PIXELS * HECTARES_PER_PIXEL)
+    # Section 5.2.2 (areas and 95 % half-widths, hectares) and 5.2.1 (accuracies), as printed.
+    np.testing.assert_allclose(table.loc[CLASSES, "adjusted_area_ha"], [21_158, 11_686, 285_770, 581_386], atol=1)
+    np.testing.assert_allclose(table.loc[CLASSES, "adjusted_area_ci_ha"], [6_158, 3_756, 15_510, 16_282], atol=2)
+    np.testing.assert_allclose(table.loc[CLASSES, "users_accuracy"], [0.88, 0.73, 0.93, 0.96], atol=0.005)
+    np.testing.assert_allclose(table.loc[CLASSES, "producers_accuracy"], [0.75, 0.85, 0.93, 0.96], atol=0.005)
+    assert table.loc["overall", "users_accuracy"] == pytest.approx(0.95, abs=0.005)
+    expected = area_adjusted_accuracy(COUNTS, MAPPED_PIXELS * HECTARES_PER_PIXEL, CLASSES).table()
+    assert expected in output.read_text() and "areas in ha (0.09 ha per pixel)" in output.read_text()
+
+
+def test_bad_reference_points_are_named(example_map, tmp_path, capsys):
+    reference = tmp_path / "reference.csv"
+    reference.write_text("x,y,label\n500015,4999985,forest\n")
+    args = ["area", "--map", str(example_map / "map.tif"), "--reference", str(reference),
+            "--output", str(tmp_path / "a.md"), "--x_column", "x", "--y_column", "y", "--crs", "EPSG:32631"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit:
+        cmap_main(args)
+    assert exit.value.code == 1 and "reference labels ['forest'] are not classes of the map" in capsys.readouterr().err
+    reference.write_text("x,y,label\n0,0,deforestation\n")
+    with pytest.raises(SystemExit):
+        cmap_main(args)
+    assert "1 reference points fall outside the map or on nodata, first at row 0" in capsys.readouterr().err
+    assert not (tmp_path / "a.md").exists() and not (tmp_path / "a.csv").exists()
