@@ -159,7 +159,8 @@ def test_bad_reference_points_are_named(example_map, tmp_path, capsys):
     reference = tmp_path / "reference.csv"
     reference.write_text("x,y,label\n500015,4999985,forest\n")
     args = ["area", "--map", str(example_map / "map.tif"), "--reference", str(reference),
-            "--output", str(tmp_path / "a.md"), "--x_column", "x", "--y_column", "y", "--crs", "EPSG:32631"]  # fmt: skip
+            "--output", str(tmp_path / "a.md"), "--x_column", "x", "--y_column", "y",
+            "--crs", "EPSG:32631"]  # fmt: skip
     with pytest.raises(SystemExit) as exit:
         cmap_main(args)
     assert exit.value.code == 1 and "reference labels ['forest'] are not classes of the map" in capsys.readouterr().err
