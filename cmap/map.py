@@ -218,12 +218,20 @@ class MapWriter(BasePredictionWriter):
             dataset.update_tags(class_names=json.dumps(self.class_names))
             if path == self.output:
                 dataset.set_band_description(1, "class")
+                # A GeoTIFF palette holds 256 RGB entries (GDAL makes only nodata transparent): the
+                # classes' colours, the rest black.
                 dataset.write_colormap(
                     1, {i: (*rgb, 255) for i, rgb in enumerate(class_colours(len(self.class_names)))}
                 )
+                # Class names with the band, as GDAL band metadata (gdalinfo, rasterio's tags(1)).
+                dataset.update_tags(1, **{str(i): name for i, name in enumerate(self.class_names)})
             else:
                 for band, name in enumerate(self.class_names, start=1):
                     dataset.set_band_description(band, name)
+                # GDAL's own scale and unit: a GIS reads probabilities (percent * 0.01), not 0..100.
+                dataset.scales = [0.01] * count
+                dataset.offsets = [0.0] * count
+                dataset.units = ["probability"] * count
                 dataset.update_tags(scale="0.01", unit="probability in percent")
 
     def _count(self, path: Path) -> int:

@@ -93,6 +93,11 @@ def test_map_of_the_sinop_cube_has_the_cube_grid_classes_and_probabilities(ndvi_
         assert json.loads(classes.tags()["class_names"]) == class_names
         assert set(classes.colormap(1)) >= set(range(len(class_names)))
         assert list(probabilities.descriptions) == class_names
+        # Self-describing without the .qml: class names as band metadata, the probability scale and
+        # unit as GDAL's own (a GIS reads 0..1, not 0..100).
+        assert [classes.tags(1)[str(i)] for i in range(len(class_names))] == class_names
+        assert probabilities.scales == (0.01,) * len(class_names) and probabilities.offsets == (0.0,) * len(class_names)
+        assert probabilities.units == ("probability",) * len(class_names)
         mapped, percent = classes.read(1), probabilities.read()
     assert mapped.max() < len(class_names) and (mapped != 255).all()  # every Sinop pixel has a valid date
     # The class is the most probable one; percentages sum to 100 up to rounding.
