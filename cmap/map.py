@@ -114,12 +114,12 @@ class StackWindows(Dataset):
         if self._datasets is None:
             self._datasets = self.stack.open()
         series = pixel_series(self.stack.read(self.windows[index], self._datasets))  # (h * w, T, C)
-        pixels = np.flatnonzero(np.isfinite(series).all(axis=-1).any(axis=1))
-        values, mask = self.contract.model_inputs(series[pixels])
+        values, mask = self.contract.model_inputs(series)
+        pixels = np.flatnonzero(mask.any(axis=1))  # pixels with a valid date; the others are nodata
         return {
-            "values": torch.from_numpy(values),
+            "values": torch.from_numpy(values[pixels]),
             "days": self.days.expand(len(pixels), -1),
-            "mask": torch.from_numpy(mask),
+            "mask": torch.from_numpy(mask[pixels]),
             "pixels": torch.from_numpy(pixels),
             "window": torch.tensor(index),
         }

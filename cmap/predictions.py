@@ -19,7 +19,7 @@ the processes). Files are written under a temporary name, read back, then rename
 an existing file is replaced only when it is a prediction table, never an input.
 """
 
-import errno
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from cmap.data.contract import InputContract
 from cmap.data.datamodule import SeriesDataset
 from cmap.ml.classifiers import Classifier
 from cmap.ml.weights import read_checkpoint
-from cmap.outputs import InputError, check_outputs, publish, remove_stale_partials, temporary_path
+from cmap.outputs import InputError, check_outputs, write_bytes_atomically
 
 
 def load_classifier(path: str | Path | Sequence[str | Path]) -> Classifier:
@@ -135,26 +135,11 @@ def is_prediction_table(path: Path) -> bool:
 
 
 def write_table(table: pd.DataFrame, path: Path) -> Path:
-    """Write ``table`` as Parquet or CSV (by suffix) under a temporary name, read it back, then rename it."""
+    """Write ``table`` as Parquet or CSV (by suffix), atomically (:func:`cmap.outputs.write_bytes_atomically`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(path)
-    temporary = temporary_path(path)
-    try:
-        if path.suffix == ".parquet":
-            table.to_parquet(temporary, index=False)
-            written = pd.read_parquet(temporary)
-        else:
-            table.to_csv(temporary, index=False)
-            written = pd.read_csv(temporary)
-        if written.shape != table.shape or list(written.columns) != [str(c) for c in table.columns]:
-            raise OSError(
-                errno.EIO,
-                f"{temporary}: read back as {written.shape} {list(written.columns)[:4]}, written {table.shape}",
-            )
-        publish(temporary, path)
-    except BaseException as error:
-        temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError):  # the writers' errors do not name the file
-            raise OSError(error.errno or errno.EIO, f"{path}: not written, nothing changed ({error})") from error
-        raise
-    return path
+    buffer = io.BytesIO()
+    if path.suffix == ".parquet":
+        table.to_parquet(buffer, index=False)
+    else:
+        buffer.write(table.to_csv(index=False).encode())
+    return write_bytes_atomically(path, buffer.getbuffer())

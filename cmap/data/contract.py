@@ -82,7 +82,7 @@ class TimeAxis:
         for name, value in needs.items():
             if (self.rule == name) != (value is not None):
                 raise ValueError(
-                    f"time axis rule {self.rule!r} "
+                    f"time axis {self.rule!r} "
                     + (f"needs {name}" if self.rule == name else f"takes no {name} (got {value!r})")
                 )
         if self.reference_date is not None:
@@ -117,14 +117,10 @@ class TimeAxis:
         if self.rule == "reference_date":
             return np.full(first.shape, np.datetime64(self.reference_date, "D"))
         month, day = parse_month_day(self.season_start)
-        years = first.astype("datetime64[Y]").astype(np.int64) + 1970
-        this_year = np.array(
-            [np.datetime64(f"{year:04d}-{month:02d}-{day:02d}", "D") for year in years.ravel()], dtype="datetime64[D]"
-        ).reshape(first.shape)
-        last_year = np.array(
-            [np.datetime64(f"{year - 1:04d}-{month:02d}-{day:02d}", "D") for year in years.ravel()],
-            dtype="datetime64[D]",
-        ).reshape(first.shape)
+        # The season start in each first date's year (month arithmetic, then the day), else a year before.
+        months = first.astype("datetime64[Y]").astype("datetime64[M]") + (month - 1)
+        this_year = months.astype("datetime64[D]") + (day - 1)
+        last_year = (months - 12).astype("datetime64[D]") + (day - 1)
         return np.where(this_year <= first, this_year, last_year)
 
     def days(self, dates: Sequence[datetime.date] | np.ndarray) -> np.ndarray:
@@ -230,13 +226,6 @@ class InputContract:
         normalised = ((values - self.mean) / self.std).astype(np.float32, copy=False)
         normalised[~mask] = 0.0
         return normalised, mask
-
-    def check_compatible(self, other: "InputContract", what: str) -> None:
-        """Raise unless ``other`` (``what``: where it comes from) has the same bands and classes."""
-        for name in ("band_names", "class_names"):
-            mine, theirs = getattr(self, name), getattr(other, name)
-            if mine is not None and theirs is not None and mine != theirs:
-                raise ValueError(f"{what}: {name} {list(theirs)} differ from the model's {list(mine)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, strings, floats): safe for ``torch.load(weights_only=True)`` and YAML."""

@@ -335,19 +335,11 @@ def resolve_time_axis(
     if isinstance(time_axis, TimeAxis):
         return time_axis
     rule = time_axis or ("season_start" if season_start else "reference_date")
-    given = {"reference_date": reference_date, "season_start": season_start}
-    extra = [f"{name}={value!r}" for name, value in given.items() if value is not None and name != rule]
-    if extra:
-        raise ValueError(f"time axis {rule!r} takes no {', '.join(extra)}")
-    if rule == "series_start":
-        return TimeAxis()
-    if rule == "season_start":
-        return TimeAxis.from_season_start(season_start) if season_start else TimeAxis.fit_season(first_dates)
-    if rule != "reference_date":
-        raise ValueError(f"time_axis must be one of series_start, reference_date, season_start; got {rule!r}")
-    if reference_date is not None:
-        return TimeAxis.from_reference_date(reference_date)
-    return TimeAxis.from_reference_date(str(first_dates.min()))
+    if rule == "season_start" and season_start is None:
+        season_start = TimeAxis.fit_season(first_dates).season_start
+    if rule == "reference_date" and reference_date is None:
+        reference_date = str(first_dates.min())
+    return TimeAxis(rule, reference_date, season_start)  # checks the rule and the options it takes
 
 
 def read_table(

@@ -305,8 +305,13 @@ class SeriesDataModule(L.LightningDataModule):
 
         Bands, classes and time axis must agree: a model sees its inputs as it was trained to.
         """
-        mine = InputContract(self.band_names, contract.mean, contract.std, self.time_axis, self.class_names)
-        contract.check_compatible(mine, f"{type(self).__name__} (data of {source})")
+        for name, mine in (("band_names", self.band_names), ("class_names", self.class_names)):
+            theirs = getattr(contract, name)
+            if theirs is not None and tuple(theirs) != tuple(mine):
+                raise ValueError(
+                    f"{type(self).__name__} (data of {source}): {name} {list(mine)} differ from the model's "
+                    f"{list(theirs)}"
+                )
         if contract.time_axis != self.time_axis:
             raise ValueError(
                 f"{source}: the model counts {contract.time_axis.describe()}, but {type(self).__name__}'s days "

@@ -155,12 +155,8 @@ class SITSTask(L.LightningModule):
             self.reconfigure()
 
     def bind_to_data(self, contract: InputContract) -> None:
-        """Size what a config may leave to the data: the band embedding's input (``sizes[0]`` null)."""
-        if self.encoder.num_bands is not None and self.encoder.num_bands != contract.num_bands:
-            raise ValueError(
-                f"the encoder expects {self.encoder.num_bands} bands per date (bands_encoder sizes[0]) but the data "
-                f"provides {contract.num_bands}: {list(contract.band_names)}"
-            )
+        """Size what a config may leave to the data: the band embedding's input (``sizes[0]`` null;
+        a given one is checked)."""
         self.encoder.bind_bands(contract.num_bands)
 
     def setup(self, stage: str) -> None:
