@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from cmap.data.batch import Batch
 from cmap.data.classes import ClassMapping
@@ -249,6 +249,10 @@ class SeriesDataModule(L.LightningDataModule):
         val_fraction: fraction of the training series held out for validation.
         seed: seed of the splits.
         augmentation: random perturbations of training series (none by default).
+        balanced_sampling: draw training series with probability inversely proportional to their
+            class's count (with replacement, as many per epoch as there are training series), so
+            every class is seen about equally often; for imbalanced data, instead of or with
+            ``classes_weights``.
     """
 
     band_names: list[str]
@@ -263,6 +267,7 @@ class SeriesDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         augmentation: Augmentation | None = None,
+        balanced_sampling: bool = False,
     ) -> None:
         super().__init__()
         # Every init argument of the concrete data module (subclasses included) is logged with
@@ -275,6 +280,7 @@ class SeriesDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.augmentation = augmentation
+        self.balanced_sampling = balanced_sampling
         self.contract: InputContract | None = None
         self.datasets: dict[str, SeriesDataset] = {}
 
@@ -330,14 +336,28 @@ class SeriesDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
+        sampler = None
+        if shuffle and self.balanced_sampling:
+            sampler = self.balanced_sampler(dataset)
         return batch_loader(
             dataset,
             self.batch_size,
-            shuffle,
+            shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=shuffle and len(dataset) > self.batch_size,
         )
+
+    def balanced_sampler(self, dataset: SeriesDataset) -> WeightedRandomSampler:
+        """Series drawn with probability 1 / (their class's count): classes equally likely."""
+        labels = dataset.labels
+        if labels is None or (labels < 0).any():
+            raise ValueError(f"{type(self).__name__}: balanced_sampling needs every training series labelled")
+        counts = np.bincount(labels, minlength=len(self.class_names))
+        weights = torch.from_numpy(1.0 / counts[labels])
+        generator = torch.Generator().manual_seed(self.seed)
+        return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

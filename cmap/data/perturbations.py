@@ -9,9 +9,10 @@ dates) and follows one rule set:
 - runs of dates are contiguous in *valid* dates (:func:`random_run`), so a cloud gap inside a run
   does not shorten it.
 
-Three uses:
+Four uses:
 
-- :class:`Augmentation` (data modules, training split): date dropout and band noise;
+- :class:`Augmentation` (data modules, training split): date dropout, band noise, day shift;
+- :class:`SeriesMixing` (:class:`~cmap.ml.classifiers.Classifier`): mixup or CutMix of series;
 - :class:`SeriesViews` (:class:`~cmap.ml.contrastive.ContrastivePretraining`): two random views per
   series;
 - masking strategies (:class:`~cmap.ml.autoencoders.AutoEncoder`): what the encoder sees and what
@@ -158,22 +159,28 @@ class Augmentation:
             first valid date when every one would be masked.
         band_noise: standard deviation of Gaussian noise added to the normalised band values of
             valid dates.
+        day_shift: each series' days move by one whole number of days drawn uniformly in
+            [-day_shift, day_shift] (a later or earlier season; days stay >= 0). A shift of days,
+            not of date indices: it acts through the date encoding.
 
     Each series of a batch (B, T, C) is drawn independently.
     """
 
     date_dropout: float = 0.0
     band_noise: float = 0.0
+    day_shift: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.date_dropout < 1:
             raise ValueError(f"augmentation.date_dropout must lie in [0, 1), got {self.date_dropout}")
         if self.band_noise < 0:
             raise ValueError(f"augmentation.band_noise must be >= 0, got {self.band_noise}")
+        if self.day_shift < 0:
+            raise ValueError(f"augmentation.day_shift must be >= 0, got {self.day_shift}")
 
     @property
     def active(self) -> bool:
-        return self.date_dropout > 0 or self.band_noise > 0
+        return self.date_dropout > 0 or self.band_noise > 0 or self.day_shift > 0
 
     def __call__(self, item: Batch) -> Batch:
         values, mask = item["values"], item["mask"]
@@ -183,7 +190,11 @@ class Augmentation:
             values = values * mask.unsqueeze(-1)
         if self.band_noise:
             values = values + self.band_noise * torch.randn_like(values) * mask.unsqueeze(-1)
-        return {**item, "values": values, "mask": mask}
+        days = item["days"]
+        if self.day_shift:
+            shift = torch.randint(-self.day_shift, self.day_shift + 1, (days.shape[0], 1), dtype=days.dtype)
+            days = (days + shift).clamp_min(0)
+        return {**item, "values": values, "days": days, "mask": mask}
 
 
 class SeriesViews:
@@ -217,3 +228,55 @@ class SeriesViews:
         visible = mask & ~hidden
         noise = self.band_noise * torch.randn_like(values) if self.band_noise else 0.0
         return (values + noise).masked_fill(~visible.unsqueeze(-1), 0.0), visible
+
+
+@dataclass
+class SeriesMixing:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of training series, with mixed targets.
+
+    Each series is paired with another of its batch (a random permutation) and a weight ``lam``
+    drawn from Beta(``alpha``, ``alpha``) per series:
+
+    - ``"mixup"``: values ``lam * a + (1 - lam) * b`` on dates valid in both; a date valid in one
+      series only keeps that series' value; the mask is the union;
+    - ``"cutmix"``: a contiguous run of about ``1 - lam`` of the dates is taken from ``b`` (values
+      and mask), the rest stays ``a``'s; ``lam`` becomes the fraction of dates actually kept.
+
+    Dates are paired by position (the i-th date with the i-th) and the days stay ``a``'s: this
+    suits data on one date grid (UCR Crop, the TempCNN example, stores of one acquisition
+    calendar). ``mix(batch) -> (batch, partner_index, lam)``; the loss is
+    ``lam * loss(a's label) + (1 - lam) * loss(b's label)`` (:class:`~cmap.ml.classifiers.Classifier`).
+    """
+
+    mode: str = "mixup"
+    alpha: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("mixup", "cutmix"):
+            raise ValueError(f"SeriesMixing mode must be 'mixup' or 'cutmix', got {self.mode!r}")
+        if self.alpha <= 0:
+            raise ValueError(f"SeriesMixing alpha must be > 0, got {self.alpha}")
+
+    def __call__(self, batch: Batch) -> tuple[Batch, Tensor, Tensor]:
+        values, mask = batch["values"], batch["mask"]
+        size, num_dates = mask.shape
+        partner = torch.randperm(size, device=mask.device)
+        beta = torch.distributions.Beta(torch.tensor(self.alpha), torch.tensor(self.alpha))
+        lam = beta.sample((size,)).to(device=values.device, dtype=values.dtype)
+        other_values, other_mask = values[partner], mask[partner]
+        if self.mode == "mixup":
+            both = (mask & other_mask).unsqueeze(-1)
+            weight = lam.view(-1, 1, 1)
+            either = torch.where(mask.unsqueeze(-1), values, other_values)
+            mixed = torch.where(both, weight * values + (1 - weight) * other_values, either)
+            mixed_mask = mask | other_mask
+            mixed = mixed.masked_fill(~mixed_mask.unsqueeze(-1), 0.0)
+        else:
+            length = ((1 - lam) * num_dates).round().long()
+            start = (torch.rand(size, device=mask.device) * (num_dates - length + 1)).floor().long()
+            position = torch.arange(num_dates, device=mask.device).unsqueeze(0)
+            cut = (position >= start.unsqueeze(1)) & (position < (start + length).unsqueeze(1))
+            mixed = torch.where(cut.unsqueeze(-1), other_values, values)
+            mixed_mask = torch.where(cut, other_mask, mask)
+            lam = 1 - length.to(values.dtype) / num_dates
+        return {**batch, "values": mixed, "mask": mixed_mask}, partner, lam

@@ -139,6 +139,9 @@ class StreamingSeriesStore(SeriesDataModule):
         self, path: str, test_path: str | None = None, fold: int | None = None, num_folds: int = 5, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
+        if self.balanced_sampling:
+            # Weights per row would need every label in memory: what streaming avoids.
+            raise ValueError("StreamingSeriesStore: balanced_sampling is not supported (use SeriesStore)")
         use_stores(self, path, test_path, fold, num_folds)
         self.sizes: dict[str, int] = {}
         self.counts: dict[str, np.ndarray] = {}

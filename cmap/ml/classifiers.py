@@ -17,6 +17,7 @@ from torchmetrics.wrappers import ClasswiseWrapper
 
 from cmap.data.batch import Batch
 from cmap.data.contract import InputContract
+from cmap.data.perturbations import SeriesMixing
 from cmap.ml.base import SITSTask
 from cmap.ml.losses import FocalLoss, resolve_class_weights
 
@@ -42,6 +43,9 @@ class Classifier(SITSTask):
             probing when it is the whole run).
         encoder_lr_factor: fine-tuning: the encoder's learning rates are this fraction of
             ``min_lr`` / ``max_lr``.
+        mixing: mixup or CutMix of training series with mixed targets
+            (:class:`~cmap.data.perturbations.SeriesMixing`; none by default). Training metrics are
+            then scored against each mixed series' larger share.
         **kwargs: the optimiser and schedule settings of :class:`~cmap.ml.base.SITSTask`
             (``min_lr``, ``max_lr``, ``warmup_fraction``, ``weight_decay``, ``init_encoder_from``).
     """
@@ -56,6 +60,7 @@ class Classifier(SITSTask):
         class_names: list[str] | None = None,
         freeze_encoder_epochs: int = 0,
         encoder_lr_factor: float = 1.0,
+        mixing: SeriesMixing | None = None,
         **kwargs: Any,
     ) -> None:
         if freeze_encoder_epochs < 0 or encoder_lr_factor <= 0:
@@ -66,6 +71,7 @@ class Classifier(SITSTask):
         if class_names is not None and getattr(decoder, "num_classes", 0) is None:
             decoder.bind_classes(class_names)  # a decoder that leaves its classes to the data gets these
         super().__init__(encoder, decoder, **kwargs)
+        self.mixing = mixing
         if class_names is None:
             # The data's input contract names the classes: no second, empty copy in the
             # hyper-parameters (it would also clash with a data module's own class_names argument).
@@ -204,7 +210,17 @@ class Classifier(SITSTask):
         return {"loss": loss, "prediction": logits.detach().argmax(dim=-1)}
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")["loss"]
+        if self.mixing is None:
+            return self._shared_step(batch, "train")["loss"]
+        batch, partner, lam = self.mixing(batch)
+        logits = self(batch["values"], batch["days"], batch["mask"])
+        label = batch["label"]
+        one_hot = torch.nn.functional.one_hot(label, logits.shape[-1]).to(logits.dtype)
+        lam = lam.to(logits.dtype).unsqueeze(1)
+        loss = self.criterion(logits, lam * one_hot + (1 - lam) * one_hot[partner])
+        self.train_metrics.update(logits, torch.where(lam.squeeze(1) >= 0.5, label, label[partner]))
+        self.log_loss("train", loss, len(logits))
+        return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         return self._shared_step(batch, "val")

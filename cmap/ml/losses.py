@@ -20,7 +20,7 @@ class FocalLoss(nn.Module):
         alpha: per-class weights (num_classes,), or None for equal weights.
         label_smoothing: mass moved from the true class to a uniform distribution, in [0, 1).
 
-    Shapes: logits (B, K), target (B,) long -> scalar.
+    Shapes: logits (B, K), target (B,) long or (B, K) class probabilities -> scalar.
     """
 
     alpha: Tensor | None
@@ -38,14 +38,16 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         log_p = F.log_softmax(logits.float(), dim=-1)
-        q = F.one_hot(target, logits.shape[-1]).to(log_p.dtype)
+        # Class indices (B,), or class probabilities (B, K) such as mixed targets (SeriesMixing).
+        hard = F.one_hot(target, logits.shape[-1]).to(log_p.dtype) if target.dim() == 1 else target.to(log_p.dtype)
+        q = hard
         if self.label_smoothing:
             q = q * (1 - self.label_smoothing) + self.label_smoothing / logits.shape[-1]
         focus = 1.0 if self.gamma == 0 else (1 - log_p.exp()) ** self.gamma
         if self.alpha is None:
             return -(q * focus * log_p).sum(dim=-1).mean()
         # As F.cross_entropy: each class term carries its own weight; normalised by the targets'.
-        return -(q * self.alpha * focus * log_p).sum() / self.alpha[target].sum()
+        return -(q * self.alpha * focus * log_p).sum() / (hard * self.alpha).sum()
 
 
 def resolve_class_weights(classes_weights: Mapping[str, float], class_names: Sequence[str]) -> Tensor:
