@@ -49,8 +49,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from matplotlib import colormaps
 from torch.utils.data import DataLoader, Dataset
 
-from cmap.data.contract import InputContract, RawValues, TimeAxis
+from cmap.data.contract import InputContract, TimeAxis
 from cmap.data.raster import DEFAULT_PATTERN, RASTER_SUFFIXES, RasterStack, pixel_series
+from cmap.data.stac import open_stack
 from cmap.ml.compile import CompileModel
 from cmap.outputs import (
     OutputPathError,
@@ -355,6 +356,9 @@ def map_rasters(
     scale: float | None = None,
     offset: float | None = None,
     valid_range: tuple[float, float] | None = None,
+    resolution: float | None = None,
+    masked_classes: list[int] | None = None,
+    resampling: str = "nearest",
     reference_date: str | None = None,
     window_size: int = 256,
     batch_size: int = 8192,
@@ -374,7 +378,9 @@ def map_rasters(
             class names, normalisation, time axis and raw-value convention), or a list of them: an
             ensemble averaging their class probabilities (``'[seed0.ckpt, seed1.ckpt]'``; the input
             contracts must agree).
-        rasters: folder of rasters, one file per date (or per date and band), see ``pattern``.
+        rasters: folder of rasters, one file per date (or per date and band), see ``pattern``; or STAC
+            items (a JSON file or URL, a catalogue folder) or a folder of Sentinel-2 L2A products (SAFE
+            folders or COG folders): :mod:`cmap.data.stac`.
         output: the class map GeoTIFF to write (``*_probs.tif`` and ``.qml`` beside it).
         pattern: regular expression on file names with a ``date`` group, and a ``band`` group
             when each file holds one band (:mod:`cmap.data.raster`).
@@ -383,6 +389,10 @@ def map_rasters(
         offset: see ``scale`` (default: the checkpoint's, else 0).
         valid_range: raw values outside [low, high] are missing (clouds, fill values); default as
             ``scale``.
+        resolution: STAC: pixel size of the target grid, in its CRS's units (default: the finest band's).
+        masked_classes: Sentinel-2: SCL classes that make a date missing (default: no data, saturated,
+            cloud shadows, clouds, cirrus, snow: ``[0, 1, 3, 8, 9, 10, 11]``; ``[]``: none).
+        resampling: STAC: how bands off the target grid are resampled (``nearest``, ``bilinear``...).
         reference_date: day 0 of the dates (YYYY-MM-DD), replacing the checkpoint's time axis
             (default: the time axis of the training data; for data without a calendar, days
             since the stack's first date).
@@ -411,10 +421,9 @@ def map_rasters(
         raise ValueError(
             f"{checkpoints[0]}: {len(model.class_names)} classes do not fit a uint8 map (max {MAX_CLASSES})"
         )
-    raw = contract.raw_values or RawValues()
-    stack = RasterStack.from_folder(
-        rasters, pattern, list(contract.band_names), raw.scale if scale is None else scale,
-        raw.offset if offset is None else offset, raw.valid_range if valid_range is None else valid_range,
+    stack = open_stack(
+        rasters, list(contract.band_names), contract.raw_values, pattern, scale, offset, valid_range, resolution,
+        masked_classes, resampling,
     )  # fmt: skip
     check_map_outputs(Path(output), probabilities, stack, checkpoints, pattern)
     time_axis = contract.time_axis if reference_date is None else TimeAxis.from_reference_date(reference_date)

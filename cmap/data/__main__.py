@@ -8,8 +8,8 @@ Datasets (SOURCE is the original file, read in place):
   sinop_samples   samples_modis_ndvi.rda
   table           your own long CSV / Parquet table (one row per sample and date), with --bands ...
 
-``cmap extract RASTERS LABELS OUTPUT``: the pixel series of a folder of rasters under labelled
-points or polygons -> a store (see ``extract --help``).
+``cmap extract RASTERS LABELS OUTPUT``: the pixel series of a folder of rasters, STAC items or
+Sentinel-2 L2A products under labelled points or polygons -> a store (see ``extract --help``).
 
 (``python -m cmap.data convert|extract ...`` is the same command.)
 """
@@ -19,7 +19,7 @@ import argparse
 import numpy as np
 import yaml
 
-from cmap.data import convert, raster
+from cmap.data import convert, raster, stac
 from cmap.data.contract import TIME_AXIS_RULES, RawValues, TimeAxis
 
 READERS = {
@@ -94,24 +94,46 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
     extract = commands.add_parser(
         "extract",
         help="training series from rasters under labelled points / polygons",
-        description="Write a store of the pixel series of a raster stack (cmap.data.raster) under labelled "
-        "points (CSV) or polygons (GeoPackage, Shapefile, GeoJSON): one series per point, one per polygon "
-        "pixel, grouped by polygon.",
+        description="Write a store of the pixel series of a raster stack (cmap.data.raster; STAC and Sentinel-2 "
+        "L2A: cmap.data.stac) under labelled points (CSV) or polygons (GeoPackage, Shapefile, GeoJSON): one series "
+        "per point, one per polygon pixel, grouped by polygon.",
     )
-    extract.add_argument("rasters", help="folder of rasters, one file per date (or per date and band)")
+    extract.add_argument(
+        "rasters",
+        help="folder of rasters, one file per date (or per date and band); or STAC items (an ItemCollection, "
+        "Catalog or Collection JSON file or URL, a folder with catalog.json) or a folder of Sentinel-2 L2A products "
+        "(SAFE folders or band COG folders)",
+    )
     extract.add_argument("labels", help="CSV of points, or a vector file of points / polygons")
     extract.add_argument("output", help="the store folder to write")
     extract.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it is a cmap store")
     extract.add_argument(
         "--pattern", default=raster.DEFAULT_PATTERN, help="file name regex with (?P<date>) [and (?P<band>)]"
     )
-    extract.add_argument("--bands", nargs="+", default=None, help="bands to read, in order (default: all)")
-    extract.add_argument("--scale", type=float, default=1.0, help="physical value = raw * scale + offset")
-    extract.add_argument("--offset", type=float, default=0.0, help="see --scale")
+    extract.add_argument(
+        "--bands", nargs="+", default=None,
+        help="bands to read, in order (default: all; Sentinel-2 L2A: B02 B03 B04 B05 B06 B07 B08 B8A B11 B12, "
+        "any spelling: blue, B2, B02_10m...)",
+    )  # fmt: skip
+    extract.add_argument(
+        "--scale", type=float, default=None,
+        help="physical value = raw * scale + offset (default: 1e-4 for Sentinel-2 L2A, else 1)",
+    )  # fmt: skip
+    extract.add_argument("--offset", type=float, default=None, help="see --scale (default: 0)")
     extract.add_argument(
         "--valid_range", type=value_range, default=None,
         help="'[low, high]': raw values outside are missing (the same syntax as cmap map --valid_range)",
     )  # fmt: skip
+    extract.add_argument(
+        "--resolution", type=float, default=None,
+        help="STAC: pixel size of the grid read, in its CRS's units (default: the finest band's)",
+    )  # fmt: skip
+    extract.add_argument(
+        "--masked_classes", type=int, nargs="*", default=None,
+        help="Sentinel-2: SCL classes that make a date missing (default: 0 1 3 8 9 10 11: no data, saturated, "
+        "cloud shadows, clouds, cirrus, snow; none given: no mask)",
+    )  # fmt: skip
+    extract.add_argument("--resampling", default="nearest", help="STAC: resampling of bands off the grid")
     extract.add_argument("--label_field", default="label", help="the column / field holding class names")
     extract.add_argument("--x_column", default="longitude", help="CSV only")
     extract.add_argument("--y_column", default="latitude", help="CSV only")
@@ -129,10 +151,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.command == "extract":
-        raw_values = RawValues(args.scale, args.offset, args.valid_range)
-        stack = raster.RasterStack.from_folder(
-            args.rasters, args.pattern, args.bands, raw_values.scale, raw_values.offset, raw_values.valid_range
-        )
+        stack = stac.open_stack(
+            args.rasters, args.bands, None, args.pattern, args.scale, args.offset, args.valid_range,
+            args.resolution, args.masked_classes, args.resampling,
+        )  # fmt: skip
+        raw_values = RawValues(stack.scale, stack.offset, stack.valid_range)
         time_axis = stack.season() if args.season_start is None else TimeAxis.from_season_start(args.season_start)
         shapes = raster.read_labels(args.labels, args.label_field, args.x_column, args.y_column, args.crs)
         series, class_names = raster.extract_samples(stack, shapes, args.class_names, time_axis)

@@ -1,13 +1,25 @@
-"""Raster time series: a folder of images of one area, one file per date (or per date and band).
+"""Raster time series: images of one area at several dates, read window by window as pixel series.
 
-A :class:`RasterStack` finds the files, parses their dates (and band names) from the file names,
-checks that every file lies on the same grid, and reads windows of the stack as pixel series with
-missing values as NaN. It feeds :mod:`cmap.map` (crop maps) and :func:`extract_samples` (training
-series at labelled points or polygons). Files are read with rasterio: GeoTIFF, JPEG2000 and every
-other format of the GDAL in its wheel.
+A :class:`RasterStack` is the input of :mod:`cmap.map` (crop maps) and :func:`extract_samples`
+(training series at labelled points or polygons). It knows, for each date, the granules acquired
+that day (one per tile or product: the rasters of its bands, an optional class mask such as
+Sentinel-2's SCL, a raw-value offset) and the target grid they are read on. Windows of that grid
+are read one at a time, so memory depends on the window, not on the rasters' size. Files (or
+URLs) are read with rasterio: GeoTIFF, JPEG2000 and every other format of the GDAL in its wheel.
+A raster that is not on the target grid (a 20 m band on a 10 m grid, a neighbouring tile) is read
+through a GDAL warped VRT (``rasterio.vrt.WarpedVRT``): resampled window by window, never whole.
+Granules of one date are mosaicked (the first granule with a valid value wins a pixel).
 
-File names: ``pattern`` is a regular expression searched in each file name, with a ``date`` group
-and, when each file holds one band, a ``band`` group::
+Two ways in:
+
+- :meth:`RasterStack.from_folder`: one folder of rasters sharing one grid, dates (and bands)
+  parsed from file names by a regular expression (below). No resampling: a file on another grid
+  is an error.
+- :func:`cmap.data.stac.stack_from_stac`: STAC items (a catalogue, an ItemCollection, or Sentinel-2
+  L2A products in SAFE or COG folders), bands found by name, on a grid chosen from the assets.
+
+File names of :meth:`~RasterStack.from_folder`: ``pattern`` is a regular expression searched in
+each file name, with a ``date`` group and, when each file holds one band, a ``band`` group::
 
     T31TCJ_2021-05-04.tif                  pattern (default)  (?P<date>\\d{4}-\\d{2}-\\d{2})
     TERRA_MODIS_012010_NDVI_2013-09-14.jp2 pattern  _(?P<band>[A-Za-z0-9]+)_(?P<date>\\d{4}-\\d{2}-\\d{2})
@@ -27,7 +39,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import rasterio
+from rasterio.enums import Resampling
 from rasterio.features import rasterize
+from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
@@ -37,9 +51,10 @@ from cmap.outputs import InputError, MissingInput
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 DEFAULT_PATTERN = r"(?P<date>\d{4}-\d{2}-\d{2})"
+GRID_KEYS = ("crs", "transform", "width", "height")
 
 
-def open_raster(path: Path, context: str = "") -> Any:
+def open_raster(path: str | Path, context: str = "") -> Any:
     """``rasterio.open(path)``; an unreadable file is an :class:`InputError` naming it (and ``context``)."""
     try:
         return rasterio.open(path)
@@ -51,31 +66,81 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+def is_url(href: str | Path) -> bool:
+    return "://" in str(href)
+
+
+def raster_grid(dataset: Any) -> dict[str, Any]:
+    """The grid of an open raster: ``crs``, ``transform``, ``width``, ``height`` (a stack's ``profile``)."""
+    return {key: getattr(dataset, key) for key in GRID_KEYS}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One raster of a stack: band ``band`` (1-based) of the file or URL ``href``."""
+
+    href: str
+    band: int = 1
+
+
+@dataclass(frozen=True)
+class Granule:
+    """What one acquisition (a tile, a product, a STAC item) gives a stack at its date.
+
+    Args:
+        layers: the layer of each band of the stack, in the stack's band order.
+        source: names the granule in errors (a STAC item id, a file).
+        mask: a layer of classes (Sentinel-2's SCL), read with nearest-neighbour resampling; pixels
+            whose class is in ``masked_classes`` are missing at this date, every band.
+        raw_offset: added to the raw values before the stack's scale and valid range (Sentinel-2's
+            BOA_ADD_OFFSET, -1000 from processing baseline 04.00): raw values of every granule then
+            follow one convention.
+        nodata: a raw value meaning "no data" besides the files' own nodata (Sentinel-2: 0, which
+            its JPEG2000 files do not declare).
+    """
+
+    layers: tuple[Layer, ...]
+    source: str
+    mask: Layer | None = None
+    masked_classes: tuple[int, ...] = ()
+    raw_offset: float = 0.0
+    nodata: float | None = None
+
+
 @dataclass
 class RasterStack:
     """Images of one grid at several dates, read as pixel series.
 
     Args:
-        paths: ``paths[t][c]`` the file holding band ``c`` at date ``t``, with ``file_bands[t][c]``
-            its 1-based band index in that file.
+        granules: ``granules[t]`` the granules of date ``t`` (one for a folder of rasters; one per
+            tile for tiles of one day), mosaicked in this order.
         dates: the acquisition date of each ``t``, increasing.
         band_names: the name of each band ``c``.
-        scale, offset: physical value = raw * scale + offset (e.g. 1e-4 for MODIS NDVI).
-        valid_range: raw values outside ``[low, high]`` are missing (NaN), as are the files'
-            nodata values; ``None`` keeps every finite value.
+        scale, offset: physical value = (raw + granule's raw_offset) * scale + offset (e.g. 1e-4
+            for MODIS NDVI and Sentinel-2 reflectances).
+        valid_range: raw values (after the granule's raw_offset) outside ``[low, high]`` are missing
+            (NaN), as are the files' nodata values; ``None`` keeps every finite value.
+        grid: the target grid (``crs``, ``transform``, ``width``, ``height``); rasters on another
+            grid are resampled onto it. ``None``: every raster must share one grid, which is the
+            target (a raster on another grid is an error naming it).
+        resampling: how bands not on the grid are resampled (a ``rasterio.enums.Resampling`` name:
+            ``nearest``, ``bilinear``, ``average``...). Masks are always resampled ``nearest``.
     """
 
-    paths: list[list[Path]]
-    file_bands: list[list[int]]
+    granules: list[list[Granule]]
     dates: list[datetime.date]
     band_names: list[str]
     scale: float = 1.0
     offset: float = 0.0
     valid_range: tuple[float, float] | None = None
+    grid: dict[str, Any] | None = None
+    resampling: str = "nearest"
     profile: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.profile = self._check_grid()
+        if self.resampling not in Resampling.__members__:
+            raise InputError(f"resampling {self.resampling!r} is not one of {sorted(Resampling.__members__)}")
+        self.profile = self._check_grid() if self.grid is None else {key: self.grid[key] for key in GRID_KEYS}
 
     @classmethod
     def from_folder(
@@ -98,13 +163,13 @@ class RasterStack:
         regex = re.compile(pattern)
         if "date" not in regex.groupindex:
             raise InputError(f"pattern {pattern!r} needs a (?P<date>...) group")
-        by_date: dict[datetime.date, dict[str, tuple[Path, int]]] = {}
+        by_date: dict[datetime.date, dict[str, Layer]] = {}
         for path in sorted(folder.iterdir()):
             match = regex.search(path.name)
             if path.suffix.lower() not in RASTER_SUFFIXES or match is None:
                 continue
             if "band" in regex.groupindex:
-                names = {match["band"]: (path, 1)}
+                names = {match["band"]: Layer(str(path), 1)}
             else:
                 with open_raster(path) as dataset:
                     descriptions = dataset.descriptions
@@ -113,10 +178,10 @@ class RasterStack:
                         f"{path}: bands have no descriptions, so their names are unknown; name them in the files "
                         "or give one file per band with a (?P<band>...) group in the pattern"
                     )
-                names = {name: (path, i + 1) for i, name in enumerate(descriptions)}
+                names = {name: Layer(str(path), i + 1) for i, name in enumerate(descriptions)}
             if bands is not None:
                 # Other bands' files are skipped; a multi-band file still counts for its date.
-                names = {name: location for name, location in names.items() if name in bands}
+                names = {name: layer for name, layer in names.items() if name in bands}
                 if not names and "band" in regex.groupindex:
                     continue
             try:
@@ -124,10 +189,10 @@ class RasterStack:
             except ValueError as error:
                 raise InputError(str(error)) from None
             found = by_date.setdefault(date, {})
-            for name, location in names.items():
+            for name, layer in names.items():
                 if name in found:
-                    raise InputError(f"{path}: band {name!r} at {date} is also in {found[name][0]}")
-                found[name] = location
+                    raise InputError(f"{path}: band {name!r} at {date} is also in {found[name].href}")
+                found[name] = layer
         if not by_date:
             raise InputError(f"{folder}: no file ({', '.join(RASTER_SUFFIXES)}) matches the pattern {pattern!r}")
         dates = sorted(by_date)
@@ -138,33 +203,50 @@ class RasterStack:
                 raise InputError(
                     f"{folder}: bands {missing} missing at {date} (found {sorted(by_date[date])}, expected {names})"
                 )
-        return cls(
-            paths=[[by_date[date][name][0] for name in names] for date in dates],
-            file_bands=[[by_date[date][name][1] for name in names] for date in dates],
-            dates=dates,
-            band_names=names,
-            scale=scale,
-            offset=offset,
-            valid_range=valid_range,
+        granules = [
+            [Granule(tuple(by_date[date][name] for name in names), by_date[date][names[0]].href)] for date in dates
+        ]
+        return cls(granules, dates, names, scale, offset, valid_range)
+
+    @property
+    def paths(self) -> list[list[Path]]:
+        """``paths[t]``: the local files read at date ``t`` (each granule's bands, in band order, then its
+        mask); URLs are left out."""
+        return [
+            list(
+                dict.fromkeys(
+                    Path(layer.href)
+                    for granule in granules
+                    for layer in (*granule.layers, *([granule.mask] if granule.mask else []))
+                    if not is_url(layer.href)
+                )
+            )
+            for granules in self.granules
+        ]
+
+    def _hrefs(self) -> list[str]:
+        """Every file or URL of the stack, once, in order."""
+        return list(
+            dict.fromkeys(
+                layer.href
+                for granules in self.granules
+                for granule in granules
+                for layer in (*granule.layers, *([granule.mask] if granule.mask else []))
+            )
         )
 
     def _check_grid(self) -> dict[str, Any]:
         """The grid (CRS, transform, size) shared by every file; a file on another grid is an error."""
         reference, grid = None, None
-        for path in dict.fromkeys(path for paths in self.paths for path in paths):
-            with open_raster(path) as dataset:
-                this = {
-                    "crs": dataset.crs,
-                    "transform": dataset.transform,
-                    "width": dataset.width,
-                    "height": dataset.height,
-                }
+        for href in self._hrefs():
+            with open_raster(href) as dataset:
+                this = raster_grid(dataset)
             if grid is None:
-                reference, grid = path, this
+                reference, grid = href, this
                 continue
             for key, expected in grid.items():
                 if this[key] != expected:
-                    raise InputError(f"{path}: {key} {this[key]} differs from {expected} of {reference}")
+                    raise InputError(f"{href}: {key} {this[key]} differs from {expected} of {reference}")
         return grid
 
     @property
@@ -191,51 +273,107 @@ class RasterStack:
             for col in range(0, width, size):
                 yield Window(col, row, min(size, width - col), min(size, height - row))
 
-    def read(self, window: Window | None = None, datasets: dict[Path, Any] | None = None) -> np.ndarray:
+    def read(self, window: Window | None = None, datasets: dict[Any, Any] | None = None) -> np.ndarray:
         """float32 (T, C, h, w) physical values of ``window`` (default: everything); NaN = missing.
 
-        ``datasets``: open rasterio datasets by path, to reuse across windows (see :meth:`open`).
+        ``datasets``: open rasters, to reuse across windows (see :meth:`open`).
         """
         height, width = self.shape if window is None else (int(window.height), int(window.width))
-        out = np.empty((len(self.dates), len(self.band_names), height, width), dtype=np.float32)
-        for t, (paths, bands) in enumerate(zip(self.paths, self.file_bands, strict=True)):
-            for c, (path, band) in enumerate(zip(paths, bands, strict=True)):
-                dataset = datasets[path] if datasets is not None else open_raster(path)
-                try:
-                    raw = dataset.read(band, window=window, masked=True)
-                except rasterio.errors.RasterioError as error:  # a truncated or corrupt file
-                    where = "" if window is None else f", window rows {window.row_off}.. cols {window.col_off}.."
-                    raise InputError(
-                        f"{path}: unreadable at date {self.dates[t]}, band {self.band_names[c]} (band {band} of the "
-                        f"file){where} ({one_line(error)})"
-                    ) from error
-                finally:
-                    if datasets is None:
-                        dataset.close()
-                missing = np.ma.getmaskarray(raw) | ~np.isfinite(raw.data)
-                if self.valid_range is not None:
-                    missing |= (raw.data < self.valid_range[0]) | (raw.data > self.valid_range[1])
-                values = raw.data.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
-                values[missing] = np.nan
-                out[t, c] = values
+        opened = self.open() if datasets is None else datasets
+        try:
+            out = np.full((len(self.dates), len(self.band_names), height, width), np.nan, dtype=np.float32)
+            for t, granules in enumerate(self.granules):
+                for granule in granules:
+                    values = self._read_granule(granule, t, window, (height, width), opened)
+                    if len(granules) == 1:
+                        out[t] = values
+                        continue
+                    # Mosaic: pixels that no earlier granule of this date filled take this one's values.
+                    fill = np.isnan(out[t]).all(axis=0) & ~np.isnan(values).all(axis=0)
+                    out[t][:, fill] = values[:, fill]
+        finally:
+            if datasets is None:
+                close_all(opened)
         return out
 
-    def open(self) -> dict[Path, Any]:
-        """Every file opened once (close them with :func:`close_all`)."""
-        datasets: dict[Path, Any] = {}
+    def _read_granule(
+        self, granule: Granule, t: int, window: Window | None, shape: tuple[int, int], datasets: dict[Any, Any]
+    ) -> np.ndarray:
+        """float32 (C, h, w) physical values of one granule; NaN = missing (nodata, out of range, masked class)."""
+        values = np.empty((len(self.band_names), *shape), dtype=np.float32)
+        for c, layer in enumerate(granule.layers):
+            raw = self._read_layer(layer, self.resampling, window, datasets, f"band {self.band_names[c]}", t)
+            missing = np.ma.getmaskarray(raw) | ~np.isfinite(raw.data)
+            data = raw.data.astype(np.float32)
+            if granule.nodata is not None:
+                missing |= data == np.float32(granule.nodata)
+            data += np.float32(granule.raw_offset)
+            if self.valid_range is not None:
+                missing |= (data < self.valid_range[0]) | (data > self.valid_range[1])
+            data = data * np.float32(self.scale) + np.float32(self.offset)
+            data[missing] = np.nan
+            values[c] = data
+        if granule.mask is not None:
+            classes = self._read_layer(granule.mask, "nearest", window, datasets, "mask", t)
+            # Outside the mask raster's footprint nothing is known: missing too.
+            masked = np.ma.getmaskarray(classes) | np.isin(classes.data, granule.masked_classes)
+            values[:, masked] = np.nan
+        return values
+
+    def _read_layer(
+        self, layer: Layer, resampling: str, window: Window | None, datasets: dict[Any, Any], what: str, t: int
+    ) -> np.ma.MaskedArray:
+        dataset = datasets[(layer.href, resampling)]
         try:
-            for paths in self.paths:
-                for path in dict.fromkeys(paths):
-                    datasets.setdefault(path, open_raster(path))
+            return dataset.read(layer.band, window=window, masked=True)
+        except rasterio.errors.RasterioError as error:  # a truncated or corrupt file
+            where = "" if window is None else f", window rows {window.row_off}.. cols {window.col_off}.."
+            raise InputError(
+                f"{layer.href}: unreadable at date {self.dates[t]}, {what} (band {layer.band} of the file){where} "
+                f"({one_line(error)})"
+            ) from error
+
+    def open(self) -> dict[Any, Any]:
+        """Every raster opened once, by (href, resampling) (close them with :func:`close_all`).
+
+        A raster on the target grid is read directly; one on another grid through a warped VRT onto
+        the target grid (outside its footprint: masked, with an alpha band when it has no nodata).
+        """
+        datasets: dict[Any, Any] = {}
+        needs = [
+            (layer.href, resampling)
+            for granules in self.granules
+            for granule in granules
+            for layer, resampling in (
+                *((layer, self.resampling) for layer in granule.layers),
+                *([(granule.mask, "nearest")] if granule.mask else []),
+            )
+        ]
+        try:
+            for href, resampling in dict.fromkeys(needs):
+                dataset = open_raster(href)
+                if raster_grid(dataset) == self.profile:
+                    datasets[(href, resampling)] = dataset
+                    continue
+                try:
+                    datasets[(href, resampling)] = WarpedVRT(
+                        dataset, **self.profile, resampling=Resampling[resampling], add_alpha=dataset.nodata is None
+                    )
+                except rasterio.errors.RasterioError as error:
+                    dataset.close()
+                    raise InputError(f"{href}: cannot be resampled onto the target grid ({one_line(error)})") from error
         except InputError:
             close_all(datasets)
             raise
         return datasets
 
 
-def close_all(datasets: dict[Path, Any]) -> None:
+def close_all(datasets: dict[Any, Any]) -> None:
     for dataset in datasets.values():
+        source = getattr(dataset, "src_dataset", None)  # a WarpedVRT's own file
         dataset.close()
+        if source is not None:
+            source.close()
 
 
 def pixel_series(cube: np.ndarray) -> np.ndarray:

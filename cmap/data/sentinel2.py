@@ -1,0 +1,295 @@
+"""Sentinel-2 Level-2A: band names, the scene classification (SCL) mask, the BOA offset, product folders.
+
+What the Level-2A products' conventions mean for a raster stack (:mod:`cmap.data.stac` applies them
+to every STAC item it recognises as Sentinel-2 L2A, and to the products found in folders):
+
+- **Band names.** Providers name the same band differently: ``B02`` (ESA, Planetary Computer),
+  ``blue`` (Earth Search v1, STAC common names), ``B02_10m`` / ``B02_20m`` (Copernicus Data Space,
+  SAFE files). :func:`canonical_band` maps every spelling to the ESA name, so a checkpoint trained
+  on ``B02 ... B12`` finds its bands in any of them (the finest resolution when several exist):
+
+  ======== ============= ====== ========================
+  ESA      common name   metres other spellings
+  ======== ============= ====== ========================
+  B01      coastal       60     B1, B01_60m
+  B02      blue          10     B2, B02_10m
+  B03      green         10     B3
+  B04      red           10     B4
+  B05      rededge1      20     B5, B05_20m
+  B06      rededge2      20     B6
+  B07      rededge3      20     B7
+  B08      nir           10     B8
+  B8A      nir08         20     B08A
+  B09      nir09         60     B9
+  B11      swir16        20
+  B12      swir22        20
+  SCL      scl           20     the scene classification
+  ======== ============= ====== ========================
+
+- **Scale and no data.** Reflectance = (DN + BOA_ADD_OFFSET) / 10000 (``scale`` 1e-4); DN 0 is no
+  data (the JPEG2000 files do not declare it, the COGs do).
+- **BOA_ADD_OFFSET.** From processing baseline 04.00 (products from 25 January 2022, and the
+  reprocessed archive) DNs carry an offset of +1000: reflectance = (DN - 1000) / 10000. The offset
+  is read from the product's own metadata (:func:`boa_offset`), never guessed from the date, and
+  added to the raw values before the scale and the valid range, so that products of both kinds
+  give the same reflectances (and a model trained on one maps the other).
+- **Scene classification.** Pixels whose SCL class is in the masked list are missing dates, every
+  band, exactly like a cloud in a training series. Default :data:`MASKED_SCL_CLASSES`: no data,
+  saturated or defective, cloud shadows, cloud medium and high probability, thin cirrus, snow
+  (:data:`SCL_CLASSES` names them all; ``--masked_classes`` chooses another list).
+"""
+
+import datetime
+import re
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from typing import Any
+
+import pystac
+
+from cmap.outputs import InputError
+
+#: ESA band name -> (STAC common name, native resolution in metres).
+BANDS: dict[str, tuple[str, int]] = {
+    "B01": ("coastal", 60),
+    "B02": ("blue", 10),
+    "B03": ("green", 10),
+    "B04": ("red", 10),
+    "B05": ("rededge1", 20),
+    "B06": ("rededge2", 20),
+    "B07": ("rededge3", 20),
+    "B08": ("nir", 10),
+    "B8A": ("nir08", 20),
+    "B09": ("nir09", 60),
+    "B11": ("swir16", 20),
+    "B12": ("swir22", 20),
+    "SCL": ("scl", 20),
+}
+#: The bands read by default (``cmap extract`` without ``--bands``): the ten 10 m and 20 m reflectances.
+DEFAULT_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+#: The classes of the Level-2A scene classification layer.
+SCL_CLASSES = {
+    0: "no data",
+    1: "saturated or defective",
+    2: "dark area pixels (topographic shadows)",
+    3: "cloud shadows",
+    4: "vegetation",
+    5: "not vegetated",
+    6: "water",
+    7: "unclassified",
+    8: "cloud medium probability",
+    9: "cloud high probability",
+    10: "thin cirrus",
+    11: "snow or ice",
+}
+MASKED_SCL_CLASSES = (0, 1, 3, 8, 9, 10, 11)
+SCALE = 1e-4
+NODATA = 0
+#: BOA_ADD_OFFSET of processing baseline 04.00 and later.
+BASELINE_04_OFFSET = -1000.0
+#: The band_id of BOA_ADD_OFFSET in MTD_MSIL2A.xml: the 13 MSI bands in this order.
+MTD_BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+
+_COMMON_NAMES = {common: esa for esa, (common, _) in BANDS.items()}
+_SPELLING = re.compile(r"^(?:B0?(?P<number>\d{1,2})|B0?8A|SCL)(?:_(?P<metres>10|20|60)m)?$", re.IGNORECASE)
+_BASELINE_IN_NAME = re.compile(r"_N(\d{2})(\d{2})_")
+
+
+def canonical_band(name: str) -> str | None:
+    """The ESA name (``B02``, ``B8A``, ``SCL``) of a Sentinel-2 band spelled ``name``, else None."""
+    if name.lower() in _COMMON_NAMES:
+        return _COMMON_NAMES[name.lower()]
+    match = _SPELLING.match(name)
+    if match is None:
+        return None
+    stem = name.split("_")[0].upper()
+    if stem in ("SCL", "B8A", "B08A"):
+        return "SCL" if stem == "SCL" else "B8A"
+    esa = f"B{int(match['number']):02d}"
+    return esa if esa in BANDS else None
+
+
+def spelled_resolution(name: str) -> int | None:
+    """The resolution a band name states (``B02_20m`` -> 20), else None."""
+    match = re.search(r"_(10|20|60)m$", name)
+    return int(match[1]) if match else None
+
+
+def is_sentinel2_l2a(item: pystac.Item) -> bool:
+    """An item of a Sentinel-2 Level-2A product: a Sentinel-2 platform (or collection) and an SCL asset
+    or an L2A product type."""
+    properties = item.properties
+    mission = " ".join(
+        str(value).lower()
+        for value in (properties.get("platform"), properties.get("constellation"), item.collection_id)
+        if value
+    )
+    if "sentinel-2" not in mission and "sentinel2" not in mission:
+        return False
+    level = str(properties.get("s2:product_type", properties.get("processing:level", ""))).upper()
+    return "2A" in level or any(canonical_band(key) == "SCL" for key in item.assets)
+
+
+def processing_baseline(item: pystac.Item) -> float | None:
+    """The processing baseline (4.0 for ``04.00``) from the item's properties or product name, else None."""
+    for key in ("s2:processing_baseline", "processing:version"):
+        if item.properties.get(key) not in (None, ""):
+            try:
+                return float(item.properties[key])
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"STAC item {item.id}: property {key!r} is {item.properties[key]!r}, expected a processing "
+                    "baseline such as '04.00'"
+                ) from None
+    for name in (item.properties.get("s2:product_uri"), item.id):
+        match = _BASELINE_IN_NAME.search(str(name or ""))
+        if match:
+            return float(f"{match[1]}.{match[2]}")
+    return None
+
+
+def boa_offset(item: pystac.Item, asset: pystac.Asset) -> float:
+    """The raw offset to add to the DNs of a reflectance ``asset`` of ``item`` (0 or -1000).
+
+    In order: a provider that already applied it (``earthsearch:boa_offset_applied``: 0); the
+    offset in the asset's ``raster:bands`` (offset / scale, e.g. -0.1 / 1e-4); the product's
+    ``BOA_ADD_OFFSET`` (``cmap:boa_add_offset``, set from MTD_MSIL2A.xml for SAFE products); its
+    processing baseline (>= 04.00: -1000). No metadata at all is an error: guessing would shift
+    every reflectance of half the archive by 0.1.
+    """
+    if item.properties.get("earthsearch:boa_offset_applied") is True:
+        return 0.0
+    for band in asset.extra_fields.get("raster:bands") or []:
+        if band.get("offset") not in (None, 0) and band.get("scale"):
+            return round(float(band["offset"]) / float(band["scale"]))
+    offsets = item.properties.get("cmap:boa_add_offset")
+    if offsets is not None:
+        return float(offsets)
+    baseline = processing_baseline(item)
+    if baseline is None:
+        raise InputError(
+            f"STAC item {item.id}: the Sentinel-2 processing baseline is unknown (no s2:processing_baseline, "
+            "processing:version, earthsearch:boa_offset_applied or raster:bands offset, no _N0400_ in the product "
+            "name), so the BOA offset of baseline 04.00 and later cannot be decided; add one of them to the item"
+        )
+    return BASELINE_04_OFFSET if baseline >= 4.0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Products in folders: SAFE and one folder of COGs per product, as STAC items
+# ---------------------------------------------------------------------------------------------
+
+
+def _tag(element: ElementTree.Element) -> str:
+    return element.tag.rsplit("}", 1)[-1]  # without the XML namespace
+
+
+def read_mtd(path: Path) -> dict[str, Any]:
+    """From a product's MTD_MSIL2A.xml: ``start`` (datetime), ``baseline`` (float) and ``boa_add_offset``
+    (the offset of the reflectance bands; 0 before baseline 04.00)."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError) as error:
+        raise InputError(f"{path}: not a readable MTD_MSIL2A.xml ({error})") from error
+    fields: dict[str, Any] = {}
+    offsets: dict[str, float] = {}
+    for element in root.iter():
+        tag = _tag(element)
+        if tag == "PRODUCT_START_TIME" and element.text:
+            fields["start"] = datetime.datetime.fromisoformat(element.text.strip().replace("Z", "+00:00"))
+        elif tag == "PROCESSING_BASELINE" and element.text:
+            fields["baseline"] = float(element.text)
+        elif tag == "BOA_ADD_OFFSET" and element.text:
+            offsets[MTD_BAND_IDS[int(element.get("band_id", 0))]] = float(element.text)
+    for name in ("start", "baseline"):
+        if name not in fields:
+            raise InputError(f"{path}: no {'PRODUCT_START_TIME' if name == 'start' else 'PROCESSING_BASELINE'} field")
+    reflectance_offsets = {offsets[band] for band in offsets if band != "B10"}
+    if len(reflectance_offsets) > 1:
+        raise InputError(f"{path}: BOA_ADD_OFFSET differs between bands ({offsets}); cmap expects one offset")
+    fields["boa_add_offset"] = reflectance_offsets.pop() if reflectance_offsets else 0.0
+    return fields
+
+
+_DATE_IN_NAME = re.compile(r"(?<!\d)(\d{8})(?:T\d{6})?(?!\d)")
+_TILE_IN_NAME = re.compile(r"(?:^|_)T?(\d{2}[A-Z]{3})(?:_|$)")
+
+
+def _product_item(folder: Path, assets: dict[str, Path], properties: dict[str, Any]) -> pystac.Item:
+    item = pystac.Item(
+        id=folder.name.removesuffix(".SAFE"),
+        geometry=None,
+        bbox=None,
+        datetime=properties.pop("datetime"),
+        properties={"platform": "sentinel-2", "s2:product_type": "S2MSI2A", **properties},
+    )
+    for key, path in assets.items():
+        item.add_asset(key, pystac.Asset(str(path), roles=["data"]))
+    return item
+
+
+def safe_item(safe: Path) -> pystac.Item:
+    """A SAFE product folder (``S2B_MSIL2A_..._N0400_..._T31TCJ_....SAFE``) as a STAC item: its bands
+    at every resolution (``B02_10m``, ``B02_20m``, ``SCL_20m``...), date and offset from MTD_MSIL2A.xml."""
+    mtd = safe / "MTD_MSIL2A.xml"
+    if not mtd.is_file():
+        raise InputError(f"{safe}: no MTD_MSIL2A.xml (is it a Sentinel-2 Level-2A SAFE product?)")
+    fields = read_mtd(mtd)
+    assets = {}
+    for path in sorted(safe.glob("GRANULE/*/IMG_DATA/R*m/*.jp2")):
+        match = re.search(r"_([A-Z0-9]{3})_(\d{2})m\.jp2$", path.name)
+        if match and canonical_band(match[1]) is not None:
+            assets[f"{canonical_band(match[1])}_{match[2]}m"] = path
+    if not assets:
+        raise InputError(f"{safe}: no band files GRANULE/*/IMG_DATA/R10m|R20m|R60m/*_B02_10m.jp2 ...")
+    tile = _TILE_IN_NAME.search(safe.name.replace(".SAFE", ""))
+    return _product_item(
+        safe, assets,
+        {"datetime": fields["start"], "s2:processing_baseline": f"{fields['baseline']:05.2f}",
+         "cmap:boa_add_offset": fields["boa_add_offset"], **({"s2:mgrs_tile": tile[1]} if tile else {})},
+    )  # fmt: skip
+
+
+def cog_item(folder: Path) -> pystac.Item:
+    """A folder of one product's band files (``B02.tif`` ``SCL.tif`` or ``blue.tif`` ``scl.tif``, as
+    Earth Search and the Planetary Computer serve them) as a STAC item. The date is the folder name's
+    (``S2B_31TCJ_20210504_0_L2A``); the offset comes from an MTD_MSIL2A.xml in the folder, else from the
+    processing baseline in the folder name (``..._N0400_...``)."""
+    assets = {
+        path.stem: path
+        for path in sorted(folder.iterdir())
+        if path.suffix.lower() in (".tif", ".tiff", ".jp2") and canonical_band(path.stem) is not None
+    }
+    properties: dict[str, Any] = {}
+    if (folder / "MTD_MSIL2A.xml").is_file():
+        fields = read_mtd(folder / "MTD_MSIL2A.xml")
+        properties = {"datetime": fields["start"], "s2:processing_baseline": f"{fields['baseline']:05.2f}",
+                      "cmap:boa_add_offset": fields["boa_add_offset"]}  # fmt: skip
+    else:
+        date = _DATE_IN_NAME.search(folder.name)
+        if date is None:
+            raise InputError(f"{folder}: no date YYYYMMDD in the folder name of this Sentinel-2 product")
+        properties["datetime"] = datetime.datetime.strptime(date[1], "%Y%m%d").replace(tzinfo=datetime.timezone.utc)
+    tile = _TILE_IN_NAME.search(folder.name)
+    if tile:
+        properties["s2:mgrs_tile"] = tile[1]
+    return _product_item(folder, assets, properties)
+
+
+def is_safe(folder: Path) -> bool:
+    return folder.suffix == ".SAFE" or ((folder / "MTD_MSIL2A.xml").is_file() and (folder / "GRANULE").is_dir())
+
+
+def is_product(folder: Path) -> bool:
+    """A SAFE folder, or a folder of band files with an SCL band (one product's COGs)."""
+    return is_safe(folder) or any(
+        path.suffix.lower() in (".tif", ".tiff", ".jp2") and canonical_band(path.stem) == "SCL"
+        for path in folder.iterdir()
+    )
+
+
+def products_in_folder(folder: Path) -> list[pystac.Item]:
+    """The Sentinel-2 L2A products under ``folder`` (itself one, or its sub-folders): ``*.SAFE`` folders
+    and folders of band COGs, as STAC items. Empty when there are none."""
+    candidates = [folder] if is_product(folder) else sorted(path for path in folder.iterdir() if path.is_dir())
+    return [safe_item(path) if is_safe(path) else cog_item(path) for path in candidates if is_product(path)]
