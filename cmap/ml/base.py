@@ -1,6 +1,7 @@
 """What every cmap LightningModule shares: encoder + decoder, hyper-parameters, LR schedule."""
 
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
@@ -13,10 +14,28 @@ from torchmetrics import MetricCollection
 from cmap.data.batch import Batch
 from cmap.data.contract import CHECKPOINT_KEY, InputContract
 from cmap.ml.decoders import Decoder
+from cmap.ml.embeddings.position import PositionalEncoding
 from cmap.ml.encoders import SeriesEncoder
 from cmap.ml.weights import load_encoder_weights, state_dict_mismatch
 
 STAGES = ("train", "val", "test")
+# Lightning warns whenever a LightningModule overrides a batch-transfer hook and a data module is given
+# (either could hold it); cmap's data modules leave it alone, so SITSTask's runs as meant.
+warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
+
+
+def fused_adamw_applies(parameters: Iterable[Tensor]) -> bool:
+    """True when every parameter is a floating-point tensor on a CUDA device: PyTorch's fused AdamW
+    updates them all in one kernel (its default there, ``foreach``, launches a dozen per step)."""
+    parameters = list(parameters)
+    return bool(parameters) and all(p.device.type == "cuda" and p.is_floating_point() for p in parameters)
+
+
+def check_days(module: nn.Module, days: Tensor) -> None:
+    """Check ``days`` against every date encoding of ``module`` (their ``max_len``), on ``days``' device."""
+    for submodule in module.modules():
+        if isinstance(submodule, PositionalEncoding):
+            submodule.check_days(days)
 
 
 def is_plain_data(value: Any) -> bool:
@@ -59,6 +78,10 @@ class SITSTask(L.LightningModule):
             any cmap task, or a file of :func:`cmap.ml.weights.export_encoder`); ignored when
             resuming a run from its own checkpoint.
     """
+
+    #: AdamW's ``fused`` implementation: None chooses it when every parameter is on a CUDA device
+    #: (:func:`fused_adamw_applies`); True or False force it (benchmarks compare the two).
+    fused_optimizer: bool | None = None
 
     def __init__(
         self,
@@ -193,6 +216,13 @@ class SITSTask(L.LightningModule):
         if mismatch:
             raise ValueError(f"{path}: weights do not fit the configured {type(self).__name__}: {mismatch}")
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # The date encoding's range check, on the CPU copy of the batch: on the GPU it would make the
+        # host wait for the device at every step.
+        if isinstance(batch, dict) and isinstance(batch.get("days"), Tensor):
+            check_days(self, batch["days"])
+        return batch
+
     def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
         return self.decoder(self.encoder(values, days, mask), mask)
 
@@ -217,12 +247,16 @@ class SITSTask(L.LightningModule):
         """AdamW; one-cycle LR: linear warm-up from ``min_lr`` to ``max_lr``, cosine back to ``min_lr``.
 
         The schedule spans ``trainer.estimated_stepping_batches``, so Lightning's gradient
-        accumulation, ``max_epochs`` / ``max_steps`` and device count are accounted for.
+        accumulation, ``max_epochs`` / ``max_steps`` and device count are accounted for. AdamW is
+        PyTorch's fused implementation (one kernel per step) when the parameters are on a CUDA
+        device, unless :attr:`fused_optimizer` says otherwise.
         """
         hp = self.hparams
         groups = self.lr_groups()
         optimizer = AdamW(
-            [{"params": params, "lr": hp.max_lr * factor} for params, factor in groups], weight_decay=hp.weight_decay
+            [{"params": params, "lr": hp.max_lr * factor} for params, factor in groups],
+            weight_decay=hp.weight_decay,
+            fused=self.fused_optimizer if self.fused_optimizer is not None else fused_adamw_applies(self.parameters()),
         )
         total_steps = self.trainer.estimated_stepping_batches
         if total_steps == float("inf"):

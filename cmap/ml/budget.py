@@ -56,3 +56,69 @@ class TrainingBudget(L.Callback):
                 f"({epochs * steps_per_epoch} optimizer steps)",
                 flush=True,
             )
+
+
+def scaled_learning_rate(learning_rate: float, batch_size: int, reference_batch_size: int, rule: str = "sqrt") -> float:
+    """``learning_rate`` tuned at ``reference_batch_size``, carried to ``batch_size`` by ``rule``.
+
+    ``sqrt``: times ``sqrt(batch_size / reference_batch_size)``, the rule for Adam-type optimisers
+    (Malladi et al. 2022, "On the SDEs and scaling rules for adaptive gradient algorithms"): the
+    gradient noise falls as the square root of the batch. ``linear``: times the ratio itself (Goyal et
+    al. 2017, for SGD; with warm-up). ``none``: unchanged.
+    """
+    if batch_size < 1 or reference_batch_size < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {reference_batch_size}")
+    ratio = batch_size / reference_batch_size
+    factors = {"sqrt": math.sqrt(ratio), "linear": ratio, "none": 1.0}
+    if rule not in factors:
+        raise ValueError(f"rule must be one of {list(factors)}, got {rule!r}")
+    return learning_rate * factors[rule]
+
+
+class ScaleBatch(L.Callback):
+    """Larger batches on a GPU, the learning rate following: ``factor`` times the data module's
+    ``batch_size``, and the task's ``min_lr`` and ``max_lr`` scaled by ``rule``
+    (:func:`scaled_learning_rate`).
+
+    A small model on a GPU is bound by the per-step work of the host (kernel launches, Lightning's
+    loop), not by the device: a batch ``factor`` times larger costs about the same time per step,
+    so an epoch takes about ``1 / factor`` of the time. The one-cycle schedule spans the new number
+    of steps by itself (``trainer.estimated_stepping_batches``). The scaled rates are written into
+    the task's hyper-parameters (the checkpoint records the rates used) and printed. Whether
+    accuracy holds at the larger batch is measured per config (``benchmarks/gpu_check.py``).
+
+    Put it before :class:`TrainingBudget` in the callbacks: the budget then counts the larger
+    batches (its ``min_steps`` raises the epochs to keep the step count, i.e. more training).
+
+    Args:
+        factor: batch size multiplier (>= 1).
+        rule: ``sqrt``, ``linear`` or ``none``.
+        gpu_only: change nothing unless the trainer runs on a CUDA device.
+    """
+
+    def __init__(self, factor: int = 4, rule: str = "sqrt", gpu_only: bool = True) -> None:
+        if factor < 1:
+            raise ValueError(f"factor must be >= 1, got {factor}")
+        scaled_learning_rate(1.0, factor, 1, rule)  # checks the rule
+        self.factor, self.rule, self.gpu_only = factor, rule, gpu_only
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        data = trainer.datamodule
+        if stage != "fit" or data is None or not hasattr(data, "batch_size") or self.factor == 1:
+            return
+        if self.gpu_only and trainer.strategy.root_device.type != "cuda":
+            return
+        reference = data.batch_size
+        data.batch_size = reference * self.factor
+        for name in ("min_lr", "max_lr"):
+            if name in pl_module.hparams:
+                pl_module.hparams[name] = scaled_learning_rate(
+                    pl_module.hparams[name], data.batch_size, reference, self.rule
+                )
+        if trainer.is_global_zero:
+            print(
+                f"batch scaling: batches of {data.batch_size} (x{self.factor}), learning rates x"
+                f"{scaled_learning_rate(1.0, data.batch_size, reference, self.rule):.3g} ({self.rule} rule): "
+                f"max_lr {pl_module.hparams.get('max_lr')}",
+                flush=True,
+            )

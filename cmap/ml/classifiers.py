@@ -5,7 +5,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassCohenKappa,
@@ -20,6 +19,7 @@ from cmap.data.contract import InputContract
 from cmap.data.perturbations import SeriesMixing
 from cmap.ml.base import SITSTask
 from cmap.ml.losses import FocalLoss, resolve_class_weights
+from cmap.ml.metrics import DeferredMetrics
 
 
 class Classifier(SITSTask):
@@ -129,7 +129,7 @@ class Classifier(SITSTask):
         k, names = self.num_classes, self.class_names
         if k is None:  # the classes come with the data: metrics are made when it binds them
             return
-        metrics = MetricCollection(
+        metrics = DeferredMetrics(
             {
                 "overall_accuracy": MulticlassAccuracy(k, average="micro"),
                 "macro_f1": MulticlassF1Score(k, average="macro"),
@@ -140,6 +140,7 @@ class Classifier(SITSTask):
             },
             # Compute groups share states between metrics and mis-count ClasswiseWrapper updates.
             compute_groups=False,
+            # Updated in bulk: per-batch updates would make a GPU step wait for the metrics (cmap.ml.metrics).
         )
         self.set_stage_metrics(metrics)
 

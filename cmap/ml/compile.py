@@ -26,6 +26,13 @@ class CompileModel(L.Callback):
     which it could not fuse biases, activations and attention (``benchmarks/inference.py`` measured
     compiled prediction slower than eager with it on, faster with it off).
 
+    On a GPU, ``mode: reduce-overhead`` also records the compiled steps as CUDA graphs (one launch
+    replays the hundreds of kernels of a small model's step: the host's per-kernel work was the
+    bound); a new step is marked at every batch (``torch.compiler.cudagraph_mark_step_begin``), so
+    the previous step's outputs may be overwritten. Steps must not wait for the device (no ``.item()``
+    in the model: cmap's encoders and losses have none) and shapes should repeat (training drops the
+    last partial batch; each other size records its own graph).
+
     Args:
         backend, mode, dynamic: as ``torch.compile`` (``mode`` excludes ``freeze_for_predict``).
         freeze_for_predict: when predicting, let Inductor fold the weights into the graph as constants
@@ -51,6 +58,22 @@ class CompileModel(L.Callback):
         pl_module.compile(backend=self.backend, mode=self.mode, dynamic=self.dynamic, options=options)
         self._fast_path = torch.backends.mha.get_fastpath_enabled()
         torch.backends.mha.set_fastpath_enabled(False)
+
+    def _mark_step(self) -> None:
+        if self.mode in ("reduce-overhead", "max-autotune"):  # the modes that use CUDA graphs
+            torch.compiler.cudagraph_mark_step_begin()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._mark_step()
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._mark_step()
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._mark_step()
+
+    def on_predict_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._mark_step()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         torch.backends.mha.set_fastpath_enabled(self._fast_path)

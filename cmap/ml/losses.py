@@ -39,7 +39,12 @@ class FocalLoss(nn.Module):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         log_p = F.log_softmax(logits.float(), dim=-1)
         # Class indices (B,), or class probabilities (B, K) such as mixed targets (SeriesMixing).
-        hard = F.one_hot(target, logits.shape[-1]).to(log_p.dtype) if target.dim() == 1 else target.to(log_p.dtype)
+        # scatter_ rather than F.one_hot: one_hot reads the labels' range back on the host, a wait for
+        # the GPU at every step (an out-of-range label still fails, in scatter_).
+        if target.dim() == 1:
+            hard = torch.zeros_like(log_p).scatter_(-1, target.unsqueeze(-1), 1.0)
+        else:
+            hard = target.to(log_p.dtype)
         q = hard
         if self.label_smoothing:
             q = q * (1 - self.label_smoothing) + self.label_smoothing / logits.shape[-1]

@@ -22,19 +22,42 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     In training, the batch mean and variance (and so the running statistics) come from the dates
     where ``mask`` is True; padded and cloudy dates neither move them nor are normalised (they
     come out as 0). A training batch with fewer than two valid dates uses the running statistics.
+
+    The statistics are masked sums (in float32), not a boolean selection of the valid dates: a
+    selection has a data-dependent size, which the host must read back from the GPU at every step
+    (a wait that stops it from queueing work ahead) and which CUDA graphs cannot capture.
     """
 
     def forward(self, features: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
-        valid = features[mask]  # (N, D): the valid dates of every series
-        training = self.training and valid.shape[0] > 1
-        if training and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-        normalised = F.batch_norm(
-            valid, self.running_mean, self.running_var, self.weight, self.bias, training, self.momentum, self.eps
-        )
-        out = features.new_zeros(features.shape[:-1] + normalised.shape[-1:])
-        out[mask] = normalised.to(out.dtype)
-        return out
+        weights = mask.unsqueeze(-1).to(torch.float32)  # (B, T, 1)
+        x = features.float()
+        running_mean = None if self.running_mean is None else self.running_mean.float()
+        running_var = None if self.running_var is None else self.running_var.float()
+        if self.training or running_mean is None:
+            count = weights.sum()
+            mean = (x * weights).sum(dim=(0, 1)) / count.clamp_min(1)
+            var = ((x - mean).square() * weights).sum(dim=(0, 1)) / count.clamp_min(1)  # biased, as batch norm's
+            use_batch = count > 1
+            if self.training and running_mean is not None:
+                with torch.no_grad():
+                    self.num_batches_tracked.add_(use_batch.to(self.num_batches_tracked.dtype))
+                    momentum = (
+                        1.0 / self.num_batches_tracked.clamp_min(1).float() if self.momentum is None else self.momentum
+                    )
+                    unbiased = var * count / (count - 1).clamp_min(1)
+                    new_mean = torch.lerp(running_mean, mean, momentum)
+                    new_var = torch.lerp(running_var, unbiased, momentum)
+                    self.running_mean.copy_(torch.where(use_batch, new_mean, running_mean))
+                    self.running_var.copy_(torch.where(use_batch, new_var, running_var))
+            if running_mean is not None:
+                mean = torch.where(use_batch, mean, running_mean)
+                var = torch.where(use_batch, var, running_var)
+        else:
+            mean, var = running_mean, running_var
+        normalised = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            normalised = normalised * self.weight.float() + self.bias.float()
+        return (normalised * weights).to(features.dtype)
 
 
 class BatchNorm1dAnyBatch(nn.BatchNorm1d):

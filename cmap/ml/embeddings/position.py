@@ -38,17 +38,26 @@ class PositionalEncoding(nn.Module):
         self.max_len = max_len
         self.register_buffer("inv_freq", inverse_frequencies(d_model, tau), persistent=False)
 
+    def check_days(self, days: Tensor) -> None:
+        """Raise a ValueError naming the range when a day offset lies outside [0, max_len)."""
+        if not days.numel():
+            return
+        low, high = days.min().item(), days.max().item()
+        if low < 0 or high >= self.max_len:
+            raise ValueError(
+                f"day offsets must lie in [0, max_len={self.max_len}), got [{low}, {high}]: "
+                "raise PositionalEncoding.max_len or move the dataset's reference date; for samples of "
+                "several seasons (years), count days within each sample's season instead: convert the table "
+                "with cmap convert table ... --time_axis season_start --season_start MM-DD (or --time_axis "
+                "series_start), so the model sees the day of the season, not the calendar year"
+            )
+
     def forward(self, days: Tensor) -> Tensor:
-        if not torch.compiler.is_compiling() and days.numel():
-            low, high = days.min().item(), days.max().item()
-            if low < 0 or high >= self.max_len:
-                raise ValueError(
-                    f"day offsets must lie in [0, max_len={self.max_len}), got [{low}, {high}]: "
-                    "raise PositionalEncoding.max_len or move the dataset's reference date; for samples of "
-                    "several seasons (years), count days within each sample's season instead: convert the table "
-                    "with cmap convert table ... --time_axis season_start --season_start MM-DD (or --time_axis "
-                    "series_start), so the model sees the day of the season, not the calendar year"
-                )
+        # Checked here on the CPU only: on a GPU, reading the range back would make the host wait for
+        # the device at every call. cmap's tasks check their batches before they move to the device
+        # (SITSTask.on_before_batch_transfer), so GPU runs are checked too.
+        if not torch.compiler.is_compiling() and days.device.type == "cpu":
+            self.check_days(days)
         # Angles reach max_len radians, far beyond what bf16 resolves (8-bit mantissa): in a model cast
         # to bf16 (Lightning's "bf16-true" precision) they are still computed in float32, from
         # frequencies recomputed rather than rounded, and only the encoding is returned in bf16.
