@@ -30,15 +30,17 @@ map, never a name among the input rasters that the pattern would read as a date.
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 import lightning as L
 import numpy as np
@@ -47,7 +49,8 @@ import rasterio.shutil
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from matplotlib import colormaps
-from torch.utils.data import DataLoader, Dataset
+from rasterio.windows import Window
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cmap.data.contract import InputContract, TimeAxis
 from cmap.data.raster import DEFAULT_PATTERN, RASTER_SUFFIXES, RasterStack, pixel_series
@@ -62,6 +65,8 @@ from cmap.outputs import (
     temporary_path,
     verify_raster,
 )
+from cmap.parcels import is_cmap_parcels, summarise_parcels
+from cmap.postprocessing import BayesianSmoothing, uncertainty_bands
 from cmap.predictions import load_classifier
 
 NODATA = 255
@@ -93,16 +98,67 @@ def probabilities_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}_probs{output.suffix}")
 
 
+def uncertainty_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}_uncertainty{output.suffix}")
+
+
+def attributes_path(output: Path) -> Path:
+    """GDAL's sidecar (PAM) of the class map: its category names and raster attribute table."""
+    return output.with_name(f"{output.name}.aux.xml")
+
+
+def parts_path(output: Path) -> Path:
+    """The hidden folder of the finished windows of a map being made (kept until the map is published)."""
+    return output.with_name(f".{output.name}.partial-parts")
+
+
+def gdal_attributes(class_names: Sequence[str]) -> str:
+    """GDAL's PAM XML of the class band: category names and a thematic raster attribute table (value,
+    class, red, green, blue, alpha), one row per class. ``gdalinfo`` lists the categories; QGIS and
+    ArcGIS read the table. GeoTIFF itself cannot hold either (GDAL keeps them in ``.aux.xml``)."""
+    # Field types: 0 integer, 2 string. Usages: 5 min-max (the pixel value), 2 name, 6-9 red..alpha.
+    fields = [("value", 0, 5), ("class", 2, 2), ("red", 0, 6), ("green", 0, 7), ("blue", 0, 8), ("alpha", 0, 9)]
+    definitions = "".join(
+        f'      <FieldDefn index="{i}"><Name>{name}</Name><Type>{kind}</Type><Usage>{usage}</Usage></FieldDefn>\n'
+        for i, (name, kind, usage) in enumerate(fields)
+    )
+    rows = "".join(
+        f'      <Row index="{i}"><F>{i}</F><F>{escape(name)}</F><F>{r}</F><F>{g}</F><F>{b}</F><F>255</F></Row>\n'
+        for i, (name, (r, g, b)) in enumerate(zip(class_names, class_colours(len(class_names)), strict=True))
+    )
+    categories = "".join(f"      <Category>{escape(name)}</Category>\n" for name in class_names)
+    return (
+        '<PAMDataset>\n  <PAMRasterBand band="1">\n'
+        f"    <CategoryNames>\n{categories}    </CategoryNames>\n"
+        f'    <GDALRasterAttributeTable tableType="thematic">\n{definitions}{rows}    </GDALRasterAttributeTable>\n'
+        "  </PAMRasterBand>\n</PAMDataset>\n"
+    )
+
+
+def grown(window: Window, halo: int, shape: tuple[int, int]) -> Window:
+    """``window`` with ``halo`` more pixels on each side, within a grid of ``shape`` (height, width)."""
+    top, left = max(0, int(window.row_off) - halo), max(0, int(window.col_off) - halo)
+    bottom = min(shape[0], int(window.row_off + window.height) + halo)
+    right = min(shape[1], int(window.col_off + window.width) + halo)
+    return Window(left, top, right - left, bottom - top)
+
+
 class StackWindows(Dataset):
     """Windows of a raster stack as batches of normalised pixel series (the :class:`~cmap.data.Batch`
-    keys, plus ``pixels``: the window's row-major pixel indices that have a valid date, and
-    ``window``: the window's index). Safe in DataLoader worker processes (each opens its files)."""
+    keys, plus ``pixels``: the row-major pixel indices with a valid date of the window read, ``shape``
+    its height and width, ``core``: the window itself (row, column, height, width) inside what was
+    read, and ``window``: its index). With ``halo``, each window is read with ``halo`` more pixels on
+    each side (within the grid), which spatial smoothing needs. Safe in DataLoader worker processes
+    (each opens its files)."""
 
-    def __init__(self, stack: RasterStack, window_size: int, days: np.ndarray, contract: InputContract) -> None:
+    def __init__(
+        self, stack: RasterStack, window_size: int, days: np.ndarray, contract: InputContract, halo: int = 0
+    ) -> None:
         self.stack = stack
         self.windows = list(stack.windows(window_size))
         self.days = torch.from_numpy(days)
         self.contract = contract
+        self.halo = halo
         self._datasets: dict[Path, Any] | None = None
 
     def __len__(self) -> int:
@@ -114,25 +170,32 @@ class StackWindows(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self._datasets is None:
             self._datasets = self.stack.open()
-        series = pixel_series(self.stack.read(self.windows[index], self._datasets))  # (h * w, T, C)
+        window = self.windows[index]
+        read = grown(window, self.halo, self.stack.shape)
+        series = pixel_series(self.stack.read(read, self._datasets))  # (h * w, T, C)
         values, mask = self.contract.model_inputs(series)
         pixels = np.flatnonzero(mask.any(axis=1))  # pixels with a valid date; the others are nodata
+        core = (window.row_off - read.row_off, window.col_off - read.col_off, window.height, window.width)
         return {
             "values": torch.from_numpy(values[pixels]),
             "days": self.days.expand(len(pixels), -1),
             "mask": torch.from_numpy(mask[pixels]),
             "pixels": torch.from_numpy(pixels),
+            "shape": torch.tensor([int(read.height), int(read.width)]),
+            "core": torch.tensor([int(v) for v in core]),
             "window": torch.tensor(index),
         }
 
 
 class WindowClassifier(L.LightningModule):
-    """Prediction only: class probabilities of a window's pixels, ``batch_size`` pixels at a time."""
+    """Prediction only: class probabilities of a window's pixels, ``batch_size`` pixels at a time,
+    smoothed by ``smoothing`` (on the window read with its halo, then cut to the window)."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int) -> None:
+    def __init__(self, model: torch.nn.Module, batch_size: int, smoothing: BayesianSmoothing | None = None) -> None:
         super().__init__()
         self.model = model
         self.batch_size = batch_size
+        self.smoothing = smoothing
 
     def forward(self, values: torch.Tensor, days: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.model(values, days, mask)
@@ -152,19 +215,103 @@ class WindowClassifier(L.LightningModule):
             )
             for start in range(0, len(item["pixels"]), self.batch_size)
         ]
-        empty = item["values"].new_zeros((0, self.model.num_classes))
+        height, width = (int(v) for v in item["shape"])
+        num_classes = self.model.num_classes
+        dense = torch.full((num_classes, height * width), torch.nan, device=item["values"].device)
+        if chunks:
+            dense[:, item["pixels"]] = torch.cat(chunks).T
+        dense = dense.reshape(num_classes, height, width)
+        valid = ~dense[0].isnan()
+        if self.smoothing is not None:
+            dense = self.smoothing(dense, valid)
+        row, col, h, w = (int(v) for v in item["core"])
         return {
-            "probabilities": torch.cat(chunks) if chunks else empty,
-            "pixels": item["pixels"],
+            "probabilities": dense[:, row : row + h, col : col + w],
+            "valid": valid[row : row + h, col : col + w],
             "window": item["window"],
         }
 
 
-class MapWriter(BasePredictionWriter):
-    """Writes each window's predictions into the class map (and probability raster) as they come.
+class WindowsToDo(Sampler[int]):
+    """The windows this process classifies: every ``world_size``-th one from its rank, less those
+    already written by an earlier run (``parts``). Rank and world size are read when the windows are
+    first asked for, in the processes Lightning's DDP strategy (or torchrun, SLURM) started."""
 
-    Temporary files are renamed to the output names only when every window is written; on an
-    exception they are removed.
+    def __init__(self, num_windows: int, parts: "MapParts") -> None:
+        self.num_windows, self.parts = num_windows, parts
+        self._indices: list[int] | None = None
+
+    def indices(self) -> list[int]:
+        if self._indices is None:
+            rank, world = 0, 1
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            mine = range(rank, self.num_windows, world)
+            self._indices = [index for index in mine if not self.parts.done(index)]
+            print(
+                f"cmap map: process {rank} of {world}: {len(self._indices)} windows to classify, "
+                f"{len(mine) - len(self._indices)} already written",
+                file=sys.stderr,
+            )
+        return self._indices
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return len(self.indices())
+
+
+class MapParts:
+    """The finished windows of a map being made: one ``.npz`` file per window in a hidden folder
+    beside the output, named by the window and a key of everything that sets the pixels (inputs,
+    model, options), so a rerun of the same command skips them and a changed command ignores them."""
+
+    def __init__(self, output: Path, key: str) -> None:
+        self.folder, self.key = parts_path(output), key
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"window-{index:07d}-{self.key}.npz"
+
+    def done(self, index: int) -> bool:
+        return self.path(index).is_file()
+
+    def save(self, index: int, **arrays: np.ndarray) -> None:
+        """Written under a temporary name, flushed to the disk, then renamed: a part is whole or absent."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.path(index)
+        temporary = temporary_path(final)
+        try:
+            with open(temporary, "wb") as file:
+                np.savez(file, **arrays)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, final)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+
+    def load(self, index: int) -> dict[str, np.ndarray]:
+        path = self.path(index)
+        try:
+            with np.load(path) as part:
+                return {name: part[name] for name in part.files}
+        except (OSError, ValueError, EOFError) as error:  # a part damaged after it was written
+            path.unlink(missing_ok=True)
+            raise OSError(
+                errno.EIO, f"{path}: unreadable part of the map ({error}); removed: run the command again"
+            ) from error
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class MapWriter(BasePredictionWriter):
+    """Writes each window's predictions as a part (:class:`MapParts`) as they come; :meth:`assemble`
+    then writes the class map, probability and uncertainty rasters from the parts.
+
+    Temporary rasters are renamed to the output names only when every window is written and every
+    file verified; on an exception they are removed (the parts are kept: the next run resumes).
     """
 
     def __init__(
@@ -173,70 +320,39 @@ class MapWriter(BasePredictionWriter):
         stack: RasterStack,
         windows: list,
         class_names: Sequence[str],
+        parts: MapParts,
         probabilities: bool = True,
+        uncertainty: bool = False,
         cog: bool = True,
     ) -> None:
         super().__init__(write_interval="batch")
         self.output = Path(output)
-        self.stack, self.windows, self.class_names = stack, windows, list(class_names)
-        self.probabilities, self.cog = probabilities, cog
+        self.stack, self.windows, self.class_names, self.parts = stack, windows, list(class_names), parts
+        self.probabilities, self.uncertainty, self.cog = probabilities, uncertainty, cog
         self._files: dict[Path, Any] = {}  # final path -> open temporary dataset
 
     def _temporary(self, path: Path, suffix: str = "") -> Path:
         return temporary_path(path, suffix)
 
     def _targets(self) -> list[Path]:
-        return [probabilities_path(self.output)] * self.probabilities + [self.output]
+        """The rasters, in the order they are published (the class map last)."""
+        return [
+            *[probabilities_path(self.output)] * self.probabilities,
+            *[uncertainty_path(self.output)] * self.uncertainty,
+            self.output,
+        ]
+
+    def _sidecars(self) -> list[Path]:
+        return [self.output.with_suffix(".qml"), attributes_path(self.output)]
 
     def _partials(self) -> list[Path]:
         """Every temporary file this writer may leave (removed on failure)."""
         return [self._temporary(path, suffix) for path in self._targets() for suffix in ("", ".cog")] + [
-            self._temporary(self.output.with_suffix(".qml"))
+            self._temporary(path) for path in self._sidecars()
         ]
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.world_size > 1:
-            raise ValueError("cmap map writes one file from one process: use devices=1 (map tiles in parallel instead)")
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        for path in [*self._targets(), self.output.with_suffix(".qml")]:
-            remove_stale_partials(path)  # left by killed runs
-        profile = {
-            "driver": "GTiff",
-            "dtype": "uint8",
-            "nodata": NODATA,
-            "tiled": True,
-            "blockxsize": 256,
-            "blockysize": 256,
-            "compress": "deflate",
-            "BIGTIFF": "IF_SAFER",
-            **self.stack.profile,
-        }
-        for path in self._targets():
-            count = self._count(path)
-            with gdal_errors(self._temporary(path)):
-                dataset = rasterio.open(self._temporary(path), "w", count=count, **profile)
-            self._files[path] = dataset
-            dataset.update_tags(class_names=json.dumps(self.class_names))
-            if path == self.output:
-                dataset.set_band_description(1, "class")
-                # A GeoTIFF palette holds 256 RGB entries (GDAL makes only nodata transparent): the
-                # classes' colours, the rest black.
-                dataset.write_colormap(
-                    1, {i: (*rgb, 255) for i, rgb in enumerate(class_colours(len(self.class_names)))}
-                )
-                # Class names with the band, as GDAL band metadata (gdalinfo, rasterio's tags(1)).
-                dataset.update_tags(1, **{str(i): name for i, name in enumerate(self.class_names)})
-            else:
-                for band, name in enumerate(self.class_names, start=1):
-                    dataset.set_band_description(band, name)
-                # GDAL's own scale and unit: a GIS reads probabilities (percent * 0.01), not 0..100.
-                dataset.scales = [0.01] * count
-                dataset.offsets = [0.0] * count
-                dataset.units = ["probability"] * count
-                dataset.update_tags(scale="0.01", unit="probability in percent")
-
-    def _count(self, path: Path) -> int:
-        return len(self.class_names) if path != self.output else 1
 
     def write_on_batch_end(
         self,
@@ -248,21 +364,85 @@ class MapWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        window = self.windows[int(prediction["window"])]
-        height, width = int(window.height), int(window.width)
-        pixels = prediction["pixels"].cpu().numpy()
-        probabilities = prediction["probabilities"].cpu().numpy()
-        classes = np.full(height * width, NODATA, dtype=np.uint8)
-        classes[pixels] = probabilities.argmax(axis=1)
-        with gdal_errors(self._temporary(self.output)):  # GDAL flushes cached blocks at any write
-            self._files[self.output].write(classes.reshape(height, width), 1, window=window)
+        index = int(prediction["window"])
+        probabilities = prediction["probabilities"].float()
+        valid = prediction["valid"].cpu().numpy()
+        classes = np.full(valid.shape, NODATA, dtype=np.uint8)
+        classes[valid] = probabilities.argmax(dim=0).cpu().numpy()[valid]
+        part = {"classes": classes}
         if self.probabilities:
-            percent = np.full((len(self.class_names), height * width), NODATA, dtype=np.uint8)
-            percent[:, pixels] = np.rint(100 * probabilities.T)
-            with gdal_errors(self._temporary(probabilities_path(self.output))):
-                self._files[probabilities_path(self.output)].write(percent.reshape(-1, height, width), window=window)
+            part["probabilities"] = percent(probabilities, valid)
+        if self.uncertainty:
+            part["uncertainty"] = percent(uncertainty_bands(probabilities), valid)
+        self.parts.save(index, **part)
 
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _count(self, path: Path) -> int:
+        if path == self.output:
+            return 1
+        return len(self.class_names) if path == probabilities_path(self.output) else 2
+
+    def _open(self, path: Path, profile: dict[str, Any]) -> Any:
+        with gdal_errors(self._temporary(path)):
+            dataset = rasterio.open(self._temporary(path), "w", count=self._count(path), **profile)
+        self._files[path] = dataset
+        dataset.update_tags(class_names=json.dumps(self.class_names))
+        if path == self.output:
+            dataset.set_band_description(1, "class")
+            # A GeoTIFF palette holds 2**8 entries (the classes', then black); the exact list of
+            # classes is in the attribute table and categories of the .aux.xml.
+            dataset.write_colormap(1, {i: (*rgb, 255) for i, rgb in enumerate(class_colours(len(self.class_names)))})
+            # Class names inside the file too, as GDAL band metadata (gdalinfo, rasterio's tags(1)).
+            dataset.update_tags(1, **{str(i): name for i, name in enumerate(self.class_names)})
+            return dataset
+        names = self.class_names if path == probabilities_path(self.output) else ["entropy", "margin"]
+        for band, name in enumerate(names, start=1):
+            dataset.set_band_description(band, name)
+        # GDAL's own scale and unit: a GIS reads 0..1 (percent * 0.01), not 0..100.
+        dataset.scales = [0.01] * len(names)
+        dataset.offsets = [0.0] * len(names)
+        dataset.units = ["probability" if path == probabilities_path(self.output) else "uncertainty"] * len(names)
+        dataset.update_tags(scale="0.01", unit="percent")
+        return dataset
+
+    def assemble(self) -> None:
+        """The output rasters from the parts, verified, published (class map last); then the parts go."""
+        for path in [*self._targets(), *self._sidecars()]:
+            remove_stale_partials(path)  # left by killed runs
+        missing = [index for index in range(len(self.windows)) if not self.parts.done(index)]
+        if missing:
+            raise RuntimeError(
+                f"{self.output}: {len(missing)} windows of the map were not written (first: {missing[0]}); "
+                "run the command again to classify them"
+            )
+        profile = {
+            "driver": "GTiff",
+            "dtype": "uint8",
+            "nodata": NODATA,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
+            "BIGTIFF": "IF_SAFER",
+            **self.stack.profile,
+        }
+        try:
+            for path in self._targets():
+                self._open(path, profile)
+            layers = {self.output: "classes", probabilities_path(self.output): "probabilities"}
+            layers[uncertainty_path(self.output)] = "uncertainty"
+            for index, window in enumerate(self.windows):
+                part = self.parts.load(index)
+                for path, dataset in self._files.items():
+                    with gdal_errors(self._temporary(path)):  # GDAL flushes cached blocks at any write
+                        data = part[layers[path]]
+                        dataset.write(data if data.ndim == 3 else data[None], window=window)
+            self._publish()
+        except BaseException:
+            self._clean()
+            raise
+        self.parts.remove()
+
+    def _publish(self) -> None:
         # Every file is finished and verified (reopened, every block read) before any is renamed:
         # a failure (a full disk) leaves nothing new under the output names (cmap.outputs).
         for path, dataset in list(self._files.items()):
@@ -283,24 +463,34 @@ class MapWriter(BasePredictionWriter):
                 partial = self._temporary(path, ".cog")
             verify_raster(partial, self._count(path), self.stack.shape)
             staged[path] = partial
-        style, text = self._temporary(self.output.with_suffix(".qml")), qgis_style(self.class_names)
-        style.write_text(text)
-        if style.read_text() != text:
-            raise OSError(errno.EIO, f"{style}: the written style differs from what was written")
-        staged = {path: staged[path] for path in self._targets()[:-1]} | {
-            self.output.with_suffix(".qml"): style,
-            self.output: staged[self.output],  # the class map last
-        }
+        texts = [qgis_style(self.class_names), gdal_attributes(self.class_names)]
+        for sidecar, text in zip(self._sidecars(), texts, strict=True):
+            temporary = self._temporary(sidecar)
+            temporary.write_text(text)
+            if temporary.read_text() != text:
+                raise OSError(errno.EIO, f"{temporary}: the written text differs from what was written")
+            staged[sidecar] = temporary
+        staged[self.output] = staged.pop(self.output)  # the class map last
         for path, partial in staged.items():
             publish(partial, path)
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def _clean(self) -> None:
         for dataset in self._files.values():
             with contextlib.suppress(Exception):
                 dataset.close()
         self._files.clear()
         for partial in self._partials():
             partial.unlink(missing_ok=True)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._clean()
+
+
+def percent(values: torch.Tensor, valid: np.ndarray) -> np.ndarray:
+    """uint8 (B, h, w) whole percents of values in [0, 1] (B, h, w); NODATA where not ``valid``."""
+    out = np.rint(100 * values.nan_to_num(0.0).clamp(0, 1).cpu().numpy()).astype(np.uint8)
+    out[:, ~valid] = NODATA
+    return out
 
 
 def is_cmap_raster(path: Path) -> bool:
@@ -323,17 +513,32 @@ def is_cmap_style(path: Path) -> bool:
     return text.startswith("<!DOCTYPE qgis") and 'rasterrenderer type="paletted"' in text
 
 
+def is_gdal_sidecar(path: Path) -> bool:
+    """GDAL's PAM sidecar (``.aux.xml``) of a raster, as ``cmap map`` writes beside its class map."""
+    try:
+        return path.read_text(errors="replace")[:4096].lstrip().startswith("<PAMDataset>")
+    except OSError:
+        return False
+
+
 def check_map_outputs(
-    output: Path, probabilities: bool, stack: RasterStack, checkpoints: list[str], pattern: str
+    output: Path,
+    probabilities: bool,
+    stack: RasterStack,
+    checkpoints: list[str],
+    pattern: str,
+    uncertainty: bool = False,
 ) -> None:
     """Refuse outputs that are inputs (rasters, checkpoints), other files, or files a later run would read as dates."""
     targets = [output, *([probabilities_path(output)] if probabilities else [])]
+    targets += [uncertainty_path(output)] if uncertainty else []
     if output.suffix.lower() == ".qml":  # the style beside the map would replace the map itself
         raise OutputPathError(f"{output}: the crop map is a GeoTIFF (.tif), and its QGIS style goes to the .qml name")
     rasters = list(dict.fromkeys(path for paths in stack.paths for path in paths))
     inputs = [*map(Path, checkpoints), *rasters]
     check_outputs(targets, inputs, is_cmap_raster, "crop map")
     check_outputs([output.with_suffix(".qml")], inputs, is_cmap_style, "crop map's QGIS style")
+    check_outputs([attributes_path(output)], inputs, is_gdal_sidecar, "crop map's GDAL attributes (.aux.xml)")
     folders = {Path(os.path.abspath(path.parent)).resolve() for path in rasters}
     regex = re.compile(pattern)
     for target in targets:
@@ -346,6 +551,23 @@ def check_map_outputs(
                 f"{target}: the crop map would be written among its input rasters with a name matching the pattern "
                 f"{pattern!r}, so the next run on that folder would read it as a date; choose another output path"
             )
+
+
+def parts_key(stack: RasterStack, checkpoints: Sequence[str], options: dict[str, Any]) -> str:
+    """A key of everything that sets a map's pixels: the stack (its files, their sizes and times), the
+    checkpoints' files and the options. Parts written under another key are not reused."""
+
+    def stamp(path: str | Path) -> list:
+        if not os.path.exists(path):  # a URL
+            return [str(path)]
+        status = os.stat(path)
+        return [os.path.abspath(path), status.st_size, status.st_mtime_ns]
+
+    files = [stamp(path) for path in dict.fromkeys(path for paths in stack.paths for path in paths)]
+    content = json.dumps(
+        [repr(stack), files, [stamp(path) for path in checkpoints], options], sort_keys=True, default=str
+    )
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
 def map_rasters(
@@ -363,9 +585,19 @@ def map_rasters(
     window_size: int = 256,
     batch_size: int = 8192,
     probabilities: bool = True,
+    uncertainty: bool = False,
+    smoothing: bool = False,
+    smoothing_window: int = 9,
+    smoothing_fraction: float = 0.5,
+    smoothness: float = 20.0,
+    parcels: str | None = None,
+    parcels_output: str | None = None,
     cog: bool = True,
     num_workers: int = 0,
     accelerator: str = "auto",
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
     precision: str = "32-true",
     compile: bool = False,
     progress: bool | None = None,
@@ -399,9 +631,29 @@ def map_rasters(
         window_size: pixels per side of the windows read at once (memory scales with its square).
         batch_size: pixels per forward pass.
         probabilities: also write the class probabilities.
+        uncertainty: also write ``OUTPUT_uncertainty.tif``: normalised entropy and margin
+            uncertainty (``1 - (p1 - p2)``) in percent, GDAL scale 0.01 (:mod:`cmap.postprocessing`).
+        smoothing: smooth the class probabilities before labelling, with sits' Bayesian smoothing
+            (Camara et al. 2023; :mod:`cmap.postprocessing`); windows are read with a halo of
+            ``smoothing_window // 2`` pixels, so the map does not depend on ``window_size``.
+        smoothing_window: side of the smoothing neighbourhood in pixels (odd; sits' default 9).
+        smoothing_fraction: share of the neighbourhood's highest logits making each class's prior
+            (sits' ``neigh_fraction``, 0.5).
+        smoothness: the smoothing's likelihood variance (sits' default 20): larger smooths more.
+        parcels: a vector file of polygons (GeoPackage, Shapefile, GeoJSON): each one's majority
+            class, class shares and mean probabilities are written to ``parcels_output``
+            (:mod:`cmap.parcels`).
+        parcels_output: the GeoPackage of the parcels (default: ``OUTPUT`` with ``_parcels.gpkg``).
         cog: write Cloud Optimized GeoTIFFs (else tiled GeoTIFFs).
         num_workers: DataLoader processes reading windows.
         accelerator: Lightning Trainer's device type: ``auto``, ``cpu``, ``gpu``.
+        devices: devices (or CPU processes) per node; with more than one, windows are shared
+            between processes by Lightning's DDP strategy (``torchrun`` and SLURM launches are
+            detected by Lightning): each process writes whole windows, process 0 assembles the map.
+            A killed run, rerun with the same command, classifies only the windows not yet written.
+        num_nodes: machines of a multi-node run (SLURM, torchrun).
+        strategy: Lightning Trainer's strategy (``auto``; ``ddp`` for several devices,
+            ``ddp_spawn`` to start them from a Python session or notebook).
         precision: Lightning Trainer's precision. ``bf16-true`` (the model cast to bf16) is the
             fastest on GPUs and on CPUs with bf16 instructions (AVX512-BF16, AMX); speed-ups and their
             accuracy cost are measured by ``benchmarks/inference.py`` (figures in benchmarks/README.md).
@@ -415,6 +667,7 @@ def map_rasters(
     if threads:
         torch.set_num_threads(threads)
     checkpoints = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+    smoother = BayesianSmoothing(smoothing_window, smoothing_fraction, smoothness) if smoothing else None
     model = load_classifier(checkpoints)
     contract: InputContract = model.input_contract
     if len(model.class_names) > MAX_CLASSES:
@@ -425,24 +678,41 @@ def map_rasters(
         rasters, list(contract.band_names), contract.raw_values, pattern, scale, offset, valid_range, resolution,
         masked_classes, resampling,
     )  # fmt: skip
-    check_map_outputs(Path(output), probabilities, stack, checkpoints, pattern)
+    output = Path(output)
+    check_map_outputs(output, probabilities, stack, checkpoints, pattern, uncertainty)
+    parcel_layer = Path(parcels_output) if parcels_output else output.with_name(f"{output.stem}_parcels.gpkg")
+    if parcels is not None:
+        check_outputs([parcel_layer], [output, Path(parcels), *map(Path, checkpoints)], is_cmap_parcels, "parcel layer")
     time_axis = contract.time_axis if reference_date is None else TimeAxis.from_reference_date(reference_date)
-    windows = StackWindows(stack, window_size, stack.days(time_axis), contract)
-    writer = MapWriter(output, stack, windows.windows, model.class_names, probabilities, cog)
+    windows = StackWindows(stack, window_size, stack.days(time_axis), contract, smoother.halo if smoother else 0)
+    options = {
+        "time_axis": repr(time_axis), "window_size": window_size, "batch_size": batch_size, "precision": precision,
+        "probabilities": probabilities, "uncertainty": uncertainty, "smoothing": repr(smoother),
+    }  # fmt: skip
+    parts = MapParts(output, parts_key(stack, checkpoints, options))
+    writer = MapWriter(output, stack, windows.windows, model.class_names, parts, probabilities, uncertainty, cog)
     trainer = L.Trainer(
         accelerator=accelerator,
-        devices=1,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
         precision=precision,
         logger=False,
         callbacks=[writer, *([CompileModel()] if compile else [])],
         enable_progress_bar=sys.stdout.isatty() if progress is None else progress,
         enable_model_summary=False,
+        use_distributed_sampler=False,  # WindowsToDo shares the windows (and skips the written ones)
     )
-    loader = DataLoader(windows, batch_size=None, num_workers=num_workers)
+    loader = DataLoader(windows, batch_size=None, sampler=WindowsToDo(len(windows), parts), num_workers=num_workers)
     with warnings.catch_warnings():  # each item is a window, not a batch of dataset indices: nothing to infer
         warnings.filterwarnings("ignore", "Couldn't infer the batch indices")
-        trainer.predict(WindowClassifier(model, batch_size), loader, return_predictions=False)
-    return Path(output)
+        trainer.predict(WindowClassifier(model, batch_size, smoother), loader, return_predictions=False)
+    trainer.strategy.barrier("cmap map: every window written")  # then process 0 assembles the map
+    if trainer.global_rank == 0:
+        writer.assemble()
+        if parcels is not None:
+            summarise_parcels(output, parcels, parcel_layer, probabilities_path(output) if probabilities else None)
+    return output
 
 
 def main(args: list[str] | None = None, prog: str = "python -m cmap.map") -> None:

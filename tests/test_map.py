@@ -106,7 +106,9 @@ def test_map_of_the_sinop_cube_has_the_cube_grid_classes_and_probabilities(ndvi_
     assert np.abs(percent.sum(axis=0).astype(int) - 100).max() <= len(class_names) // 2 + 1
     style = output.with_suffix(".qml").read_text()
     assert all(f'label="{name}"' in style for name in class_names)
-    assert sorted(p.name for p in output.parent.iterdir()) == ["sinop.qml", "sinop.tif", "sinop_probs.tif"]
+    assert sorted(p.name for p in output.parent.iterdir()) == [
+        "sinop.qml", "sinop.tif", "sinop.tif.aux.xml", "sinop_probs.tif",
+    ]  # fmt: skip
 
 
 def test_a_stack_starting_later_is_mapped_on_the_training_days(ndvi_checkpoint, tmp_path):
@@ -213,7 +215,7 @@ def test_checkpoint_band_count_mismatch_is_named(tmp_path):
     assert not (tmp_path / "map.tif").exists()
 
 
-def test_a_map_that_fails_midway_leaves_no_file(ndvi_checkpoint, tmp_path, monkeypatch):
+def test_a_map_that_fails_midway_leaves_no_file_and_resumes(ndvi_checkpoint, tmp_path, monkeypatch, capsys):
     rasters = synthetic_stack(tmp_path / "rasters")
     written = []
     original = MapWriter.write_on_batch_end
@@ -226,10 +228,21 @@ def test_a_map_that_fails_midway_leaves_no_file(ndvi_checkpoint, tmp_path, monke
 
     monkeypatch.setattr(MapWriter, "write_on_batch_end", write_then_fail)
     output = tmp_path / "out" / "map.tif"
+    options = {"pattern": SINOP_PATTERN, "window_size": 8, "progress": False}
     with pytest.raises(RuntimeError, match="disk full"):
-        map_rasters(str(ndvi_checkpoint), str(rasters), str(output), pattern=SINOP_PATTERN, window_size=8,
-                    progress=False)  # fmt: skip
-    assert len(written) == 3 and list(output.parent.iterdir()) == []
+        map_rasters(str(ndvi_checkpoint), str(rasters), str(output), **options)
+    assert len(written) == 3
+    # Only the finished windows are left, hidden: the same command again classifies the others.
+    assert [p.name for p in output.parent.iterdir()] == [".map.tif.partial-parts"]
+    assert len(list((output.parent / ".map.tif.partial-parts").iterdir())) == 3
+    capsys.readouterr()
+    monkeypatch.setattr(MapWriter, "write_on_batch_end", original)
+    map_rasters(str(ndvi_checkpoint), str(rasters), str(output), **options)
+    assert "process 0 of 1: 17 windows to classify, 3 already written" in capsys.readouterr().err  # 5 x 4 windows
+    map_rasters(str(ndvi_checkpoint), str(rasters), str(tmp_path / "again.tif"), **options)
+    with rasterio.open(output) as resumed, rasterio.open(tmp_path / "again.tif") as uninterrupted:
+        np.testing.assert_array_equal(resumed.read(), uninterrupted.read())
+    assert sorted(p.name for p in output.parent.iterdir()) == ["map.qml", "map.tif", "map.tif.aux.xml", "map_probs.tif"]
 
 
 def test_a_killed_map_leaves_no_file_under_the_output_names(ndvi_checkpoint, tmp_path):
