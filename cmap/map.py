@@ -217,7 +217,8 @@ class WindowClassifier(L.LightningModule):
         ]
         height, width = (int(v) for v in item["shape"])
         num_classes = self.model.num_classes
-        dense = torch.full((num_classes, height * width), torch.nan, device=item["values"].device)
+        # float32 whatever the precision: under bf16-true, Lightning makes bf16 the default dtype here.
+        dense = torch.full((num_classes, height * width), torch.nan, dtype=torch.float32, device=item["values"].device)
         if chunks:
             dense[:, item["pixels"]] = torch.cat(chunks).T
         dense = dense.reshape(num_classes, height, width)
