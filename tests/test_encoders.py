@@ -2,17 +2,21 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from cmap.cli import CMapCLI
+from cmap.data.contract import DateGrid
 from cmap.ml.classifiers import Classifier
 from cmap.ml.decoders import MultiClassClassification, masked_mean
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
 from cmap.ml.encoders import LTAEEncoder, SeriesEncoder, TempCNNEncoder
-from cmap.ml.tempcnn import FlattenClassification, MaskedBatchNorm1d
+from cmap.ml.tempcnn import DateGridClassification, FlattenClassification, MaskedBatchNorm1d
 from cmap.ml.weights import load_encoder_weights
+
+from .conftest import synthetic_sits
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -107,6 +111,44 @@ def test_flatten_classification_keeps_the_date_order_and_needs_its_number_of_dat
     torch.testing.assert_close(decoder(features, mask), decoder(features.index_fill(1, torch.tensor([3]), 0.0), mask))
     with pytest.raises(ValueError, match="num_dates=12 dates per series, got 10"):
         decoder(features[:, :10], mask[:, :10])
+
+
+def test_date_grid_head_is_the_flatten_head_on_a_regular_grid_and_places_dates_by_day():
+    grid = DateGrid(step=8, num_steps=12)
+    flatten = FlattenClassification(num_dates=12, num_classes=5, in_features=16).eval()
+    on_grid = DateGridClassification(num_classes=5, date_grid=grid, in_features=16).eval()
+    on_grid.load_state_dict(flatten.state_dict())
+    features, mask = torch.randn(8, 12, 16), torch.ones(8, 12, dtype=torch.bool)
+    days = torch.arange(12).expand(8, 12) * 8
+    torch.testing.assert_close(on_grid(features, mask, days + 3), flatten(features, mask))  # within half a step
+    # Irregular series: dates sit at their day's step, not their index; a missing date is an empty step.
+    kept = [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]
+    torch.testing.assert_close(
+        on_grid(features[:, kept], mask[:, kept], days[:, kept]),
+        flatten(features.index_fill(1, torch.tensor([3]), 0.0), mask),
+    )
+    # Two dates in one step are averaged; dates beyond the grid are ignored.
+    first_twice = features.clone()
+    first_twice[:, 0] = 2 * features[:, 0]
+    extra = torch.cat([first_twice, torch.zeros(8, 1, 16), torch.randn(8, 1, 16)], dim=1)  # day 2: 0s; day 500
+    extra_days = torch.cat([days, torch.full((8, 1), 2), torch.full((8, 1), 500)], dim=1)
+    all_valid = torch.ones(8, 14, dtype=torch.bool)
+    torch.testing.assert_close(on_grid(extra, all_valid, extra_days), flatten(features, mask))
+    with pytest.raises(ValueError, match="leave date_grid out"):
+        on_grid.bind_date_grid(DateGrid(step=5, num_steps=12))
+
+
+def test_the_date_grid_comes_from_the_training_series():
+    days = np.array([[0, 10, 20, 30, 40], [5, 15, 25, 35, 45]])
+    mask = np.array([[True] * 5, [True, True, False, True, False]])
+    assert DateGrid.of(days, mask) == DateGrid(step=10, num_steps=5)  # last valid day 40 -> steps 0..4
+    data = synthetic_sits()
+    data.setup("fit")
+    model = Classifier(tempcnn(num_bands=4, d_model=16), DateGridClassification())
+    model.set_input_contract(data.input_contract)
+    assert model.decoder.date_grid == data.input_contract.date_grid
+    batch = next(iter(data.train_dataloader()))
+    assert model(batch["values"], batch["days"], batch["mask"]).shape == (16, 3)
 
 
 def test_a_training_batch_of_one_series_passes_the_flatten_head():

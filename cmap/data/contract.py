@@ -173,6 +173,45 @@ class RawValues:
         return cls(content["scale"], content["offset"], content.get("valid_range"))
 
 
+@dataclass(frozen=True)
+class DateGrid:
+    """The training series' calendar as a regular grid of days: ``num_steps`` steps of ``step`` days
+    from day 0, step ``i`` holding the dates of days in ``[i - 1/2, i + 1/2) * step``.
+
+    ``step`` is the median number of days between consecutive valid dates of the training series
+    (their acquisition cadence); ``num_steps`` covers their last day. Series on one date grid (UCR
+    Crop every 8 days, MOD13Q1 every 16) have one date per step; irregular ones several or none.
+    Heads that keep where in the season a feature is use it
+    (:class:`~cmap.ml.tempcnn.DateGridClassification`).
+    """
+
+    step: int
+    num_steps: int
+
+    def __post_init__(self) -> None:
+        if self.step < 1 or self.num_steps < 1:
+            raise ValueError(f"DateGrid needs step >= 1 and num_steps >= 1, got {self.step}, {self.num_steps}")
+
+    @classmethod
+    def of(cls, days: np.ndarray, mask: np.ndarray) -> "DateGrid":
+        """The grid of series ``days`` (N, T) whose valid dates are ``mask`` (N, T)."""
+        if not mask.any():
+            raise ValueError("DateGrid: no valid date")
+        ordered = np.sort(np.where(mask, days, np.iinfo(np.int64).max).astype(np.int64), axis=1)
+        gaps = np.diff(ordered, axis=1)
+        valid_gaps = gaps[(ordered[:, 1:] != np.iinfo(np.int64).max) & (gaps > 0)]
+        step = max(1, int(np.median(valid_gaps))) if valid_gaps.size else 1
+        last_day = int(days[mask].max())
+        return cls(step, int(np.floor(last_day / step + 0.5)) + 1)
+
+    def steps(self, days: np.ndarray) -> np.ndarray:
+        """The grid step of each day (may lie outside ``[0, num_steps)`` for days beyond the grid)."""
+        return np.floor(np.asarray(days) / self.step + 0.5).astype(np.int64)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"step": self.step, "num_steps": self.num_steps}
+
+
 @dataclass(frozen=True, eq=False)
 class InputContract:
     """Band names, class names, normalisation, time axis and raw values of a model's inputs.
@@ -184,6 +223,7 @@ class InputContract:
         time_axis: how dates become days.
         class_names: the classes in output order (None for tasks without classes).
         raw_values: the raw-value convention of the source rasters, when the data came from rasters.
+        date_grid: the training series' calendar (:class:`DateGrid`; None in checkpoints made before it).
     """
 
     band_names: tuple[str, ...]
@@ -192,6 +232,7 @@ class InputContract:
     time_axis: TimeAxis = field(default_factory=TimeAxis)
     class_names: tuple[str, ...] | None = None
     raw_values: RawValues | None = None
+    date_grid: DateGrid | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "band_names", tuple(self.band_names))
@@ -236,6 +277,7 @@ class InputContract:
             "std": self.std.tolist(),
             "time_axis": self.time_axis.to_dict(),
             "raw_values": None if self.raw_values is None else self.raw_values.to_dict(),
+            "date_grid": None if self.date_grid is None else self.date_grid.to_dict(),
         }
 
     @classmethod
@@ -247,6 +289,7 @@ class InputContract:
             time_axis=TimeAxis.from_dict(content["time_axis"]),
             class_names=content.get("class_names"),
             raw_values=None if content.get("raw_values") is None else RawValues.from_dict(content["raw_values"]),
+            date_grid=None if content.get("date_grid") is None else DateGrid(**content["date_grid"]),
         )
 
     @classmethod

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from cmap.data.batch import Batch
 from cmap.data.classes import ClassMapping
-from cmap.data.contract import InputContract, RawValues, TimeAxis
+from cmap.data.contract import DateGrid, InputContract, RawValues, TimeAxis
 from cmap.data.perturbations import Augmentation
 
 
@@ -300,10 +300,15 @@ class SeriesDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}: the input contract is known after setup()")
         return self.contract
 
-    def make_contract(self, mean: np.ndarray, std: np.ndarray) -> InputContract:
-        """The contract of this data with training statistics ``mean``, ``std`` (unless one was adopted)."""
+    def make_contract(self, series: PixelSeries, train_index: np.ndarray) -> InputContract:
+        """The contract of this data from its training series ``train_index`` of ``series``:
+        per-band statistics and date grid (unless a contract was adopted)."""
         if self.contract is None:
-            self.contract = InputContract(self.band_names, mean, std, self.time_axis, self.class_names, self.raw_values)
+            mean, std = normalisation_statistics(series, train_index)
+            self.contract = InputContract(
+                self.band_names, mean, std, self.time_axis, self.class_names, self.raw_values,
+                training_date_grid(series, train_index),
+            )  # fmt: skip
         return self.contract
 
     def adopt(self, contract: InputContract, source: str) -> None:
@@ -464,7 +469,7 @@ class SITSDataModule(SeriesDataModule):
                     raise ValueError(
                         f"{train_all.source}: the {split} split is empty (val_fraction={self.val_fraction})"
                     )
-            contract = self.contract or self.make_contract(*normalisation_statistics(train_all, train_index))
+            contract = self.make_contract(train_all, train_index)
             if self.labels_per_class is not None:
                 train_index = train_index[
                     per_class_subset(train_all.labels[train_index], self.labels_per_class, self.seed)
@@ -503,3 +508,12 @@ def normalisation_statistics(
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     std[std == 0] = 1.0  # a constant band is only centred
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def training_date_grid(series: PixelSeries, index: np.ndarray, max_series: int = 20_000, seed: int = 0) -> DateGrid:
+    """The :class:`~cmap.data.contract.DateGrid` of the series ``index`` (a seeded sample of at most
+    ``max_series`` of them: a median and a maximum of days, read once at setup)."""
+    if len(index) > max_series:
+        index = np.random.default_rng(seed).choice(index, max_series, replace=False)
+    rows = np.sort(index)
+    return DateGrid.of(series.days[rows], np.isfinite(series.values[rows]).all(axis=-1))

@@ -22,7 +22,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
 from cmap.data.contract import InputContract
-from cmap.data.datamodule import SeriesDataModule, SeriesDataset, normalisation_statistics, pass_through
+from cmap.data.datamodule import SeriesDataModule, SeriesDataset, pass_through
 from cmap.data.store import open_store, use_stores
 
 CHUNK = 1 << 16
@@ -201,7 +201,7 @@ class StreamingSeriesStore(SeriesDataModule):
         for name in ("train", "val"):
             if self.sizes[name] == 0:
                 raise ValueError(f"{self.path}: the {name} split is empty (val_fraction={self.val_fraction})")
-        contract = self.contract or self.make_contract(*normalisation_statistics(series, self._training_sample(series)))
+        contract = self.make_contract(series, self._training_sample(series))
         self.datasets["train"] = RowDataset(series, self.sizes["train"], contract, self.augmentation)
         self.datasets["val"] = RowDataset(series, self.sizes["val"], contract)
         self.datasets["test"] = RowDataset(test, self.sizes["test"], contract)

@@ -224,7 +224,8 @@ class SITSTask(L.LightningModule):
         return batch
 
     def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
-        return self.decoder(self.encoder(values, days, mask), mask)
+        features = self.encoder(values, days, mask)
+        return self.decoder(features, mask, days) if self.decoder.needs_days else self.decoder(features, mask)
 
     def _shared_step(self, batch: Batch, stage: str) -> Tensor:
         """The loss of ``batch`` at ``stage`` (``train``, ``val``, ``test``), metrics updated and loss logged."""

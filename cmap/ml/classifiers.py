@@ -96,6 +96,8 @@ class Classifier(SITSTask):
         super().bind_to_data(contract)
         if contract.class_names is not None and hasattr(self.decoder, "bind_classes"):
             self.decoder.bind_classes(contract.class_names)
+        if contract.date_grid is not None and hasattr(self.decoder, "bind_date_grid"):
+            self.decoder.bind_date_grid(contract.date_grid)
 
     @property
     def known_class_names(self) -> list[str] | None:

@@ -22,6 +22,8 @@ class Decoder(nn.Module):
     """Base of the decoders: ``in_features`` is the encoder's ``d_model`` (see the module docstring)."""
 
     in_features: int | None = None
+    #: True for decoders that place dates by their day: called as ``decoder(features, mask, days)``.
+    needs_days: bool = False
 
     def set_width(self, in_features: int | None) -> None:
         """The input width, when known at construction (layers are built), else left to :meth:`bind`."""

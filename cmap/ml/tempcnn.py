@@ -1,13 +1,18 @@
 """TempCNN parts (Pelletier et al. 2019): masked convolution blocks and the flatten + dense head.
 
 :class:`~cmap.ml.encoders.TempCNNEncoder` stacks :class:`MaskedConvBlock` s over the embedded
-dates; :class:`FlattenClassification` is TempCNN's own head, for data with a fixed number of dates.
+dates; :class:`FlattenClassification` is TempCNN's own head, for data with a fixed number of dates;
+:class:`DateGridClassification` is the same head on the training data's grid of days, for any
+calendar (irregular dates, clouds, other numbers of dates).
 """
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmap.data.contract import DateGrid
 from cmap.ml.decoders import Decoder
 
 
@@ -138,4 +143,87 @@ class FlattenClassification(Decoder):
                 f"{features.shape[1]}: it needs a fixed date grid (use a pooling decoder otherwise)"
             )
         x = torch.flatten(zero_masked(features, mask), start_dim=1)
+        return self.linear(self.dropout(F.relu(self.norm(self.dense(x)))))
+
+
+class DateGridClassification(Decoder):
+    """TempCNN's flatten + dense head on a grid of days: for any calendar, built from the data.
+
+    Each date's features go to its step of the training data's :class:`~cmap.data.contract.DateGrid`
+    (steps of the median days between dates, from day 0); a step holding several valid dates takes
+    their mean, a step holding none is zeros. The steps are flattened in order, then ``linear
+    (hidden) -> batch norm -> ReLU -> dropout -> linear (num_classes)``. On data of one date grid
+    (one date per step) it is :class:`FlattenClassification`; unlike it, it also takes series of
+    irregular or differing dates (dates are placed by their *day*, not their index) and maps of
+    rasters with missing or extra dates. Dates beyond the grid's last step are ignored.
+
+    Args:
+        num_classes: output classes; default (and it must be) the data's, set when the task meets it.
+        hidden: width of the dense layer (Pelletier et al.: 256).
+        dropout_p: dropout after the dense layer.
+        date_grid: ``{step, num_steps}``; default (and it must be) the training data's, from the
+            input contract.
+        in_features: per-date feature width; default (and it must be) the encoder's ``d_model``.
+
+    Shapes: features (B, T, in_features), mask (B, T), days (B, T) -> logits (B, num_classes).
+    """
+
+    needs_days = True
+
+    def __init__(
+        self, num_classes: int | None = None, hidden: int = 256, dropout_p: float = 0.2,
+        date_grid: DateGrid | None = None, in_features: int | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.num_classes, self.hidden, self.dropout_p = num_classes, hidden, dropout_p
+        self.date_grid = date_grid
+        self.set_width(in_features)
+
+    def build(self, in_features: int) -> None:
+        self.build_layers()
+
+    def bind_classes(self, class_names: Sequence[str]) -> None:
+        if self.num_classes is None:
+            self.num_classes = len(class_names)
+            self.build_layers()
+        elif self.num_classes != len(class_names):
+            raise ValueError(
+                f"the decoder has num_classes={self.num_classes} outputs but the data has {len(class_names)} classes: "
+                f"{list(class_names)} (leave num_classes out to take the data's)"
+            )
+
+    def bind_date_grid(self, date_grid: DateGrid) -> None:
+        if self.date_grid is None:
+            self.date_grid = date_grid
+            self.build_layers()
+        elif self.date_grid != date_grid:
+            raise ValueError(
+                f"DateGridClassification was built for {self.date_grid} but the data's dates are on {date_grid} "
+                "(leave date_grid out to take the data's)"
+            )
+
+    def build_layers(self) -> None:
+        """The layers, once the feature width, the classes and the grid are all known."""
+        if self.in_features is None or self.num_classes is None or self.date_grid is None or hasattr(self, "dense"):
+            return
+        self.dense = nn.Linear(self.date_grid.num_steps * self.in_features, self.hidden, bias=False)
+        self.norm = BatchNorm1dAnyBatch(self.hidden)
+        self.dropout = nn.Dropout(self.dropout_p)
+        self.linear = nn.Linear(self.hidden, self.num_classes)
+
+    def forward(self, features: Tensor, mask: Tensor, days: Tensor) -> Tensor:
+        if not hasattr(self, "dense"):
+            raise RuntimeError(
+                "DateGridClassification is built when it meets the data (classes and date grid from the input "
+                "contract): train it through a cmap data module, or give num_classes and date_grid"
+            )
+        size, num_steps = features.shape[0], self.date_grid.num_steps
+        step = torch.floor(days.to(features.dtype) / self.date_grid.step + 0.5).long()
+        on_grid = mask & (step >= 0) & (step < num_steps)
+        step = step.clamp(0, num_steps - 1)
+        weights = on_grid.to(features.dtype).unsqueeze(-1)
+        binned = features.new_zeros(size, num_steps, features.shape[-1])
+        binned.scatter_add_(1, step.unsqueeze(-1).expand_as(features), features * weights)
+        count = features.new_zeros(size, num_steps, 1).scatter_add_(1, step.unsqueeze(-1), weights)
+        x = torch.flatten(binned / count.clamp_min(1.0), start_dim=1)
         return self.linear(self.dropout(F.relu(self.norm(self.dense(x)))))
