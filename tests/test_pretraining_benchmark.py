@@ -1,0 +1,88 @@
+"""benchmarks/pretraining.py (issue 18): the budget rule, the label draws, pseudo-labels, and one
+pretrain -> fine-tune -> self-train pass on a tiny synthetic area."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import pretraining  # noqa: E402
+
+from cmap.data.datamodule import PixelSeries  # noqa: E402
+
+NUM_CLASSES, PER_CLASS, DATES, BANDS = 3, 12, 8, 2
+
+
+@pytest.fixture
+def area() -> pretraining.Area:
+    """36 series of 3 classes (a class is a level on every date, plus noise): 24 training, 12 test."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(NUM_CLASSES), PER_CLASS)
+    values = (labels[:, None, None] + 0.3 * rng.standard_normal((len(labels), DATES, BANDS))).astype(np.float32)
+    days = np.broadcast_to(np.arange(DATES) * 10, (len(labels), DATES)).copy()
+    series = PixelSeries(values, days, labels, "synthetic")
+    train_rows = np.flatnonzero(np.arange(len(labels)) % PER_CLASS < 8)
+    test_rows = np.setdiff1d(np.arange(len(labels)), train_rows)
+    class_names = [f"c{i}" for i in range(NUM_CLASSES)]
+    contract = pretraining.contract_of(series, train_rows, ["b0", "b1"], class_names)
+    return pretraining.Area("synthetic", ["b0", "b1"], class_names, series, [(train_rows, test_rows)], train_rows,
+                            contract)  # fmt: skip
+
+
+def test_budget_grows_with_the_label_count():
+    assert pretraining.budget_steps(240, 32, 500, 20) == 500  # 8 steps per epoch: the step floor
+    assert pretraining.budget_steps(2400, 32, 500, 20) == 1500  # 75 steps per epoch: 20 epochs
+    assert pretraining.budget_steps(33, 32, 1, 3) == 6  # a last, partial batch is a step
+
+
+def test_label_draws_are_per_class_from_the_training_rows_and_differ_by_draw(area):
+    first, second = (pretraining.labelled_rows(area, 3, draw) for draw in (0, 1))
+    train_rows, test_rows = area.split(0)
+    for rows in (first, second):
+        assert np.isin(rows, train_rows).all() and not np.isin(rows, test_rows).any()
+        assert np.bincount(area.series.labels[rows]).tolist() == [3] * NUM_CLASSES
+    assert not np.array_equal(first, second)
+
+
+def test_pseudo_labels_are_the_most_confident_of_each_predicted_class(area):
+    torch.manual_seed(0)
+    model = pretraining.build_classifier(area, "tempcnn", 8)
+    rows = np.arange(20, 36)
+    chosen, predicted = pretraining.pseudo_labels(model, area, rows, per_class=2)
+    model.eval()
+    with torch.inference_mode():
+        batch = pretraining.SeriesDataset(area.series, rows, area.contract).__getitems__(list(range(len(rows))))
+        confidence, classes = model(batch["values"], batch["days"], batch["mask"]).softmax(-1).max(-1)
+    assert np.isin(chosen, rows).all() and len(set(chosen.tolist())) == len(chosen)
+    for label in range(NUM_CLASSES):
+        members = rows[classes.numpy() == label]
+        expected = members[np.argsort(-confidence.numpy()[classes.numpy() == label], kind="stable")[:2]]
+        assert sorted(chosen[predicted == label].tolist()) == sorted(expected.tolist())
+    assert (predicted == classes.numpy()[np.searchsorted(rows, chosen)]).all()
+
+
+def test_pretrain_then_fine_tune_and_self_train(area, tmp_path):
+    checkpoint = pretraining.pretrain(area, np.arange(len(area.series)), "tempcnn", 8, "random_dates", 1,
+                                      tmp_path / "area.ckpt")  # fmt: skip
+    content = torch.load(checkpoint, weights_only=False)
+    assert content["global_step"] == 1 and any(key.startswith("encoder.blocks.") for key in content["state_dict"])
+    args = argparse.Namespace(batch_size=8, min_steps=30, min_epochs=1, max_lr=3e-3, band_noise=0.0,
+                              encoder_lr_factor=1.0, freeze_fraction=0.25, pseudo_labels=2)  # fmt: skip
+    accuracy = pretraining.finetune(area, 3, 0, "tempcnn", 8, checkpoint, args, self_training=True)
+    assert accuracy > 0.8  # three well-separated classes
+
+
+def test_scores_resume_and_report(tmp_path):
+    scores = tmp_path / "scores.jsonl"
+    for draw, (scratch, pretrained, peer) in enumerate([(0.50, 0.56, 0.52), (0.52, 0.58, 0.54)]):
+        for arm, accuracy in (("scratch", scratch), ("area", pretrained), ("minirocket", peer)):
+            pretraining.append_record(scores, {"labels_per_class": 10, "draw": draw, "arm": arm,
+                                               "accuracy": accuracy, "seconds": 1.0})  # fmt: skip
+    records = pretraining.read_records(scores)
+    assert {pretraining.record_key(r) for r in records} >= {(10, 1, "area"), (10, 0, "minirocket")}
+    table = pretraining.report(records, "settings")
+    assert "| 10 | 0.5100 ± 0.0100 (2) | 0.5700 ± 0.0100 (2) | 0.5300 ± 0.0100 (2) | +6.0 | +4.0 |" in table
