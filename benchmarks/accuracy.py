@@ -65,6 +65,8 @@ from cmap.data import convert
 from cmap.data.datamodule import PixelSeries, SITSDataModule
 from cmap.data.store import read_metadata
 
+#: The default recipe (``--recipe default``): a user's own data, nothing to tune.
+DEFAULT_RECIPE = "configs/default.yaml"
 README_START, README_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
 
 
@@ -72,6 +74,7 @@ README_START, README_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table
 class Dataset:
     """One benchmark row: a config, its evaluation protocol and the figures it is compared with."""
 
+    name: str
     title: str
     config: str
     protocol: str
@@ -83,10 +86,19 @@ class Dataset:
     num_folds: int | None = None
     #: also report accuracy on test series whose group (polygon) has no training series.
     unseen_groups: bool = False
+    #: "config": the dataset's own config; "default": ``configs/default.yaml`` given only the data
+    #: module's class (and the store paths and fold): the default recipe, nothing tuned for the data.
+    recipe: str = "config"
+
+    @property
+    def key(self) -> str:
+        """Where its result is kept: ``<runs>/<key>/result.json``."""
+        return self.name if self.recipe == "config" else f"{self.name}-{self.recipe}"
 
 
 DATASETS = {
     "ucr_crop": Dataset(
+        name="ucr_crop",
         title="UCR Crop (24 classes, NDVI)",
         config="configs/ucr_crop_transformer.yaml",
         protocol="7,200 train / 16,800 test",
@@ -94,6 +106,7 @@ DATASETS = {
         target=">= 0.81",
     ),
     "mato_grosso": Dataset(
+        name="mato_grosso",
         title="Mato Grosso MOD13Q1 (9 classes, 6 bands)",
         config="configs/mato_grosso_exchanger.yaml",
         protocol="1,892 samples, 5-fold CV (stratified)",
@@ -103,6 +116,7 @@ DATASETS = {
         num_folds=5,
     ),
     "victoria": Dataset(
+        name="victoria",
         title="Sentinel-2 Victoria (8 classes, 10 bands)",
         config="configs/victoria_transformer.yaml",
         protocol="400 train / 400 test (232 test pixels from unseen polygons)",
@@ -115,6 +129,7 @@ DATASETS = {
         unseen_groups=True,
     ),
     "tempcnn": Dataset(
+        name="tempcnn",
         title="TempCNN example, FORMOSAT-2 (13 classes, 3 bands)",
         config="configs/tempcnn_transformer.yaml",
         protocol="260 train / 260 test (disjoint polygons)",
@@ -141,8 +156,13 @@ def convert_stores(dataset: Dataset, stores: Path, shared_data: Path) -> None:
 
 
 def cli_arguments(dataset: Dataset, stores: Path, fold: int | None) -> list[str]:
-    """Command-line overrides of the config: the store cache and the fold."""
-    arguments = ["--config", str(REPO / dataset.config)]
+    """The config (the dataset's own, or the default recipe with the data module's class only) and its
+    overrides: the store cache and the fold."""
+    if dataset.recipe == "default":
+        data_class = yaml.safe_load((REPO / dataset.config).read_text())["data"]["class_path"]
+        arguments = ["--config", str(REPO / DEFAULT_RECIPE), "--data", data_class]
+    else:
+        arguments = ["--config", str(REPO / dataset.config)]
     for name in dataset.stores:
         key = "test_path" if name.endswith("_test") else "path"
         arguments += [f"--data.init_args.{key}", str(stores / name)]
@@ -354,9 +374,9 @@ def evaluate(
         for peer, run in run_peers(name, fold, train_series, test_series, peers).items():
             peer_runs[peer].append(run)
         if checkpoint is not None:
-            fold_runs = [test_checkpoint(dataset, stores, checkpoint, runs / name)]
+            fold_runs = [test_checkpoint(dataset, stores, checkpoint, runs / dataset.key)]
         else:
-            fold_runs = [train(dataset, stores, fold, seed, runs / name, extra) for seed in seeds]
+            fold_runs = [train(dataset, stores, fold, seed, runs / dataset.key, extra) for seed in seeds]
         for run in fold_runs:
             accuracy = accuracy_score(test_series.labels, run.probabilities.argmax(axis=1))
             if abs(accuracy - run.logged_accuracy) > 1e-4:
@@ -391,6 +411,7 @@ def evaluate(
     predict_cpu = sum(run.predict_cpu_seconds for run in runs_done)
     return {
         "name": name,
+        "recipe": dataset.recipe,
         "dataset": asdict(replace(dataset, stores={})),
         "seeds": seeds,
         "subsets": {subset: subset_scores(keep) for subset, keep in keeps.items()},
@@ -465,6 +486,18 @@ def peer_cell(scores_: dict | None) -> str:
     return f"{scores_['accuracy']:.4f}{f1}"
 
 
+def result_key(result: dict) -> str:
+    """A result's name with its recipe: ``ucr_crop``, ``ucr_crop-default``."""
+    recipe = result.get("recipe", "config")
+    return result["name"] if recipe == "config" else f"{result['name']}-{recipe}"
+
+
+def config_cell(dataset: dict) -> str:
+    if dataset.get("recipe", "config") == "default":
+        return f"`{DEFAULT_RECIPE}` (default recipe, given only the data)"
+    return f"`{dataset['config']}`"
+
+
 def summary_table(results: list[dict]) -> str:
     """Accuracy: cmap (mean ± std over seeds, seed ensemble) and every peer (OA, macro F1)."""
     peer_columns = "".join(f"| {TITLES[peer]} OA (macro F1) " for peer in PEERS)
@@ -482,7 +515,7 @@ def summary_table(results: list[dict]) -> str:
             label = ", unseen polygons" if subset == "unseen" else ""
             peers = "".join(f"| {peer_cell(peer_scores(result, peer, subset))} " for peer in PEERS)
             lines.append(
-                f"| {dataset['title']}{label}: {protocol} | `{dataset['config']}` | {seeds} "
+                f"| {dataset['title']}{label}: {protocol} | {config_cell(dataset)} | {seeds} "
                 f"| **{mean_std_cell(scores_, 'accuracy')}** | {mean_std_cell(scores_, 'macro_f1')} "
                 f"| {scores_['ensemble_accuracy']:.4f} {peers}"
                 f"| {minutes(np.mean(result['train_seconds']))} | {dataset['reference']} | {dataset['target']} |"
@@ -520,7 +553,7 @@ def cost_table(results: list[dict]) -> str:
                 if peer_result is None
                 else f"{cpu_time(peer_result['fit_cpu_seconds'])}, {peer_result['series_per_second']:,.0f}"
             )
-        lines.append(f"| {result['name']} | {training} | {cmap_speed} | " + " | ".join(cells) + " |")
+        lines.append(f"| {result_key(result)} | {training} | {cmap_speed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -536,7 +569,7 @@ def runs_table(results: list[dict]) -> str:
             fold = "" if run["fold"] is None else str(run["fold"])
             folder = f"`{run['run_dir']}`" + (" (earlier run, tested here)" if run["source"] == "checkpoint" else "")
             lines.append(
-                f"| {result['name']} | {run['seed']} | {fold} | {run['test_accuracy']:.4f} | {run['epochs']} "
+                f"| {result_key(result)} | {run['seed']} | {fold} | {run['test_accuracy']:.4f} | {run['epochs']} "
                 f"| {run['seconds']:.0f} s | {folder} |"
             )
     return "\n".join(lines)
@@ -545,9 +578,9 @@ def runs_table(results: list[dict]) -> str:
 def provenance_table(results: list[dict]) -> str:
     lines = ["| data | made by | commit | date | machine |", "|---|---|---|---|---|"]
     for result in results:
-        rows = [(result["name"], result)]
+        rows = [(result_key(result), result)]
         if "peers_provenance" in result:
-            rows.append((f"{result['name']}: peers and cmap's prediction speed", result["peers_provenance"]))
+            rows.append((f"{result_key(result)}: peers and cmap's prediction speed", result["peers_provenance"]))
         for label, made in rows:
             lines.append(f"| {label} | `{made['command']}` | {made['commit']} | {made['date']} | {made['machine']} |")
     return "\n".join(lines)
@@ -633,14 +666,15 @@ def pairs(parser: argparse.ArgumentParser, option: str, items: list[str]) -> dic
     return result
 
 
-def latest_result(name: str, runs: Path, saved: Path) -> dict | None:
-    """The dataset's latest result: ``<runs>/<name>/result.json``, else its entry in ``saved``
-    (``benchmarks/results/accuracy.json``, the results of the committed report)."""
-    path = runs / name / "result.json"
+def latest_result(key: str, runs: Path, saved: Path) -> dict | None:
+    """The latest result of ``key`` (a dataset, ``-default`` for its default-recipe runs):
+    ``<runs>/<key>/result.json``, else its entry in ``saved`` (``benchmarks/results/accuracy.json``,
+    the results of the committed report)."""
+    path = runs / key / "result.json"
     if path.is_file():
         return json.loads(path.read_text())
     if saved.is_file():
-        return next((result for result in json.loads(saved.read_text()) if result["name"] == name), None)
+        return next((result for result in json.loads(saved.read_text()) if result_key(result) == key), None)
     return None
 
 
@@ -683,6 +717,10 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--folds", nargs="+", type=int, default=None, help="only these folds of k-fold datasets")
     parser.add_argument("--config", default=None, help="another config for the one dataset of --datasets (tuning)")
+    parser.add_argument(
+        "--recipe", choices=["config", "default"], default="config",
+        help=f"config: each dataset's own config; default: {DEFAULT_RECIPE} given only the data module's class",
+    )  # fmt: skip
     parser.add_argument("--shared_data", type=Path, default=SHARED_DATA)
     parser.add_argument("--stores", type=Path, default=REPO / "runs" / "stores", help="converted stores (cache)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "accuracy", help="training runs and results")
@@ -714,11 +752,12 @@ def main(argv: list[str] | None = None) -> None:
     made = {"command": command, "commit": commit(), "date": date.today().isoformat(), "machine": machine()}
     for name in [] if args.report_only else args.datasets:
         dataset = DATASETS[name] if args.config is None else replace(DATASETS[name], config=args.config)
+        dataset = replace(dataset, recipe=args.recipe)
         convert_stores(dataset, args.stores, args.shared_data)
         if args.peers_only:
-            result = latest_result(name, args.runs, args.results)
+            result = latest_result(dataset.key, args.runs, args.results)
             if result is None:
-                parser.error(f"--peers_only: no result of {name} in {args.runs / name} or {args.results}")
+                parser.error(f"--peers_only: no result of {dataset.key} in {args.runs / dataset.key} or {args.results}")
             folds = sorted({run["fold"] for run in result["runs"]}) if dataset.num_folds else None
             if folds is not None and folds != list(range(dataset.num_folds)):
                 dataset = replace(dataset, protocol=result["dataset"]["protocol"])
@@ -734,9 +773,10 @@ def main(argv: list[str] | None = None) -> None:
                 checkpoint, peers,
             )  # fmt: skip
             result.update(made)
-        (args.runs / name).mkdir(parents=True, exist_ok=True)
-        (args.runs / name / "result.json").write_text(json.dumps(result, indent=1))
-    results = [result for name in DATASETS if (result := latest_result(name, args.runs, args.results)) is not None]
+        (args.runs / dataset.key).mkdir(parents=True, exist_ok=True)
+        (args.runs / dataset.key / "result.json").write_text(json.dumps(result, indent=1))
+    keys = [key for name in DATASETS for key in (name, f"{name}-default")]
+    results = [result for key in keys if (result := latest_result(key, args.runs, args.results)) is not None]
     text = report(results)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
