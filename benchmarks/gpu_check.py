@@ -271,18 +271,6 @@ def step_as_before() -> Iterator[None]:
     from cmap.ml.metrics import DeferredMetrics
     from cmap.ml.tempcnn import MaskedBatchNorm1d
 
-    def batch_norm_by_selection(self, features, mask):
-        valid = features[mask]
-        training = self.training and valid.shape[0] > 1
-        if training and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-        normalised = F.batch_norm(
-            valid, self.running_mean, self.running_var, self.weight, self.bias, training, self.momentum, self.eps
-        )
-        out = features.new_zeros(features.shape[:-1] + normalised.shape[-1:])
-        out[mask] = normalised.to(out.dtype)
-        return out
-
     def focal_loss_with_one_hot(self, logits, target):
         log_p = F.log_softmax(logits.float(), dim=-1)
         hard = F.one_hot(target, logits.shape[-1]).to(log_p.dtype)
@@ -300,7 +288,7 @@ def step_as_before() -> Iterator[None]:
         return position_forward(self, days)
 
     saved = {
-        (MaskedBatchNorm1d, "forward"): (MaskedBatchNorm1d.forward, batch_norm_by_selection),
+        (MaskedBatchNorm1d, "forward"): (MaskedBatchNorm1d.forward, MaskedBatchNorm1d.normalise_selection),
         (FocalLoss, "forward"): (FocalLoss.forward, focal_loss_with_one_hot),
         (PositionalEncoding, "forward"): (position_forward, position_checked_on_any_device),
         (DeferredMetrics, "update"): (DeferredMetrics.update, MetricCollection.update),  # torchmetrics per batch

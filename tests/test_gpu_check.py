@@ -26,10 +26,11 @@ def test_gpu_check_smoke_runs_every_section(tmp_path):
     assert arms["fp32"]["max_probability_difference"] == 0 and 0 < arms["bf16-true"]["relative_logit_error"] < 0.05
     assert all("error" not in arm and arm["steps_per_s"] > 0 for arm in figures["training"].values())
     assert {key.split(" | ")[2] for key in figures["training"]} == {"today", "sync-free", "compile", "CUDA graphs"}
-    # The profile sees what the package removed: boolean selections and torchmetrics' bincounts per step.
+    # The profile sees what the package removed: torchmetrics' bincounts at every step (the boolean
+    # selections of TempCNN's batch norm are gone on GPUs only: on the CPU they are the faster path).
     today, now = figures["profile"]["today"], figures["profile"]["sync-free"]
-    assert today["nonzero per step"] > 0 and today["bincount per step"] > 0
-    assert now["nonzero per step"] == 0 and now["bincount per step"] == 0
+    assert today["bincount per step"] > 0 and now["bincount per step"] == 0
+    assert today["nonzero per step"] == now["nonzero per step"] > 0
     assert (tmp_path / "profile_today.txt").stat().st_size > 1000
     map_run = figures["map"]["map_workers_0"]
     assert map_run["pixels_per_s"] > 0 and figures["map"]["forward_pixels_per_s"] > 0

@@ -6,7 +6,6 @@ import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa, MulticlassF1Score
 from torchmetrics.wrappers import ClasswiseWrapper
@@ -62,55 +61,36 @@ def test_a_training_step_never_reads_device_values_on_the_host(model):
         classifier.train_metrics.update(logits, item["label"])
 
 
-def masked_batch_norm_by_selection(norm: torch.nn.BatchNorm1d, features, mask):
-    """The former MaskedBatchNorm1d: batch norm of the valid dates selected by a boolean index (momentum
-    None: a cumulative average, as nn.BatchNorm1d's)."""
-    valid = features[mask]
-    training = norm.training and valid.shape[0] > 1
-    if training:
-        norm.num_batches_tracked.add_(1)
-    momentum = 1 / norm.num_batches_tracked.clamp_min(1).item() if norm.momentum is None else norm.momentum
-    normalised = F.batch_norm(
-        valid, norm.running_mean, norm.running_var, norm.weight, norm.bias, training, momentum, norm.eps
-    )
-    out = features.new_zeros(features.shape[:-1] + normalised.shape[-1:])
-    out[mask] = normalised
-    return out
-
-
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_masked_batch_norm_by_sums_matches_the_boolean_selection(momentum):
-    masked, reference = MaskedBatchNorm1d(5, momentum=momentum), torch.nn.BatchNorm1d(5, momentum=momentum)
+    # The GPU path (sums) against the CPU path (selection + fused kernel: the former implementation).
+    by_sums, by_selection = MaskedBatchNorm1d(5, momentum=momentum), MaskedBatchNorm1d(5, momentum=momentum)
     with torch.no_grad():
-        masked.weight.uniform_(0.5, 2), masked.bias.uniform_(-1, 1)
-    reference.load_state_dict(masked.state_dict())
+        by_sums.weight.uniform_(0.5, 2), by_sums.bias.uniform_(-1, 1)
+    by_selection.load_state_dict(by_sums.state_dict())
     few_valid = torch.zeros(3, 6, dtype=torch.bool)
     few_valid[1, 2] = True  # one valid date: the running statistics normalise it
     masks = [torch.rand(3, 6) > 0.4, few_valid, torch.rand(3, 6) > 0.2]
     for mask in masks:
-        features = (torch.randn(3, 6, 5) * 3 + 1).requires_grad_()
-        out = masked(features, mask)
-        expected = masked_batch_norm_by_selection(reference, features.detach().clone().requires_grad_(), mask)
-        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-        assert out[~mask].abs().max() == 0
-        (out * torch.arange(5.0)).sum().backward()
-        torch.testing.assert_close(
-            masked.weight.grad, _grad_of_reference(reference, features, mask), atol=1e-4, rtol=1e-4
-        )
-        masked.zero_grad()
+        features = torch.randn(3, 6, 5) * 3 + 1
+        outputs, inputs = [], []
+        for norm, method in ((by_sums, "normalise_by_sums"), (by_selection, "normalise_selection")):
+            inputs.append(features.clone().requires_grad_())
+            outputs.append(getattr(norm, method)(inputs[-1], mask))
+            (outputs[-1] * torch.arange(5.0)).sum().backward()
+        torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+        assert outputs[0][~mask].abs().max() == 0
+        torch.testing.assert_close(inputs[0].grad, inputs[1].grad, atol=1e-4, rtol=1e-4)
+        for name in ("weight", "bias"):
+            torch.testing.assert_close(
+                getattr(by_sums, name).grad, getattr(by_selection, name).grad, atol=1e-4, rtol=1e-4
+            )
+        by_sums.zero_grad(), by_selection.zero_grad()
     for name in ("running_mean", "running_var", "num_batches_tracked"):
-        torch.testing.assert_close(getattr(masked, name), getattr(reference, name))
-    masked.eval(), reference.eval()
+        torch.testing.assert_close(getattr(by_sums, name), getattr(by_selection, name))
+    by_sums.eval(), by_selection.eval()
     features, mask = torch.randn(2, 6, 5), masks[0][:2]
-    torch.testing.assert_close(masked(features, mask), masked_batch_norm_by_selection(reference, features, mask))
-
-
-def _grad_of_reference(reference: torch.nn.BatchNorm1d, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The weight gradient of the former implementation on the same loss (its statistics left as they are)."""
-    copy = torch.nn.BatchNorm1d(reference.num_features, momentum=reference.momentum)
-    copy.load_state_dict(reference.state_dict())
-    (masked_batch_norm_by_selection(copy, features.detach(), mask) * torch.arange(5.0)).sum().backward()
-    return copy.weight.grad
+    torch.testing.assert_close(by_sums.normalise_by_sums(features, mask), by_selection(features, mask))
 
 
 def test_deferred_metrics_give_the_results_of_per_batch_updates():
