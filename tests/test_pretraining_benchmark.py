@@ -86,3 +86,32 @@ def test_scores_resume_and_report(tmp_path):
     assert {pretraining.record_key(r) for r in records} >= {(10, 1, "area"), (10, 0, "minirocket")}
     table = pretraining.report(records, "settings")
     assert "| 10 | 0.5100 ± 0.0100 (2) | 0.5700 ± 0.0100 (2) | 0.5300 ± 0.0100 (2) | +6.0 | +4.0 |" in table
+
+
+def test_every_pixel_of_a_stack_becomes_a_store_that_pretrains(tmp_path):
+    """The user path of the mapping setting: scripts/area_pixels.py -> cmap extract -> AutoEncoder."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import area_pixels
+
+    from cmap.cli import main as cmap_main
+    from cmap.data import SeriesStore, open_store
+    from cmap.data.raster import RasterStack
+    from cmap.ml.autoencoders import AutoEncoder
+    from cmap.ml.decoders import BandReconstruction
+
+    from .conftest import quiet_trainer, tiny_encoder
+    from .test_map import SINOP_PATTERN, synthetic_stack
+
+    rasters = synthetic_stack(tmp_path / "rasters", shape=(6, 5))  # EPSG:32631, 10 m pixels
+    points = tmp_path / "pixels.csv"
+    area_pixels.pixel_centres(next(rasters.iterdir())).to_csv(points, index=False, float_format="%.8f")
+    cmap_main(["extract", str(rasters), str(points), str(tmp_path / "store"), "--pattern", SINOP_PATTERN])
+    series, metadata = open_store(tmp_path / "store")
+    cube = RasterStack.from_folder(rasters, SINOP_PATTERN).read()  # (dates, bands, rows, cols)
+    # Every pixel once, row by row: the reprojection to longitude / latitude and back lands in the pixel.
+    np.testing.assert_array_equal(np.asarray(series.values[:])[:, :, 0], cube[:, 0].reshape(len(cube), -1).T)
+    assert metadata["class_names"] == ["area"]
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=1)
+    data = SeriesStore(str(tmp_path / "store"), batch_size=8)
+    trainer.fit(AutoEncoder(tiny_encoder(1), BandReconstruction([16, 1])), data)
+    assert trainer.global_step == 2
