@@ -498,8 +498,23 @@ def config_cell(dataset: dict) -> str:
     return f"`{dataset['config']}`"
 
 
+def with_peers_of_config_rows(results: list[dict]) -> list[dict]:
+    """Default-recipe results fitted without peers (``--peers`` with none) take the peers of the same
+    dataset's config result: the same test series (fixed splits and folds) and the same training
+    series, as every data module splits with its ``seed`` 0 and peers train on training + validation."""
+    by_name = {result["name"]: result for result in results if result.get("recipe", "config") == "config"}
+    completed = []
+    for result in results:
+        config = by_name.get(result["name"])
+        if not result.get("peers") and config is not None and config.get("peers"):
+            result = {**result, "peers": config["peers"], "peers_from": result_key(config)}
+        completed.append(result)
+    return completed
+
+
 def summary_table(results: list[dict]) -> str:
     """Accuracy: cmap (mean ± std over seeds, seed ensemble) and every peer (OA, macro F1)."""
+    results = with_peers_of_config_rows(results)
     peer_columns = "".join(f"| {TITLES[peer]} OA (macro F1) " for peer in PEERS)
     lines = [
         "| data, protocol | config | seeds | test OA (mean ± std) | macro F1 | seed ensemble OA "
@@ -530,6 +545,7 @@ def cpu_time(seconds: float) -> str:
 def cost_table(results: list[dict]) -> str:
     """What each method costs: training (cmap: wall, and CPU where recorded, per seed; peers: CPU)
     and prediction speed (test series per CPU second)."""
+    results = with_peers_of_config_rows(results)
     lines = [
         "| data | cmap: training per seed | cmap: prediction, series/s "
         + "".join(f"| {TITLES[peer]}: fit CPU, series/s " for peer in PEERS)
@@ -608,7 +624,9 @@ PEERS_TEXT = (
     "prediction speed: series per CPU second of `trainer.predict` over the test series, timed on the "
     "test-probabilities pass of the trained runs, or, where marked untrained, on the config's model as "
     "built, over passes filling 3 CPU seconds (`--peers_only`: the cost of a forward pass does not depend "
-    "on the weights). A map is ~120 M pixels per Sentinel-2 tile: at 10,000 series/s, 3.3 CPU hours."
+    "on the weights). A map is ~120 M pixels per Sentinel-2 tile: at 10,000 series/s, 3.3 CPU hours. "
+    "Default-recipe rows (`--recipe default`: `configs/default.yaml` given only the data module's class) "
+    "show the peers fitted for the same dataset's config row: the same training and test series."
 )
 
 

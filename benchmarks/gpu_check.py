@@ -79,7 +79,9 @@ UCR_CONFIGS = {
     "transformer": REPO / "configs" / "ucr_crop_transformer.yaml",
 }
 #: Host-side events that wait for the device (CUDA runtime calls), counted per profiled step.
-WAIT_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+WAIT_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+#: Host-side events that launch device work: kernels (runtime API; Triton's through the driver API) and graphs.
+LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch")
 #: aten ops whose result the host reads back from the device (each a wait on a GPU).
 HOST_READ_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::bincount")
 
@@ -486,14 +488,15 @@ def profile_arm(variant: str, sizes: Sizes, args: argparse.Namespace, device: to
     summary = {
         "step_ms": 1000 * profiler.wall_s / steps,
         "aten_ops_per_step": sum(c for k, c in counts.items() if k.startswith("aten::")) / steps,
-        "kernel_launches_per_step": sum(c for k, c in counts.items() if k.startswith("cudaLaunchKernel")) / steps,
+        "launches_per_step": sum(c for k, c in counts.items() if k.startswith(LAUNCH_EVENTS)) / steps,
         "device_waits_per_step": sum(c for k, c in counts.items() if k.startswith(WAIT_EVENTS)) / steps,
+        "copies_per_step": sum(c for k, c in counts.items() if k.startswith("cudaMemcpy")) / steps,
         **{f"{op.removeprefix('aten::').strip('_')} per step": counts.get(op, 0) / steps for op in HOST_READ_OPS},
         "host_ms_per_step": 1000 * cpu_s / steps,
         "device_busy_ms_per_step": 1000 * device_s / steps,
     }
     if out is not None:
-        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
         tables = [events.table(sort_by="self_cpu_time_total", row_limit=40)]
         if device.type == "cuda":
             tables.append(events.table(sort_by=sort, row_limit=40))
@@ -512,9 +515,10 @@ def profiling(sizes: Sizes, args: argparse.Namespace, device: torch.device, out:
         f"## Profile: TempCNN training steps (batch {sizes.batches[0]}, {sizes.profile_steps} steps)\n\n"
         "Host reads: ops whose result the host reads back (`local_scalar_dense`: `.item()`; `nonzero`: boolean "
         "selections; `bincount`: torchmetrics' counts); on the CPU (smoke) `.item()` also counts AdamW's step "
-        "counters and the date check, which stay on the host on a GPU. Device "
-        "waits: CUDA synchronisations and blocking copies; host time: the profiler's self CPU time of every "
-        "op (including the waits). Tables: `profile_today.txt`, `profile_sync-free.txt`.\n\n"
+        "counters and the date check, which stay on the host on a GPU. Launches: kernels and CUDA graphs; device "
+        "waits: CUDA synchronisations; copies: cudaMemcpy calls (batches in, values out); host time: the "
+        "profiler's self CPU time of every op (including the waits). Tables: `profile_today.txt`, "
+        "`profile_sync-free.txt`.\n\n"
     )
     return text + table(["per step", *figures], rows), figures
 
