@@ -32,6 +32,8 @@ ucr=()
 timeout "$budget" "$python" benchmarks/gpu_check.py --output_dir "$out" "${ucr[@]}" "$@" > "$out/log.txt" 2>&1
 status=$?
 echo "gpu_check.py exit status $status (124: stopped by the ${budget} s limit)"
-grep -E "^(Traceback|[A-Za-z]*Error)|failed:" "$out/log.txt" | tail -n 20
+# Errors, failed arms, and what keeps CUDA graphs or compiled code from applying (then the figures say less).
+grep -E "^(Traceback|[A-Za-z]*Error)|failed:|skipping cudagraphs|[Rr]ecompil|graph break" "$out/log.txt" | sort | uniq -c \
+    | sort -rn | head -n 25
 cat "$out/gpu_check.md"
 echo
