@@ -7,7 +7,12 @@ processing baseline 04.00), DN 0 no data, an SCL band at 20 m.
 """
 
 import datetime
+import functools
+import http.server
+import io
 import json
+import multiprocessing
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,7 @@ import pystac
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 from cmap.cli import main as cmap_main
 from cmap.data import open_store
@@ -44,6 +50,38 @@ def sinop_items() -> list[pystac.Item]:
     return items
 
 
+def sinop_tiles(folder: Path, overlap: int = 20) -> list[pystac.Item]:
+    """The Sinop cube cut into two GeoTIFF tiles per date (west, east) overlapping by ``overlap`` pixels,
+    without nodata (as the JPEG2000 originals): each is off the cube's grid, read through a warped VRT
+    whose alpha band marks its footprint, and the two are mosaicked."""
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for item in sinop_items():
+        with rasterio.open(item.assets["NDVI"].href) as dataset:
+            half = dataset.width // 2
+            for name, window in (
+                ("west", Window(0, 0, half + overlap, dataset.height)),
+                ("east", Window(half - overlap, 0, dataset.width - half + overlap, dataset.height)),
+            ):
+                path = folder / f"{item.id}_{name}.tif"
+                with rasterio.open(
+                    path,
+                    "w",
+                    driver="GTiff",
+                    width=int(window.width),
+                    height=dataset.height,
+                    count=1,
+                    dtype="int16",
+                    crs=dataset.crs,
+                    transform=dataset.window_transform(window),
+                ) as tile:
+                    tile.write(dataset.read(1, window=window), 1)
+                tile_item = pystac.Item(f"{item.id}_{name}", None, None, item.datetime, {})
+                tile_item.add_asset("NDVI", pystac.Asset(path.name))  # relative to the ItemCollection's file
+                items.append(tile_item)
+    return items
+
+
 def sinop_catalogue(folder: Path) -> Path:
     catalogue = pystac.Catalog("sinop", "The Sinop MODIS NDVI cube of R sits")
     catalogue.add_items(sinop_items())
@@ -58,12 +96,23 @@ def test_the_sinop_cube_read_from_stac_is_the_cube_read_from_its_folder(tmp_path
     stack = stack_from_stac(catalogue, ["NDVI"], scale=1e-4, valid_range=(-2000, 10000))
     assert stack.dates == folder.dates and stack.profile == folder.profile
     np.testing.assert_array_equal(stack.read(), folder.read())
+    tiles = tmp_path / "tiles" / "items.json"
+    tiles.parent.mkdir()
+    tiles.write_text(json.dumps(pystac.ItemCollection(sinop_tiles(tiles.parent)).to_dict(transform_hrefs=False)))
+    stack = stack_from_stac(tiles, ["NDVI"], scale=1e-4, valid_range=(-2000, 10000))
+    assert [len(granules) for granules in stack.granules] == [2] * 12 and stack.profile == folder.profile
+    np.testing.assert_array_equal(stack.read(), folder.read())
+    window = Window(100, 40, 64, 64)  # across the two tiles' overlap (columns 107 to 147)
+    np.testing.assert_array_equal(stack.read(window), folder.read(window))
 
 
 def test_the_sinop_map_from_its_stac_catalogue_equals_the_map_from_its_folder(ndvi_checkpoint, tmp_path):  # noqa: F811
     catalogue = sinop_catalogue(tmp_path / "catalogue")
-    collection = tmp_path / "search.json"  # a STAC API search saved to disk: an ItemCollection
-    collection.write_text(json.dumps(pystac.ItemCollection(sinop_items()).to_dict()))
+    collection = tmp_path / "tiles" / "search.json"  # a STAC API search saved to disk: an ItemCollection, two tiles
+    collection.parent.mkdir()
+    collection.write_text(
+        json.dumps(pystac.ItemCollection(sinop_tiles(collection.parent)).to_dict(transform_hrefs=False))
+    )
     maps = []
     for name, rasters, options in (
         ("folder", require(SINOP), {"pattern": SINOP_PATTERN}),
@@ -383,3 +432,49 @@ def test_sentinel2_collection_maps_end_to_end_and_a_cloud_is_a_missing_date(tmp_
     row, col = rasterio.transform.rowcol(from_origin(300_000, TOP, 10, 10), CLOUD_X, CLOUD_Y)
     changed = (maps["unmasked"] != maps["cloud"]).any(axis=0)
     assert changed[row, col] and changed.sum() <= 4  # at most the 20 m pixel's four 10 m pixels
+
+
+class RangeRequests(http.server.SimpleHTTPRequestHandler):
+    """A static file server that answers HTTP range requests, as object stores do (GDAL reads COGs by range)."""
+
+    def send_head(self):
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        path = Path(self.translate_path(self.path))
+        if match is None or not path.is_file():
+            return super().send_head()
+        content = path.read_bytes()
+        start, end = int(match[1]), int(match[2] or len(content) - 1)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{len(content)}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        return io.BytesIO(content[start : end + 1])
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def serve(folder: Path, ports: multiprocessing.Queue) -> None:
+    """Serve ``folder`` over HTTP on a free port (put on ``ports``), until killed."""
+    with http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(RangeRequests, directory=str(folder))
+    ) as s:
+        ports.put(s.server_address[1])
+        s.serve_forever()
+
+
+def test_a_collection_behind_a_url_is_read_like_the_local_one(tmp_path):
+    collection = write_collection(tmp_path)
+    # In another process: GDAL holds the GIL while it opens a URL, so a server thread here would never answer.
+    context = multiprocessing.get_context("fork")
+    ports = context.Queue()
+    server = context.Process(target=serve, args=(tmp_path, ports), daemon=True)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{ports.get(timeout=30)}/items.json"
+        stack = stack_from_stac(url, list(BANDS))
+        assert stack.granules[0][0].layers[0].href.startswith("http://127.0.0.1:")
+        np.testing.assert_array_equal(stack.read(), stack_from_stac(collection, list(BANDS)).read())
+    finally:
+        server.kill()
+        server.join()

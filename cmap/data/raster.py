@@ -325,7 +325,12 @@ class RasterStack:
     ) -> np.ma.MaskedArray:
         dataset = datasets[(layer.href, resampling)]
         try:
-            return dataset.read(layer.band, window=window, masked=True)
+            values = dataset.read(layer.band, window=window, masked=True)
+            if isinstance(dataset, WarpedVRT) and dataset.src_dataset.nodata is None:
+                # Outside the raster's footprint: its alpha band (the last) is 0. GDAL does not always
+                # report the alpha band as the data band's mask, so it is read here.
+                values.mask = np.ma.getmaskarray(values) | (dataset.read(dataset.count, window=window) == 0)
+            return values
         except rasterio.errors.RasterioError as error:  # a truncated or corrupt file
             where = "" if window is None else f", window rows {window.row_off}.. cols {window.col_off}.."
             raise InputError(

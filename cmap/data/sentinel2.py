@@ -124,7 +124,7 @@ def is_sentinel2_l2a(item: pystac.Item) -> bool:
         for value in (properties.get("platform"), properties.get("constellation"), item.collection_id)
         if value
     )
-    if "sentinel-2" not in mission and "sentinel2" not in mission:
+    if not re.search(r"sentinel[-_ ]?2", mission):  # sentinel-2a (Earth Search), Sentinel-2B, "Sentinel 2"...
         return False
     level = str(properties.get("s2:product_type", properties.get("processing:level", ""))).upper()
     return "2A" in level or any(canonical_band(key) == "SCL" for key in item.assets)

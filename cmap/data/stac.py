@@ -159,13 +159,16 @@ def asset_resolution(asset: pystac.Asset) -> float | None:
 
 
 def asset_grid(item: pystac.Item, asset: pystac.Asset) -> dict[str, Any]:
-    """The grid of an asset: from its projection extension fields when complete, else its file's header."""
+    """The grid of an asset: from its projection extension fields when complete, else its file's header.
+
+    The transform and shape must be the asset's own (an item-level transform describes one of its
+    resolutions only); the CRS may be the item's."""
     fields = {**item.properties, **asset.extra_fields}
     code = fields.get("proj:code") or (f"EPSG:{fields['proj:epsg']}" if fields.get("proj:epsg") else None)
     crs_text = code or fields.get("proj:wkt2")
-    if crs_text and fields.get("proj:transform") and fields.get("proj:shape"):
-        height, width = fields["proj:shape"]
-        return {"crs": CRS.from_user_input(crs_text), "transform": Affine(*fields["proj:transform"][:6]),
+    if crs_text and asset.extra_fields.get("proj:transform") and asset.extra_fields.get("proj:shape"):
+        height, width = asset.extra_fields["proj:shape"]
+        return {"crs": CRS.from_user_input(crs_text), "transform": Affine(*asset.extra_fields["proj:transform"][:6]),
                 "width": int(width), "height": int(height)}  # fmt: skip
     with open_raster(asset.href, f" (STAC item {item.id})") as dataset:
         return raster_grid(dataset)
