@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from common import SHARED_DATA, machine, quiet_trainer, ucr_crop_encoder
 from peers import TITLES, fit_predict
+from torch import Tensor
 
 from cmap.data import UCRCrop
 from cmap.data.contract import InputContract
@@ -71,7 +72,8 @@ MASKINGS = {  # name -> (strategy class, default ratio of hidden or contaminated
     "contiguous_dates": (ContiguousDates, 0.5),
     "noise": (NoiseContamination, 0.15),
 }
-OBJECTIVES = [*MASKINGS, "contrastive"]  # masked reconstruction (AutoEncoder), or ContrastivePretraining
+#: masked reconstruction (AutoEncoder) per date, or through TempCNN's dense head ("bottleneck"), or contrastive
+OBJECTIVES = [*MASKINGS, "bottleneck", "contrastive"]
 #: Deep arms: from scratch, or pretrained on the area's series (the mapping setting) or the training series;
 #: ``_st``: then self-training on the area's series (pseudo-labels).
 DEEP_ARMS = ("scratch", "area", "train", "scratch_st", "area_st")
@@ -145,6 +147,39 @@ def mato_grosso_area(path: Path = MATO_GROSSO_RDA) -> Area:
     return Area("mato_grosso", converted.band_names, converted.class_names, series, splits, None, contract)
 
 
+class FlattenReconstruction(FlattenClassification):
+    """Masked reconstruction through TempCNN's head: the visible dates' features, flattened, pass
+    :class:`~cmap.ml.tempcnn.FlattenClassification`'s dense layer, batch norm, ReLU and dropout
+    (a 256-wide code of the whole series), then a linear layer predicts every date's bands.
+
+    Why: with few labels, TempCNN's head is most of the classifier (46 dates x 64 features x 256
+    weights on UCR Crop against 61,000 in the convolutions), and a per-date reconstruction
+    pretrains the convolutions only. Here the dense layer and its batch norm are pretrained too
+    (named as in the classifier, so :func:`load_head` copies them).
+    """
+
+    def __init__(self, num_dates: int, num_bands: int, hidden: int = 256, dropout_p: float = 0.2) -> None:
+        super().__init__(num_dates, num_classes=num_dates * num_bands, hidden=hidden, dropout_p=dropout_p)
+        self.num_bands = num_bands
+
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+        return super().forward(features, mask).view(len(features), self.num_dates, self.num_bands)
+
+
+def load_head(model: Classifier, path: Path) -> bool:
+    """Copy a :class:`FlattenReconstruction` pretraining's dense layer and batch norm into ``model``'s
+    :class:`~cmap.ml.tempcnn.FlattenClassification` head; False when ``path`` has none."""
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    head = {key.removeprefix("decoder."): value for key, value in state.items()
+            if key.startswith(("decoder.dense.", "decoder.norm."))}  # fmt: skip
+    if not head or not isinstance(model.decoder, FlattenClassification):
+        return False
+    missing, unexpected = model.decoder.load_state_dict(head, strict=False)
+    if unexpected or any(key.startswith(("dense.", "norm.")) for key in missing):
+        raise ValueError(f"{path}: the pretrained head does not fit the classifier's ({missing}, {unexpected})")
+    return True
+
+
 def tempcnn_encoder(num_bands: int, d_model: int = 64) -> TempCNNEncoder:
     """The encoder of ``configs/ucr_crop_tempcnn.yaml``: three convolutions of ``d_model`` filters
     (kernel 5, batch norm, ReLU, dropout 0.2) over a linear band embedding plus the date encoding."""
@@ -195,6 +230,14 @@ def pretrain(area: Area, rows: np.ndarray, encoder: str, d_model: int, objective
             build_encoder(encoder, num_bands, d_model), ProjectionHead([d_model, d_model, 32]), max_lr=2e-3
         )
         batch_size = 256
+    elif objective == "bottleneck":
+        if encoder != "tempcnn":
+            raise ValueError(f"the bottleneck objective pretrains TempCNN's head, not a {encoder}'s")
+        model = AutoEncoder(
+            build_encoder(encoder, num_bands, d_model), FlattenReconstruction(area.num_dates, num_bands),
+            RandomDates(mask_ratio or 0.5), max_lr=2e-3,
+        )  # fmt: skip
+        batch_size = 128
     else:
         strategy, default_ratio = MASKINGS[objective]
         model = AutoEncoder(
@@ -293,6 +336,8 @@ def train_classifier(area: Area, rows: np.ndarray, labels: np.ndarray, encoder: 
         encoder_lr_factor=args.encoder_lr_factor if pretrained else 1.0,
         freeze_encoder_epochs=round(args.freeze_fraction * steps / steps_per_epoch) if pretrained else 0,
     )  # fmt: skip
+    if pretrained:
+        load_head(model, encoder_from)  # a bottleneck pretraining's dense layer; none for the others
     augmentation = Augmentation(band_noise=args.band_noise)
     dataset = SeriesDataset(training, np.arange(len(rows)), area.contract, augmentation)
     trainer = quiet_trainer(max_steps=steps, max_epochs=-1, limit_val_batches=0)

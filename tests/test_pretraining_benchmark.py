@@ -76,6 +76,22 @@ def test_pretrain_then_fine_tune_and_self_train(area, tmp_path):
     assert accuracy > 0.8  # three well-separated classes
 
 
+def test_bottleneck_pretraining_initialises_the_flatten_head_too(area, tmp_path):
+    checkpoint = pretraining.pretrain(area, np.arange(len(area.series)), "tempcnn", 8, "bottleneck", 1,
+                                      tmp_path / "bottleneck.ckpt")  # fmt: skip
+    state = torch.load(checkpoint, weights_only=False)["state_dict"]
+    assert state["decoder.linear.weight"].shape == (DATES * BANDS, 256)  # every date's bands from the code
+    model = pretraining.build_classifier(area, "tempcnn", 8)
+    assert not torch.equal(model.decoder.dense.weight, state["decoder.dense.weight"])
+    assert pretraining.load_head(model, checkpoint)
+    assert torch.equal(model.decoder.dense.weight, state["decoder.dense.weight"])
+    assert torch.equal(model.decoder.norm.running_var, state["decoder.norm.running_var"])
+    assert model.decoder.linear.weight.shape == (NUM_CLASSES, 256)  # the class layer stays the classifier's
+    per_date = pretraining.pretrain(area, np.arange(len(area.series)), "tempcnn", 8, "random_dates", 1,
+                                    tmp_path / "per_date.ckpt")  # fmt: skip
+    assert not pretraining.load_head(model, per_date)
+
+
 def test_scores_resume_and_report(tmp_path):
     scores = tmp_path / "scores.jsonl"
     for draw, (scratch, pretrained, peer) in enumerate([(0.50, 0.56, 0.52), (0.52, 0.58, 0.54)]):
