@@ -17,19 +17,19 @@ shift || true
 out=${OUT:-/tmp/gpu_check}
 python=${PYTHON:-python3}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # cmap from this checkout
 # The carried wheels, where the packages are missing (the device image); a machine that has them skips this.
 if ! "$python" -c "import jsonargparse, rasterio, pystac" 2> /dev/null && ls .whl/*.whl > /dev/null 2>&1; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
     --format=csv | tee "$out/nvidia-smi.txt"
 "$python" -c "import cmap.cli, cmap.map, rasterio, jsonargparse, torch; print('torch', torch.__version__)" || exit 1
 ucr=()
 [ -f .devdata/ucr/Crop_TRAIN.tsv ] && ucr=(--ucr_root .devdata/ucr)
-timeout "$budget" "$python" benchmarks/gpu_check.py --output_dir "$out" "${ucr[@]}" "$@" > "$out/log.txt" 2>&1
+timeout "$budget" "$python" benchmarks/gpu_check.py --output_dir "$out" ${ucr[@]+"${ucr[@]}"} "$@" > "$out/log.txt" 2>&1
 status=$?
 echo "gpu_check.py exit status $status (124: stopped by the ${budget} s limit)"
 # Errors, failed arms, and what keeps CUDA graphs or compiled code from applying (then the figures say less).
