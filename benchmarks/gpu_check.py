@@ -40,6 +40,7 @@ measured):
 import argparse
 import contextlib
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -189,7 +190,7 @@ def flops_per_pixel(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> f
     return counter.get_total_flops() / len(small["values"])
 
 
-def inference(sizes: Sizes, device: torch.device, roof: dict[str, float]) -> tuple[str, dict[str, Any]]:
+def inference(sizes: Sizes, device: torch.device, roof: dict[str, float], autotune: bool) -> tuple[str, dict[str, Any]]:
     torch.manual_seed(0)
     model = seed_model().to(device).eval()
     batch = {key: value.to(device) for key, value in synthetic_batch(sizes.pixels, sizes.dates, seed=1).items()}
@@ -222,6 +223,9 @@ def inference(sizes: Sizes, device: torch.device, roof: dict[str, float]) -> tup
         "bf16-true, SDPA (fused kernel off)": run(bf16_model, torch.bfloat16, fast_path=False),
         "bf16-true compiled": run(compiled, torch.bfloat16, fast_path=False),
     }
+    if autotune and not sizes.smoke:  # Inductor tries GEMM kernels per shape (minutes of compilation)
+        autotuned = torch.compile(bf16_model, mode="max-autotune-no-cudagraphs")
+        arms["bf16-true compiled, max-autotune"] = run(autotuned, torch.bfloat16, fast_path=False)
     reference = arms["fp32"]()
     reference_probabilities = reference.softmax(-1)
     rows, figures = [], {"gflop_per_pixel": flops / 1e9, "pixels": sizes.pixels, "dates": sizes.dates, "arms": {}}
@@ -732,6 +736,15 @@ def accuracy(sizes: Sizes, args: argparse.Namespace, device: torch.device, repor
                     ", ".join(f"{value:.4f}" for value in oa), f"{statistics.mean(r['epoch_s'] for r in done):.2f}",
                 ])  # fmt: skip
             report.add("accuracy", text + table(header, rows), figures, final=False)
+    if all(len(done) > 1 for done in runs.values()):
+        (small, large) = (figures[str(size)] for size in runs)
+        figures["difference"] = large["mean_oa"] - small["mean_oa"]
+        # The standard error of a difference of two means of n seeds each.
+        figures["difference_se"] = math.sqrt((small["std_oa"] ** 2 + large["std_oa"] ** 2) / len(sizes.seeds))
+        text += (
+            f"Larger batch - base batch: {figures['difference']:+.4f} test OA (standard error of the difference "
+            f"{figures['difference_se']:.4f}).\n\n"
+        )
     return text + table(header, rows), figures
 
 
@@ -748,6 +761,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train_steps", type=int, default=150, help="timed training steps per arm (GPU)")
     parser.add_argument("--large_batches", type=int, nargs="*", default=[512, 1024], help="training speed arms")
     parser.add_argument("--large_batch", type=int, default=512, help="the accuracy section's larger batch")
+    parser.add_argument("--autotune", action="store_true", help="also a max-autotune inference arm (minutes)")
     parser.add_argument("--default_compile", action="store_true", help="also the CompileModel default-mode arms")
     parser.add_argument("--training_models", nargs="+", choices=list(UCR_CONFIGS), default=list(UCR_CONFIGS))
     parser.add_argument("--map_size", type=int, default=2048, help="side of the map's mosaic in pixels (GPU)")
@@ -769,7 +783,7 @@ def main(argv: list[str] | None = None) -> None:
                 text, roof = roofline(sizes, device)
                 report.add("roofline", text, roof)
             if section == "inference":
-                text, figures = inference(sizes, device, roof)
+                text, figures = inference(sizes, device, roof, args.autotune)
             elif section == "training":
                 text, figures = training(sizes, args, device, report)
             elif section == "profile":
