@@ -204,10 +204,6 @@ class DateGrid:
         last_day = int(days[mask].max())
         return cls(step, int(np.floor(last_day / step + 0.5)) + 1)
 
-    def steps(self, days: np.ndarray) -> np.ndarray:
-        """The grid step of each day (may lie outside ``[0, num_steps)`` for days beyond the grid)."""
-        return np.floor(np.asarray(days) / self.step + 0.5).astype(np.int64)
-
     def to_dict(self) -> dict[str, int]:
         return {"step": self.step, "num_steps": self.num_steps}
 

@@ -243,7 +243,8 @@ class DateGridClassification(Decoder):
                 "contract): train it through a cmap data module, or give num_classes and date_grid"
             )
         size, num_steps = features.shape[0], self.date_grid.num_steps
-        step = torch.floor(days.to(features.dtype) / self.date_grid.step + 0.5).long()
+        # floor(days / step + 1/2) in integers: days in a bf16 model would lose precision above 256.
+        step = torch.div(2 * days.long() + self.date_grid.step, 2 * self.date_grid.step, rounding_mode="floor")
         on_grid = mask & (step >= 0) & (step < num_steps)
         step = step.clamp(0, num_steps - 1)
         weights = on_grid.to(features.dtype).unsqueeze(-1)
