@@ -420,6 +420,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("runs/pretraining"))
     parser.add_argument("--tag", default="", help="suffix of the scores file: a variant's scores kept apart")
     parser.add_argument("--output", type=Path, default=None, help="Markdown report (default: print only)")
+    parser.add_argument("--report_only", action="store_true", help="no pretraining nor run: the table of the scores")
     args = parser.parse_args()
     torch.set_float32_matmul_precision("high")
     if args.threads:
@@ -432,7 +433,7 @@ def main() -> None:
     checkpoints = {}
     for arm in ("area", "train"):
         rows = np.arange(len(area.series)) if arm == "area" else area.pretraining_train_rows
-        if not {arm, f"{arm}_st"} & set(args.arms) or rows is None:
+        if not {arm, f"{arm}_st"} & set(args.arms) or rows is None or args.report_only:
             continue
         name = f"{area.name}_{arm}_{args.encoder}{args.d_model}_{args.objective}{ratio}_{args.pretrain_epochs}ep.ckpt"
         checkpoints[arm] = args.workdir / name
@@ -447,7 +448,7 @@ def main() -> None:
     suffix = f"_{args.tag}" if args.tag else ""
     scores = args.workdir / f"{area.name}_{args.encoder}{args.d_model}_{args.objective}{ratio}{suffix}_scores.jsonl"
     done = {record_key(r) for r in read_records(scores)}
-    for labels in args.labels:
+    for labels in [] if args.report_only else args.labels:
         for draw in range(args.draws):
             for arm in args.arms:
                 source = arm.removesuffix("_st")  # where the encoder starts
@@ -472,7 +473,7 @@ def main() -> None:
     records = read_records(scores)
     settings = (
         f"{area.name}: encoder {args.encoder} d_model {args.d_model}; pretraining `{args.objective}`{ratio}, "
-        f"{args.pretrain_epochs} epochs; fine-tuning batch {args.batch_size}, max(`{args.min_steps}` steps, "
+        f"{args.pretrain_epochs} epochs; fine-tuning batch {args.batch_size}, max({args.min_steps} steps, "
         f"{args.min_epochs} epochs), max_lr {args.max_lr}, band noise {args.band_noise}, pretrained encoder LR "
         f"x{args.encoder_lr_factor}, frozen for the first {args.freeze_fraction:.0%}. Scores: `{scores}` "
         f"(seconds per run summed: {sum(r['seconds'] for r in records) / 60:.1f} min; this call "
