@@ -582,6 +582,8 @@ def map_rasters(
     resolution: float | None = None,
     masked_classes: list[int] | None = None,
     resampling: str = "nearest",
+    grid_crs: str | None = None,
+    bounds: tuple[float, float, float, float] | None = None,
     reference_date: str | None = None,
     window_size: int = 256,
     batch_size: int = 8192,
@@ -626,6 +628,9 @@ def map_rasters(
         masked_classes: Sentinel-2: SCL classes that make a date missing (default: no data, saturated,
             cloud shadows, clouds, cirrus, snow: ``[0, 1, 3, 8, 9, 10, 11]``; ``[]``: none).
         resampling: STAC: how bands off the target grid are resampled (``nearest``, ``bilinear``...).
+        grid_crs: STAC: the CRS of the target grid (``EPSG:32631``; default: the first item's).
+        bounds: STAC: ``[left, bottom, right, top]`` of the area to map, in the grid's CRS (default:
+            every item), snapped outwards to the grid's pixels.
         reference_date: day 0 of the dates (YYYY-MM-DD), replacing the checkpoint's time axis
             (default: the time axis of the training data; for data without a calendar, days
             since the stack's first date).
@@ -677,7 +682,7 @@ def map_rasters(
         )
     stack = open_stack(
         rasters, list(contract.band_names), contract.raw_values, pattern, scale, offset, valid_range, resolution,
-        masked_classes, resampling,
+        masked_classes, resampling, grid_crs, bounds,
     )  # fmt: skip
     output = Path(output)
     check_map_outputs(output, probabilities, stack, checkpoints, pattern, uncertainty)

@@ -32,7 +32,14 @@ from cmap.map import map_rasters, probabilities_path
 from cmap.outputs import InputError
 
 from .conftest import require
-from .test_map import SINOP, SINOP_PATTERN, fit_checkpoint, mato_grosso_ndvi12, ndvi_checkpoint  # noqa: F401
+from .test_map import (  # noqa: F401
+    SINOP,
+    SINOP_PATTERN,
+    fit_checkpoint,
+    mato_grosso_ndvi12,
+    ndvi_checkpoint,
+    synthetic_stack,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The Sinop cube as STAC
@@ -391,6 +398,8 @@ def test_a_missing_band_or_scl_asset_is_named(tmp_path):
     with pytest.raises(InputError, match=r"no SCL asset to mask clouds .* --masked_classes '\[\]'"):
         stack_from_stac(collection, ["B04"])
     assert stack_from_stac(collection, ["B04"], masked_classes=[]).granules[0][0].mask is None
+    with pytest.raises(InputError, match=r"rasters: .* resolution, bounds are for STAC and Sentinel-2 inputs"):
+        open_stack(synthetic_stack(tmp_path / "rasters"), None, resolution=20, bounds=(0, 0, 1, 1))
     (tmp_path / "other.json").write_text('{"type": "Topology"}')
     with pytest.raises(InputError, match=r"other.json: field 'type' is 'Topology', expected a STAC"):
         read_items(tmp_path / "other.json")
@@ -432,6 +441,13 @@ def test_sentinel2_collection_maps_end_to_end_and_a_cloud_is_a_missing_date(tmp_
     row, col = rasterio.transform.rowcol(from_origin(300_000, TOP, 10, 10), CLOUD_X, CLOUD_Y)
     changed = (maps["unmasked"] != maps["cloud"]).any(axis=0)
     assert changed[row, col] and changed.sum() <= 4  # at most the 20 m pixel's four 10 m pixels
+    # A part of the area (bounds in the grid's CRS, snapped outwards to its pixels): the full map's classes there.
+    output = tmp_path / "maps" / "part.tif"
+    map_rasters(str(checkpoint), str(collection), str(output), bounds=(300_095, 4_899_805, 300_305, 4_899_905),
+                window_size=16, progress=False, cog=False)  # fmt: skip
+    with rasterio.open(output) as part, rasterio.open(probabilities_path(output)) as probabilities:
+        assert part.transform == from_origin(300_090, 4_899_910, 10, 10) and part.shape == (11, 22)
+        np.testing.assert_array_equal(np.concatenate([part.read(), probabilities.read()]), maps["cloud"][:, 9:20, 9:31])
 
 
 class RangeRequests(http.server.SimpleHTTPRequestHandler):

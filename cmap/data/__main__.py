@@ -134,6 +134,11 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
         "cloud shadows, clouds, cirrus, snow; none given: no mask)",
     )  # fmt: skip
     extract.add_argument("--resampling", default="nearest", help="STAC: resampling of bands off the grid")
+    extract.add_argument("--grid_crs", default=None, help="STAC: CRS of the grid read (default: the first item's)")
+    extract.add_argument(
+        "--bounds", type=float, nargs=4, default=None, metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
+        help="STAC: the area read, in the grid's CRS (default: every item)",
+    )  # fmt: skip
     extract.add_argument("--label_field", default="label", help="the column / field holding class names")
     extract.add_argument("--x_column", default="longitude", help="CSV only")
     extract.add_argument("--y_column", default="latitude", help="CSV only")
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
     if args.command == "extract":
         stack = stac.open_stack(
             args.rasters, args.bands, None, args.pattern, args.scale, args.offset, args.valid_range,
-            args.resolution, args.masked_classes, args.resampling,
+            args.resolution, args.masked_classes, args.resampling, args.grid_crs, args.bounds,
         )  # fmt: skip
         raw_values = RawValues(stack.scale, stack.offset, stack.valid_range)
         time_axis = stack.season() if args.season_start is None else TimeAxis.from_season_start(args.season_start)

@@ -307,6 +307,8 @@ def open_stack(
     resolution: float | None = None,
     masked_classes: Sequence[int] | None = None,
     resampling: str = "nearest",
+    grid_crs: str | None = None,
+    bounds: Sequence[float] | None = None,
 ) -> RasterStack:
     """The stack ``cmap map`` and ``cmap extract`` read: STAC (:func:`is_stac_source`) or a folder of rasters.
 
@@ -320,12 +322,14 @@ def open_stack(
     if is_stac_source(rasters):
         return stack_from_stac(
             rasters, bands, scale=scale, offset=offset, valid_range=valid_range, resolution=resolution,
-            masked_classes=masked_classes, resampling=resampling,
+            masked_classes=masked_classes, resampling=resampling, crs=grid_crs, bounds=bounds,
         )  # fmt: skip
-    if resolution is not None or masked_classes is not None:
+    stac_only = {"resolution": resolution, "masked_classes": masked_classes, "grid_crs": grid_crs, "bounds": bounds}
+    given = [name for name, value in stac_only.items() if value is not None]
+    if given:
         raise InputError(
-            f"{rasters}: a folder of rasters is read on its own grid, without a class mask; resolution and "
-            "masked_classes are for STAC and Sentinel-2 inputs"
+            f"{rasters}: a folder of rasters is read on its own grid, without a class mask; {', '.join(given)} "
+            "are for STAC and Sentinel-2 inputs"
         )
     return RasterStack.from_folder(
         rasters, pattern, bands, 1.0 if scale is None else scale, 0.0 if offset is None else offset, valid_range
