@@ -13,15 +13,28 @@ stack that starts later than the training data (a missing first image) is still 
 training days.
 
 Outputs, on the input's grid (CRS, transform, size), tiled and DEFLATE-compressed, Cloud Optimized
-GeoTIFF by default:
+GeoTIFF by default, each readable by GDAL without cmap's sidecars:
 
 - ``OUTPUT``: uint8 class index (0 .. K-1 in the checkpoint's class order, nodata 255), with a
-  colour table, the class names in the tags (``class_names``, JSON) and a QGIS style sidecar
-  (``OUTPUT`` with suffix ``.qml``: QGIS shows class names and colours when it opens the map);
+  colour table, the class names in the band's metadata (``0=...``) and the tags (``class_names``,
+  JSON); GDAL's sidecar ``OUTPUT.aux.xml`` with the category names and a thematic raster attribute
+  table (:func:`gdal_attributes`), and a QGIS style (``OUTPUT`` with suffix ``.qml``);
 - ``OUTPUT`` with ``_probs`` before the suffix (unless ``probabilities=False``): one uint8 band per
-  class, the class probability in percent (0..100, nodata 255), bands described by class name.
+  class, the class probability in percent (0..100, nodata 255, GDAL scale 0.01), bands described by
+  class name;
+- ``OUTPUT`` with ``_uncertainty`` (``uncertainty=True``): normalised entropy and margin uncertainty
+  in percent (:mod:`cmap.postprocessing`);
+- with ``parcels``, a GeoPackage of the polygons' class summaries (:mod:`cmap.parcels`).
 
-Files are written under temporary names, with GDAL's write errors raised; each finished file is
+``smoothing`` smooths the probabilities (sits' Bayesian smoother) on windows read with a halo, so
+the result does not depend on the window size.
+
+Several processes (Lightning's DDP strategy: ``devices``, ``num_nodes``, ``strategy``; torchrun and
+SLURM) share the windows (:class:`WindowsToDo`); each finished window is saved as a part
+(:class:`MapParts`), and process 0 assembles the rasters from the parts when every process is done
+(:meth:`MapWriter.assemble`). Parts outlive a failed or killed run, so the same command resumes.
+
+Rasters are written under temporary names, with GDAL's write errors raised; each finished file is
 reopened and every block read back, then flushed and renamed, class map last (:mod:`cmap.outputs`):
 a run that fails (a full disk) or is killed leaves no file under the output names. Output paths are
 checked first: never an input (a raster, the checkpoint), never an existing file that is not a cmap
