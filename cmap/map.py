@@ -78,7 +78,7 @@ from cmap.outputs import (
     temporary_path,
     verify_raster,
 )
-from cmap.parcels import is_cmap_parcels, summarise_parcels
+from cmap.parcels import check_parcels, is_cmap_parcels, summarise_parcels
 from cmap.postprocessing import BayesianSmoothing, uncertainty_bands
 from cmap.predictions import load_classifier
 
@@ -702,6 +702,7 @@ def map_rasters(
     parcel_layer = Path(parcels_output) if parcels_output else output.with_name(f"{output.stem}_parcels.gpkg")
     if parcels is not None:
         check_outputs([parcel_layer], [output, Path(parcels), *map(Path, checkpoints)], is_cmap_parcels, "parcel layer")
+        check_parcels(parcels, model.class_names)
     time_axis = contract.time_axis if reference_date is None else TimeAxis.from_reference_date(reference_date)
     windows = StackWindows(stack, window_size, stack.days(time_axis), contract, smoother.halo if smoother else 0)
     options = {

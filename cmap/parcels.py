@@ -74,30 +74,19 @@ def summarise_parcels(
     import fiona
 
     classes, polygons, output = Path(classes), Path(polygons), Path(output)
-    if not polygons.is_file():
-        raise MissingInput(f"{polygons}: no such file of parcels")
     check_outputs([output], [classes, polygons, *([Path(probabilities)] if probabilities else [])],
                   is_cmap_parcels, "parcel layer")  # fmt: skip
-    try:
-        source = fiona.open(polygons)
-    except fiona.errors.FionaError as error:
-        raise InputError(f"{polygons}: not a readable vector file of parcels ({error})") from error
-    with source, rasterio.open(classes) as class_map:
+    with rasterio.open(classes) as class_map:
         class_names = json.loads(class_map.tags()["class_names"])
-        added = parcel_fields(class_names)
-        clashes = sorted(set(added) & set(source.schema["properties"]))
-        if clashes:
-            raise InputError(f"{polygons}: fields {clashes} would be overwritten by the parcel summary; rename them")
+    check_parcels(polygons, class_names)
+    with fiona.open(polygons) as source, rasterio.open(classes) as class_map:
         schema = {
             "geometry": source.schema["geometry"],
-            "properties": {**source.schema["properties"], **added},
+            "properties": {**source.schema["properties"], **parcel_fields(class_names)},
         }
         probability_map = rasterio.open(probabilities) if probabilities else None
         try:
-            rows = [
-                summarise(feature, index, polygons, class_map, probability_map, class_names, source.crs)
-                for index, feature in enumerate(source)
-            ]
+            rows = [summarise(feature, class_map, probability_map, class_names, source.crs) for feature in source]
         finally:
             if probability_map is not None:
                 probability_map.close()
@@ -118,20 +107,33 @@ def summarise_parcels(
     return output
 
 
+def check_parcels(polygons: str | Path, class_names: Sequence[str]) -> None:
+    """A readable vector file of polygons whose fields the summary would not overwrite; else an
+    :class:`InputError` naming the file and the feature or fields (run before any map is made)."""
+    import fiona
+
+    polygons = Path(polygons)
+    if not polygons.is_file():
+        raise MissingInput(f"{polygons}: no such file of parcels")
+    try:
+        source = fiona.open(polygons)
+    except fiona.errors.FionaError as error:
+        raise InputError(f"{polygons}: not a readable vector file of parcels ({error})") from error
+    with source:
+        clashes = sorted(set(parcel_fields(class_names)) & set(source.schema["properties"]))
+        if clashes:
+            raise InputError(f"{polygons}: fields {clashes} would be overwritten by the parcel summary; rename them")
+        for index, feature in enumerate(source):
+            kind = None if feature.geometry is None else feature.geometry.type
+            if kind not in ("Polygon", "MultiPolygon"):
+                raise InputError(f"{polygons}: feature {index} is a {kind}, expected a Polygon or MultiPolygon")
+
+
 def summarise(
-    feature: Any,
-    index: int,
-    source: Path,
-    class_map: Any,
-    probability_map: Any | None,
-    class_names: Sequence[str],
-    crs: Any,
+    feature: Any, class_map: Any, probability_map: Any | None, class_names: Sequence[str], crs: Any
 ) -> dict[str, Any]:
     """One parcel's output record: its geometry and properties, and the class summary of its pixels."""
-    geometry = dict(feature.geometry.__geo_interface__) if feature.geometry is not None else None
-    if geometry is None or geometry["type"] not in ("Polygon", "MultiPolygon"):
-        kind = None if geometry is None else geometry["type"]
-        raise InputError(f"{source}: feature {index} is a {kind}, expected a Polygon or MultiPolygon")
+    geometry = dict(feature.geometry.__geo_interface__)
     shape = transform_geom(crs, class_map.crs, geometry)
     counts = np.zeros(len(class_names), dtype=np.int64)
     probability_sums = np.zeros(len(class_names))

@@ -340,3 +340,28 @@ def test_parts_of_another_command_are_not_reused(ndvi_checkpoint, tmp_path, monk
     sinop_map(ndvi_checkpoint, tmp_path / "fresh.tif", window_size=64, smoothing=True, cog=False)
     for name, data in read_all(tmp_path / "fresh.tif").items():
         np.testing.assert_array_equal(smoothed[name], data, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("point", r"fields.gpkg: feature 1 is a Point, expected a Polygon or MultiPolygon"),
+        ("clash", r"fields.gpkg: fields \['pixels'\] would be overwritten by the parcel summary; rename them"),
+    ],
+)
+def test_bad_parcels_are_named_before_any_map_is_made(ndvi_checkpoint, tmp_path, problem, message):
+    polygons = tmp_path / "fields.gpkg"
+    ring = [(-6.07e6, -1.30e6), (-6.06e6, -1.30e6), (-6.06e6, -1.29e6), (-6.07e6, -1.30e6)]
+    properties = {"name": "str", **({"pixels": "int"} if problem == "clash" else {})}
+    schema = {"geometry": "Unknown", "properties": properties}
+    with fiona.open(
+        polygons, "w", driver="GPKG", schema=schema, crs_wkt=rasterio.crs.CRS.from_epsg(4326).to_wkt()
+    ) as layer:
+        values = {"name": "a", **({"pixels": 1} if problem == "clash" else {})}
+        layer.write({"geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": values})
+        if problem == "point":
+            layer.write({"geometry": {"type": "Point", "coordinates": ring[0]}, "properties": values})
+    output = tmp_path / "map" / "sinop.tif"
+    with pytest.raises(ValueError, match=message):
+        sinop_map(ndvi_checkpoint, output, parcels=str(polygons))
+    assert not output.parent.exists() or not any(output.parent.iterdir())
