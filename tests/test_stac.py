@@ -400,6 +400,9 @@ def test_a_missing_band_or_scl_asset_is_named(tmp_path):
     assert stack_from_stac(collection, ["B04"], masked_classes=[]).granules[0][0].mask is None
     with pytest.raises(InputError, match=r"rasters: .* resolution, bounds are for STAC and Sentinel-2 inputs"):
         open_stack(synthetic_stack(tmp_path / "rasters"), None, resolution=20, bounds=(0, 0, 1, 1))
+    (tmp_path / "broken.json").write_text('{"type": "FeatureCollection", "features": [{"type": "Feature"}]}')
+    with pytest.raises(InputError, match=r"broken.json: not a valid STAC document"):
+        read_items(tmp_path / "broken.json")
     (tmp_path / "other.json").write_text('{"type": "Topology"}')
     with pytest.raises(InputError, match=r"other.json: field 'type' is 'Topology', expected a STAC"):
         read_items(tmp_path / "other.json")

@@ -101,8 +101,8 @@ def read_items(source: str | Path) -> list[pystac.Item]:
                 f"{source}: field 'type' is {kind!r}, expected a STAC 'FeatureCollection' (ItemCollection), "
                 "'Catalog', 'Collection' or 'Feature' (Item)"
             )
-    except pystac.STACError as error:
-        raise InputError(f"{source}: not a valid STAC document ({one_line(error)})") from error
+    except (pystac.STACError, pystac.STACTypeError, KeyError, TypeError, ValueError) as error:  # missing fields
+        raise InputError(f"{source}: not a valid STAC document ({type(error).__name__}: {one_line(error)})") from error
     if not items:
         raise InputError(f"{source}: the STAC {kind} holds no item")
     for item in items:  # relative hrefs of an ItemCollection are relative to its file
