@@ -12,6 +12,7 @@ import http.server
 import io
 import json
 import multiprocessing
+import pickle
 import re
 from pathlib import Path
 
@@ -347,6 +348,8 @@ def test_a_two_tile_two_resolution_collection_is_read_on_the_10_m_grid_with_offs
     assert stack.scale == 1e-4 and stack.granules[0][0].masked_classes == s2.MASKED_SCL_CLASSES
     assert [g[0].raw_offset for g in stack.granules] == [0, 0, 0, -1000, -1000, -1000]  # baseline 04.00 from 01-25
     cube = stack.read()
+    # A stack crosses to DataLoader worker processes (cmap map --num_workers) and reads the same there.
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(stack)).read(), cube)
     assert np.isfinite(cube).sum() == cube.size - 4 * len(BANDS)  # the cloud only (one 20 m SCL pixel)
     # Reflectances, whatever the baseline: the crop profiles (noise 0.005), 10 m and 20 m bands alike.
     xs = 300_000 + 10 * (np.arange(56) + 0.5)
@@ -391,6 +394,8 @@ def test_a_missing_band_or_scl_asset_is_named(tmp_path):
     with pytest.raises(InputError, match=r"S2A_MSIL2A_20211201T105031_N0301_R051_T31TCJ_20211201T130000: no asset "
                                          r"for band 'B05' \(asset keys: \['B04', 'B08', 'B11', 'SCL'\]"):  # fmt: skip
         stack_from_stac(collection, ["B04", "B05"])
+    with pytest.raises(InputError, match=r"no asset for band 'B02'"):  # the default bands: B02 ... B12
+        stack_from_stac(collection)
     content = json.loads(collection.read_text())
     for feature in content["features"]:
         del feature["assets"]["SCL"]
