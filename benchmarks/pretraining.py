@@ -3,8 +3,9 @@
 Protocol (issue 18):
 
 - **Pretraining** of the encoder without labels (``--objective``: masked reconstruction with an
-  AutoEncoder and one of its maskings, or ContrastivePretraining), once per dataset and arm, then
-  cached in ``--workdir`` and reused by every draw:
+  AutoEncoder and one of its maskings, per date or through TempCNN's dense head (``bottleneck``),
+  or ContrastivePretraining), once per dataset and arm, then cached in ``--workdir`` and reused by
+  every draw:
 
   - ``area`` (the *mapping setting*): on every series of the area, labels never read. UCR Crop:
     the inputs of the 7,200 training and the 16,800 test series; Mato Grosso: the 1,892 samples.
@@ -21,6 +22,9 @@ Protocol (issue 18):
   steps of batch ``--batch_size``, one-cycle LR. The pretrained arms may keep the encoder frozen
   for the first ``--freeze_fraction`` of those steps (linear probing, then fine-tuning).
 - **From scratch**: the same classifier, randomly initialised.
+- **Self-training** (arms ``area_st``, ``scratch_st``): the fine-tuned classifier labels the area's
+  other series, the ``--pseudo_labels`` most confident of each predicted class join the labels, and
+  a second classifier is trained on both from the same start.
 - **Peers** on the same labelled series, scored on the same test set: MiniRocket, MultiRocket
   (aeon's defaults) and a random forest (300 trees), one job each (``benchmarks/peers.py``).
 
