@@ -301,8 +301,10 @@ class MapParts:
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, final)
-        except BaseException:
+        except BaseException as error:
             temporary.unlink(missing_ok=True)
+            if isinstance(error, OSError):  # Python's write errors do not name the file
+                raise OSError(error.errno or errno.EIO, f"{final}: not written ({error.strerror or error})") from error
             raise
 
     def load(self, index: int) -> dict[str, np.ndarray]:
@@ -435,7 +437,8 @@ class MapWriter(BasePredictionWriter):
             "tiled": True,
             "blockxsize": 256,
             "blockysize": 256,
-            "compress": "deflate",
+            # A COG is copied from this GeoTIFF and compressed then: the intermediate file stays raw.
+            "compress": "none" if self.cog else "deflate",
             "BIGTIFF": "IF_SAFER",
             **self.stack.profile,
         }
@@ -467,7 +470,7 @@ class MapWriter(BasePredictionWriter):
         for path in self._targets():
             partial = self._temporary(path)
             if self.cog:  # a COG is written in one go (overviews, then tiles), from the finished GeoTIFF
-                verify_raster(partial, self._count(path), self.stack.shape)
+                # (the copy reads every block of it: a read error is raised here, as GDAL's write errors)
                 with gdal_errors(self._temporary(path, ".cog")):
                     rasterio.shutil.copy(
                         partial, self._temporary(path, ".cog"), driver="COG", compress="DEFLATE",
@@ -498,6 +501,8 @@ class MapWriter(BasePredictionWriter):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._clean()
+        with contextlib.suppress(OSError):  # finished windows stay for the next run; an empty folder goes
+            self.parts.folder.rmdir()
 
 
 def percent(values: torch.Tensor, valid: np.ndarray) -> np.ndarray:
