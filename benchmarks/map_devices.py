@@ -8,7 +8,7 @@ Needs nothing but the package (no ../shared data), so it runs on a lent machine 
 
 1. A synthetic stack of ``--dates`` multi-band GeoTIFFs (``--bands`` bands ``b1``.., ``--size`` x
    ``--size`` pixels, smooth fields plus noise, int16 DEFLATE tiles) in ``--workdir``.
-2. The default recipe (``configs/default.yaml``: transformer width 64, 2 layers) fitted for a few
+2. The default recipe (``configs/default.yaml``: TempCNN and its date-grid head) fitted for a few
    steps on synthetic series of the same bands and dates (the speed does not depend on the weights).
 3. ``cmap map`` of the stack for each device count (``--strategy ddp`` above one), each in its own
    process group; the maps are compared with the first one pixel for pixel.
