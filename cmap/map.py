@@ -262,11 +262,12 @@ class WindowsToDo(Sampler[int]):
                 rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
             mine = range(rank, self.num_windows, world)
             self._indices = [index for index in mine if not self.parts.done(index)]
-            print(
-                f"cmap map: process {rank} of {world}: {len(self._indices)} windows to classify, "
-                f"{len(mine) - len(self._indices)} already written",
-                file=sys.stderr,
-            )
+            if world > 1 or len(self._indices) < len(mine):  # said when it tells something: shared or resumed
+                print(
+                    f"cmap map: process {rank} of {world}: {len(self._indices)} windows to classify, "
+                    f"{len(mine) - len(self._indices)} already written",
+                    file=sys.stderr,
+                )
         return self._indices
 
     def __iter__(self) -> Iterator[int]:

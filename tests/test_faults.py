@@ -547,7 +547,8 @@ def test_4_truncated_date_raster_is_one_line_naming_file_date_and_band(checkpoin
     command = [*map_command(checkpoint, rasters, output), "--num_workers", str(num_workers)]  # 1: read in a worker
     message = one_line_error(capsys, command)
     assert re.search(rf"error: {re.escape(str(damaged))}: unreadable at date {DATES[1]}, band NDVI", message), message
-    assert not output.exists() and not any(output.parent.iterdir())
+    # Nothing under an output name; at most the windows finished before the damaged read, hidden, for a rerun.
+    assert visible(output.parent) == [] and {p.name for p in output.parent.iterdir()} <= {".map.tif.partial-parts"}
 
 
 def test_a_raster_that_is_not_a_raster_is_one_line_naming_it(checkpoint, tmp_path, capsys):
