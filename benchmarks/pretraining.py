@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ import torch
 from common import SHARED_DATA, machine, quiet_trainer, ucr_crop_encoder
 from peers import TITLES, fit_predict
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from cmap.data import UCRCrop
 from cmap.data.contract import InputContract
@@ -252,7 +254,7 @@ def pretrain(area: Area, rows: np.ndarray, encoder: str, d_model: int, objective
     model.set_input_contract(area.contract)
     trainer = quiet_trainer(max_epochs=epochs)
     loader = batch_loader(dataset, min(batch_size, len(rows)), shuffle=True, drop_last=True)
-    trainer.fit(model, train_dataloaders=loader)
+    fit_without_validation(trainer, model, loader)
     temporary = output.with_name(output.name + ".tmp")
     trainer.save_checkpoint(temporary)
     os.replace(temporary, output)
@@ -346,8 +348,16 @@ def train_classifier(area: Area, rows: np.ndarray, labels: np.ndarray, encoder: 
     dataset = SeriesDataset(training, np.arange(len(rows)), area.contract, augmentation)
     trainer = quiet_trainer(max_steps=steps, max_epochs=-1, limit_val_batches=0)
     # Lightning calls the model's setup, which loads the pretrained encoder weights.
-    trainer.fit(model, train_dataloaders=batch_loader(dataset, args.batch_size, shuffle=True))
+    fit_without_validation(trainer, model, batch_loader(dataset, args.batch_size, shuffle=True))
     return model
+
+
+def fit_without_validation(trainer: L.Trainer, model: L.LightningModule, loader: DataLoader) -> None:
+    """``trainer.fit`` on ``loader`` alone: pretraining has no labels to validate on and fine-tuning
+    spares none of its few, so Lightning's warning about the missing validation loader is expected."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "You defined a `validation_step` but have no `val_dataloader`")
+        trainer.fit(model, train_dataloaders=loader)
 
 
 def peer_accuracy(area: Area, labels_per_class: int, draw: int, peer: str) -> float:
