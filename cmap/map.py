@@ -44,6 +44,7 @@ map, never a name among the input rasters that the pattern would read as a date.
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -77,6 +78,7 @@ from cmap.outputs import (
     remove_stale_partials,
     temporary_path,
     verify_raster,
+    write_bytes_atomically,
 )
 from cmap.parcels import check_parcels, is_cmap_parcels, summarise_parcels
 from cmap.postprocessing import BayesianSmoothing, uncertainty_bands
@@ -292,21 +294,11 @@ class MapParts:
         return self.path(index).is_file()
 
     def save(self, index: int, **arrays: np.ndarray) -> None:
-        """Written under a temporary name, flushed to the disk, then renamed: a part is whole or absent."""
+        """Written atomically (:func:`~cmap.outputs.write_bytes_atomically`): a part is whole or absent."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.path(index)
-        temporary = temporary_path(final)
-        try:
-            with open(temporary, "wb") as file:
-                np.savez(file, **arrays)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, final)
-        except BaseException as error:
-            temporary.unlink(missing_ok=True)
-            if isinstance(error, OSError):  # Python's write errors do not name the file
-                raise OSError(error.errno or errno.EIO, f"{final}: not written ({error.strerror or error})") from error
-            raise
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_bytes_atomically(self.path(index), buffer.getbuffer())
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         path = self.path(index)
