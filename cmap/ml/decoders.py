@@ -47,7 +47,28 @@ class Decoder(nn.Module):
         raise NotImplementedError
 
 
-class MultiClassClassification(Decoder):
+class ClassificationHead(Decoder):
+    """A decoder whose output size is the number of classes: ``num_classes`` given, or the data's
+    (:meth:`bind_classes`, called when the task meets its data)."""
+
+    num_classes: int | None = None
+
+    def bind_classes(self, class_names: Sequence[str]) -> None:
+        """Take the data's class count when ``num_classes`` was not given (and build what it sizes); else check it."""
+        if self.num_classes is None:
+            self.num_classes = len(class_names)
+            self.build_output()
+        elif self.num_classes != len(class_names):
+            raise ValueError(
+                f"the decoder has num_classes={self.num_classes} outputs but the data has {len(class_names)} classes: "
+                f"{list(class_names)} (leave num_classes out to take the data's)"
+            )
+
+    def build_output(self) -> None:
+        """Build the layers sized by ``num_classes`` once it is known (a head given it builds them in :meth:`build`)."""
+
+
+class MultiClassClassification(ClassificationHead):
     """Classification head: mean over valid dates, layer norm, dropout, linear.
 
     Args:
@@ -71,17 +92,9 @@ class MultiClassClassification(Decoder):
         if self.num_classes is not None:
             self.linear = nn.Linear(in_features, self.num_classes)
 
-    def bind_classes(self, class_names: Sequence[str]) -> None:
-        """Build the output layer for the data's classes when ``num_classes`` was not given; else check it."""
-        if self.num_classes is None:
-            self.num_classes = len(class_names)
-            if self.in_features is not None:
-                self.linear = nn.Linear(self.in_features, self.num_classes)
-        elif self.num_classes != len(class_names):
-            raise ValueError(
-                f"the decoder has num_classes={self.num_classes} outputs but the data has {len(class_names)} classes: "
-                f"{list(class_names)} (leave num_classes out to take the data's)"
-            )
+    def build_output(self) -> None:
+        if self.in_features is not None:
+            self.linear = nn.Linear(self.in_features, self.num_classes)
 
     def forward(self, features: Tensor, mask: Tensor) -> Tensor:
         return self.linear(self.dropout(self.norm(masked_mean(features, mask))))

@@ -6,14 +6,13 @@ dates; :class:`FlattenClassification` is TempCNN's own head, for data with a fix
 calendar (irregular dates, clouds, other numbers of dates).
 """
 
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmap.data.contract import DateGrid
-from cmap.ml.decoders import Decoder
+from cmap.ml.decoders import ClassificationHead
 
 
 def zero_masked(features: Tensor, mask: Tensor) -> Tensor:
@@ -123,7 +122,7 @@ class MaskedConvBlock(nn.Module):
         return zero_masked(self.dropout(F.relu(self.norm(x, mask))), mask)
 
 
-class FlattenClassification(Decoder):
+class FlattenClassification(ClassificationHead):
     """TempCNN's head: the features of all T dates in date order, flattened, then dense layers.
 
     ``flatten (T * d_model) -> linear (hidden) -> batch norm -> ReLU -> dropout -> linear
@@ -171,7 +170,7 @@ class FlattenClassification(Decoder):
         return self.linear(self.dropout(F.relu(self.norm(self.dense(x)))))
 
 
-class DateGridClassification(Decoder):
+class DateGridClassification(ClassificationHead):
     """TempCNN's flatten + dense head on a grid of days: for any calendar, built from the data.
 
     Each date's features go to its step of the training data's :class:`~cmap.data.contract.DateGrid`
@@ -205,29 +204,19 @@ class DateGridClassification(Decoder):
         self.set_width(in_features)
 
     def build(self, in_features: int) -> None:
-        self.build_layers()
-
-    def bind_classes(self, class_names: Sequence[str]) -> None:
-        if self.num_classes is None:
-            self.num_classes = len(class_names)
-            self.build_layers()
-        elif self.num_classes != len(class_names):
-            raise ValueError(
-                f"the decoder has num_classes={self.num_classes} outputs but the data has {len(class_names)} classes: "
-                f"{list(class_names)} (leave num_classes out to take the data's)"
-            )
+        self.build_output()
 
     def bind_date_grid(self, date_grid: DateGrid) -> None:
         if self.date_grid is None:
             self.date_grid = date_grid
-            self.build_layers()
+            self.build_output()
         elif self.date_grid != date_grid:
             raise ValueError(
                 f"DateGridClassification was built for {self.date_grid} but the data's dates are on {date_grid} "
                 "(leave date_grid out to take the data's)"
             )
 
-    def build_layers(self) -> None:
+    def build_output(self) -> None:
         """The layers, once the feature width, the classes and the grid are all known."""
         if self.in_features is None or self.num_classes is None or self.date_grid is None or hasattr(self, "dense"):
             return
