@@ -6,7 +6,6 @@ dates; :class:`FlattenClassification` is TempCNN's own head, for data with a fix
 calendar (irregular dates, clouds, other numbers of dates).
 """
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
