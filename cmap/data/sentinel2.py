@@ -185,8 +185,9 @@ def _tag(element: ElementTree.Element) -> str:
 
 
 def read_mtd(path: Path) -> dict[str, Any]:
-    """From a product's MTD_MSIL2A.xml: ``start`` (datetime), ``baseline`` (float) and ``boa_add_offset``
-    (the offset of the reflectance bands; 0 before baseline 04.00)."""
+    """A product's MTD_MSIL2A.xml as STAC item properties: ``datetime`` (the product start),
+    ``s2:processing_baseline`` and ``cmap:boa_add_offset`` (the offset of the reflectance bands; 0
+    before baseline 04.00)."""
     try:
         root = ElementTree.parse(path).getroot()
     except (ElementTree.ParseError, OSError) as error:
@@ -207,8 +208,11 @@ def read_mtd(path: Path) -> dict[str, Any]:
     reflectance_offsets = {offsets[band] for band in offsets if band != "B10"}
     if len(reflectance_offsets) > 1:
         raise InputError(f"{path}: BOA_ADD_OFFSET differs between bands ({offsets}); cmap expects one offset")
-    fields["boa_add_offset"] = reflectance_offsets.pop() if reflectance_offsets else 0.0
-    return fields
+    return {
+        "datetime": fields["start"],
+        "s2:processing_baseline": f"{fields['baseline']:05.2f}",
+        "cmap:boa_add_offset": reflectance_offsets.pop() if reflectance_offsets else 0.0,
+    }
 
 
 _DATE_IN_NAME = re.compile(r"(?<!\d)(\d{8})(?:T\d{6})?(?!\d)")
@@ -234,7 +238,7 @@ def safe_item(safe: Path) -> pystac.Item:
     mtd = safe / "MTD_MSIL2A.xml"
     if not mtd.is_file():
         raise InputError(f"{safe}: no MTD_MSIL2A.xml (is it a Sentinel-2 Level-2A SAFE product?)")
-    fields = read_mtd(mtd)
+    properties = read_mtd(mtd)
     assets = {}
     for path in sorted(safe.glob("GRANULE/*/IMG_DATA/R*m/*.jp2")):
         match = re.search(r"_([A-Z0-9]{3})_(\d{2})m\.jp2$", path.name)
@@ -244,10 +248,10 @@ def safe_item(safe: Path) -> pystac.Item:
         raise InputError(f"{safe}: no band files GRANULE/*/IMG_DATA/R10m|R20m|R60m/*_B02_10m.jp2 ...")
     tile = _TILE_IN_NAME.search(safe.name.replace(".SAFE", ""))
     return _product_item(
-        safe, assets,
-        {"datetime": fields["start"], "s2:processing_baseline": f"{fields['baseline']:05.2f}",
-         "cmap:boa_add_offset": fields["boa_add_offset"], **({"s2:mgrs_tile": tile[1]} if tile else {})},
-    )  # fmt: skip
+        safe,
+        assets,
+        {**properties, **({"s2:mgrs_tile": tile[1]} if tile else {})},
+    )
 
 
 def cog_item(folder: Path) -> pystac.Item:
@@ -262,9 +266,7 @@ def cog_item(folder: Path) -> pystac.Item:
     }
     properties: dict[str, Any] = {}
     if (folder / "MTD_MSIL2A.xml").is_file():
-        fields = read_mtd(folder / "MTD_MSIL2A.xml")
-        properties = {"datetime": fields["start"], "s2:processing_baseline": f"{fields['baseline']:05.2f}",
-                      "cmap:boa_add_offset": fields["boa_add_offset"]}  # fmt: skip
+        properties = read_mtd(folder / "MTD_MSIL2A.xml")
     else:
         date = _DATE_IN_NAME.search(folder.name)
         if date is None:

@@ -127,15 +127,8 @@ def find_asset(item: pystac.Item, band: str, sentinel2_item: bool) -> tuple[str,
     ``band`` (name or common name), or (Sentinel-2) it spells the same band; the finest resolution first."""
     if band in item.assets:
         return band, item.assets[band]
-    named = [
-        (key, asset)
-        for key, asset in item.assets.items()
-        if len(asset.extra_fields.get("eo:bands") or []) == 1
-        and band
-        in (asset.extra_fields["eo:bands"][0].get("name"), asset.extra_fields["eo:bands"][0].get("common_name"))
-    ]
-    if not named and sentinel2_item and sentinel2.canonical_band(band) is not None:
-        wanted = sentinel2.canonical_band(band)
+    named = [(key, asset) for key, asset in item.assets.items() if band in eo_band_names(asset)]
+    if not named and sentinel2_item and (wanted := sentinel2.canonical_band(band)) is not None:
         named = [(key, asset) for key, asset in item.assets.items() if sentinel2.canonical_band(key) == wanted]
     if not named:
         return None
