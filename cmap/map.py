@@ -298,7 +298,8 @@ class MapParts:
         self.folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        write_bytes_atomically(self.path(index), buffer.getbuffer())
+        # No scan of the folder per window (it grows with the map): remove() takes stale partials with it.
+        write_bytes_atomically(self.path(index), buffer.getbuffer(), remove_stale=False)
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         path = self.path(index)

@@ -109,16 +109,18 @@ def publish(temporary: str | Path, final: str | Path) -> Path:
     return final
 
 
-def write_bytes_atomically(path: str | Path, data: bytes | memoryview) -> Path:
+def write_bytes_atomically(path: str | Path, data: bytes | memoryview, remove_stale: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically on its own file system: a hidden temporary file in the same
     folder, written, flushed, ``fsync``-ed and read back (compared byte for byte), then renamed.
 
     A failure (a full disk, a read-back mismatch) removes the temporary file and raises: ``path`` keeps
     its previous content. A killed process can only leave the hidden ``.<name>.partial-<pid>`` file,
-    which the next write of ``path`` removes.
+    which the next write of ``path`` removes (``remove_stale=False``: the caller cleans its folder
+    itself, as the map's parts do once per run rather than once per window).
     """
     path = Path(path)
-    remove_stale_partials(path)
+    if remove_stale:
+        remove_stale_partials(path)
     temporary = temporary_path(path)
     view = memoryview(data).cast("B")
     chunk = 1 << 24

@@ -197,9 +197,9 @@ class DateGrid:
         """The grid of series ``days`` (N, T) whose valid dates are ``mask`` (N, T)."""
         if not mask.any():
             raise ValueError("DateGrid: no valid date")
-        ordered = np.sort(np.where(mask, days, np.iinfo(np.int64).max).astype(np.int64), axis=1)
+        ordered = np.sort(np.where(mask, days, np.nan), axis=1)  # masked dates last, as NaN
         gaps = np.diff(ordered, axis=1)
-        valid_gaps = gaps[(ordered[:, 1:] != np.iinfo(np.int64).max) & (gaps > 0)]
+        valid_gaps = gaps[gaps > 0]  # a NaN gap (a masked date) compares False
         step = max(1, int(np.median(valid_gaps))) if valid_gaps.size else 1
         last_day = int(days[mask].max())
         return cls(step, int(np.floor(last_day / step + 0.5)) + 1)

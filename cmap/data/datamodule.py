@@ -492,8 +492,7 @@ def normalisation_statistics(
     series are exact to about 0.1 %), streamed ``chunk_size`` at a time with float64 sums, so time
     and memory stay flat however large the store. Returns float32 (C,) arrays.
     """
-    if len(index) > max_series:
-        index = np.random.default_rng(seed).choice(index, max_series, replace=False)
+    index = seeded_sample(index, max_series, seed)
     num_bands = series.values.shape[-1]
     total, total_sq, count = np.zeros(num_bands), np.zeros(num_bands), 0
     for start in range(0, len(index), chunk_size):
@@ -513,7 +512,12 @@ def normalisation_statistics(
 def training_date_grid(series: PixelSeries, index: np.ndarray, max_series: int = 20_000, seed: int = 0) -> DateGrid:
     """The :class:`~cmap.data.contract.DateGrid` of the series ``index`` (a seeded sample of at most
     ``max_series`` of them: a median and a maximum of days, read once at setup)."""
-    if len(index) > max_series:
-        index = np.random.default_rng(seed).choice(index, max_series, replace=False)
-    rows = np.sort(index)
+    rows = np.sort(seeded_sample(index, max_series, seed))
     return DateGrid.of(series.days[rows], np.isfinite(series.values[rows]).all(axis=-1))
+
+
+def seeded_sample(index: np.ndarray, max_series: int, seed: int) -> np.ndarray:
+    """``index`` itself, or a seeded random sample of ``max_series`` of it when it holds more."""
+    if len(index) <= max_series:
+        return index
+    return np.random.default_rng(seed).choice(index, max_series, replace=False)

@@ -261,8 +261,8 @@ class SeriesMixing:
         values, mask = batch["values"], batch["mask"]
         size, num_dates = mask.shape
         partner = torch.randperm(size, device=mask.device)
-        beta = torch.distributions.Beta(torch.tensor(self.alpha), torch.tensor(self.alpha))
-        lam = beta.sample((size,)).to(device=values.device, dtype=values.dtype)
+        alpha = torch.tensor(self.alpha, device=values.device)  # drawn on the batch's device: no copy per step
+        lam = torch.distributions.Beta(alpha, alpha).sample((size,)).to(values.dtype)
         other_values, other_mask = values[partner], mask[partner]
         if self.mode == "mixup":
             both = (mask & other_mask).unsqueeze(-1)
