@@ -345,15 +345,10 @@ class MapWriter(BasePredictionWriter):
         return temporary_path(path, suffix)
 
     def _targets(self) -> list[Path]:
-        """The rasters, in the order they are published (the class map last)."""
-        return [
-            *[probabilities_path(self.output)] * self.probabilities,
-            *[uncertainty_path(self.output)] * self.uncertainty,
-            self.output,
-        ]
+        return map_rasters_of(self.output, self.probabilities, self.uncertainty)
 
     def _sidecars(self) -> list[Path]:
-        return [self.output.with_suffix(".qml"), attributes_path(self.output)]
+        return map_sidecars(self.output)
 
     def _partials(self) -> list[Path]:
         """Every temporary file this writer may leave (removed on failure)."""
@@ -534,6 +529,16 @@ def is_gdal_sidecar(path: Path) -> bool:
         return False
 
 
+def map_rasters_of(output: Path, probabilities: bool, uncertainty: bool) -> list[Path]:
+    """The rasters ``cmap map`` writes for ``output``, in the order they are published (the class map last)."""
+    return [*[probabilities_path(output)] * probabilities, *[uncertainty_path(output)] * uncertainty, output]
+
+
+def map_sidecars(output: Path) -> list[Path]:
+    """The files beside the class map: its QGIS style and its GDAL attributes."""
+    return [output.with_suffix(".qml"), attributes_path(output)]
+
+
 def check_map_outputs(
     output: Path,
     probabilities: bool,
@@ -543,15 +548,15 @@ def check_map_outputs(
     uncertainty: bool = False,
 ) -> None:
     """Refuse outputs that are inputs (rasters, checkpoints), other files, or files a later run would read as dates."""
-    targets = [output, *([probabilities_path(output)] if probabilities else [])]
-    targets += [uncertainty_path(output)] if uncertainty else []
+    targets = map_rasters_of(output, probabilities, uncertainty)
     if output.suffix.lower() == ".qml":  # the style beside the map would replace the map itself
         raise OutputPathError(f"{output}: the crop map is a GeoTIFF (.tif), and its QGIS style goes to the .qml name")
     rasters = list(dict.fromkeys(path for paths in stack.paths for path in paths))
     inputs = [*map(Path, checkpoints), *rasters]
     check_outputs(targets, inputs, is_cmap_raster, "crop map")
-    check_outputs([output.with_suffix(".qml")], inputs, is_cmap_style, "crop map's QGIS style")
-    check_outputs([attributes_path(output)], inputs, is_gdal_sidecar, "crop map's GDAL attributes (.aux.xml)")
+    style, attributes = map_sidecars(output)
+    check_outputs([style], inputs, is_cmap_style, "crop map's QGIS style")
+    check_outputs([attributes], inputs, is_gdal_sidecar, "crop map's GDAL attributes (.aux.xml)")
     folders = {Path(os.path.abspath(path.parent)).resolve() for path in rasters}
     regex = re.compile(pattern)
     for target in targets:
@@ -700,7 +705,11 @@ def map_rasters(
     check_map_outputs(output, probabilities, stack, checkpoints, pattern, uncertainty)
     parcel_layer = Path(parcels_output) if parcels_output else output.with_name(f"{output.stem}_parcels.gpkg")
     if parcels is not None:
-        check_outputs([parcel_layer], [output, Path(parcels), *map(Path, checkpoints)], is_cmap_parcels, "parcel layer")
+        # None of the map's own files either: refused now, not after the whole map is made.
+        map_files = [*map_rasters_of(output, probabilities, uncertainty), *map_sidecars(output)]
+        check_outputs(
+            [parcel_layer], [*map_files, Path(parcels), *map(Path, checkpoints)], is_cmap_parcels, "parcel layer"
+        )
         check_parcels(parcels, model.class_names)
     time_axis = contract.time_axis if reference_date is None else TimeAxis.from_reference_date(reference_date)
     windows = StackWindows(stack, window_size, stack.days(time_axis), contract, smoother.halo if smoother else 0)
