@@ -205,25 +205,28 @@ class Classifier(SITSTask):
             probabilities = probabilities + torch.softmax(member(values, days, mask).float(), dim=-1)
         return (probabilities / (len(members) + 1)).clamp_min(1e-12).log()
 
-    def _shared_step(self, batch: Batch, stage: str) -> dict[str, Tensor]:
+    def _shared_step(
+        self, batch: Batch, stage: str, partner: Tensor | None = None, lam: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Loss, metrics and predictions of ``batch``; with ``partner`` and ``lam`` (:class:`SeriesMixing`),
+        of mixed series: mixed targets, metrics scored against each series' larger share."""
         logits = self(batch["values"], batch["days"], batch["mask"])
-        loss = self.criterion(logits, batch["label"])
-        getattr(self, f"{stage}_metrics").update(logits, batch["label"])
+        target = scored = batch["label"]
+        if partner is not None:
+            one_hot = torch.zeros_like(logits).scatter_(-1, target.unsqueeze(-1), 1.0)  # no host read, unlike F.one_hot
+            weight = lam.to(logits.dtype).unsqueeze(1)
+            target = weight * one_hot + (1 - weight) * one_hot[partner]
+            scored = torch.where(lam >= 0.5, scored, scored[partner])
+        loss = self.criterion(logits, target)
+        getattr(self, f"{stage}_metrics").update(logits, scored)
         self.log_loss(stage, loss, len(logits))
         return {"loss": loss, "prediction": logits.detach().argmax(dim=-1)}
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         if self.mixing is None:
             return self._shared_step(batch, "train")["loss"]
-        batch, partner, lam = self.mixing(batch)
-        logits = self(batch["values"], batch["days"], batch["mask"])
-        label = batch["label"]
-        one_hot = torch.zeros_like(logits).scatter_(-1, label.unsqueeze(-1), 1.0)  # no host read, unlike F.one_hot
-        lam = lam.to(logits.dtype).unsqueeze(1)
-        loss = self.criterion(logits, lam * one_hot + (1 - lam) * one_hot[partner])
-        self.train_metrics.update(logits, torch.where(lam.squeeze(1) >= 0.5, label, label[partner]))
-        self.log_loss("train", loss, len(logits))
-        return loss
+        mixed, partner, lam = self.mixing(batch)
+        return self._shared_step(mixed, "train", partner, lam)["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         return self._shared_step(batch, "val")
