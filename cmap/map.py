@@ -218,6 +218,9 @@ class WindowClassifier(L.LightningModule):
     def on_predict_start(self) -> None:
         self.model.check_ensemble()  # an ensemble's other members join the model's device
 
+    def on_before_batch_transfer(self, item: Any, dataloader_idx: int) -> Any:
+        return self.model.on_before_batch_transfer(item, dataloader_idx)  # the days' range, checked on the CPU
+
     def predict_step(self, item: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         chunks = [
             torch.softmax(
