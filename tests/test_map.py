@@ -79,6 +79,47 @@ def test_sinop_cube_is_read_with_its_dates_grid_and_missing_values():
     assert stack.days().tolist() == [0, 32, 64, 96, 125, 157, 189, 221, 253, 285, 317, 349]
 
 
+class RecordingReads:
+    """An open raster whose reads are recorded: the array each one was asked to read into (``out``)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset, self.outs = dataset, []
+
+    def read(self, *args, **kwargs):
+        self.outs.append(kwargs.get("out"))
+        return self.dataset.read(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.dataset, name)
+
+
+def test_bands_are_read_into_the_window_array_and_every_file_type_converts_as_numpy_does(tmp_path):
+    """Each band is read straight into its place in the window's array (no array of its own, copied
+    in); int16 converts in GDAL, int32 and float64 (not exactly float32) as NumPy converts them:
+    their NaN and infinities are missing, a float64 beyond float32 becomes infinite as before."""
+    rng = np.random.default_rng(1)
+    values = {
+        "A": rng.integers(-30000, 30000, (1, 6, 5)).astype(np.int16),
+        "B": np.full((1, 6, 5), 2**24 + 1, dtype=np.int32) * np.arange(1, 6, dtype=np.int32),
+        "C": rng.normal(0, 1, (1, 6, 5)),
+    }
+    values["C"][0, 2, 1:5] = [np.nan, np.inf, -np.inf, 1e300]
+    for band, data in values.items():
+        write_raster(tmp_path / f"T_{band}_2021-04-01.tif", data)
+    stack = RasterStack.from_folder(tmp_path, r"_(?P<band>[A-C])_(?P<date>\d{4}-\d{2}-\d{2})", ["A", "B", "C"])
+    datasets = {key: RecordingReads(dataset) for key, dataset in stack.open().items()}
+    window = rasterio.windows.Window(1, 2, 4, 3)
+    with np.errstate(over="ignore"):  # 1e300 in float32
+        cube = stack.read(window, datasets)
+        assert stack.read(window).tobytes() == cube.tobytes()  # datasets opened by read itself
+        expected = np.stack([data[0, 2:5, 1:5].astype(np.float32) for data in values.values()])[None]
+    expected[0, 2][~np.isfinite(values["C"][0, 2:5, 1:5])] = np.nan
+    np.testing.assert_array_equal(cube, expected)
+    assert np.isnan(cube[0, 2, 0, :3]).all() and np.isinf(cube[0, 2, 0, 3])  # NaN, inf, -inf missing; 1e300 inf
+    outs = [out for dataset in datasets.values() for out in dataset.outs]
+    assert len(outs) == 3 and outs[0] is not None and np.shares_memory(outs[0], cube[0, 0])  # the int16 band
+
+
 def test_map_of_the_sinop_cube_has_the_cube_grid_classes_and_probabilities(ndvi_checkpoint, tmp_path):
     output = tmp_path / "out" / "sinop.tif"
     map_rasters(str(ndvi_checkpoint), str(require(SINOP)), str(output), pattern=SINOP_PATTERN, scale=1e-4,

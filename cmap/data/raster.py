@@ -276,56 +276,85 @@ class RasterStack:
     def read(self, window: Window | None = None, datasets: dict[Any, Any] | None = None) -> np.ndarray:
         """float32 (T, C, h, w) physical values of ``window`` (default: everything); NaN = missing.
 
-        ``datasets``: open rasters, to reuse across windows (see :meth:`open`).
+        ``datasets``: open rasters, to reuse across windows (see :meth:`open`). Each band is read
+        straight into its place in the output (the first granule of a date) or into one buffer
+        shared by the later granules of every mosaic, not into an array of its own.
         """
         height, width = self.shape if window is None else (int(window.height), int(window.width))
         opened = self.open() if datasets is None else datasets
         try:
             out = np.full((len(self.dates), len(self.band_names), height, width), np.nan, dtype=np.float32)
+            later = None  # the buffer of a mosaic's later granules, allocated once
             for t, granules in enumerate(self.granules):
-                for granule in granules:
-                    values = self._read_granule(granule, t, window, (height, width), opened)
-                    if len(granules) == 1:
-                        out[t] = values
-                        continue
+                self._read_granule(granules[0], t, window, opened, out[t])
+                for granule in granules[1:]:
+                    if later is None:
+                        later = np.empty_like(out[t])
+                    self._read_granule(granule, t, window, opened, later)
                     # Mosaic: pixels that no earlier granule of this date filled take this one's values.
-                    fill = np.isnan(out[t]).all(axis=0) & ~np.isnan(values).all(axis=0)
-                    out[t][:, fill] = values[:, fill]
+                    fill = np.isnan(out[t]).all(axis=0) & ~np.isnan(later).all(axis=0)
+                    out[t][:, fill] = later[:, fill]
         finally:
             if datasets is None:
                 close_all(opened)
         return out
 
     def _read_granule(
-        self, granule: Granule, t: int, window: Window | None, shape: tuple[int, int], datasets: dict[Any, Any]
-    ) -> np.ndarray:
-        """float32 (C, h, w) physical values of one granule; NaN = missing (nodata, out of range, masked class)."""
-        values = np.empty((len(self.band_names), *shape), dtype=np.float32)
+        self, granule: Granule, t: int, window: Window | None, datasets: dict[Any, Any], values: np.ndarray
+    ) -> None:
+        """Fill ``values``, float32 (C, h, w), with the physical values of one granule; NaN = missing
+        (nodata, out of range, masked class)."""
         for c, layer in enumerate(granule.layers):
-            raw = self._read_layer(layer, self.resampling, window, datasets, f"band {self.band_names[c]}", t)
-            missing = np.ma.getmaskarray(raw) | ~np.isfinite(raw.data)
-            data = raw.data.astype(np.float32)
+            data = values[c]
+            raw = self._read_layer(layer, self.resampling, window, datasets, f"band {self.band_names[c]}", t, data)
+            missing = np.ma.getmaskarray(raw)
             if granule.nodata is not None:
                 missing |= data == np.float32(granule.nodata)
             data += np.float32(granule.raw_offset)
             if self.valid_range is not None:
                 missing |= (data < self.valid_range[0]) | (data > self.valid_range[1])
-            data = data * np.float32(self.scale) + np.float32(self.offset)
+            data *= np.float32(self.scale)
+            data += np.float32(self.offset)
             data[missing] = np.nan
-            values[c] = data
         if granule.mask is not None:
             classes = self._read_layer(granule.mask, "nearest", window, datasets, "mask", t)
             # Outside the mask raster's footprint nothing is known: missing too.
             masked = np.ma.getmaskarray(classes) | np.isin(classes.data, granule.masked_classes)
             values[:, masked] = np.nan
-        return values
 
     def _read_layer(
-        self, layer: Layer, resampling: str, window: Window | None, datasets: dict[Any, Any], what: str, t: int
+        self,
+        layer: Layer,
+        resampling: str,
+        window: Window | None,
+        datasets: dict[Any, Any],
+        what: str,
+        t: int,
+        out: np.ndarray | None = None,
     ) -> np.ma.MaskedArray:
+        """The layer's values in ``window``, masked where the raster has no data or a value of the file's
+        own type is not finite (NaN, infinite).
+
+        ``out``: an array to read the values into (its dtype), whose data the returned array is. GDAL
+        converts them while reading when every value of the file's type converts exactly (integers of
+        up to 16 bits, float32 into float32); other types (int32, float64) are read as they are and
+        copied in by NumPy, so the values are always NumPy's conversion of the file's.
+        """
         dataset = datasets[(layer.href, resampling)]
+        dtype = np.dtype(dataset.dtypes[layer.band - 1])
         try:
-            values = dataset.read(layer.band, window=window, masked=True)
+            if out is not None and not np.can_cast(dtype, out.dtype, "safe"):
+                native = dataset.read(layer.band, window=window, masked=True)
+                np.copyto(out, native.data, casting="unsafe")
+                values = np.ma.MaskedArray(out, mask=np.ma.getmaskarray(native) | ~np.isfinite(native.data))
+            else:
+                # A view: rasterio (1.4, masked=True) reshapes the array it reads into to (1, h, w).
+                view = None if out is None else out.view()
+                values = dataset.read(layer.band, window=window, masked=True, out=view)
+                if out is not None and not np.may_share_memory(values.data, out):  # rasterio gave a copy after all
+                    out[...] = values.data
+                if dtype.kind == "f":
+                    values.mask = np.ma.getmaskarray(values) | ~np.isfinite(values.data)
             if isinstance(dataset, WarpedVRT) and dataset.src_dataset.nodata is None:
                 # Outside the raster's footprint: its alpha band (the last) is 0. GDAL does not always
                 # report the alpha band as the data band's mask, so it is read here.
