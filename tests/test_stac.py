@@ -389,6 +389,17 @@ def test_common_name_assets_safe_folders_and_cog_folders_give_the_same_stack(tmp
         np.testing.assert_array_equal(stack.read(), reference)
 
 
+def test_a_folder_of_products_is_listed_once(tmp_path, monkeypatch):
+    """open_stack lists a folder of COG products and each product folder once: whether it is a STAC
+    source, which products and band files it holds are found together and passed on to the items."""
+    folder = write_products(tmp_path / "cog", "cog")
+    listed, iterdir = [], Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: (listed.append(self), iterdir(self))[1])
+    stack = open_stack(folder, ["B04", "B11"])
+    assert [len(granules) for granules in stack.granules] == [2] * len(DATES)
+    assert len(listed) == 1 + 2 * len(DATES) and len(set(listed)) == len(listed)
+
+
 def test_a_missing_band_or_scl_asset_is_named(tmp_path):
     collection = write_collection(tmp_path)
     with pytest.raises(InputError, match=r"S2A_MSIL2A_20211201T105031_N0301_R051_T31TCJ_20211201T130000: no asset "

@@ -42,6 +42,8 @@ to every STAC item it recognises as Sentinel-2 L2A, and to the products found in
 import datetime
 import re
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -254,16 +256,13 @@ def safe_item(safe: Path) -> pystac.Item:
     )
 
 
-def cog_item(folder: Path) -> pystac.Item:
+def cog_item(folder: Path, files: Sequence[Path] | None = None) -> pystac.Item:
     """A folder of one product's band files (``B02.tif`` ``SCL.tif`` or ``blue.tif`` ``scl.tif``, as
     Earth Search and the Planetary Computer serve them) as a STAC item. The date is the folder name's
     (``S2B_31TCJ_20210504_0_L2A``); the offset comes from an MTD_MSIL2A.xml in the folder, else from the
-    processing baseline in the folder name (``..._N0400_...``)."""
-    assets = {
-        path.stem: path
-        for path in sorted(folder.iterdir())
-        if path.suffix.lower() in (".tif", ".tiff", ".jp2") and canonical_band(path.stem) is not None
-    }
+    processing baseline in the folder name (``..._N0400_...``). ``files``: the folder's band files when
+    already listed (:func:`find_products`)."""
+    assets = {path.stem: path for path in (band_files(folder.iterdir()) if files is None else files)}
     properties: dict[str, Any] = {}
     if (folder / "MTD_MSIL2A.xml").is_file():
         properties = read_mtd(folder / "MTD_MSIL2A.xml")
@@ -282,16 +281,52 @@ def is_safe(folder: Path) -> bool:
     return folder.suffix == ".SAFE" or ((folder / "MTD_MSIL2A.xml").is_file() and (folder / "GRANULE").is_dir())
 
 
-def is_product(folder: Path) -> bool:
-    """A SAFE folder, or a folder of band files with an SCL band (one product's COGs)."""
-    return is_safe(folder) or any(
-        path.suffix.lower() in (".tif", ".tiff", ".jp2") and canonical_band(path.stem) == "SCL"
-        for path in folder.iterdir()
+def band_files(entries: Iterable[Path]) -> tuple[Path, ...]:
+    """The raster files among a folder's ``entries`` named as a Sentinel-2 band (``B02.tif``, ``blue.tif``,
+    ``SCL.tif``), sorted."""
+    return tuple(
+        sorted(
+            path
+            for path in entries
+            if path.suffix.lower() in (".tif", ".tiff", ".jp2") and canonical_band(path.stem) is not None
+        )
     )
 
 
-def products_in_folder(folder: Path) -> list[pystac.Item]:
-    """The Sentinel-2 L2A products under ``folder`` (itself one, or its sub-folders): ``*.SAFE`` folders
-    and folders of band COGs, as STAC items. Empty when there are none."""
-    candidates = [folder] if is_product(folder) else sorted(path for path in folder.iterdir() if path.is_dir())
-    return [safe_item(path) if is_safe(path) else cog_item(path) for path in candidates if is_product(path)]
+@dataclass(frozen=True)
+class Product:
+    """A Sentinel-2 L2A product found in a folder: ``layout`` ``safe`` (a SAFE folder) or ``cog`` (a
+    folder of band files with an SCL band, which are ``files``)."""
+
+    folder: Path
+    layout: str
+    files: tuple[Path, ...] = ()
+
+    def item(self) -> pystac.Item:
+        return safe_item(self.folder) if self.layout == "safe" else cog_item(self.folder, self.files)
+
+
+def find_product(folder: Path, entries: Sequence[Path] | None = None) -> Product | None:
+    """``folder`` as a product (a SAFE folder, or a folder of band files with an SCL band), else None;
+    ``entries``: the folder's, when already listed."""
+    if is_safe(folder):
+        return Product(folder, "safe")
+    files = band_files(folder.iterdir() if entries is None else entries)
+    return Product(folder, "cog", files) if any(canonical_band(path.stem) == "SCL" for path in files) else None
+
+
+def find_products(folder: Path) -> list[Product]:
+    """The products under ``folder`` (itself one, or its sub-folders), each folder listed once at most;
+    empty when there are none."""
+    entries = None if is_safe(folder) else sorted(folder.iterdir())
+    product = find_product(folder, entries)
+    if product is not None:
+        return [product]
+    return [product for path in entries if path.is_dir() and (product := find_product(path))]
+
+
+def products_in_folder(folder: Path, products: Sequence[Product] | None = None) -> list[pystac.Item]:
+    """The Sentinel-2 L2A products under ``folder`` (:func:`find_products`): ``*.SAFE`` folders and
+    folders of band COGs, as STAC items. Empty when there are none. ``products``: what
+    :func:`find_products` found in ``folder`` already (it is not scanned again)."""
+    return [product.item() for product in (find_products(folder) if products is None else products)]

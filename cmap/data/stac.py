@@ -56,18 +56,29 @@ CATALOGUE_NAMES = ("catalog.json", "collection.json")
 
 def is_stac_source(source: str | Path) -> bool:
     """A STAC file, URL or catalogue folder, or a folder of Sentinel-2 products (see the module)."""
+    return stac_products(source) is not None
+
+
+def stac_products(source: str | Path) -> list[sentinel2.Product] | None:
+    """None when ``source`` is no STAC source (:func:`is_stac_source`); else the Sentinel-2 products of
+    a folder of products, found by one look at each folder (:func:`cmap.data.sentinel2.find_products`),
+    for :func:`read_items` to read without looking again; [] for a STAC file, URL or catalogue folder."""
     path = Path(source)
     if is_url(source) or path.suffix.lower() == ".json":
-        return True
+        return []
     if not path.is_dir():
-        return False
+        return None
     if any((path / name).is_file() for name in CATALOGUE_NAMES):
-        return True
-    return sentinel2.is_product(path) or any(sentinel2.is_product(child) for child in path.iterdir() if child.is_dir())
+        return []
+    return sentinel2.find_products(path) or None
 
 
-def read_items(source: str | Path) -> list[pystac.Item]:
-    """The STAC items of ``source`` (a file, URL or folder: see the module), with absolute asset hrefs."""
+def read_items(source: str | Path, products: Sequence[sentinel2.Product] | None = None) -> list[pystac.Item]:
+    """The STAC items of ``source`` (a file, URL or folder: see the module), with absolute asset hrefs.
+
+    ``products``: the Sentinel-2 products :func:`stac_products` found in a folder ``source``, which
+    is then not scanned again.
+    """
     source = str(source)
     path = Path(source)
     if not is_url(source) and not path.exists():
@@ -76,7 +87,7 @@ def read_items(source: str | Path) -> list[pystac.Item]:
         for name in CATALOGUE_NAMES:
             if (path / name).is_file():
                 return read_items(path / name)
-        items = sentinel2.products_in_folder(path)
+        items = sentinel2.products_in_folder(path, products)
         if not items:
             raise InputError(
                 f"{source}: neither a STAC catalogue (no {' or '.join(CATALOGUE_NAMES)}) nor Sentinel-2 L2A products "
@@ -284,9 +295,14 @@ def stack_from_items(
     )  # fmt: skip
 
 
-def stack_from_stac(source: str | Path, bands: Sequence[str] | None = None, **options: Any) -> RasterStack:
-    """:func:`stack_from_items` of :func:`read_items` (``source`` named in errors)."""
-    return stack_from_items(read_items(source), bands, source=str(source), **options)
+def stack_from_stac(
+    source: str | Path,
+    bands: Sequence[str] | None = None,
+    products: Sequence[sentinel2.Product] | None = None,
+    **options: Any,
+) -> RasterStack:
+    """:func:`stack_from_items` of :func:`read_items` (``source`` named in errors; ``products`` as there)."""
+    return stack_from_items(read_items(source, products), bands, source=str(source), **options)
 
 
 def open_stack(
@@ -303,7 +319,7 @@ def open_stack(
     grid_crs: str | None = None,
     bounds: Sequence[float] | None = None,
 ) -> RasterStack:
-    """The stack ``cmap map`` and ``cmap extract`` read: STAC (:func:`is_stac_source`) or a folder of rasters.
+    """The stack ``cmap map`` and ``cmap extract`` read: STAC (:func:`stac_products`) or a folder of rasters.
 
     Raw values: explicit ``scale``, ``offset``, ``valid_range`` first, then ``raw_values`` (a
     checkpoint's convention), then the input's own (Sentinel-2 L2A: 1e-4), then 1, 0 and none.
@@ -312,9 +328,10 @@ def open_stack(
         scale = raw_values.scale if scale is None else scale
         offset = raw_values.offset if offset is None else offset
         valid_range = raw_values.valid_range if valid_range is None else valid_range
-    if is_stac_source(rasters):
+    products = stac_products(rasters)  # one look at a folder of products, passed on
+    if products is not None:
         return stack_from_stac(
-            rasters, bands, scale=scale, offset=offset, valid_range=valid_range, resolution=resolution,
+            rasters, bands, products, scale=scale, offset=offset, valid_range=valid_range, resolution=resolution,
             masked_classes=masked_classes, resampling=resampling, crs=grid_crs, bounds=bounds,
         )  # fmt: skip
     stac_only = {"resolution": resolution, "masked_classes": masked_classes, "grid_crs": grid_crs, "bounds": bounds}
