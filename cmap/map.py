@@ -80,7 +80,7 @@ from cmap.outputs import (
     verify_raster,
     write_bytes_atomically,
 )
-from cmap.parcels import check_parcels, is_cmap_parcels, summarise_parcels
+from cmap.parcels import is_cmap_parcels, read_parcels, summarise_parcels
 from cmap.postprocessing import BayesianSmoothing, uncertainty_bands
 from cmap.predictions import load_classifier
 
@@ -713,7 +713,7 @@ def map_rasters(
         check_outputs(
             [parcel_layer], [*map_files, Path(parcels), *map(Path, checkpoints)], is_cmap_parcels, "parcel layer"
         )
-        check_parcels(parcels, model.class_names)
+        parcel_polygons = read_parcels(parcels, model.class_names)  # read and checked once, summarised at the end
     time_axis = contract.time_axis if reference_date is None else TimeAxis.from_reference_date(reference_date)
     windows = StackWindows(stack, window_size, stack.days(time_axis), contract, smoother.halo if smoother else 0)
     options = {
@@ -742,7 +742,8 @@ def map_rasters(
     if trainer.global_rank == 0:
         writer.assemble()
         if parcels is not None:
-            summarise_parcels(output, parcels, parcel_layer, probabilities_path(output) if probabilities else None)
+            probs = probabilities_path(output) if probabilities else None
+            summarise_parcels(output, parcel_polygons, parcel_layer, probs)
     return output
 
 

@@ -19,6 +19,7 @@ all their pixels. The layer is written under a temporary name, read back and ren
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,22 @@ def is_cmap_parcels(path: Path) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class ParcelPolygons:
+    """The polygons of a vector file, read and checked once (:func:`read_parcels`) for the summary
+    against a map of ``class_names``: ``cmap map`` reads them before the map and hands them to
+    :func:`summarise_parcels` after it."""
+
+    path: Path
+    class_names: tuple[str, ...]
+    schema: dict[str, Any]
+    crs: Any
+    features: list[Any]  # fiona features, in the file's order
+
+
 def summarise_parcels(
     classes: str | Path,
-    polygons: str | Path,
+    polygons: str | Path | ParcelPolygons,
     output: str | Path,
     probabilities: str | Path | None = None,
 ) -> Path:
@@ -67,34 +81,40 @@ def summarise_parcels(
 
     Args:
         classes: a class map of ``cmap map`` (its class names in its tags).
-        polygons: a vector file of polygons (its first layer).
+        polygons: a vector file of polygons (its first layer), read and checked here, or the
+            :class:`ParcelPolygons` already read and checked (:func:`read_parcels`, as ``cmap map`` does).
         output: the GeoPackage to write (layer ``parcels``).
         probabilities: the map's probability raster (``*_probs.tif``): adds the mean probabilities.
     """
     import fiona
 
-    classes, polygons, output = Path(classes), Path(polygons), Path(output)
-    check_outputs([output], [classes, polygons, *([Path(probabilities)] if probabilities else [])],
+    classes, output = Path(classes), Path(output)
+    path = polygons.path if isinstance(polygons, ParcelPolygons) else Path(polygons)
+    check_outputs([output], [classes, path, *([Path(probabilities)] if probabilities else [])],
                   is_cmap_parcels, "parcel layer")  # fmt: skip
     with rasterio.open(classes) as class_map:
         class_names = json.loads(class_map.tags()["class_names"])
-    check_parcels(polygons, class_names)
-    with fiona.open(polygons) as source, rasterio.open(classes) as class_map:
+        if not isinstance(polygons, ParcelPolygons):
+            polygons = read_parcels(path, class_names)
+        elif list(polygons.class_names) != class_names:
+            raise ValueError(f"{path}: read for the classes {list(polygons.class_names)}, {classes} has {class_names}")
         schema = {
-            "geometry": source.schema["geometry"],
-            "properties": {**source.schema["properties"], **parcel_fields(class_names)},
+            "geometry": polygons.schema["geometry"],
+            "properties": {**polygons.schema["properties"], **parcel_fields(class_names)},
         }
         probability_map = rasterio.open(probabilities) if probabilities else None
         try:
-            rows = [summarise(feature, class_map, probability_map, class_names, source.crs) for feature in source]
+            rows = [
+                summarise(feature, class_map, probability_map, class_names, polygons.crs)
+                for feature in polygons.features
+            ]
         finally:
             if probability_map is not None:
                 probability_map.close()
-        crs = source.crs
     remove_stale_partials(output)
     temporary = temporary_path(output, ".gpkg")  # the GPKG driver wants the .gpkg extension
     try:
-        with fiona.open(temporary, "w", driver="GPKG", layer=LAYER, schema=schema, crs=crs) as sink:
+        with fiona.open(temporary, "w", driver="GPKG", layer=LAYER, schema=schema, crs=polygons.crs) as sink:
             sink.writerecords(rows)
         with fiona.open(temporary, layer=LAYER) as written:
             count = sum(1 for _ in written)
@@ -107,9 +127,10 @@ def summarise_parcels(
     return output
 
 
-def check_parcels(polygons: str | Path, class_names: Sequence[str]) -> None:
-    """A readable vector file of polygons whose fields the summary would not overwrite; else an
-    :class:`InputError` naming the file and the feature or fields (run before any map is made)."""
+def read_parcels(polygons: str | Path, class_names: Sequence[str]) -> ParcelPolygons:
+    """The polygons of a readable vector file whose fields the summary would not overwrite, read once;
+    else an :class:`InputError` naming the file and the feature or fields (``cmap map`` runs it
+    before any map is made)."""
     import fiona
 
     polygons = Path(polygons)
@@ -123,10 +144,13 @@ def check_parcels(polygons: str | Path, class_names: Sequence[str]) -> None:
         clashes = sorted(set(parcel_fields(class_names)) & set(source.schema["properties"]))
         if clashes:
             raise InputError(f"{polygons}: fields {clashes} would be overwritten by the parcel summary; rename them")
+        features = []
         for index, feature in enumerate(source):
             kind = None if feature.geometry is None else feature.geometry.type
             if kind not in ("Polygon", "MultiPolygon"):
                 raise InputError(f"{polygons}: feature {index} is a {kind}, expected a Polygon or MultiPolygon")
+            features.append(feature)
+        return ParcelPolygons(polygons, tuple(class_names), source.schema, source.crs, features)
 
 
 def summarise(

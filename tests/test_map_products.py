@@ -18,6 +18,7 @@ import rasterio
 import torch
 
 from cmap.map import MapWriter, attributes_path, map_rasters, parts_path, probabilities_path, uncertainty_path
+from cmap.parcels import summarise_parcels
 from cmap.postprocessing import BayesianSmoothing, bayesian_smoothing, uncertainty_bands
 
 from . import test_map
@@ -204,7 +205,7 @@ def test_a_smoothed_map_has_no_seams_at_window_edges(ndvi_checkpoint, tmp_path):
     ).sum()
 
 
-def test_parcels_get_the_majority_class_shares_and_mean_probabilities(ndvi_checkpoint, tmp_path):
+def test_parcels_get_the_majority_class_shares_and_mean_probabilities(ndvi_checkpoint, tmp_path, monkeypatch):
     with rasterio.open(next(require(SINOP).glob("*_NDVI_*.jp2"))) as dataset:
         crs, transform = dataset.crs, dataset.transform
 
@@ -223,7 +224,20 @@ def test_parcels_get_the_majority_class_shares_and_mean_probabilities(ndvi_check
             layer.write({"geometry": rectangle(*box), "properties": {"name": name}})
         outside = rectangle(1000, 1000, 5, 5)
         layer.write({"geometry": outside, "properties": {"name": "outside"}})
+    opened, fiona_open = [], fiona.open
+    monkeypatch.setattr(
+        fiona, "open", lambda path, *args, **kwargs: (opened.append(Path(path)), fiona_open(path, *args, **kwargs))[1]
+    )
     output = sinop_map(ndvi_checkpoint, tmp_path / "map" / "sinop.tif", parcels=str(polygons))
+    assert opened.count(polygons) == 1  # checked before the map, summarised after it: one read
+    monkeypatch.undo()
+    # The same summary from the finished map, the polygons read by summarise_parcels itself.
+    again = summarise_parcels(output, polygons, tmp_path / "again.gpkg", probabilities_path(output))
+    with (
+        fiona.open(again, layer="parcels") as layer,
+        fiona.open(output.with_name("sinop_parcels.gpkg"), layer="parcels") as first,
+    ):
+        assert [dict(f.properties) for f in layer] == [dict(f.properties) for f in first] and layer.crs == first.crs
     rasters = read_all(output)
     with fiona.open(output.with_name("sinop_parcels.gpkg"), layer="parcels") as layer:
         parcels = {feature.properties["name"]: dict(feature.properties) for feature in layer}
