@@ -138,6 +138,22 @@ def test_date_grid_head_is_the_flatten_head_on_a_regular_grid_and_places_dates_b
         on_grid.bind_date_grid(DateGrid(step=5, num_steps=12))
 
 
+def test_both_tempcnn_heads_keep_the_state_dict_keys_of_their_checkpoints():
+    """Both heads build their dense tail in one place (DenseTail) with the layers on the head itself:
+    the keys and shapes checkpoints saved before it hold (``decoder.dense.weight``, ...) load strictly."""
+    saved = {  # a head of 12 dates x 16 features, hidden 8, 5 classes, as in checkpoints before DenseTail
+        "dense.weight": (8, 192), "norm.weight": (8,), "norm.bias": (8,), "norm.running_mean": (8,),
+        "norm.running_var": (8,), "norm.num_batches_tracked": (), "linear.weight": (5, 8), "linear.bias": (5,),
+    }  # fmt: skip
+    heads = [
+        FlattenClassification(num_dates=12, num_classes=5, hidden=8, in_features=16),
+        DateGridClassification(num_classes=5, hidden=8, date_grid=DateGrid(step=8, num_steps=12), in_features=16),
+    ]
+    for head in heads:
+        assert {key: tuple(value.shape) for key, value in head.state_dict().items()} == saved
+        head.load_state_dict({key: torch.ones(shape) for key, shape in saved.items()}, strict=True)
+
+
 def test_the_date_grid_comes_from_the_training_series():
     days = np.array([[0, 10, 20, 30, 40], [5, 15, 25, 35, 45]])
     mask = np.array([[True] * 5, [True, True, False, True, False]])

@@ -3,7 +3,7 @@
 :class:`~cmap.ml.encoders.TempCNNEncoder` stacks :class:`MaskedConvBlock` s over the embedded
 dates; :class:`FlattenClassification` is TempCNN's own head, for data with a fixed number of dates;
 :class:`DateGridClassification` is the same head on the training data's grid of days, for any
-calendar (irregular dates, clouds, other numbers of dates).
+calendar (irregular dates, clouds, other numbers of dates). Both end in one :class:`DenseTail`.
 """
 
 import torch
@@ -121,7 +121,28 @@ class MaskedConvBlock(nn.Module):
         return zero_masked(self.dropout(F.relu(self.norm(x, mask))), mask)
 
 
-class FlattenClassification(ClassificationHead):
+class DenseTail(ClassificationHead):
+    """TempCNN's dense tail, shared by its heads: flattened features ``-> linear (hidden) -> batch norm
+    -> ReLU -> dropout -> linear (num_classes)``, the layers ``dense``, ``norm``, ``dropout`` and
+    ``linear`` of the head itself (so its checkpoints' keys are ``decoder.dense.weight``, ...). A head
+    sets ``hidden``, ``dropout_p`` and ``num_classes``, calls :meth:`build_tail` with the flattened
+    width, and :meth:`tail` on the flattened features."""
+
+    hidden: int
+    dropout_p: float
+
+    def build_tail(self, flat_features: int) -> None:
+        self.dense = nn.Linear(flat_features, self.hidden, bias=False)  # no bias: the batch norm's shift replaces it
+        self.norm = BatchNorm1dAnyBatch(self.hidden)
+        self.dropout = nn.Dropout(self.dropout_p)
+        self.linear = nn.Linear(self.hidden, self.num_classes)
+
+    def tail(self, x: Tensor) -> Tensor:
+        """(B, flat_features) -> logits (B, num_classes)."""
+        return self.linear(self.dropout(F.relu(self.norm(self.dense(x)))))
+
+
+class FlattenClassification(DenseTail):
     """TempCNN's head: the features of all T dates in date order, flattened, then dense layers.
 
     ``flatten (T * d_model) -> linear (hidden) -> batch norm -> ReLU -> dropout -> linear
@@ -154,10 +175,7 @@ class FlattenClassification(ClassificationHead):
         self.set_width(in_features)
 
     def build(self, in_features: int) -> None:
-        self.dense = nn.Linear(self.num_dates * in_features, self.hidden, bias=False)
-        self.norm = BatchNorm1dAnyBatch(self.hidden)
-        self.dropout = nn.Dropout(self.dropout_p)
-        self.linear = nn.Linear(self.hidden, self.num_classes)
+        self.build_tail(self.num_dates * in_features)
 
     def forward(self, features: Tensor, mask: Tensor) -> Tensor:
         if features.shape[1] != self.num_dates:
@@ -165,11 +183,10 @@ class FlattenClassification(ClassificationHead):
                 f"FlattenClassification was built for num_dates={self.num_dates} dates per series, got "
                 f"{features.shape[1]}: it needs a fixed date grid (use a pooling decoder otherwise)"
             )
-        x = torch.flatten(zero_masked(features, mask), start_dim=1)
-        return self.linear(self.dropout(F.relu(self.norm(self.dense(x)))))
+        return self.tail(torch.flatten(zero_masked(features, mask), start_dim=1))
 
 
-class DateGridClassification(ClassificationHead):
+class DateGridClassification(DenseTail):
     """TempCNN's flatten + dense head on a grid of days: for any calendar, built from the data.
 
     Each date's features go to its step of the training data's :class:`~cmap.data.contract.DateGrid`
@@ -219,10 +236,7 @@ class DateGridClassification(ClassificationHead):
         """The layers, once the feature width, the classes and the grid are all known."""
         if self.in_features is None or self.num_classes is None or self.date_grid is None or hasattr(self, "dense"):
             return
-        self.dense = nn.Linear(self.date_grid.num_steps * self.in_features, self.hidden, bias=False)
-        self.norm = BatchNorm1dAnyBatch(self.hidden)
-        self.dropout = nn.Dropout(self.dropout_p)
-        self.linear = nn.Linear(self.hidden, self.num_classes)
+        self.build_tail(self.date_grid.num_steps * self.in_features)
 
     def forward(self, features: Tensor, mask: Tensor, days: Tensor) -> Tensor:
         if not hasattr(self, "dense"):
@@ -239,5 +253,4 @@ class DateGridClassification(ClassificationHead):
         binned = features.new_zeros(size, num_steps, features.shape[-1])
         binned.scatter_add_(1, step.unsqueeze(-1).expand_as(features), features * weights)
         count = features.new_zeros(size, num_steps, 1).scatter_add_(1, step.unsqueeze(-1), weights)
-        x = torch.flatten(binned / count.clamp_min(1.0), start_dim=1)
-        return self.linear(self.dropout(F.relu(self.norm(self.dense(x)))))
+        return self.tail(torch.flatten(binned / count.clamp_min(1.0), start_dim=1))
