@@ -14,8 +14,10 @@ import json
 import multiprocessing
 import pickle
 import re
+import shlex
 from pathlib import Path
 
+import jsonargparse
 import numpy as np
 import pandas as pd
 import pystac
@@ -25,6 +27,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from cmap.cli import main as cmap_main
+from cmap.data import __main__ as cmap_data
 from cmap.data import open_store
 from cmap.data import sentinel2 as s2
 from cmap.data.raster import RasterStack
@@ -422,6 +425,41 @@ def test_a_missing_band_or_scl_asset_is_named(tmp_path):
     (tmp_path / "other.json").write_text('{"type": "Topology"}')
     with pytest.raises(InputError, match=r"other.json: field 'type' is 'Topology', expected a STAC"):
         read_items(tmp_path / "other.json")
+
+
+def test_list_options_are_spelled_alike_in_cmap_extract_and_cmap_map(tmp_path, capsys):
+    """The spelling the missing-SCL error suggests (--masked_classes '[]') and cmap map's YAML lists work
+    in cmap extract too (its values one by one as well); a forgotten value is an error, not "no mask"."""
+    collection = write_collection(tmp_path)
+    content = json.loads(collection.read_text())
+    for feature in content["features"]:
+        del feature["assets"]["SCL"]
+    collection.write_text(json.dumps(content))
+    with pytest.raises(InputError) as error:
+        stack_from_stac(collection, ["B04"])
+    suggested = shlex.split(re.search(r"pass (--masked_classes '.*?')", str(error.value))[1])
+    map_parser = jsonargparse.ArgumentParser()
+    map_parser.add_function_arguments(map_rasters)
+    required = ["--checkpoint", "last.ckpt", "--rasters", "items.json", "--output", "map.tif"]
+    assert map_parser.parse_args([*required, *suggested]).masked_classes == []
+    parser = cmap_data.build_parser()
+
+    def extract(*options: str):
+        return parser.parse_args(["extract", "items.json", "points.csv", "store", *options])
+
+    for spelling, masked in ((suggested, []), (["--masked_classes", "[0, 1, 3]"], [0, 1, 3]),
+                             (["--masked_classes", "0", "1", "3"], [0, 1, 3]), ([], None)):  # fmt: skip
+        assert extract(*spelling).masked_classes == masked
+    assert map_parser.parse_args([*required, "--masked_classes", "[0, 1, 3]"]).masked_classes == [0, 1, 3]
+    bounds, expected = "[300000, 4899000, 300200.5, 4899320]", [300000.0, 4899000.0, 300200.5, 4899320.0]
+    assert extract("--bounds", bounds).bounds == expected == extract("--bounds", *bounds[1:-1].split(", ")).bounds
+    assert list(map_parser.parse_args([*required, "--bounds", bounds]).bounds) == expected
+    for wrong, message in ((["--masked_classes"], r"expected a list of integers, e.g. --masked_classes '\[0, 1, 3, 8"),
+                           (["--masked_classes", "[1.5]"], r"got '\[1.5\]'"),
+                           (["--bounds", "[0, 1]"], r"expected a list of 4 numbers, .* got 2 values")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            extract(*wrong)
+        assert re.search(message, capsys.readouterr().err)
 
 
 def test_sentinel2_collection_maps_end_to_end_and_a_cloud_is_a_missing_date(tmp_path):

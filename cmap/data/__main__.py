@@ -40,6 +40,39 @@ def value_range(text: str) -> tuple[float, float]:
     return low, high
 
 
+class ListOption(argparse.Action):
+    """A list option spelled as ``cmap map``'s (jsonargparse's YAML): ``'[0, 1, 3]'``, ``'[]'`` for an
+    empty list; the values one by one (``0 1 3``) are read too. No value at all is an error, not an
+    empty list (a forgotten value must not silently switch the cloud mask off).
+
+    ``kind``: ``int`` or ``float``; ``length``: the number of values, when fixed.
+    """
+
+    def __init__(self, option_strings, dest, kind: type = int, length: int | None = None, example: str = "", **kwargs):
+        super().__init__(option_strings, dest, nargs="*", **kwargs)
+        self.kind, self.length, self.example = kind, length, example
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        what = f"{'' if self.length is None else f'{self.length} '}{'integers' if self.kind is int else 'numbers'}"
+        spelling = f"a list of {what}, e.g. {option_string} {self.example}"
+        if not values:
+            parser.error(f"argument {option_string}: expected {spelling}")
+        items = []
+        for text in values:
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                value = text
+            for item in value if isinstance(value, list) else [value]:
+                number = isinstance(item, (int, float)) and not isinstance(item, bool)
+                if not number or (self.kind is int and not isinstance(item, int)):
+                    parser.error(f"argument {option_string}: expected {spelling}, got {text!r}")
+                items.append(self.kind(item))
+        if self.length is not None and len(items) != self.length:
+            parser.error(f"argument {option_string}: expected {spelling}, got {len(items)} values")
+        setattr(namespace, self.dest, items)
+
+
 def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
     """The ``convert`` and ``extract`` commands' parser."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
@@ -129,15 +162,17 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
         help="STAC: pixel size of the grid read, in its CRS's units (default: the finest band's)",
     )  # fmt: skip
     extract.add_argument(
-        "--masked_classes", type=int, nargs="*", default=None,
-        help="Sentinel-2: SCL classes that make a date missing (default: 0 1 3 8 9 10 11: no data, saturated, "
-        "cloud shadows, clouds, cirrus, snow; none given: no mask)",
+        "--masked_classes", action=ListOption, kind=int, example="'[0, 1, 3, 8, 9, 10]' ('[]': no mask)", default=None,
+        help="Sentinel-2: SCL classes that make a date missing, as in cmap map: '[0, 1, 3, 8, 9, 10]' (or 0 1 3 8 "
+        "9 10); '[]': no mask (default: '[0, 1, 3, 8, 9, 10, 11]': no data, saturated, cloud shadows, clouds, "
+        "cirrus, snow)",
     )  # fmt: skip
     extract.add_argument("--resampling", default="nearest", help="STAC: resampling of bands off the grid")
     extract.add_argument("--grid_crs", default=None, help="STAC: CRS of the grid read (default: the first item's)")
     extract.add_argument(
-        "--bounds", type=float, nargs=4, default=None, metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
-        help="STAC: the area read, in the grid's CRS (default: every item)",
+        "--bounds", action=ListOption, kind=float, length=4, example="'[left, bottom, right, top]'", default=None,
+        help="STAC: the area read, '[left, bottom, right, top]' in the grid's CRS, as in cmap map (or the 4 numbers "
+        "one by one; default: every item)",
     )  # fmt: skip
     extract.add_argument("--label_field", default="label", help="the column / field holding class names")
     extract.add_argument("--x_column", default="longitude", help="CSV only")
