@@ -82,12 +82,13 @@ def test_every_config_trains_one_step(config, ucr_root, tmp_path):
 
 
 @pytest.mark.parametrize("pretraining", ["ucr_crop_autoencoder", "ucr_crop_contrastive"])
-def test_pretraining_configs_fine_tune_into_the_classifier_config(pretraining, ucr_root, tmp_path):
+def test_pretraining_configs_fine_tune_into_the_classifier_config(pretraining, ucr_root, tmp_path, capsys):
     """README's pretraining commands: the pretrained encoder loads into configs/ucr_crop_transformer.yaml."""
     common = ["--data.init_args.root", str(ucr_root), "--trainer.default_root_dir", str(tmp_path), *QUIET]
     pretrain = CMapCLI(
         args=["fit", "--config", str(CONFIGS / f"{pretraining}.yaml"), "--trainer.fast_dev_run", "true", *common]
     )
+    assert "cmap fit finished: val/loss " in capsys.readouterr().out  # a pretraining summary: its loss
     checkpoint = tmp_path / "pretrained.ckpt"
     pretrain.trainer.save_checkpoint(checkpoint)
     fine_tune = CMapCLI(
@@ -144,3 +145,21 @@ def test_fit_ends_with_a_summary_of_metrics_folder_and_next_commands(tmp_path, c
     assert summary.startswith("val/overall_accuracy ") and f"run folder   {checkpoint.parent.parent}" in summary
     assert f"tensorboard --logdir {checkpoint.parent.parent.parent}" in summary
     assert f"cmap test --config {tmp_path / 'config.yaml'} --ckpt_path {checkpoint}" in summary
+
+
+def test_a_pretraining_summary_suggests_fine_tuning_not_test_or_map(tmp_path):
+    """After an AutoEncoder or ContrastivePretraining fit: its loss, and the README's next step,
+    a classifier fine-tuned from its encoder (init_encoder_from); cmap test and cmap map need a classifier."""
+    from cmap.cli import run_summary
+
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir()
+    checkpoint.touch()
+    metrics = {"val/loss": torch.tensor(0.25)}
+    summary = run_summary(tmp_path, metrics, ["configs/ucr_crop_autoencoder.yaml"], classifier=False)
+    assert "cmap fit finished: val/loss 0.2500" in summary
+    assert "cmap fit --config <a Classifier config with this encoder> --test_after_fit true " in summary
+    assert f"--model.init_args.init_encoder_from {checkpoint}   (fine-tune)" in summary
+    assert "cmap test" not in summary and "cmap map" not in summary
+    classifier = run_summary(tmp_path, {"val/overall_accuracy": 0.5}, ["configs/default.yaml"])
+    assert "cmap test --config configs/default.yaml" in classifier and "init_encoder_from" not in classifier
