@@ -12,7 +12,6 @@ means ``cmap.ml.classifiers.Classifier``.
 
 import errno
 import importlib
-import logging
 import signal
 import sys
 import warnings
@@ -46,14 +45,6 @@ from cmap.outputs import INPUT_ERROR_STATUS, InputError, MissingInput
 PARSER_MODE = "yaml"
 
 
-class _NoTips(logging.Filter):
-    """Drops Lightning's "💡 Tip: try installing ..." advertisements: nothing a cmap user acts on."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in str(record.msg)
-
-
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
 # Lightning calls a torch.utils._pytree API that torch deprecated: nothing a cmap user can change.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 

@@ -163,3 +163,21 @@ def test_a_pretraining_summary_suggests_fine_tuning_not_test_or_map(tmp_path):
     assert "cmap test" not in summary and "cmap map" not in summary
     classifier = run_summary(tmp_path, {"val/overall_accuracy": 0.5}, ["configs/default.yaml"])
     assert "cmap test --config configs/default.yaml" in classifier and "init_encoder_from" not in classifier
+
+
+def test_lightnings_install_advertisements_are_silenced_wherever_a_cmap_task_runs():
+    """Lightning's "💡 Tip: ... try installing [litmodels] / [litlogger]" lines are dropped once cmap's
+    tasks are imported (python -m cmap.map and Python use too, not only the cmap command); Lightning's
+    other messages, another tip included, still print."""
+    script = (
+        "import cmap.ml\n"
+        "import lightning as L\n"
+        "from lightning.pytorch.utilities.rank_zero import rank_zero_info\n"
+        "trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)\n"  # litlogger's
+        "trainer._callback_connector._maybe_show_litmodels_tip()\n"  # litmodels', shown when a run starts
+        "rank_zero_info('💡 Tip: another tip')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    output = result.stdout + result.stderr
+    assert "litmodels" not in output and "litlogger" not in output, output
+    assert "GPU available" in output and "💡 Tip: another tip" in output, output
