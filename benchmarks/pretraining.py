@@ -49,9 +49,10 @@ import lightning as L
 import numpy as np
 import torch
 from common import SHARED_DATA, machine, quiet_trainer, ucr_crop_encoder
+from lightning.pytorch.utilities import CombinedLoader
 from peers import TITLES, fit_predict
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from cmap.data import UCRCrop
 from cmap.data.contract import InputContract
@@ -67,6 +68,7 @@ from cmap.data.datamodule import (
 from cmap.data.perturbations import Augmentation, ContiguousDates, NoiseContamination, RandomDates
 from cmap.ml.autoencoders import AutoEncoder
 from cmap.ml.classifiers import Classifier
+from cmap.ml.consistency import Consistency
 from cmap.ml.contrastive import ContrastivePretraining
 from cmap.ml.decoders import BandReconstruction, MultiClassClassification, ProjectionHead
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
@@ -81,8 +83,9 @@ MASKINGS = {  # name -> (strategy class, default ratio of hidden or contaminated
 #: masked reconstruction (AutoEncoder) per date, or through TempCNN's dense head ("bottleneck"), or contrastive
 OBJECTIVES = [*MASKINGS, "bottleneck", "contrastive"]
 #: Deep arms: from scratch, or pretrained on the area's series (the mapping setting) or the training series;
-#: ``_st``: then self-training on the area's series (pseudo-labels).
-DEEP_ARMS = ("scratch", "area", "train", "scratch_st", "area_st")
+#: ``_st``: then self-training on the area's series (pseudo-labels); ``_fm``: trained with consistency
+#: (FixMatch) on the area's series alongside the labels.
+DEEP_ARMS = ("scratch", "area", "train", "scratch_st", "area_st", "scratch_fm", "area_fm")
 PEER_ARMS = ("minirocket", "multirocket", "forest")
 ARM_TITLES = {
     "scratch": "from scratch",
@@ -90,6 +93,8 @@ ARM_TITLES = {
     "train": "pretrained, training inputs",
     "scratch_st": "from scratch + pseudo-labels",
     "area_st": "pretrained, mapping setting, + pseudo-labels",
+    "scratch_fm": "from scratch + consistency on the area",
+    "area_fm": "pretrained, mapping setting, + consistency on the area",
     **{peer: TITLES[peer] for peer in PEER_ARMS},
 }
 MATO_GROSSO_FOLDS = 5
@@ -305,7 +310,7 @@ def pseudo_labels(model: Classifier, area: Area, rows: np.ndarray, per_class: in
 
 
 def finetune(area: Area, labels_per_class: int, draw: int, encoder: str, d_model: int, encoder_from: Path | None,
-             args: argparse.Namespace, self_training: bool = False) -> float:  # fmt: skip
+             args: argparse.Namespace, self_training: bool = False, consistency: bool = False) -> float:  # fmt: skip
     """Test overall accuracy of a classifier trained on ``draw``'s labelled series (from ``encoder_from``
     or from scratch) under the budget rule.
 
@@ -314,10 +319,13 @@ def finetune(area: Area, labels_per_class: int, draw: int, encoder: str, d_model
     ``encoder_from`` again, on the labelled and pseudo-labelled series (the budget rule on their
     count). The test series are part of the area (their inputs, never their labels), as every
     pixel of a map is.
+
+    ``consistency``: train with :class:`~cmap.ml.consistency.Consistency` (FixMatch) on all the
+    area's series (labels never read) alongside the labelled ones.
     """
     L.seed_everything(draw)
     rows = labelled_rows(area, labels_per_class, draw)
-    model = train_classifier(area, rows, area.series.labels[rows], encoder, d_model, encoder_from, args)
+    model = train_classifier(area, rows, area.series.labels[rows], encoder, d_model, encoder_from, args, consistency)
     if self_training:
         others = np.setdiff1d(np.arange(len(area.series)), rows)
         extra_rows, extra_labels = pseudo_labels(model, area, others, args.pseudo_labels)
@@ -330,8 +338,10 @@ def finetune(area: Area, labels_per_class: int, draw: int, encoder: str, d_model
 
 
 def train_classifier(area: Area, rows: np.ndarray, labels: np.ndarray, encoder: str, d_model: int,
-                     encoder_from: Path | None, args: argparse.Namespace) -> Classifier:  # fmt: skip
-    """A classifier trained on the series ``rows`` with ``labels`` under the budget rule."""
+                     encoder_from: Path | None, args: argparse.Namespace,
+                     consistency: bool = False) -> Classifier:  # fmt: skip
+    """A classifier trained on the series ``rows`` with ``labels`` under the budget rule; with
+    ``consistency``, each step also takes ``--mu`` times as many of the area's series, unlabelled."""
     training = PixelSeries(area.series.values[rows], area.series.days[rows], labels, area.series.source)
     steps = budget_steps(len(rows), args.batch_size, args.min_steps, args.min_epochs)
     steps_per_epoch = -(-len(rows) // args.batch_size)
@@ -341,15 +351,36 @@ def train_classifier(area: Area, rows: np.ndarray, labels: np.ndarray, encoder: 
         init_encoder_from=str(encoder_from) if pretrained else None,
         encoder_lr_factor=args.encoder_lr_factor if pretrained else 1.0,
         freeze_encoder_epochs=round(args.freeze_fraction * steps / steps_per_epoch) if pretrained else 0,
+        consistency=consistency_of(args) if consistency else None,
     )  # fmt: skip
     if pretrained:
         load_head(model, encoder_from)  # a bottleneck pretraining's dense layer; none for the others
     augmentation = Augmentation(band_noise=args.band_noise)
     dataset = SeriesDataset(training, np.arange(len(rows)), area.contract, augmentation)
     trainer = quiet_trainer(max_steps=steps, max_epochs=-1, limit_val_batches=0)
+    loader = batch_loader(dataset, args.batch_size, shuffle=True)
+    if consistency:
+        loader = CombinedLoader({"labelled": loader, "unlabelled": unlabelled_loader(area, len(rows), args)})
     # Lightning calls the model's setup, which loads the pretrained encoder weights.
-    fit_without_validation(trainer, model, batch_loader(dataset, args.batch_size, shuffle=True))
+    fit_without_validation(trainer, model, loader)
     return model
+
+
+def consistency_of(args: argparse.Namespace) -> Consistency:
+    return Consistency(
+        threshold=args.threshold, weight=args.consistency_weight, weak_noise=args.band_noise,
+        min_crop=args.strong_crop, date_dropout=args.strong_dropout, band_noise=args.strong_noise,
+        scale=args.strong_scale, teacher_decay=args.teacher_decay,
+    )  # fmt: skip
+
+
+def unlabelled_loader(area: Area, num_labelled: int, args: argparse.Namespace) -> DataLoader:
+    """Every series of the area, labels dropped, in batches ``--mu`` times the labelled ones: as many
+    batches per epoch as the labelled series give (``--mu`` x their count, drawn without replacement)."""
+    inputs = PixelSeries(area.series.values, area.series.days, None, area.series.source)
+    dataset = SeriesDataset(inputs, np.arange(len(inputs)), area.contract)
+    sampler = RandomSampler(dataset, num_samples=args.mu * num_labelled)
+    return batch_loader(dataset, args.mu * args.batch_size, sampler=sampler)
 
 
 def fit_without_validation(trainer: L.Trainer, model: L.LightningModule, loader: DataLoader) -> None:
@@ -430,6 +461,15 @@ def main() -> None:
     parser.add_argument("--pseudo_labels", type=int, default=50, help="self-training arms: pseudo-labels per class")
     parser.add_argument("--st_labels", type=int, nargs="+", default=None,
                         help="label counts at which the self-training arms run (default: all)")  # fmt: skip
+    parser.add_argument("--mu", type=int, default=4, help="consistency arms: unlabelled series per labelled one")
+    parser.add_argument("--threshold", type=float, default=0.8, help="consistency arms: pseudo-label confidence")
+    parser.add_argument("--consistency_weight", type=float, default=1.0, help="consistency arms: lambda_u")
+    parser.add_argument("--strong_crop", type=float, default=0.7, help="strong view: shortest run of dates kept")
+    parser.add_argument("--strong_dropout", type=float, default=0.3, help="strong view: date dropout")
+    parser.add_argument("--strong_noise", type=float, default=0.1, help="strong view: band noise")
+    parser.add_argument("--strong_scale", type=float, default=0.1, help="strong view: amplitude scaling +-")
+    parser.add_argument("--teacher_decay", type=float, default=0.0,
+                        help="consistency arms: pseudo-labels of an EMA teacher, this decay (0: none)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--workdir", type=Path, default=Path("runs/pretraining"))
     parser.add_argument("--tag", default="", help="suffix of the scores file: a variant's scores kept apart")
@@ -447,7 +487,7 @@ def main() -> None:
     checkpoints = {}
     for arm in ("area", "train"):
         rows = np.arange(len(area.series)) if arm == "area" else area.pretraining_train_rows
-        if not {arm, f"{arm}_st"} & set(args.arms) or rows is None or args.report_only:
+        if not {arm, f"{arm}_st", f"{arm}_fm"} & set(args.arms) or rows is None or args.report_only:
             continue
         name = f"{area.name}_{arm}_{args.encoder}{args.d_model}_{args.objective}{ratio}_{args.pretrain_epochs}ep.ckpt"
         checkpoints[arm] = args.workdir / name
@@ -465,7 +505,7 @@ def main() -> None:
     for labels in [] if args.report_only else args.labels:
         for draw in range(args.draws):
             for arm in args.arms:
-                source = arm.removesuffix("_st")  # where the encoder starts
+                source = arm.removesuffix("_st").removesuffix("_fm")  # where the encoder starts
                 if (labels, draw, arm) in done or (source in ("area", "train") and source not in checkpoints):
                     continue
                 if arm == "train" and args.train_arm_labels is not None and labels not in args.train_arm_labels:
@@ -477,7 +517,7 @@ def main() -> None:
                     accuracy = peer_accuracy(area, labels, draw, arm)
                 else:
                     accuracy = finetune(area, labels, draw, args.encoder, args.d_model, checkpoints.get(source), args,
-                                        self_training=arm.endswith("_st"))  # fmt: skip
+                                        self_training=arm.endswith("_st"), consistency=arm.endswith("_fm"))  # fmt: skip
                 seconds = time.perf_counter() - began
                 append_record(scores, {"labels_per_class": labels, "draw": draw, "arm": arm, "accuracy": accuracy,
                                        "seconds": round(seconds, 1)})  # fmt: skip

@@ -219,8 +219,10 @@ class SITSTask(L.LightningModule):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # The date encoding's range check, on the CPU copy of the batch: on the GPU it would make the
         # host wait for the device at every step.
-        if isinstance(batch, dict) and isinstance(batch.get("days"), Tensor):
-            check_days(self, batch["days"])
+        # A consistency step's batch holds two: {"labelled": Batch, "unlabelled": Batch}.
+        for part in (batch, *batch.values()) if isinstance(batch, dict) else ():
+            if isinstance(part, dict) and isinstance(part.get("days"), Tensor):
+                check_days(self, part["days"])
         return batch
 
     def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:

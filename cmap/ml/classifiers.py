@@ -1,6 +1,6 @@
 """Classifier: a crop-type classifier trained from scratch or fine-tuned from a pretrained encoder."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from cmap.data.batch import Batch
 from cmap.data.contract import InputContract
 from cmap.data.perturbations import SeriesMixing
 from cmap.ml.base import SITSTask
+from cmap.ml.consistency import Consistency, Teacher, concat_batches
 from cmap.ml.losses import FocalLoss, resolve_class_weights
 from cmap.ml.metrics import DeferredMetrics
 
@@ -46,6 +47,9 @@ class Classifier(SITSTask):
         mixing: mixup or CutMix of training series with mixed targets
             (:class:`~cmap.data.perturbations.SeriesMixing`; none by default). Training metrics are
             then scored against each mixed series' larger share.
+        consistency: FixMatch-style training on unlabelled series (:class:`~cmap.ml.consistency.Consistency`;
+            none by default): training batches are then ``{"labelled": Batch, "unlabelled": Batch}``
+            (a data module's ``unlabelled`` series). Not combined with ``mixing``.
         **kwargs: the optimiser and schedule settings of :class:`~cmap.ml.base.SITSTask`
             (``min_lr``, ``max_lr``, ``warmup_fraction``, ``weight_decay``, ``init_encoder_from``).
     """
@@ -61,8 +65,11 @@ class Classifier(SITSTask):
         freeze_encoder_epochs: int = 0,
         encoder_lr_factor: float = 1.0,
         mixing: SeriesMixing | None = None,
+        consistency: Consistency | None = None,
         **kwargs: Any,
     ) -> None:
+        if mixing is not None and consistency is not None:
+            raise ValueError("Classifier: mixing and consistency are not combined; give one of them")
         if freeze_encoder_epochs < 0 or encoder_lr_factor <= 0:
             raise ValueError(
                 f"need freeze_encoder_epochs >= 0 and encoder_lr_factor > 0, got {freeze_encoder_epochs}, "
@@ -72,6 +79,7 @@ class Classifier(SITSTask):
             decoder.bind_classes(class_names)  # a decoder that leaves its classes to the data gets these
         super().__init__(encoder, decoder, **kwargs)
         self.mixing = mixing
+        self.consistency = consistency
         if class_names is None:
             # The data's input contract names the classes: no second, empty copy in the
             # hyper-parameters (it would also clash with a data module's own class_names argument).
@@ -223,10 +231,47 @@ class Classifier(SITSTask):
         return {"loss": loss, "prediction": logits.detach().argmax(dim=-1)}
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        if "unlabelled" in batch:
+            return self._consistency_step(batch["labelled"], batch["unlabelled"])
         if self.mixing is None:
             return self._shared_step(batch, "train")["loss"]
         mixed, partner, lam = self.mixing(batch)
         return self._shared_step(mixed, "train", partner, lam)["loss"]
+
+    def _consistency_step(self, labelled: Batch, unlabelled: Batch) -> Tensor:
+        """Supervised loss on ``labelled`` plus :class:`~cmap.ml.consistency.Consistency`'s loss on
+        ``unlabelled``: the labelled series and the strong views in one forward pass (one set of
+        batch-norm statistics), the weak views without gradient."""
+        if self.consistency is None:
+            raise ValueError("the training batches carry unlabelled series but the Classifier has no `consistency`")
+        with torch.no_grad():
+            weak = self.consistency.weak(unlabelled)
+            weak_logits = self._pseudo_labeller()(weak["values"], weak["days"], weak["mask"])
+        both = concat_batches(labelled, self.consistency.strong(unlabelled))
+        logits = self(both["values"], both["days"], both["mask"])
+        size = len(labelled["label"])
+        supervised = self.criterion(logits[:size], labelled["label"])
+        unsupervised, kept = self.consistency.loss(weak_logits, logits[size:])
+        self.train_metrics.update(logits[:size], labelled["label"])
+        self.log_loss("train", supervised, size)
+        for name, value in (("consistency_loss", unsupervised), ("pseudo_label_fraction", kept)):
+            self.log(f"train/{name}", value, batch_size=size, on_step=False, on_epoch=True, sync_dist=True)
+        return supervised + unsupervised
+
+    def _pseudo_labeller(self) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """The model itself, or its moving-average :class:`~cmap.ml.consistency.Teacher` (made at the
+        first step, on the model's device, and not saved with it)."""
+        if not self.consistency.teacher_decay:
+            return self
+        teacher = self.__dict__.get("teacher")
+        if teacher is None:
+            teacher = self.__dict__["teacher"] = Teacher(self.encoder, self.decoder, self.consistency.teacher_decay)
+        return teacher
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        teacher = self.__dict__.get("teacher")
+        if teacher is not None:
+            teacher.update(self.encoder, self.decoder)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         return self._shared_step(batch, "val")

@@ -1,0 +1,122 @@
+"""Consistency training on unlabelled series: FixMatch (Sohn et al. 2020) adapted to series.
+
+With few labels and every pixel of the area at hand unlabelled, each training step also takes a
+batch of unlabelled series. A *weak* view of each (light band noise) gives a pseudo-label, the
+class the model predicts, kept where its probability reaches ``threshold``; the model's prediction
+on a *strong* view of the same series (a run of its dates, date dropout, strong band noise,
+amplitude scaling) is trained towards it. The loss adds ``weight`` times that cross-entropy
+(averaged over the whole unlabelled batch, kept or not, as FixMatch does) to the supervised loss.
+
+:class:`~cmap.ml.classifiers.Classifier` runs it when given ``consistency`` and batches of the form
+``{"labelled": Batch, "unlabelled": Batch}`` (a data module's ``unlabelled`` series, or any
+``CombinedLoader``). The labelled series and the strong views pass the model in one batch, so batch
+norm statistics see both; the weak views pass it without gradient.
+"""
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cmap.data.batch import Batch
+from cmap.data.perturbations import SeriesViews
+
+
+@dataclass
+class Consistency:
+    """FixMatch's settings for series; the defaults are those measured in ``benchmarks/pretraining.py``.
+
+    Attributes:
+        threshold: a pseudo-label counts where the weak view's top probability reaches it. Keep it
+            under ``1 - label_smoothing`` (a smoothed model's probabilities stay under that).
+        weight: the unlabelled loss's weight (FixMatch's lambda_u).
+        weak_noise: band noise of the weak view (normalised units).
+        min_crop, date_dropout, band_noise: the strong view (:class:`~cmap.data.perturbations.SeriesViews`):
+            a run of a uniform fraction in [min_crop, 1] of the valid dates, each date of it hidden
+            with probability ``date_dropout``, Gaussian band noise.
+        scale: the strong view's values are multiplied by a factor drawn uniformly in
+            [1 - scale, 1 + scale] per series (0: none).
+        teacher_decay: when > 0, the pseudo-labels come from a teacher whose weights are the
+            exponential moving average of the model's (Mean Teacher, Tarvainen & Valpola 2017) with
+            this decay per step, in eval mode; 0: from the model itself, in training mode (FixMatch).
+    """
+
+    threshold: float = 0.8
+    weight: float = 1.0
+    weak_noise: float = 0.03
+    min_crop: float = 0.7
+    date_dropout: float = 0.3
+    band_noise: float = 0.1
+    scale: float = 0.1
+    teacher_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        valid = 0 <= self.threshold < 1 and self.weight >= 0 and self.weak_noise >= 0 and 0 <= self.scale < 1
+        if not valid or not 0 <= self.teacher_decay < 1:
+            raise ValueError(
+                "consistency needs 0 <= threshold < 1, weight >= 0, weak_noise >= 0, 0 <= scale < 1 and "
+                f"0 <= teacher_decay < 1, got {self.threshold}, {self.weight}, {self.weak_noise}, {self.scale}, "
+                f"{self.teacher_decay}"
+            )
+        self.strong_views = SeriesViews(self.min_crop, self.date_dropout, self.band_noise)
+
+    def weak(self, batch: Batch) -> Batch:
+        values, mask = batch["values"], batch["mask"]
+        noisy = values + self.weak_noise * torch.randn_like(values) * mask.unsqueeze(-1)
+        return {**batch, "values": noisy}
+
+    def strong(self, batch: Batch) -> Batch:
+        values, mask = self.strong_views(batch["values"], batch["mask"])
+        if self.scale:
+            factor = 1 + self.scale * (2 * torch.rand(len(values), 1, 1, device=values.device) - 1)
+            values = values * factor
+        return {**batch, "values": values, "mask": mask}
+
+    def loss(self, weak_logits: Tensor, strong_logits: Tensor) -> tuple[Tensor, Tensor]:
+        """The unlabelled loss and the fraction of the batch whose pseudo-label was kept."""
+        confidence, pseudo = torch.softmax(weak_logits.detach().float(), dim=-1).max(dim=-1)
+        kept = (confidence >= self.threshold).to(strong_logits.dtype)
+        loss = (F.cross_entropy(strong_logits, pseudo, reduction="none") * kept).mean()
+        return self.weight * loss, kept.mean()
+
+
+class Teacher:
+    """An exponential moving average of a model's encoder and decoder (weights and batch-norm
+    statistics), kept outside its state dict; ``teacher(values, days, mask)`` gives its logits in eval mode."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, decay: float) -> None:
+        self.modules = nn.ModuleDict({"encoder": copy.deepcopy(encoder), "decoder": copy.deepcopy(decoder)}).eval()
+        self.modules.requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        student = nn.ModuleDict({"encoder": encoder, "decoder": decoder}).state_dict()
+        for name, value in self.modules.state_dict().items():
+            if value.is_floating_point():
+                value.lerp_(student[name].to(value.dtype), 1 - self.decay)
+            else:
+                value.copy_(student[name])
+
+    @torch.no_grad()
+    def __call__(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
+        encoder, decoder = self.modules["encoder"], self.modules["decoder"]
+        features = encoder(values, days, mask)
+        return decoder(features, mask, days) if getattr(decoder, "needs_days", False) else decoder(features, mask)
+
+
+def concat_batches(first: Batch, second: Batch) -> Batch:
+    """``values``, ``days`` and ``mask`` of two batches, one after the other; the one with fewer dates
+    is padded (masked) to the other's."""
+    num_dates = max(first["mask"].shape[1], second["mask"].shape[1])
+
+    def padded(tensor: Tensor) -> Tensor:
+        missing = num_dates - tensor.shape[1]
+        if not missing:
+            return tensor
+        padding = tensor.new_zeros((len(tensor), missing, *tensor.shape[2:]))  # masked: False, zeros
+        return torch.cat([tensor, padding], dim=1)
+
+    return {key: torch.cat([padded(first[key]), padded(second[key])]) for key in ("values", "days", "mask")}
