@@ -370,7 +370,7 @@ def consistency_of(args: argparse.Namespace) -> Consistency:
     return Consistency(
         threshold=args.threshold, weight=args.consistency_weight, weak_noise=args.band_noise,
         min_crop=args.strong_crop, date_dropout=args.strong_dropout, band_noise=args.strong_noise,
-        scale=args.strong_scale, teacher_decay=args.teacher_decay,
+        scale=args.strong_scale, teacher_decay=args.teacher_decay, distribution_alignment=args.distribution_alignment,
     )  # fmt: skip
 
 
@@ -418,9 +418,12 @@ def append_record(path: Path, record: dict) -> None:
 
 def report(records: list[dict], settings: str) -> str:
     """Markdown: one row per label count, one column per arm (mean ± std over the draws, with their
-    count), and the gains of the mapping-setting arm over scratch and over the best peer."""
+    count), and the gains of the arms that use the area's unlabelled series over scratch and over the
+    best peer."""
     arms = [arm for arm in (*DEEP_ARMS, *PEER_ARMS) if any(r["arm"] == arm for r in records)]
-    header = ["labels per class", *(ARM_TITLES[arm] for arm in arms), "area - scratch", "area - best peer"]
+    gainers = [arm for arm in ("area", "scratch_fm", "area_fm") if arm in arms]
+    gains = [f"{arm} - {other}" for arm in gainers for other in ("scratch", "best peer")]
+    header = ["labels per class", *(ARM_TITLES[arm] for arm in arms), *gains]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for labels in sorted({r["labels_per_class"] for r in records}):
         scores = {
@@ -428,11 +431,13 @@ def report(records: list[dict], settings: str) -> str:
             for arm in arms
         }
         cells = [f"{s.mean():.4f} ± {s.std():.4f} ({len(s)})" if len(s) else "-" for s in scores.values()]
-        area_scores, scratch = scores.get("area", np.array([])), scores.get("scratch", np.array([]))
-        gain = f"{100 * (area_scores.mean() - scratch.mean()):+.1f}" if len(area_scores) and len(scratch) else "-"
+        scratch = scores.get("scratch", np.array([]))
         peers = [scores[arm].mean() for arm in PEER_ARMS if arm in scores and len(scores[arm])]
-        over_peer = f"{100 * (area_scores.mean() - max(peers)):+.1f}" if len(area_scores) and peers else "-"
-        lines.append(f"| {labels} | " + " | ".join([*cells, gain, over_peer]) + " |")
+        for arm in gainers:
+            mine = scores[arm]
+            cells.append(f"{100 * (mine.mean() - scratch.mean()):+.1f}" if len(mine) and len(scratch) else "-")
+            cells.append(f"{100 * (mine.mean() - max(peers)):+.1f}" if len(mine) and peers else "-")
+        lines.append(f"| {labels} | " + " | ".join(cells) + " |")
     return "\n".join([settings, "", *lines])
 
 
@@ -462,17 +467,20 @@ def main() -> None:
     parser.add_argument("--st_labels", type=int, nargs="+", default=None,
                         help="label counts at which the self-training arms run (default: all)")  # fmt: skip
     parser.add_argument("--mu", type=int, default=4, help="consistency arms: unlabelled series per labelled one")
-    parser.add_argument("--threshold", type=float, default=0.8, help="consistency arms: pseudo-label confidence")
+    parser.add_argument("--threshold", type=float, default=0.6, help="consistency arms: pseudo-label confidence")
     parser.add_argument("--consistency_weight", type=float, default=1.0, help="consistency arms: lambda_u")
-    parser.add_argument("--strong_crop", type=float, default=0.7, help="strong view: shortest run of dates kept")
-    parser.add_argument("--strong_dropout", type=float, default=0.3, help="strong view: date dropout")
-    parser.add_argument("--strong_noise", type=float, default=0.1, help="strong view: band noise")
+    parser.add_argument("--strong_crop", type=float, default=1.0, help="strong view: shortest run of dates kept")
+    parser.add_argument("--strong_dropout", type=float, default=0.1, help="strong view: date dropout")
+    parser.add_argument("--strong_noise", type=float, default=0.05, help="strong view: band noise")
     parser.add_argument("--strong_scale", type=float, default=0.1, help="strong view: amplitude scaling +-")
     parser.add_argument("--teacher_decay", type=float, default=0.0,
                         help="consistency arms: pseudo-labels of an EMA teacher, this decay (0: none)")  # fmt: skip
+    parser.add_argument("--distribution_alignment", action="store_true", help="consistency arms: ReMixMatch's DA")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--workdir", type=Path, default=Path("runs/pretraining"))
     parser.add_argument("--tag", default="", help="suffix of the scores file: a variant's scores kept apart")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="report: arms this file lacks (scratch, peers) from this scores file")  # fmt: skip
     parser.add_argument("--output", type=Path, default=None, help="Markdown report (default: print only)")
     parser.add_argument("--report_only", action="store_true", help="no pretraining nor run: the table of the scores")
     args = parser.parse_args()
@@ -524,14 +532,27 @@ def main() -> None:
                 print(f"{area.name} labels/class {labels} draw {draw} {arm}: {accuracy:.4f} ({seconds:.0f} s)",
                       flush=True)  # fmt: skip
 
-    records = read_records(scores)
+    records = own = read_records(scores)
+    if args.baseline is not None:
+        arms = {r["arm"] for r in records}
+        records = own + [r for r in read_records(args.baseline) if r["arm"] not in arms and r["labels_per_class"] in
+                    {r["labels_per_class"] for r in records}]  # fmt: skip
     settings = (
         f"{area.name}: encoder {args.encoder} d_model {args.d_model}; pretraining `{args.objective}`{ratio}, "
         f"{args.pretrain_epochs} epochs; fine-tuning batch {args.batch_size}, max({args.min_steps} steps, "
         f"{args.min_epochs} epochs), max_lr {args.max_lr}, band noise {args.band_noise}, pretrained encoder LR "
         f"x{args.encoder_lr_factor}, frozen for the first {args.freeze_fraction:.0%}. Scores: `{scores}` "
-        f"(seconds per run summed: {sum(r['seconds'] for r in records) / 60:.1f} min; this call "
+        f"(seconds per run summed: {sum(r['seconds'] for r in own) / 60:.1f} min; this call "
         f"{(time.perf_counter() - start) / 60:.1f} min; {machine()})."
+        + (
+            f" Consistency arms: mu {args.mu}, threshold {args.threshold}, lambda_u {args.consistency_weight}, "
+            f"strong view: crop >= {args.strong_crop}, date dropout {args.strong_dropout}, band noise "
+            f"{args.strong_noise}, scale +-{args.strong_scale}; EMA teacher decay {args.teacher_decay}"
+            f"{'; distribution alignment' if args.distribution_alignment else ''}."
+            if any(r["arm"].endswith("_fm") for r in own)
+            else ""
+        )
+        + (f" Arms not in it from `{args.baseline}`." if args.baseline is not None else "")
     )
     table = report(records, settings)
     print(table)

@@ -41,9 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import RandomSampler
 
 from cmap.data.contract import RawValues, TimeAxis
-from cmap.data.datamodule import PixelSeries, SITSDataModule, kfold_split
+from cmap.data.datamodule import PixelSeries, SeriesDataset, SITSDataModule, batch_loader, kfold_split
 from cmap.outputs import check_outputs, fsync_path, remove_stale_partials
 
 FORMAT = "cmap-series"
@@ -381,6 +383,11 @@ class SeriesStore(SITSDataModule):
         test_path: a store with the test series.
         fold: with ``num_folds``, the cross-validation fold used as the test split.
         num_folds: number of cross-validation folds.
+        unlabelled: a store of unlabelled series (same bands and time axis; labels, if any, are never
+            read), e.g. every pixel of the area to map: each training batch then comes with
+            ``unlabelled_ratio`` times as many of them, as ``{"labelled": Batch, "unlabelled": Batch}``,
+            for a :class:`~cmap.ml.classifiers.Classifier` with ``consistency``.
+        unlabelled_ratio: unlabelled series per labelled one in a training step (FixMatch's mu).
         **kwargs: the other :class:`~cmap.data.datamodule.SITSDataModule` arguments (batch_size,
             num_workers, val_fraction, seed, augmentation, labels_per_class, class_map).
     """
@@ -391,10 +398,24 @@ class SeriesStore(SITSDataModule):
         test_path: str | None = None,
         fold: int | None = None,
         num_folds: int = 5,
+        unlabelled: str | None = None,
+        unlabelled_ratio: int = 4,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         use_stores(self, path, test_path, fold, num_folds)
+        if unlabelled_ratio < 1:
+            raise ValueError(f"unlabelled_ratio must be >= 1, got {unlabelled_ratio}")
+        self.unlabelled = None if unlabelled is None else Path(unlabelled)
+        self.unlabelled_ratio = unlabelled_ratio
+        if self.unlabelled is not None:
+            metadata = read_metadata(self.unlabelled)
+            if metadata["band_names"] != self.band_names or store_time_axis(metadata) != self.time_axis:
+                raise ValueError(
+                    f"{self.unlabelled}: bands {metadata['band_names']} and time axis "
+                    f"{store_time_axis(metadata).describe()} must be those of {self.path}: {self.band_names}, "
+                    f"{self.time_axis.describe()}"
+                )
 
     @cached_property
     def _series(self) -> PixelSeries:
@@ -407,6 +428,28 @@ class SeriesStore(SITSDataModule):
 
     def load_train(self) -> PixelSeries:
         return self._series if self.fold is None else self._series.subset(self._folds[0])
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.unlabelled is not None and "unlabelled" not in self.datasets:
+            series = open_store(self.unlabelled)[0]
+            inputs = PixelSeries(series.values, series.days, None, series.source)  # labels never read
+            self.datasets["unlabelled"] = SeriesDataset(inputs, np.arange(len(inputs)), self.input_contract)
+
+    def train_dataloader(self) -> Any:
+        """The labelled batches, or, with ``unlabelled``, ``{"labelled": Batch, "unlabelled": Batch}``
+        steps: ``unlabelled_ratio`` times as many unlabelled series, drawn without replacement (a
+        new order at each pass), as many batches as the labelled loader's."""
+        labelled = super().train_dataloader()
+        if "unlabelled" not in self.datasets:
+            return labelled
+        dataset, ratio = self.datasets["unlabelled"], self.unlabelled_ratio
+        sampler = RandomSampler(dataset, num_samples=ratio * len(labelled.sampler))
+        unlabelled = batch_loader(
+            dataset, ratio * self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, drop_last=labelled.drop_last,
+        )  # fmt: skip
+        return CombinedLoader({"labelled": labelled, "unlabelled": unlabelled})
 
     def load_test(self) -> PixelSeries:
         if self.fold is not None:

@@ -233,6 +233,11 @@ class Classifier(SITSTask):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         if "unlabelled" in batch:
             return self._consistency_step(batch["labelled"], batch["unlabelled"])
+        if self.consistency is not None:
+            raise ValueError(
+                "Classifier has `consistency` but its training batches carry no unlabelled series: give the data "
+                "module's `unlabelled` store (SeriesStore)"
+            )
         if self.mixing is None:
             return self._shared_step(batch, "train")["loss"]
         mixed, partner, lam = self.mixing(batch)

@@ -41,16 +41,21 @@ class Consistency:
         teacher_decay: when > 0, the pseudo-labels come from a teacher whose weights are the
             exponential moving average of the model's (Mean Teacher, Tarvainen & Valpola 2017) with
             this decay per step, in eval mode; 0: from the model itself, in training mode (FixMatch).
+        distribution_alignment: the weak view's probabilities are divided by their running mean over
+            the unlabelled batches (momentum 0.99) and renormalised before the pseudo-label is taken
+            (ReMixMatch, Berthelot et al. 2020, with a uniform class prior): classes the model
+            over-predicts lose confidence, rare predictions gain it.
     """
 
-    threshold: float = 0.8
+    threshold: float = 0.6
     weight: float = 1.0
     weak_noise: float = 0.03
-    min_crop: float = 0.7
-    date_dropout: float = 0.3
-    band_noise: float = 0.1
+    min_crop: float = 1.0
+    date_dropout: float = 0.1
+    band_noise: float = 0.05
     scale: float = 0.1
     teacher_decay: float = 0.0
+    distribution_alignment: bool = False
 
     def __post_init__(self) -> None:
         valid = 0 <= self.threshold < 1 and self.weight >= 0 and self.weak_noise >= 0 and 0 <= self.scale < 1
@@ -61,6 +66,7 @@ class Consistency:
                 f"{self.teacher_decay}"
             )
         self.strong_views = SeriesViews(self.min_crop, self.date_dropout, self.band_noise)
+        self.class_mean: Tensor | None = None  # distribution alignment's running mean (not saved)
 
     def weak(self, batch: Batch) -> Batch:
         values, mask = batch["values"], batch["mask"]
@@ -76,7 +82,13 @@ class Consistency:
 
     def loss(self, weak_logits: Tensor, strong_logits: Tensor) -> tuple[Tensor, Tensor]:
         """The unlabelled loss and the fraction of the batch whose pseudo-label was kept."""
-        confidence, pseudo = torch.softmax(weak_logits.detach().float(), dim=-1).max(dim=-1)
+        probabilities = torch.softmax(weak_logits.detach().float(), dim=-1)
+        if self.distribution_alignment:
+            mean = probabilities.mean(dim=0)
+            self.class_mean = mean if self.class_mean is None else torch.lerp(self.class_mean, mean, 0.01)
+            probabilities = probabilities / self.class_mean.clamp_min(1e-6)
+            probabilities = probabilities / probabilities.sum(dim=-1, keepdim=True)
+        confidence, pseudo = probabilities.max(dim=-1)
         kept = (confidence >= self.threshold).to(strong_logits.dtype)
         loss = (F.cross_entropy(strong_logits, pseudo, reduction="none") * kept).mean()
         return self.weight * loss, kept.mean()
