@@ -1,8 +1,10 @@
 """Your own table through ``cmap convert table``: time axis, explicit parsing, consistency checks,
 sample ids, ``--overwrite``; every case through the command (``cmap.cli.main``)."""
 
+import contextlib
 import csv
 import datetime
+import io
 import json
 import math
 import re
@@ -17,9 +19,11 @@ from hypothesis import strategies as st
 from cmap.cli import main as cmap_main
 from cmap.data import SeriesStore, open_store
 from cmap.data.contract import TimeAxis
+from cmap.data.convert import NODATA_SENTINELS
 from cmap.ml.autoencoders import AutoEncoder
 from cmap.ml.decoders import BandReconstruction
 from cmap.ml.embeddings import PositionalEncoding
+from cmap.outputs import InputError
 
 from .conftest import CONFIGS, fit_tiny_classifier, quiet_trainer, tiny_classifier, tiny_encoder, tiny_encoder_config
 
@@ -35,7 +39,16 @@ def write_csv(path, rows, header=HEADER, encoding="utf-8", delimiter=","):
 
 
 def convert(source, output, *options):
-    cmap_main(["convert", "table", str(source), str(output), "--bands", "B4", "B8", *options])
+    """``cmap convert table`` through the command; a bad input's one line on stderr (exit status 1, no
+    traceback) comes back as the :class:`InputError` it names, for ``pytest.raises(ValueError, match=...)``."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            cmap_main(["convert", "table", str(source), str(output), "--bands", "B4", "B8", *options])
+    except SystemExit as exit_:
+        line, prefix = stderr.getvalue(), "cmap convert: error: "
+        assert exit_.code == 1 and line.startswith(prefix) and line.count("\n") == 1, line
+        raise InputError(line[len(prefix) :].strip()) from None
     return open_store(output)
 
 
@@ -344,7 +357,8 @@ def test_overwrite_replaces_a_store_but_never_another_folder_or_a_file(tmp_path)
 
 
 TEXT = st.text(alphabet="abXYZ0179 ,;\"'é-_/.NAnulo", min_size=1, max_size=6).filter(lambda text: text.strip())
-FLOAT32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+#: Any float32 but a nodata value (-9999, 65535, ...), which is an error unless declared (tests/test_own_data.py).
+FLOAT32 = st.floats(width=32, allow_nan=False, allow_infinity=False).filter(lambda value: value not in NODATA_SENTINELS)
 
 
 @st.composite

@@ -17,6 +17,7 @@ from cmap.data.contract import RawValues, TimeAxis
 from cmap.data.datamodule import PixelSeries
 from cmap.data.store import write_store
 from cmap.data.ucr import UCR_CROP_CLASSES, read_ucr_crop
+from cmap.outputs import InputError, MissingInput
 
 VICTORIA_BANDS = ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
 #: lc_id 0..7 are the ranks of class_map.txt's values 1, 2, 3, 7, 8, 10, 12, 13 (the data's README).
@@ -53,9 +54,9 @@ class Converted:
         names = list(self.band_names) if bands is None else list(bands)
         unknown = [band for band in names if band not in self.band_names]
         if unknown:
-            raise ValueError(f"{self.series.source}: bands {unknown} not in {self.band_names}")
+            raise InputError(f"{self.series.source}: bands {unknown} not in {self.band_names}")
         if date_step < 1:
-            raise ValueError(f"date_step must be >= 1, got {date_step}")
+            raise InputError(f"--date_step must be >= 1, got {date_step}")
         channels = [self.band_names.index(band) for band in names]
         series = self.series
         values = series.values[:, ::date_step][:, :, channels]
@@ -187,33 +188,33 @@ class _Cells:
     def __init__(self, path: Path, csv: bool) -> None:
         self.path, self.csv = path, csv
 
-    def error(self, column: str, row: int, problem: str) -> ValueError:
+    def error(self, column: str, row: int, problem: str) -> InputError:
         line = f" (line {row + 2} of the file)" if self.csv else ""
-        return ValueError(f"{self.path}: column {column!r} row {row}: {problem}{line}")
+        return InputError(f"{self.path}: column {column!r} row {row}: {problem}{line}")
 
 
 def _read_long_table(path: Path, encoding: str, delimiter: str) -> tuple[pd.DataFrame, bool]:
     """The table as read (CSV: every cell as text, nothing read as missing; Parquet: as typed), and
     whether it is a CSV. Rows keep their position in the file as index; blank CSV lines are dropped."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInput(f"{path}: no such file")
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
             return pd.read_parquet(path), False
         except Exception as error:  # pyarrow raises several types for a file that is not Parquet
-            raise ValueError(f"{path}: not a readable Parquet file ({error})") from error
+            raise InputError(f"{path}: not a readable Parquet file ({error})") from error
     try:
         table = pd.read_csv(
             path, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False, encoding=encoding,
             sep=delimiter,
         )  # fmt: skip
     except UnicodeDecodeError as error:
-        raise ValueError(
+        raise InputError(
             f"{path}: not readable as {encoding} text ({error}); give the file's encoding with --encoding "
             "(e.g. latin-1, cp1252)"
         ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise ValueError(f"{path}: not a readable CSV table ({error})") from None
+        raise InputError(f"{path}: not a readable CSV table ({error})") from None
     return table[~(table == "").all(axis=1)], True
 
 
@@ -242,7 +243,7 @@ def _parse_dates(cells: _Cells, column: str, values: pd.Series, date_format: str
     text = _text(values).str.strip()
     unique, inverse = np.unique(text.to_numpy(dtype=str), return_inverse=True)
 
-    def fail(position: int, problem: str) -> ValueError:
+    def fail(position: int, problem: str) -> InputError:
         row = int(values.index[np.flatnonzero(inverse == position)[0]])
         return cells.error(column, row, problem)
 
@@ -288,26 +289,79 @@ def _too_short(value: str) -> bool:
     return not (len(re.findall(r"\d+|[^\W\d_]+", value)) >= 3 or (len(value) == 8 and value.isdigit()))
 
 
+#: Values that data sources write for "no data" (GDAL / ENVI / int16 / uint16 / float32 fill values):
+#: in a band column, outside the range of the column's other values and not declared in
+#: ``missing_values``, they are an error rather than reflectances (-9999 would skew the statistics).
+NODATA_SENTINELS = (
+    -9999.0,
+    -999.0,
+    -32768.0,
+    -32767.0,
+    32767.0,
+    65535.0,
+    -3.4028234663852886e38,
+    3.4028234663852886e38,
+)
+
+
+def _numeric_markers(missing_values: Sequence[str], decimal: str) -> np.ndarray:
+    """The markers that are numbers (``-9999``): a cell of that value is missing however it is
+    written (``-9999.0``, ``-9999,0``, or a number in a Parquet column)."""
+    numbers = pd.to_numeric(
+        pd.Series([str(v).strip().replace(decimal, ".") for v in missing_values], dtype=object), errors="coerce"
+    )
+    return np.unique(numbers.dropna().to_numpy(np.float64))
+
+
 def _parse_numbers(
     cells: _Cells, column: str, values: pd.Series, missing_values: Sequence[str], decimal: str
 ) -> np.ndarray:
-    """float32 of each row; ``missing_values`` markers (after stripping blanks) are NaN (a missing date)."""
+    """float32 of each row; ``missing_values`` markers (after stripping blanks; numeric markers by
+    value) are NaN (a missing date). An undeclared nodata value (:data:`NODATA_SENTINELS`) outside
+    the column's other values is an error."""
+    markers = _numeric_markers(missing_values, decimal)
     if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
-        return values.to_numpy(np.float32, na_value=np.nan)
-    text = _text(values).str.strip()
-    missing = text.isin(list(missing_values)).to_numpy()
-    numbers = text.str.replace(decimal, ".", regex=False) if decimal != "." else text
-    parsed = pd.to_numeric(numbers.where(~missing, "nan"), errors="coerce").to_numpy(np.float64)
-    bad = np.isnan(parsed) & ~missing
-    if bad.any():
-        row = int(values.index[np.flatnonzero(bad)[0]])
+        parsed = values.to_numpy(np.float64, na_value=np.nan, copy=True)
+    else:
+        text = _text(values).str.strip()
+        missing = text.isin(list(missing_values)).to_numpy()
+        numbers = text.str.replace(decimal, ".", regex=False) if decimal != "." else text
+        parsed = pd.to_numeric(numbers.where(~missing, "nan"), errors="coerce").to_numpy(np.float64, copy=True)
+        bad = np.isnan(parsed) & ~missing
+        if bad.any():
+            row = int(values.index[np.flatnonzero(bad)[0]])
+            raise cells.error(
+                column,
+                row,
+                f"{text.loc[row]!r} is not a number (decimal {decimal!r}) nor a missing-value marker "
+                f"{list(missing_values)}; mark missing values with --missing_values, decimal commas with --decimal ,",
+            )
+    parsed[np.isin(parsed, markers)] = np.nan
+    _check_sentinels(cells, column, values.index, parsed, missing_values)
+    return parsed.astype(np.float32)
+
+
+def _check_sentinels(cells: _Cells, column: str, rows: pd.Index, parsed: np.ndarray, missing_values) -> None:
+    """Raise on a nodata value (:data:`NODATA_SENTINELS`) that is not declared and lies outside the range
+    of the column's other values: a missing-value marker read as a reflectance."""
+    found = np.isin(parsed, NODATA_SENTINELS)
+    if not found.any():
+        return
+    for sentinel in np.unique(parsed[found]):
+        others = parsed[np.isfinite(parsed) & (parsed != sentinel)]
+        if others.size and others.min() <= sentinel <= others.max():
+            continue  # a value among others: data, not a marker
+        where = np.flatnonzero(parsed == sentinel)
+        within = (
+            f"the column's other values lie in [{others.min():g}, {others.max():g}]" if others.size else "every value"
+        )
         raise cells.error(
             column,
-            row,
-            f"{text.loc[row]!r} is not a number (decimal {decimal!r}) nor a missing-value marker "
-            f"{list(missing_values)}; mark missing values with --missing_values, decimal commas with --decimal ,",
+            int(rows[where[0]]),
+            f"{sentinel:g} looks like a missing-value (nodata) marker ({len(where)} rows; {within}); declare it "
+            f"so those dates count as missing: --missing_values {' '.join(repr(v) for v in missing_values)} "
+            f"'{sentinel:g}'",
         )
-    return parsed.astype(np.float32)
 
 
 def _one_per_sample(cells: _Cells, column: str, values: np.ndarray, codes: np.ndarray, ids: np.ndarray, rows):
@@ -318,7 +372,7 @@ def _one_per_sample(cells: _Cells, column: str, values: np.ndarray, codes: np.nd
     if len(differ):
         i = differ[0]
         sample = codes[i]
-        raise ValueError(
+        raise InputError(
             f"{cells.path}: sample {str(ids[sample])!r} has {column} {first[sample]!r} (row {rows[first_row[sample]]}) "
             f"and {values[i]!r} (row {rows[i]}): one sample is one field in one season, with one {column}"
         )
@@ -395,9 +449,9 @@ def read_table(
     required = [sample_column, date_column, *bands] + [c for c in (label_column, group_column) if c]
     missing = [column for column in required if column not in table]
     if missing:
-        raise ValueError(f"{path}: columns {missing} are missing (found {list(table.columns)})")
+        raise InputError(f"{path}: columns {missing} are missing (found {list(table.columns)})")
     if len(table) == 0:
-        raise ValueError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows")
     rows = table.index.to_numpy()
     ids_text = _text(table[sample_column])
     empty = np.flatnonzero(ids_text.str.strip().to_numpy() == "")
@@ -412,10 +466,13 @@ def read_table(
     first_dates = np.full(len(ids), np.datetime64("9999-12-31", "D"))
     np.minimum.at(first_dates, codes, dates)
     explicit = time_axis is not None or reference_date is not None or season_start is not None
-    axis = resolve_time_axis(first_dates, time_axis, reference_date, season_start)
+    try:
+        axis = resolve_time_axis(first_dates, time_axis, reference_date, season_start)
+    except ValueError as error:  # a malformed --season_start or --reference_date, or a missing one
+        raise InputError(f"{path}: {error}") from None
     if not explicit and (dates.max() - dates.min()).astype(np.int64) >= ONE_SEASON_DAYS:
         suggested = TimeAxis.fit_season(first_dates).season_start
-        raise ValueError(
+        raise InputError(
             f"{path}: dates span {dates.min()} to {dates.max()}, more than one season: counted from one reference "
             f"date, days would reach {int((dates.max() - dates.min()).astype(np.int64))} and a model would learn the "
             f"calendar year. Choose the time axis: --time_axis season_start --season_start {suggested} (days since "
@@ -436,7 +493,7 @@ def read_table(
     same = np.flatnonzero((sorted_codes[1:] == sorted_codes[:-1]) & (sorted_day[1:] == sorted_day[:-1]))
     if len(same):
         a, b = order[same[0]], order[same[0] + 1]
-        raise ValueError(
+        raise InputError(
             f"{path}: sample {str(ids[codes[a]])!r} has two rows for the same date {dates[a]} (rows {rows[min(a, b)]} "
             f"and {rows[max(a, b)]})"
         )
@@ -449,7 +506,7 @@ def read_table(
     series_days[sorted_codes, rank] = sorted_day
     no_valid = np.flatnonzero(~np.isfinite(series_values).all(axis=-1).any(axis=1))
     if len(no_valid):
-        raise ValueError(
+        raise InputError(
             f"{path}: {len(no_valid)} series have no valid date (every date has a missing band value), first at "
             f"sample index {int(no_valid[0])} (sample_id {str(ids[no_valid[0]])!r}); remove them"
         )
@@ -474,7 +531,7 @@ def read_table(
         names = list(class_names) if class_names is not None else found
         unknown = sorted(set(found) - set(names))
         if unknown:
-            raise ValueError(f"{path}: column {label_column!r} has labels {unknown} not in the classes {names}")
+            raise InputError(f"{path}: column {label_column!r} has labels {unknown} not in the classes {names}")
         index = {name: i for i, name in enumerate(names)}
         labels = np.array([index.get(label, -1) for label in sample_labels], dtype=np.int64)
     if group_column:

@@ -1,5 +1,6 @@
 """The shared LightningDataModule: splits, normalisation, masks and loaders."""
 
+import warnings
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -166,31 +167,56 @@ def batch_loader(dataset: SeriesDataset, batch_size: int, shuffle: bool = False,
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held_out) with ``fraction`` of each class held out (at least one per class)."""
+    """Indices (kept, held_out) with ``fraction`` of each class held out: at least one per class,
+    but never a class's last member (a class of one series stays on the kept side, to be learnt)."""
     rng = np.random.default_rng(seed)
     held_out = []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        held_out.append(members[: max(1, round(fraction * len(members)))])
+        held_out.append(members[: min(max(1, round(fraction * len(members))), len(members) - 1)])
     held = np.sort(np.concatenate(held_out))
     return np.setdiff1d(np.arange(len(labels)), held), held
 
 
-def group_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held_out): whole groups held out, about ``fraction`` of the series."""
+def group_split(
+    groups: np.ndarray, fraction: float, seed: int, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held_out): whole groups held out, about ``fraction`` of the series.
+
+    Groups are taken in a seeded random order while the held-out series stay within ``fraction``
+    (the first group always). With ``labels``, a group is passed over when holding it out would
+    leave one of its classes with no kept series: a class of one parcel stays on the kept side.
+    """
     rng = np.random.default_rng(seed)
-    unique, sizes = np.unique(groups, return_counts=True)
+    unique, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     order = rng.permutation(len(unique))
-    taken = np.cumsum(sizes[order]) <= max(fraction * len(groups), sizes[order][0])
-    held = np.isin(groups, unique[order][taken])
+    limit = max(fraction * len(groups), sizes[order][0])
+    if labels is None:
+        taken = unique[order][np.cumsum(sizes[order]) <= limit]
+    else:
+        left = np.bincount(labels[labels >= 0], minlength=int(labels.max(initial=0)) + 1)
+        members = np.bincount(inverse[labels >= 0] * len(left) + labels[labels >= 0], minlength=len(unique) * len(left))
+        members = members.reshape(len(unique), len(left))  # series of each class in each group
+        taken, total = [], 0
+        for group in order:
+            if total + sizes[group] > limit:
+                break
+            if (left[members[group] > 0] <= members[group][members[group] > 0]).any():
+                continue  # the group holds the last kept series of a class
+            taken.append(unique[group])
+            total += sizes[group]
+            left -= members[group]
+        if not taken:  # every parcel holds a class's last series: hold out as without labels
+            return group_split(groups, fraction, seed)
+    held = np.isin(groups, taken)
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 def holdout_split(series: "PixelSeries", fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """By group when the series have groups (no parcel on both sides), stratified by class otherwise
-    (at random when unlabelled)."""
+    (at random when unlabelled); a class's last series (or last parcel) is never held out."""
     if series.groups is not None:
-        return group_split(series.groups, fraction, seed)
+        return group_split(series.groups, fraction, seed, series.labels)
     return stratified_split(strata(series), fraction, seed)
 
 
@@ -202,7 +228,8 @@ def strata(series: "PixelSeries") -> np.ndarray:
 def kfold_split(series: "PixelSeries", num_folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (rest, fold): fold ``fold`` of ``num_folds``, by group if any, else stratified by class.
 
-    Members of each class (or whole groups, largest first) are dealt to the folds in turn.
+    Members of each class (or whole groups, largest first) are dealt to the folds in turn; a class
+    of a single series is in no fold (always trained on, never tested).
     """
     if not 0 <= fold < num_folds:
         raise ValueError(f"fold must lie in [0, num_folds={num_folds}), got {fold}")
@@ -222,7 +249,8 @@ def kfold_split(series: "PixelSeries", num_folds: int, fold: int, seed: int) -> 
         labels = strata(series)
         for label in np.unique(labels):
             members = rng.permutation(np.flatnonzero(labels == label))
-            assignment[members] = np.arange(len(members)) % num_folds
+            # A class of one series is trained on in every fold, never tested (it cannot be both).
+            assignment[members] = np.arange(len(members)) % num_folds if len(members) > 1 else -1
     return np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)
 
 
@@ -476,11 +504,34 @@ class SITSDataModule(SeriesDataModule):
                 ]
             self.datasets["train"] = SeriesDataset(train_all, train_index, contract, self.augmentation)
             self.datasets["val"] = SeriesDataset(train_all, val_index, contract)
+            self.warn_unlearnt_classes(train_all.source, "val")
         if stage in ("test", "predict") and "test" not in self.datasets:
             test = self._prepare(self._unlabelled(self.load_test(), stage))
             if len(test) == 0:
                 raise ValueError(f"{test.source}: the test split is empty")
             self.datasets["test"] = SeriesDataset(test, np.arange(len(test)), self.input_contract)
+            if stage == "test":
+                self.warn_unlearnt_classes(test.source, "test")
+
+    def warn_unlearnt_classes(self, source: str, split: str) -> None:
+        """Warn, naming them, about classes with no training series: the model cannot learn them
+        (a class of one parcel held out whole, a class absent from the data, a class only in the
+        test split). A training split without labels (pretraining) has none to warn about."""
+        if self.datasets["train"].labels is None or self.datasets[split].labels is None:
+            return
+        train, other = self.class_counts("train"), self.class_counts(split)
+        absent = [
+            f"{name!r} ({count} {split})"
+            for name, n, count in zip(self.class_names, train, other, strict=True)
+            if n == 0
+        ]
+        if absent:
+            warnings.warn(
+                f"{source}: {len(absent)} of {len(self.class_names)} classes have no training series, so the model "
+                f"cannot learn them: {', '.join(absent)}. Give them more samples (or, with groups, more parcels), "
+                "or merge them into another class with class_map",
+                stacklevel=2,
+            )
 
 
 def normalisation_statistics(

@@ -18,7 +18,9 @@ class TrainingBudget(L.Callback):
     - Batches shrink (not below ``min_batch_size``) until an epoch has ``min_batches_per_epoch``
       batches: 234 series in batches of 14 rather than one batch of 128.
     - Epochs rise from the trainer's ``max_epochs`` until training makes ``min_steps`` optimizer
-      steps (gradient accumulation counted), up to ``max_epochs``.
+      steps (gradient accumulation counted), up to ``max_epochs``: the trainer's ``max_epochs`` is
+      a minimum (the printed line says when it was raised); the trainer's ``max_steps`` still stops
+      training, and ``min_steps`` is the setting to lower to train less.
 
     The data module's ``batch_size`` and the trainer's epochs are changed before training starts,
     the same way on every run of the same data (a resumed run agrees with the first), and printed.
@@ -48,12 +50,19 @@ class TrainingBudget(L.Callback):
             batch_size = max(self.min_batch_size, min(batch_size, series // self.min_batches_per_epoch))
             data.batch_size = batch_size
         steps_per_epoch = max(1, series // batch_size // trainer.accumulate_grad_batches)  # full batches only
-        epochs = min(self.max_epochs, max(trainer.max_epochs or 1, math.ceil(self.min_steps / steps_per_epoch)))
+        configured = trainer.max_epochs or 1
+        epochs = min(self.max_epochs, max(configured, math.ceil(self.min_steps / steps_per_epoch)))
         trainer.fit_loop.max_epochs = epochs
         if trainer.is_global_zero:
+            raised = (
+                f"; trainer.max_epochs {configured} raised to reach min_steps {self.min_steps} (train less: lower the "
+                "TrainingBudget callback's min_steps, or set --trainer.max_steps)"
+                if epochs > configured
+                else ""
+            )
             print(
                 f"training budget: {series} training series, batches of {batch_size}, {epochs} epochs "
-                f"({epochs * steps_per_epoch} optimizer steps)",
+                f"({epochs * steps_per_epoch} optimizer steps){raised}",
                 flush=True,
             )
 

@@ -1,0 +1,131 @@
+"""Your own data, shaped unlike ours, through ``cmap convert table`` and the default recipe's data
+module: real Sentinel-2 series (Victoria, 10 bands, integer reflectance x 1e4) written as the
+README's long table with clouds as missing rows or marker cells, tiny classes, parcels."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cmap.cli import main as cmap_main
+from cmap.data import SeriesStore, open_store
+from cmap.data.convert import read_victoria
+from cmap.data.datamodule import PixelSeries, group_split, kfold_split, stratified_split
+
+from .conftest import SHARED_DATA, require
+
+BANDS = ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
+
+
+def victoria_table(per_class=6, keep=(0.4, 0.8), marker=None, seed=0):
+    """Victoria's training pixels (``per_class`` of each class) as a long table: real dates on the 5-day
+    grid from 2017-09-01 (a southern season across the new year), a random 40-80 % of each pixel's dates
+    kept; the others dropped as rows, or written as ``marker`` cells when a marker is given."""
+    converted = read_victoria(require(SHARED_DATA / "igarss2019_s2_victoria") / "train_dataset.csv")
+    series, rng = converted.series, np.random.default_rng(seed)
+    chosen = np.concatenate([np.flatnonzero(series.labels == c)[:per_class] for c in range(8)])
+    frames = []
+    for i in chosen:
+        kept = rng.random(73) < rng.uniform(*keep)
+        kept[rng.integers(73)] = True
+        dates = np.datetime64("2017-09-01") + series.days[i]
+        frame = pd.DataFrame(series.values[i].astype(np.int64), columns=BANDS).astype(object)
+        frame.insert(0, "date", dates.astype(str))
+        frame.insert(0, "sample_id", f"px-{i}")
+        frame["label"] = converted.class_names[series.labels[i]]
+        frame["parcel"] = f"poly {series.groups[i]}"
+        frames.append(
+            frame[kept] if marker is None else frame.where(kept[:, None] | ~frame.columns.isin(BANDS), marker)
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def convert(source, output, *options):
+    cmap_main(["convert", "table", str(source), str(output), "--bands", *BANDS, "--overwrite", *options])
+    return open_store(output)
+
+
+def test_an_undeclared_nodata_value_is_an_error_and_a_declared_one_a_missing_date(tmp_path, capsys):
+    """-9999 for a cloud, not declared: an error naming the file, column, row and the option (not a
+    reflectance of -9999 in the statistics); declared (written -9999 or -9999.0, CSV or Parquet): missing."""
+    table = victoria_table(marker=-9999)
+    assert (table["B2"] == -9999).any()
+    source = tmp_path / "samples.csv"
+    table.to_csv(source, index=False)
+    with pytest.raises(SystemExit) as exit_:
+        convert(source, tmp_path / "store")
+    first = int(np.flatnonzero(table["B2"] == -9999)[0])
+    message = capsys.readouterr().err
+    assert exit_.value.code == 1 and message.count("\n") == 1 and "Traceback" not in message  # one line
+    assert f"samples.csv: column 'B2' row {first}: -9999 looks like a missing-value (nodata) marker" in message
+    assert "--missing_values" in message and not (tmp_path / "store").exists()
+    expected = convert(source, tmp_path / "store", "--missing_values", "-9999")[0]
+    parquet = tmp_path / "samples.parquet"
+    table.assign(**{band: table[band].astype(np.float64) for band in BANDS}).to_parquet(parquet)
+    for store in (convert(parquet, tmp_path / "p", "--missing_values", "-9999.0")[0], expected):
+        values = np.asarray(store.values)
+        assert np.nanmin(values) >= 0 and np.isnan(values).any()
+        assert (
+            np.isnan(values).all(axis=-1).sum() == np.isnan(values).any(axis=-1).sum() == (table["B2"] == -9999).sum()
+        )
+    np.testing.assert_array_equal(np.asarray(expected.values), np.asarray(open_store(tmp_path / "p")[0].values))
+
+
+def test_rows_dropped_for_clouds_and_marker_cells_give_the_same_series(tmp_path):
+    """A cloud removed as a missing row or written as an empty cell: the same valid dates and days."""
+    dropped, cells = victoria_table(), victoria_table(marker="")
+    dropped.to_csv(tmp_path / "dropped.csv", index=False)
+    cells.to_csv(tmp_path / "cells.csv", index=False, sep=";")
+    a = convert(tmp_path / "dropped.csv", tmp_path / "a")[0]
+    b = convert(tmp_path / "cells.csv", tmp_path / "b", "--delimiter", ";")[0]
+    valid_a, valid_b = np.isfinite(np.asarray(a.values)).all(-1), np.isfinite(np.asarray(b.values)).all(-1)
+    for i in range(len(a)):
+        np.testing.assert_array_equal(np.asarray(a.days)[i][valid_a[i]], np.asarray(b.days)[i][valid_b[i]])
+        np.testing.assert_array_equal(np.asarray(a.values)[i][valid_a[i]], np.asarray(b.values)[i][valid_b[i]])
+    # a southern season (September to August) counts from the earliest date, across the new year
+    assert int(np.asarray(a.days)[valid_a].max()) <= 360
+
+
+def tiny_classes():
+    """Labels of 40 series: classes of 30, 6, 2 and 1 series."""
+    return np.repeat([0, 1, 2, 3], [30, 6, 3, 1])[:40]
+
+
+def test_a_class_of_one_or_two_series_keeps_a_training_series_in_every_split():
+    labels = tiny_classes()
+    series = PixelSeries(np.zeros((40, 3, 1), np.float32), np.zeros((40, 3), np.int64), labels, "tiny")
+    for fold in range(5):
+        rest, test = kfold_split(series, 5, fold, seed=0)
+        assert 3 not in labels[test]  # a class of one series is trained on, never tested
+        train, val = stratified_split(labels[rest], 0.1, seed=0)
+        assert set(labels[rest][train]) == {0, 1, 2, 3}
+    train, val = stratified_split(labels, 0.1, seed=0)
+    assert set(labels[train]) == {0, 1, 2, 3} and set(labels[val]) == {0, 1, 2}
+    # with parcels: the one parcel of class 3 (and the last of class 2) is never held out for validation
+    groups = np.arange(40) // 2
+    for seed in range(20):
+        train, val = group_split(groups, 0.3, seed, labels)
+        assert set(labels[train]) == {0, 1, 2, 3} and len(val)
+
+
+def test_a_class_without_training_series_is_named_in_a_warning(tmp_path):
+    """A class of one parcel cannot be both trained and tested: the test fold takes it, and the
+    data module says which class the model cannot learn (instead of a silent zero)."""
+    table = victoria_table(per_class=3)
+    table.loc[table["label"] == "water", "parcel"] = "one parcel"
+    table.to_csv(tmp_path / "samples.csv", index=False)
+    convert(tmp_path / "samples.csv", tmp_path / "store", "--group_column", "parcel")
+    for fold in range(5):
+        data = SeriesStore(str(tmp_path / "store"), fold=fold, batch_size=4)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data.setup("fit")
+            data.setup("test")
+        if data.class_counts("train")[data.class_names.index("water")] == 0:
+            assert any(
+                "have no training series" in str(w.message) and "'water' (3 test)" in str(w.message) for w in caught
+            )
+            break
+    else:
+        pytest.fail("no fold holds the parcel out")
