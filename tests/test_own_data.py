@@ -129,3 +129,28 @@ def test_a_class_without_training_series_is_named_in_a_warning(tmp_path):
             break
     else:
         pytest.fail("no fold holds the parcel out")
+
+
+def test_a_test_table_converted_alone_with_integer_codes_and_a_missing_class(tmp_path, capsys):
+    """Train and test tables converted one by one, as a user would: crop codes as labels (ordered by
+    number, 10 after 8), a test table without one class (read by name), and a test table whose earliest
+    date differs (its own reference date: an error saying which option to convert it with)."""
+    codes = {"bare_ground": 1, "canola": 2, "cereals": 3, "legumes": 7, "forest": 8, "grassland": 10, "water": 12}
+    table = victoria_table(per_class=4)
+    table = table[table["label"].isin(codes)].assign(label=lambda t: t["label"].map(codes).astype(str))
+    train_ids = table["sample_id"].unique()[::2]
+    train, test = table[table["sample_id"].isin(train_ids)], table[~table["sample_id"].isin(train_ids)]
+    test = test[test["label"] != "12"]
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    store, metadata = convert(tmp_path / "train.csv", tmp_path / "train", "--reference_date", "2017-09-01")
+    assert metadata["class_names"] == ["1", "2", "3", "7", "8", "10", "12"]
+    convert(tmp_path / "test.csv", tmp_path / "test", "--reference_date", "2017-08-01")
+    with pytest.raises(ValueError, match=r"convert the test table with the training store's time axis: "):
+        SeriesStore(str(tmp_path / "train"), test_path=str(tmp_path / "test"))
+    convert(tmp_path / "test.csv", tmp_path / "test", "--reference_date", "2017-09-01")
+    data = SeriesStore(str(tmp_path / "train"), test_path=str(tmp_path / "test"), batch_size=8)
+    data.setup("fit")
+    data.setup("test")
+    test_labels = [data.class_names[i] for i in data.datasets["test"].labels]
+    assert test_labels == test.drop_duplicates("sample_id")["label"].tolist()  # by name, not by index

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from cmap.cli import main as cmap_main
 from cmap.data import SeriesStore, open_store
 from cmap.data.contract import TimeAxis
-from cmap.data.convert import NODATA_SENTINELS
+from cmap.data.convert import NODATA_SENTINELS, class_order
 from cmap.ml.autoencoders import AutoEncoder
 from cmap.ml.decoders import BandReconstruction
 from cmap.ml.embeddings import PositionalEncoding
@@ -429,7 +429,7 @@ def test_the_store_read_back_equals_the_table(tmp_path_factory, table):
 
     order = list(dict.fromkeys(row[0] for row in rows))  # samples in the order of their first rows
     by_id = {s[0]: s for s in samples}
-    class_names = sorted({s[1] for s in samples})
+    class_names = class_order({s[1] for s in samples})
     assert np.asarray(series.sample_ids).tolist() == order
     assert metadata["class_names"] == class_names
     assert series.labels.tolist() == [class_names.index(by_id[i][1]) for i in order]

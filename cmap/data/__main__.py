@@ -93,7 +93,10 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
     table.add_argument("--date_column", default="date", help="the column of acquisition dates")
     table.add_argument("--label_column", default="label", help="'' for unlabelled data")
     table.add_argument("--group_column", default=None, help="parcel / polygon ids: splits keep a group together")
-    table.add_argument("--class_names", nargs="+", default=None, help="class order (default: sorted)")
+    table.add_argument(
+        "--class_names", nargs="+", default=None,
+        help="class order (default: sorted; by number when every label is an integer)",
+    )  # fmt: skip
     table.add_argument(
         "--time_axis", choices=TIME_AXIS_RULES, default=None,
         help="how dates become days: season_start (days since each sample's season start, --season_start; samples "

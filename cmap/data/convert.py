@@ -220,7 +220,7 @@ def _read_long_table(path: Path, encoding: str, delimiter: str) -> tuple[pd.Data
 
 def _text(column: pd.Series) -> pd.Series:
     """Cells as text: CSV cells are already; Parquet nulls become empty text, other values ``str``."""
-    if column.dtype == object and all(isinstance(value, str) for value in column):
+    if pd.api.types.is_string_dtype(column) and not column.isna().any():  # every cell a string (fast check)
         return column
     return pd.Series(["" if _is_null(value) else str(value) for value in column], index=column.index, dtype=object)
 
@@ -379,6 +379,15 @@ def _one_per_sample(cells: _Cells, column: str, values: np.ndarray, codes: np.nd
     return first, first_row
 
 
+def class_order(labels) -> list[str]:
+    """Class names in label order: by number when every label is an integer (``2`` before ``10``, as
+    a table of crop codes means), sorted text otherwise."""
+    labels = list(labels)
+    if labels and all(re.fullmatch(r"[+-]?\d+", label.strip()) for label in labels):
+        return sorted(labels, key=lambda label: (int(label), label))
+    return sorted(labels)
+
+
 def resolve_time_axis(
     first_dates: np.ndarray,
     time_axis: TimeAxis | str | None,
@@ -441,7 +450,7 @@ def read_table(
     than one season (366 days) are an error asking for a choice, as the days would run into the
     thousands and the model would see the calendar year.
 
-    ``class_names`` fixes the class order (default: sorted names).
+    ``class_names`` fixes the class order (default: :func:`class_order`).
     """
     path = Path(path)
     table, csv = _read_long_table(path, encoding, delimiter)
@@ -527,7 +536,7 @@ def read_table(
                 "sample a class, or pass --allow_unlabelled to keep them unlabelled (label -1: a store for "
                 "pretraining, not for supervised training)",
             )
-        found = sorted(set(sample_labels.tolist()) - {""})
+        found = class_order(set(sample_labels.tolist()) - {""})
         names = list(class_names) if class_names is not None else found
         unknown = sorted(set(found) - set(names))
         if unknown:

@@ -36,6 +36,7 @@ import errno
 import json
 import os
 import shutil
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -221,37 +222,72 @@ def store_raw_values(metadata: dict[str, Any]) -> RawValues | None:
     return None if content is None else RawValues.from_dict(content)
 
 
-def use_stores(module: Any, path: str, test_path: str | None, fold: int | None, num_folds: int) -> None:
+def use_stores(
+    module: Any, path: str, test_path: str | None, fold: int | None, num_folds: int, class_subset: bool = False
+) -> None:
     """Point a data module at a training store and its test store or fold, and take the stores'
-    band names, class names, time axis and raw values (shared by the in-memory and the streaming module)."""
+    band names, class names, time axis and raw values (shared by the in-memory and the streaming module).
+    ``class_subset``: the test store may hold some of the training classes (its labels are then
+    read by name, :func:`relabel`)."""
     if test_path is not None and fold is not None:
         raise ValueError("give test_path or fold, not both")
     module.path = Path(path)
     module.test_path = None if test_path is None else Path(test_path)
     module.fold, module.num_folds = fold, num_folds
-    metadata = read_store_pair(module.path, module.test_path)
+    metadata = read_store_pair(module.path, module.test_path, class_subset)
     module.source_class_names = metadata["class_names"]
     module.band_names = metadata["band_names"]
     module.time_axis = store_time_axis(metadata)
     module.raw_values = store_raw_values(metadata)
 
 
-def read_store_pair(path: str | Path, test_path: str | Path | None) -> dict[str, Any]:
-    """The metadata of a training store, checked against its test store's (same bands and classes)."""
+def read_store_pair(path: str | Path, test_path: str | Path | None, class_subset: bool = False) -> dict[str, Any]:
+    """The metadata of a training store, checked against its test store's: same bands, time axis and
+    classes (or, with ``class_subset``, some of the training classes in any order). Errors say how
+    to convert the test table to match."""
     metadata = read_metadata(path)
     if test_path is not None:
         test_metadata = read_metadata(test_path)
-        for key in ("band_names", "class_names"):
-            if key == "class_names" and not test_metadata[key]:
-                continue  # an unlabelled store: new samples to predict
-            if test_metadata[key] != metadata[key]:
-                raise ValueError(f"{test_path}: {key} {test_metadata[key]} differ from {path}'s {metadata[key]}")
-        if store_time_axis(test_metadata) != store_time_axis(metadata):
+        if test_metadata["band_names"] != metadata["band_names"]:
+            raise ValueError(
+                f"{test_path}: band_names {test_metadata['band_names']} differ from {path}'s {metadata['band_names']}"
+            )
+        names, test_names = metadata["class_names"], test_metadata["class_names"]
+        # An unlabelled store (new samples to predict) has no classes.
+        if test_names and test_names != names and not (class_subset and set(test_names) <= set(names)):
+            unknown = [name for name in test_names if name not in names]
+            raise ValueError(
+                f"{test_path}: class_names {test_names} differ from {path}'s {names}"
+                + (f" (classes {unknown} are not training classes)" if unknown else "")
+                + f"; convert the test table with the training classes: --class_names {' '.join(map(repr, names))}"
+            )
+        axis = store_time_axis(metadata)
+        if store_time_axis(test_metadata) != axis:
             raise ValueError(
                 f"{test_path}: time axis {store_time_axis(test_metadata).describe()} differs from {path}'s "
-                f"{store_time_axis(metadata).describe()}"
+                f"{axis.describe()}: convert the test table with the training store's time axis: "
+                f"{axis_options(axis)}"
             )
     return metadata
+
+
+def axis_options(axis: TimeAxis) -> str:
+    """The ``cmap convert table`` options that give ``axis``."""
+    if axis.rule == "reference_date":
+        return f"--reference_date {axis.reference_date}"
+    if axis.rule == "season_start":
+        return f"--time_axis season_start --season_start {axis.season_start}"
+    return "--time_axis series_start"
+
+
+def relabel(series: PixelSeries, names: list[str], class_names: list[str]) -> PixelSeries:
+    """``series`` whose labels index ``names`` (a test store's classes), with labels indexing
+    ``class_names`` (the training store's, which hold every name) instead."""
+    if series.labels is None or not names or list(names) == list(class_names):
+        return series
+    lookup = np.array([class_names.index(name) for name in names], dtype=np.int64)
+    labels = np.where(series.labels >= 0, lookup[np.maximum(series.labels, 0)], series.labels)
+    return replace(series, labels=labels)
 
 
 class NpyRows:
@@ -403,7 +439,7 @@ class SeriesStore(SITSDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        use_stores(self, path, test_path, fold, num_folds)
+        use_stores(self, path, test_path, fold, num_folds, class_subset=True)
         if unlabelled_ratio < 1:
             raise ValueError(f"unlabelled_ratio must be >= 1, got {unlabelled_ratio}")
         self.unlabelled = None if unlabelled is None else Path(unlabelled)
@@ -456,4 +492,5 @@ class SeriesStore(SITSDataModule):
             return self._series.subset(self._folds[1])
         if self.test_path is None:
             raise ValueError(f"{self.path}: no test split: give test_path or fold")
-        return open_store(self.test_path)[0]
+        series, metadata = open_store(self.test_path)
+        return relabel(series, metadata["class_names"], self.source_class_names)
