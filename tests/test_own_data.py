@@ -10,7 +10,7 @@ import pytest
 
 from cmap.cli import main as cmap_main
 from cmap.data import SeriesStore, open_store
-from cmap.data.convert import read_victoria
+from cmap.data.convert import read_table, read_victoria
 from cmap.data.datamodule import PixelSeries, group_split, kfold_split, stratified_split
 
 from .conftest import SHARED_DATA, require
@@ -154,3 +154,18 @@ def test_a_test_table_converted_alone_with_integer_codes_and_a_missing_class(tmp
     data.setup("test")
     test_labels = [data.class_names[i] for i in data.datasets["test"].labels]
     assert test_labels == test.drop_duplicates("sample_id")["label"].tolist()  # by name, not by index
+
+
+def test_a_band_that_masks_dates_alone_is_named(tmp_path):
+    """A date needs every band: an empty band column is an error; a band missing where the others
+    have values (another resolution, another product) is a warning naming it, not silently lost dates."""
+    table = victoria_table(per_class=2)
+    table["B8A"] = table["B8A"].where(np.arange(len(table)) % 3 > 0, "")  # a third of the rows
+    table.to_csv(tmp_path / "gaps.csv", index=False)
+    with pytest.warns(UserWarning, match=r"band 'B8A' alone is missing on 33% of the rows .* leave 'B8A' out"):
+        convert(tmp_path / "gaps.csv", tmp_path / "store")
+    table.assign(B12="").to_csv(tmp_path / "empty.csv", index=False)
+    with pytest.raises(SystemExit):
+        convert(tmp_path / "empty.csv", tmp_path / "store")
+    with pytest.raises(ValueError, match=r"empty.csv: band columns \['B12'\] have no value in any row"):
+        read_table(tmp_path / "empty.csv", BANDS)

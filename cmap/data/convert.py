@@ -379,6 +379,27 @@ def _one_per_sample(cells: _Cells, column: str, values: np.ndarray, codes: np.nd
     return first, first_row
 
 
+def _check_band_gaps(path: Path, bands: Sequence[str], missing: np.ndarray) -> None:
+    """A date counts only when every band has a value, so one band's gaps mask whole dates: a band
+    column without any value is an error; a band that alone masks more than 10 % of the rows (20 at least) is a
+    warning naming it (e.g. a band of another resolution, missing from some products)."""
+    empty = [band for band, column in zip(bands, missing.T, strict=True) if column.all()]
+    if empty:
+        raise InputError(
+            f"{path}: band columns {empty} have no value in any row: every date would be missing; leave them out "
+            "of --bands"
+        )
+    for b, band in enumerate(bands if len(bands) > 1 else []):
+        alone = missing[:, b] & ~np.delete(missing, b, axis=1).any(axis=1)
+        if alone.mean() > 0.1 and alone.sum() >= 20:  # not a few cells of a small table
+            warnings.warn(
+                f"{path}: band {band!r} alone is missing on {alone.mean():.0%} of the rows ({int(alone.sum())}), where "
+                "every other band has a value: a date counts only when every band has one, so these dates are "
+                f"missing; leave {band!r} out of --bands to keep them",
+                stacklevel=3,
+            )
+
+
 def class_order(labels) -> list[str]:
     """Class names in label order: by number when every label is an integer (``2`` before ``10``, as
     a table of crop codes means), sorted text otherwise."""
@@ -513,6 +534,7 @@ def read_table(
     series_values[sorted_codes, rank] = values[order]
     series_days = np.zeros((len(ids), num_dates), dtype=np.int64)
     series_days[sorted_codes, rank] = sorted_day
+    _check_band_gaps(path, bands, ~np.isfinite(values))
     no_valid = np.flatnonzero(~np.isfinite(series_values).all(axis=-1).any(axis=1))
     if len(no_valid):
         raise InputError(
