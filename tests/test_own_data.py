@@ -169,3 +169,20 @@ def test_a_band_that_masks_dates_alone_is_named(tmp_path):
         convert(tmp_path / "empty.csv", tmp_path / "store")
     with pytest.raises(ValueError, match=r"empty.csv: band columns \['B12'\] have no value in any row"):
         read_table(tmp_path / "empty.csv", BANDS)
+
+
+def test_parquet_codes_made_float_by_a_null_stay_integer_codes(tmp_path):
+    """Integer crop codes and numeric ids in Parquet columns that pandas made float (one unlabelled
+    sample): class names 2, 3, 10 (not 10.0, 2.0, 3.0, not in text order), ids 7 (not 7.0)."""
+    table = victoria_table(per_class=1)
+    samples = table["sample_id"].unique()
+    codes = dict(zip(samples, [2.0, 10.0, 3.0, np.nan] * 10, strict=False))
+    table = table.assign(label=table["sample_id"].map(codes), sample_id=table["sample_id"].str[3:].astype(float))
+    assert table["label"].dtype == np.float64 and table["label"].isna().any()
+    table.to_parquet(tmp_path / "codes.parquet")
+    store, metadata = convert(tmp_path / "codes.parquet", tmp_path / "store", "--allow_unlabelled")
+    assert metadata["class_names"] == ["2", "3", "10"]
+    assert np.asarray(store.sample_ids).tolist() == [str(int(i)) for i in table["sample_id"].unique()]
+    assert [metadata["class_names"][k] if k >= 0 else None for k in store.labels] == [
+        None if np.isnan(codes[s]) else str(int(codes[s])) for s in samples
+    ]

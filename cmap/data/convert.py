@@ -219,10 +219,21 @@ def _read_long_table(path: Path, encoding: str, delimiter: str) -> tuple[pd.Data
 
 
 def _text(column: pd.Series) -> pd.Series:
-    """Cells as text: CSV cells are already; Parquet nulls become empty text, other values ``str``."""
+    """Cells as text: CSV cells are already; Parquet nulls become empty text, other values ``str``.
+
+    A whole number in a float column is written as an integer: a Parquet column of integer codes
+    becomes float when it holds a null (pandas), and its ``7.0`` is the code ``7``."""
     if pd.api.types.is_string_dtype(column) and not column.isna().any():  # every cell a string (fast check)
         return column
-    return pd.Series(["" if _is_null(value) else str(value) for value in column], index=column.index, dtype=object)
+    return pd.Series([_cell_text(value) for value in column], index=column.index, dtype=object)
+
+
+def _cell_text(value: object) -> str:
+    if _is_null(value):
+        return ""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _is_null(value: object) -> bool:
