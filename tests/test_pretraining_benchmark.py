@@ -76,6 +76,18 @@ def test_pretrain_then_fine_tune_and_self_train(area, tmp_path):
     assert accuracy > 0.8  # three well-separated classes
 
 
+def test_consistency_arm_trains_on_the_area_without_reading_its_labels(area):
+    args = argparse.Namespace(batch_size=8, min_steps=30, min_epochs=1, max_lr=3e-3, band_noise=0.0,
+                              encoder_lr_factor=1.0, freeze_fraction=0.0, mu=2, threshold=0.6, consistency_weight=1.0,
+                              strong_crop=1.0, strong_dropout=0.1, strong_noise=0.05, strong_scale=0.1,
+                              teacher_decay=0.0, distribution_alignment=False)  # fmt: skip
+    loader = pretraining.unlabelled_loader(area, 9, args)
+    batches = list(loader)
+    assert len(batches) == 2 and "label" not in batches[0] and len(batches[0]["values"]) == 16  # 18 series: 16 + 2
+    accuracy = pretraining.finetune(area, 3, 0, "tempcnn", 8, None, args, consistency=True)
+    assert accuracy > 0.8  # three well-separated classes
+
+
 def test_bottleneck_pretraining_initialises_the_flatten_head_too(area, tmp_path):
     checkpoint = pretraining.pretrain(area, np.arange(len(area.series)), "tempcnn", 8, "bottleneck", 1,
                                       tmp_path / "bottleneck.ckpt")  # fmt: skip

@@ -3,8 +3,8 @@
 With few labels and every pixel of the area at hand unlabelled, each training step also takes a
 batch of unlabelled series. A *weak* view of each (light band noise) gives a pseudo-label, the
 class the model predicts, kept where its probability reaches ``threshold``; the model's prediction
-on a *strong* view of the same series (a run of its dates, date dropout, strong band noise,
-amplitude scaling) is trained towards it. The loss adds ``weight`` times that cross-entropy
+on a *strong* view of the same series (date dropout, stronger band noise, amplitude scaling, and
+optionally a run of its dates only) is trained towards it. The loss adds ``weight`` times that cross-entropy
 (averaged over the whole unlabelled batch, kept or not, as FixMatch does) to the supervised loss.
 
 :class:`~cmap.ml.classifiers.Classifier` runs it when given ``consistency`` and batches of the form
@@ -26,7 +26,9 @@ from cmap.data.perturbations import SeriesViews
 
 @dataclass
 class Consistency:
-    """FixMatch's settings for series; the defaults are those measured in ``benchmarks/pretraining.py``.
+    """FixMatch's settings for series; the defaults are the best of the variants measured on UCR Crop
+    (``benchmarks/results/pretraining.md``: stronger views, which crop runs of dates or drop more of
+    them, and thresholds near 1 lost the gain).
 
     Attributes:
         threshold: a pseudo-label counts where the weak view's top probability reaches it. Keep it
