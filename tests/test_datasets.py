@@ -145,7 +145,7 @@ def test_table_with_irregular_dates_and_clouds(tmp_path):
         ([("a", "2021-13-45", 0.1, 0.2, "mais", "p")], {}, r"column 'date' row 0: unparsable date '2021-13-45'"),
         ([("a", "2021-03-01", 0.1, 0.2, "maize", "p")], {"class_names": ["mais"]}, r"labels \['maize'\] not in"),
         ([("a", "2021-03-01", 0.1, 0.2, "m", "p")] * 2, {}, "sample 'a' has two rows for the same date"),
-        ([("a", "2021-03-01", None, None, "m", "p")], {}, "no valid date"),
+        ([("a", "2021-03-01", 0.1, 0.2, "m", "p"), ("b", "2021-03-01", None, None, "m", "q")], {}, "no valid date"),
     ],
     ids=["unparsable date", "unknown label", "duplicate date", "NaN-only series"],
 )
