@@ -109,26 +109,26 @@ def test_a_class_of_one_or_two_series_keeps_a_training_series_in_every_split():
         assert set(labels[train]) == {0, 1, 2, 3} and len(val)
 
 
-def test_a_class_without_training_series_is_named_in_a_warning(tmp_path):
-    """A class of one parcel cannot be both trained and tested: the test fold takes it, and the
-    data module says which class the model cannot learn (instead of a silent zero)."""
+def test_a_class_of_one_parcel_is_trained_on_in_every_fold_and_a_class_without_series_is_named(tmp_path):
+    """A class of one parcel cannot be both trained and tested: it is in no fold (trained on in every
+    one); a class that has no training series (here a --class_names class without samples) is named
+    in a warning, instead of a silent zero."""
     table = victoria_table(per_class=3)
     table.loc[table["label"] == "water", "parcel"] = "one parcel"
     table.to_csv(tmp_path / "samples.csv", index=False)
-    convert(tmp_path / "samples.csv", tmp_path / "store", "--group_column", "parcel")
+    classes = ["rice", *sorted(table["label"].unique())]
+    convert(tmp_path / "samples.csv", tmp_path / "store", "--group_column", "parcel", "--class_names", *classes)
     for fold in range(5):
         data = SeriesStore(str(tmp_path / "store"), fold=fold, batch_size=4)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             data.setup("fit")
             data.setup("test")
-        if data.class_counts("train")[data.class_names.index("water")] == 0:
-            assert any(
-                "have no training series" in str(w.message) and "'water' (3 test)" in str(w.message) for w in caught
-            )
-            break
-    else:
-        pytest.fail("no fold holds the parcel out")
+        water = data.class_names.index("water")
+        assert data.class_counts("train")[water] + data.class_counts("val")[water] == 3
+        assert data.class_counts("test")[water] == 0
+        assert any("1 of 9 classes have no training series" in str(w.message) and "'rice' (0 test)" in str(w.message)
+                   for w in caught)  # fmt: skip
 
 
 def test_a_test_table_converted_alone_with_integer_codes_and_a_missing_class(tmp_path, capsys):

@@ -229,7 +229,7 @@ def kfold_split(series: "PixelSeries", num_folds: int, fold: int, seed: int) -> 
     """Indices (rest, fold): fold ``fold`` of ``num_folds``, by group if any, else stratified by class.
 
     Members of each class (or whole groups, largest first) are dealt to the folds in turn; a class
-    of a single series is in no fold (always trained on, never tested).
+    of a single series (or a single group) is in no fold (always trained on, never tested).
     """
     if not 0 <= fold < num_folds:
         raise ValueError(f"fold must lie in [0, num_folds={num_folds}), got {fold}")
@@ -240,11 +240,13 @@ def kfold_split(series: "PixelSeries", num_folds: int, fold: int, seed: int) -> 
         order = rng.permutation(len(unique))
         order = order[np.argsort(-sizes[order], kind="stable")]
         fold_sizes = np.zeros(num_folds)
-        group_fold = np.empty(len(unique), dtype=np.int64)
-        for group in order:  # greedy: the next largest group to the smallest fold
+        group_fold = np.full(len(unique), -1, dtype=np.int64)
+        sole = sole_groups(inverse, series.labels, len(unique))
+        sole &= not sole.all()  # every group a class's only one: deal them all (the warning names the classes)
+        for group in order[~sole[order]]:  # greedy: the next largest group to the smallest fold
             group_fold[group] = int(np.argmin(fold_sizes))
             fold_sizes[group_fold[group]] += sizes[group]
-        assignment = group_fold[inverse]
+        assignment = group_fold[inverse]  # a class's only group: in no fold (-1), always trained on
     else:
         labels = strata(series)
         for label in np.unique(labels):
@@ -252,6 +254,20 @@ def kfold_split(series: "PixelSeries", num_folds: int, fold: int, seed: int) -> 
             # A class of one series is trained on in every fold, never tested (it cannot be both).
             assignment[members] = np.arange(len(members)) % num_folds if len(members) > 1 else -1
     return np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)
+
+
+def sole_groups(inverse: np.ndarray, labels: np.ndarray | None, num_groups: int) -> np.ndarray:
+    """bool (num_groups,): the groups (``inverse``: each series' group index) that hold every
+    labelled series of some class."""
+    sole = np.zeros(num_groups, dtype=bool)
+    if labels is None:
+        return sole
+    labelled = labels >= 0
+    for label in np.unique(labels[labelled]):
+        groups = np.unique(inverse[labelled & (labels == label)])
+        if len(groups) == 1:
+            sole[groups[0]] = True
+    return sole
 
 
 def per_class_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
