@@ -186,3 +186,16 @@ def test_parquet_codes_made_float_by_a_null_stay_integer_codes(tmp_path):
     assert [metadata["class_names"][k] if k >= 0 else None for k in store.labels] == [
         None if np.isnan(codes[s]) else str(int(codes[s])) for s in samples
     ]
+
+
+def test_rows_of_zeros_in_every_band_are_named_as_a_possible_fill_value(tmp_path):
+    """Sentinel-2 L2A's fill value 0 on a clouded date: warned (row named), and declared it is missing."""
+    table = victoria_table(per_class=2, marker=0)
+    table.to_csv(tmp_path / "zeros.csv", index=False)
+    first = int(np.flatnonzero((table[BANDS] == 0).all(axis=1))[0])
+    with pytest.warns(
+        UserWarning, match=rf"column 'date' row {first}: every band is 0 on \d+ rows.*--missing_values '' 0"
+    ):
+        convert(tmp_path / "zeros.csv", tmp_path / "store")
+    store = convert(tmp_path / "zeros.csv", tmp_path / "store", "--missing_values", "", "0")[0]
+    assert np.nanmin(np.asarray(store.values)) > 0

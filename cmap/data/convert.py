@@ -411,6 +411,21 @@ def _check_band_gaps(path: Path, bands: Sequence[str], missing: np.ndarray) -> N
             )
 
 
+def _check_zero_rows(cells: _Cells, date_column: str, rows: np.ndarray, bands: Sequence[str], values) -> None:
+    """Warn about rows whose every band is exactly 0 (two bands or more): no surface reflects
+    nothing in every band; it is the fill value of Sentinel-2 L2A and many exports, read here as a
+    valid date of zeros unless declared missing."""
+    if len(bands) < 2:
+        return
+    zeros = np.flatnonzero((values == 0).all(axis=1))
+    if len(zeros):
+        problem = (
+            f"every band is 0 on {len(zeros)} rows, first here: a nodata fill value? They count as valid dates of "
+            "zeros; if 0 means no data, declare it: --missing_values '' 0"
+        )
+        warnings.warn(str(cells.error(date_column, int(rows[zeros[0]]), problem)), stacklevel=3)
+
+
 def class_order(labels) -> list[str]:
     """Class names in label order: by number when every label is an integer (``2`` before ``10``, as
     a table of crop codes means), sorted text otherwise."""
@@ -546,6 +561,7 @@ def read_table(
     series_days = np.zeros((len(ids), num_dates), dtype=np.int64)
     series_days[sorted_codes, rank] = sorted_day
     _check_band_gaps(path, bands, ~np.isfinite(values))
+    _check_zero_rows(cells, date_column, rows, bands, values)
     no_valid = np.flatnonzero(~np.isfinite(series_values).all(axis=-1).any(axis=1))
     if len(no_valid):
         raise InputError(
