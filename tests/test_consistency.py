@@ -176,3 +176,27 @@ def test_cmap_fit_reads_consistency_and_the_unlabelled_store_from_a_config(store
     hparams = torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]
     # the config's block, saved as given; the run's steps used it as a Consistency (a dict has no views)
     assert hparams["consistency"]["threshold"] == 0.5 and hparams["consistency"]["date_dropout"] == 0.1
+
+
+def test_the_few_labels_config_trains_on_ucr_crop_stores(ucr_root, tmp_path):
+    """configs/few_labels_ucr_crop.yaml as written, on small stores of UCR Crop's training and test series."""
+    from cmap.cli import CMapCLI
+    from cmap.data.convert import read_ucr
+
+    from .conftest import CONFIGS
+
+    stores = {}
+    for split, size in (("TRAIN", 24 * 20), ("TEST", 300)):
+        converted = read_ucr(ucr_root / f"Crop_{split}.tsv")
+        rows = np.random.default_rng(0).choice(len(converted.series), size, replace=False)
+        stores[split] = tmp_path / split
+        write_store(stores[split], converted.series.subset(np.sort(rows)), converted.band_names, converted.class_names)
+    cli = CMapCLI(
+        args=["fit", "--config", str(CONFIGS / "few_labels_ucr_crop.yaml"), "--trainer.fast_dev_run", "2",
+              "--data.init_args.path", str(stores["TRAIN"]), "--data.init_args.test_path", str(stores["TEST"]),
+              "--data.init_args.unlabelled", str(stores["TEST"]), "--trainer.default_root_dir", str(tmp_path),
+              "--trainer.enable_progress_bar", "false"]
+    )  # fmt: skip
+    assert cli.trainer.global_step == 2
+    assert cli.model.consistency.threshold == 0.6 and cli.datamodule.hparams.labels_per_class == 10
+    assert "train/pseudo_label_fraction" in cli.trainer.callback_metrics
