@@ -199,3 +199,18 @@ def test_rows_of_zeros_in_every_band_are_named_as_a_possible_fill_value(tmp_path
         convert(tmp_path / "zeros.csv", tmp_path / "store")
     store = convert(tmp_path / "zeros.csv", tmp_path / "store", "--missing_values", "", "0")[0]
     assert np.nanmin(np.asarray(store.values)) > 0
+
+
+def test_a_wide_table_reads_only_the_columns_it_needs(tmp_path):
+    """Extra columns (coordinates, a geometry, notes, other bands) are not read: the same store as
+    without them, CSV and Parquet; a missing column is still named with the columns found."""
+    table = victoria_table(per_class=1)
+    wide = table.assign(geometry="POLYGON((" + "1 2, " * 50 + "1 2))", lon="145.1", note="x")
+    table.to_csv(tmp_path / "narrow.csv", index=False)
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    wide.to_parquet(tmp_path / "wide.parquet")
+    expected = np.asarray(convert(tmp_path / "narrow.csv", tmp_path / "a")[0].values)
+    for name in ("wide.csv", "wide.parquet"):
+        np.testing.assert_array_equal(np.asarray(convert(tmp_path / name, tmp_path / "b")[0].values), expected)
+        with pytest.raises(ValueError, match=r"columns \['B13'\] are missing \(found \['sample_id', 'date', 'B2'"):
+            read_table(tmp_path / name, [*BANDS, "B13"])

@@ -193,20 +193,30 @@ class _Cells:
         return InputError(f"{self.path}: column {column!r} row {row}: {problem}{line}")
 
 
-def _read_long_table(path: Path, encoding: str, delimiter: str) -> tuple[pd.DataFrame, bool]:
+def _read_long_table(
+    path: Path, encoding: str, delimiter: str, columns: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, bool]:
     """The table as read (CSV: every cell as text, nothing read as missing; Parquet: as typed), and
-    whether it is a CSV. Rows keep their position in the file as index; blank CSV lines are dropped."""
+    whether it is a CSV. Rows keep their position in the file as index; blank CSV lines (blank in
+    ``columns``) are dropped. ``columns``: read only these (those the file has), not a wide table's
+    other columns (coordinates, geometries, notes), which would cost memory and time for nothing."""
     if not path.is_file():
         raise MissingInput(f"{path}: no such file")
+    wanted = None if columns is None else set(columns)
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
+            if wanted is not None:
+                import pyarrow.parquet
+
+                names = pyarrow.parquet.read_schema(path).names
+                return pd.read_parquet(path, columns=[name for name in names if name in wanted]), False
             return pd.read_parquet(path), False
         except Exception as error:  # pyarrow raises several types for a file that is not Parquet
             raise InputError(f"{path}: not a readable Parquet file ({error})") from error
     try:
         table = pd.read_csv(
             path, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False, encoding=encoding,
-            sep=delimiter,
+            sep=delimiter, usecols=None if wanted is None else (lambda name: name in wanted),
         )  # fmt: skip
     except UnicodeDecodeError as error:
         raise InputError(
@@ -500,12 +510,13 @@ def read_table(
     ``class_names`` fixes the class order (default: :func:`class_order`).
     """
     path = Path(path)
-    table, csv = _read_long_table(path, encoding, delimiter)
-    cells = _Cells(path, csv)
     required = [sample_column, date_column, *bands] + [c for c in (label_column, group_column) if c]
+    table, csv = _read_long_table(path, encoding, delimiter, required)
+    cells = _Cells(path, csv)
     missing = [column for column in required if column not in table]
     if missing:
-        raise InputError(f"{path}: columns {missing} are missing (found {list(table.columns)})")
+        found = list(_read_long_table(path, encoding, delimiter)[0].columns)
+        raise InputError(f"{path}: columns {missing} are missing (found {found})")
     if len(table) == 0:
         raise InputError(f"{path}: no rows")
     rows = table.index.to_numpy()
