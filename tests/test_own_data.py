@@ -214,3 +214,26 @@ def test_a_wide_table_reads_only_the_columns_it_needs(tmp_path):
         np.testing.assert_array_equal(np.asarray(convert(tmp_path / name, tmp_path / "b")[0].values), expected)
         with pytest.raises(ValueError, match=r"columns \['B13'\] are missing \(found \['sample_id', 'date', 'B2'"):
             read_table(tmp_path / name, [*BANDS, "B13"])
+
+
+def test_a_test_table_in_other_units_is_named(tmp_path):
+    """Training table in integers 0-10000, test table exported as reflectance 0-1: a warning naming
+    the bands, not silent nonsense; the same units: no warning."""
+    table = victoria_table(per_class=6)
+    train_ids = table["sample_id"].unique()[::2]
+    train, test = table[table["sample_id"].isin(train_ids)], table[~table["sample_id"].isin(train_ids)]
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "same.csv", index=False)
+    test.assign(**{band: test[band] / 10000 for band in BANDS}).to_csv(tmp_path / "scaled.csv", index=False)
+    axis = ("--reference_date", "2017-09-01")
+    convert(tmp_path / "train.csv", tmp_path / "train", *axis)
+    for name, expected in (("same", 0), ("scaled", 1)):
+        convert(tmp_path / f"{name}.csv", tmp_path / name, *axis)
+        data = SeriesStore(str(tmp_path / "train"), test_path=str(tmp_path / name), batch_size=4)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data.setup("fit")
+            data.setup("test")
+        messages = [str(w.message) for w in caught if "another scale" in str(w.message)]
+        assert len(messages) == expected
+    assert "bands on another scale than the training series: 'B2' (mean 0." in messages[0]

@@ -518,7 +518,11 @@ BAD_INPUTS = {
         r"train: label index -1 is outside the 24 classes",
     ),
     "empty_training_store": (sample_of(0), ValueError, r"train: no training series"),
-    "training_split_empty": (sample_of(1), ValueError, r"train: the training split is empty \(val_fraction=0.1\)"),
+    "validation_split_empty": (
+        sample_of(1),
+        ValueError,
+        r"train: the validation split is empty \(val_fraction=0.1\): 1 series, and a class's last series",
+    ),
     "empty_test_store": (empty_test_store, ValueError, r"test: the test split is empty"),
     "truncated_values_file": (
         corrupt_store_file("values.npy", truncate),

@@ -512,6 +512,11 @@ class SITSDataModule(SeriesDataModule):
                 if len(index) == 0:
                     raise ValueError(
                         f"{train_all.source}: the {split} split is empty (val_fraction={self.val_fraction})"
+                        + (
+                            f": {len(train_all)} series, and a class's last series (or parcel) is never held out"
+                            if split == "validation"
+                            else ""
+                        )
                     )
             contract = self.make_contract(train_all, train_index)
             if self.labels_per_class is not None:
@@ -528,6 +533,7 @@ class SITSDataModule(SeriesDataModule):
             self.datasets["test"] = SeriesDataset(test, np.arange(len(test)), self.input_contract)
             if stage == "test":
                 self.warn_unlearnt_classes(test.source, "test")
+            warn_other_scale(test, self.input_contract)
 
     def warn_unlearnt_classes(self, source: str, split: str) -> None:
         """Warn, naming them, about classes with no training series: the model cannot learn them
@@ -574,6 +580,32 @@ def normalisation_statistics(
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     std[std == 0] = 1.0  # a constant band is only centred
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def warn_other_scale(series: PixelSeries, contract: InputContract, max_series: int = 2000) -> None:
+    """Warn when a band of ``series`` (test or new samples) lies on another scale than the training
+    series (mean more than 10 training standard deviations away, or a spread 20 times larger or
+    smaller, from 20 series on: reflectance 0-1 against integers 0-10000): the model would see values it never saw,
+    and predict nonsense silently."""
+    try:
+        mean, std = normalisation_statistics(series, np.arange(len(series)), max_series=max_series)
+    except ValueError:  # no valid date: named when its batch is read
+        return
+    shift = np.abs(mean - contract.mean) / contract.std
+    ratio = np.maximum(std, 1e-12) / contract.std
+    far = [
+        f"{band!r} (mean {m:.4g}, std {s:.4g} against {t:.4g}, {ts:.4g})"
+        for band, m, s, t, ts, d, r in zip(
+            contract.band_names, mean, std, contract.mean, contract.std, shift, ratio, strict=True
+        )
+        if d > 10 or (len(series) >= 20 and not 1 / 20 < r < 20)  # a spread needs a few series
+    ]
+    if far:
+        warnings.warn(
+            f"{series.source}: bands on another scale than the training series: {', '.join(far)}; convert both "
+            "tables with the same units (e.g. reflectance 0-1, or integers 0-10000)",
+            stacklevel=3,
+        )
 
 
 def training_date_grid(series: PixelSeries, index: np.ndarray, max_series: int = 20_000, seed: int = 0) -> DateGrid:
