@@ -25,6 +25,7 @@ def test_a_small_training_set_gets_smaller_batches_and_enough_steps(capsys):
     assert "63 training series, batches of 15, 8 epochs (32 optimizer steps)" in out
     # the configured max_epochs (2) is a minimum, and the line says it was raised and how to train less
     assert "trainer.max_epochs 2 raised to reach min_steps 30 (train less: lower the TrainingBudget" in out
+    assert "; date grid: " in out  # the data's calendar, as the DateGrid head sees it
 
 
 def test_max_steps_still_stops_a_budgeted_run():

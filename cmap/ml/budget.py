@@ -23,7 +23,8 @@ class TrainingBudget(L.Callback):
       training, and ``min_steps`` is the setting to lower to train less.
 
     The data module's ``batch_size`` and the trainer's epochs are changed before training starts,
-    the same way on every run of the same data (a resumed run agrees with the first), and printed.
+    the same way on every run of the same data (a resumed run agrees with the first), and printed
+    (with the data's date grid, :class:`~cmap.data.contract.DateGrid`, when it has one).
 
     Args:
         min_steps: optimizer steps of the whole training, at least.
@@ -60,9 +61,11 @@ class TrainingBudget(L.Callback):
                 if epochs > configured
                 else ""
             )
+            grid = getattr(getattr(data, "contract", None), "date_grid", None)
+            calendar = "" if grid is None else f"; date grid: {grid.num_steps} steps of {grid.step} days"
             print(
                 f"training budget: {series} training series, batches of {batch_size}, {epochs} epochs "
-                f"({epochs * steps_per_epoch} optimizer steps){raised}",
+                f"({epochs * steps_per_epoch} optimizer steps){raised}{calendar}",
                 flush=True,
             )
 
