@@ -28,9 +28,10 @@ def test_a_small_training_set_gets_smaller_batches_and_enough_steps(capsys):
     assert "; date grid: " in out  # the data's calendar, as the DateGrid head sees it
 
 
-def test_max_steps_still_stops_a_budgeted_run():
+def test_max_steps_still_stops_a_budgeted_run(capsys):
     batch_size, epochs, steps = fit_with_budget(70, TrainingBudget(min_steps=30, min_batches_per_epoch=4), max_steps=5)
     assert (batch_size, steps) == (15, 5)
+    assert "stopped at trainer.max_steps 5" in capsys.readouterr().out
 
 
 def test_a_large_training_set_keeps_its_batches_and_the_configured_epochs():

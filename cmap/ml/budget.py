@@ -61,6 +61,8 @@ class TrainingBudget(L.Callback):
                 if epochs > configured
                 else ""
             )
+            if 0 < trainer.max_steps < epochs * steps_per_epoch:
+                raised += f"; stopped at trainer.max_steps {trainer.max_steps}"
             grid = getattr(getattr(data, "contract", None), "date_grid", None)
             calendar = "" if grid is None else f"; date grid: {grid.num_steps} steps of {grid.step} days"
             print(
