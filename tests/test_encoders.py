@@ -121,12 +121,25 @@ def test_date_grid_head_is_the_flatten_head_on_a_regular_grid_and_places_dates_b
     features, mask = torch.randn(8, 12, 16), torch.ones(8, 12, dtype=torch.bool)
     days = torch.arange(12).expand(8, 12) * 8
     torch.testing.assert_close(on_grid(features, mask, days + 3), flatten(features, mask))  # within half a step
-    # Irregular series: dates sit at their day's step, not their index; a missing date is an empty step.
+    # Irregular series: dates sit at their day's step, not their index; an empty step takes the mean of
+    # its neighbours (linear interpolation in steps), or zeros with empty_steps="zeros".
     kept = [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]
+    gap_filled = features.clone()
+    gap_filled[:, 3] = (features[:, 2] + features[:, 4]) / 2
+    torch.testing.assert_close(on_grid(features[:, kept], mask[:, kept], days[:, kept]), flatten(gap_filled, mask))
+    zeros = DateGridClassification(num_classes=5, date_grid=grid, in_features=16, empty_steps="zeros").eval()
+    zeros.load_state_dict(flatten.state_dict())
     torch.testing.assert_close(
-        on_grid(features[:, kept], mask[:, kept], days[:, kept]),
+        zeros(features[:, kept], mask[:, kept], days[:, kept]),
         flatten(features.index_fill(1, torch.tensor([3]), 0.0), mask),
     )
+    # Before the first date and after the last: the nearest date's features; no date at all: zeros.
+    inner = features[:, 2:10]
+    edges = features.clone()
+    edges[:, :2], edges[:, 10:] = features[:, 2:3], features[:, 9:10]
+    torch.testing.assert_close(on_grid(inner, mask[:, 2:10], days[:, 2:10]), flatten(edges, mask))
+    none = on_grid(features, torch.zeros_like(mask), days)
+    torch.testing.assert_close(none, flatten(features, torch.zeros_like(mask)))
     # Two dates in one step are averaged; dates beyond the grid are ignored.
     first_twice = features.clone()
     first_twice[:, 0] = 2 * features[:, 0]

@@ -191,11 +191,20 @@ class DateGridClassification(DenseTail):
 
     Each date's features go to its step of the training data's :class:`~cmap.data.contract.DateGrid`
     (steps of the median days between dates, from day 0); a step holding several valid dates takes
-    their mean, a step holding none is zeros. The steps are flattened in order, then ``linear
+    their mean; a step holding none takes the features of the nearest steps that hold dates, linearly
+    interpolated between them (the nearest one's before the first and after the last): a gap-filled
+    series, as SITS practice fills clouds before classifying (``empty_steps="zeros"`` leaves them 0,
+    as before 2026-12-01). The steps are flattened in order, then ``linear
     (hidden) -> batch norm -> ReLU -> dropout -> linear (num_classes)``. On data of one date grid
     (one date per step) it is :class:`FlattenClassification`; unlike it, it also takes series of
     irregular or differing dates (dates are placed by their *day*, not their index) and maps of
     rasters with missing or extra dates. Dates beyond the grid's last step are ignored.
+
+    Why empty steps are filled: with zeros, *which* steps are empty is a feature of its own. On
+    cloudy, irregular series the dense layer learns each training series' pattern of gaps: Victoria as
+    daily NDVI with 40-80 % of the dates kept, 360 training series, gave 1.00 training and 0.70
+    validation accuracy with zeros (a random forest on the interpolated series: 0.975). On a full grid
+    (every step holding a date: UCR Crop, the TempCNN example) nothing changes.
 
     Args:
         num_classes: output classes; default (and it must be) the data's, set when the task meets it.
@@ -204,6 +213,8 @@ class DateGridClassification(DenseTail):
         date_grid: ``{step, num_steps}``; default (and it must be) the training data's, from the
             input contract.
         in_features: per-date feature width; default (and it must be) the encoder's ``d_model``.
+        empty_steps: ``interpolate`` (steps without a date take their neighbours' features, see above)
+            or ``zeros``.
 
     Shapes: features (B, T, in_features), mask (B, T), days (B, T) -> logits (B, num_classes).
     """
@@ -212,11 +223,13 @@ class DateGridClassification(DenseTail):
 
     def __init__(
         self, num_classes: int | None = None, hidden: int = 256, dropout_p: float = 0.2,
-        date_grid: DateGrid | None = None, in_features: int | None = None,
+        date_grid: DateGrid | None = None, in_features: int | None = None, empty_steps: str = "interpolate",
     ) -> None:  # fmt: skip
         super().__init__()
+        if empty_steps not in ("interpolate", "zeros"):
+            raise ValueError(f"empty_steps must be 'interpolate' or 'zeros', got {empty_steps!r}")
         self.num_classes, self.hidden, self.dropout_p = num_classes, hidden, dropout_p
-        self.date_grid = date_grid
+        self.date_grid, self.empty_steps = date_grid, empty_steps
         self.set_width(in_features)
 
     def build(self, in_features: int) -> None:
@@ -253,4 +266,31 @@ class DateGridClassification(DenseTail):
         binned = features.new_zeros(size, num_steps, features.shape[-1])
         binned.scatter_add_(1, step.unsqueeze(-1).expand_as(features), features * weights)
         count = features.new_zeros(size, num_steps, 1).scatter_add_(1, step.unsqueeze(-1), weights)
-        return self.tail(torch.flatten(binned / count.clamp_min(1.0), start_dim=1))
+        binned = binned / count.clamp_min(1.0)
+        if self.empty_steps == "interpolate":
+            binned = interpolate_empty_steps(binned, count.squeeze(-1) > 0)
+        return self.tail(torch.flatten(binned, start_dim=1))
+
+
+def at_steps(steps: Tensor, index: Tensor) -> Tensor:
+    """``steps`` (B, S, D) at the step ``index`` (B, S) of each series: (B, S, D)."""
+    return steps.gather(1, index.unsqueeze(-1).expand_as(steps))
+
+
+def interpolate_empty_steps(steps: Tensor, filled: Tensor) -> Tensor:
+    """``steps`` (B, S, D) where ``filled`` (B, S) is False replaced by the linear interpolation, along
+    S, of the nearest filled steps before and after (the nearest one's value where only one side has
+    one; zeros in a series without any). Filled steps are returned unchanged."""
+    num_steps = steps.shape[1]
+    index = torch.arange(num_steps, device=steps.device).expand_as(filled)
+    # Nearest filled step at or before each step (-1: none), and at or after it (num_steps: none).
+    before = torch.where(filled, index, -1).cummax(dim=1).values
+    after = num_steps - 1 - torch.where(filled, num_steps - 1 - index, -1).flip(1).cummax(dim=1).values.flip(1)
+    has_before, has_after = before >= 0, after < num_steps
+    before_at = torch.where(has_before, before, torch.where(has_after, after, 0))
+    after_at = torch.where(has_after, after, before_at)
+    span = (after_at - before_at).clamp_min(1)
+    share = ((index - before_at).clamp_min(0) / span).clamp(0, 1).to(steps.dtype).unsqueeze(-1)  # weight of 'after'
+    filled_in = torch.lerp(at_steps(steps, before_at), at_steps(steps, after_at), share)
+    any_filled = (has_before | has_after).unsqueeze(-1)
+    return torch.where(filled.unsqueeze(-1), steps, torch.where(any_filled, filled_in, torch.zeros_like(steps)))
