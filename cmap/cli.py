@@ -327,7 +327,7 @@ commands:
   validate   evaluate a model on the validation split
   test       evaluate a model on the test split (--ckpt_path a checkpoint)
   predict    predict the test split (with cmap.predictions.PredictionWriter: a table)
-  map        classify a folder of rasters into a crop map GeoTIFF, with probabilities
+  map        classify rasters (a folder, STAC items, Sentinel-2 products) into a crop map GeoTIFF
   area       accuracy and error-adjusted class areas of a crop map, from reference points
   convert    convert a dataset's original files, or your own table, to a series store
   extract    a store of the pixel series of rasters under labelled points or polygons

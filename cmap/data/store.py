@@ -1,4 +1,4 @@
-"""cmap's on-disk dataset format: a folder of NumPy arrays, memory-mapped when read.
+"""cmap's on-disk dataset format: a folder of NumPy arrays, read row by row (positioned reads).
 
 ::
 

@@ -104,7 +104,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
 def main(argv: list[str] | None = None, prog: str = "python -m cmap.ml.weights") -> None:
     """``cmap export CHECKPOINT OUTPUT`` (``python -m cmap.ml.weights`` is the same command)."""
     parser = argparse.ArgumentParser(prog=prog, description="Export the encoder weights of a cmap checkpoint.")
-    parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) of a Classifier or AutoEncoder")
+    parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) of any cmap task (Classifier, AutoEncoder...)")
     parser.add_argument("output", help="file to write (a torch.save dict: format, state_dict, encoder config)")
     args = parser.parse_args(argv)
     print(export_encoder(args.checkpoint, args.output))
