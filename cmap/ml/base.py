@@ -227,7 +227,7 @@ class SITSTask(L.LightningModule):
 
     def forward(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
         features = self.encoder(values, days, mask)
-        return self.decoder(features, mask, days) if self.decoder.needs_days else self.decoder(features, mask)
+        return self.decoder.decode(features, mask, days)
 
     def _shared_step(self, batch: Batch, stage: str) -> Tensor:
         """The loss of ``batch`` at ``stage`` (``train``, ``val``, ``test``), metrics updated and loss logged."""

@@ -117,8 +117,7 @@ class Teacher:
     @torch.no_grad()
     def __call__(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
         encoder, decoder = self.modules["encoder"], self.modules["decoder"]
-        features = encoder(values, days, mask)
-        return decoder(features, mask, days) if getattr(decoder, "needs_days", False) else decoder(features, mask)
+        return decoder.decode(encoder(values, days, mask), mask, days)
 
 
 def concat_batches(first: Batch, second: Batch) -> Batch:

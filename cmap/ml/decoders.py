@@ -46,6 +46,11 @@ class Decoder(nn.Module):
         """Create the layers for input width ``in_features``."""
         raise NotImplementedError
 
+    def decode(self, features: Tensor, mask: Tensor, days: Tensor) -> Tensor:
+        """The decoder's output for an encoder's ``features``: the one call that hands ``days`` to the
+        decoders that need them."""
+        return self(features, mask, days) if self.needs_days else self(features, mask)
+
 
 class ClassificationHead(Decoder):
     """A decoder whose output size is the number of classes: ``num_classes`` given, or the data's
