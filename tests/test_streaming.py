@@ -105,3 +105,34 @@ def test_bad_labels_and_unsupported_options_are_named(tmp_path):
         StreamingSeriesStore(str(tmp_path / "store"), fold=0).setup("fit")
     with pytest.raises(TypeError, match="class_map"):  # not an argument: it needs every label in memory
         StreamingSeriesStore(str(tmp_path / "store"), fold=0, class_map={"a": "x", "b": "x"})
+
+
+def test_a_test_store_with_some_of_the_training_classes_is_read_by_name(tmp_path):
+    """A test store holding two of the three training classes, in another order: its labels index
+    the training classes (as SeriesStore reads them), in the class counts and in every batch; a
+    label outside the test store's own classes is named with its row, as it is read."""
+    rng = np.random.default_rng(0)
+
+    def store(name, n, labels, class_names):
+        series = PixelSeries(rng.standard_normal((n, 3, 1)).astype(np.float32), np.tile([0, 5, 9], (n, 1)),
+                             labels, "synthetic")  # fmt: skip
+        write_store(tmp_path / name, series, ["b"], class_names)
+
+    store("train", 90, np.arange(90) % 3, ["a", "b", "c"])
+    test_labels = np.array([0, 1, 1, 0, 1, 1, 1, 0, 1, 0])  # "c", "a": c 4 times, a 6 times, b never
+    store("test", 10, test_labels, ["c", "a"])
+    expected = [("c", "a")[label] for label in test_labels]
+    for kind in (SeriesStore, StreamingSeriesStore):
+        data = kind(str(tmp_path / "train"), test_path=str(tmp_path / "test"), batch_size=4)
+        data.setup("fit")
+        data.setup("test")
+        assert data.class_names == ["a", "b", "c"]
+        assert data.class_counts("test").tolist() == [6, 0, 4]
+        labels = [label for batch in data.test_dataloader() for label in batch["label"].tolist()]
+        assert [data.class_names[label] for label in labels] == expected, kind.__name__
+    bad = test_labels.copy()
+    bad[7] = 2  # a training class index, but not one of the test store's two classes
+    np.save(tmp_path / "test" / "labels.npy", bad)
+    with pytest.raises(ValueError, match=r"test/labels.npy: row 7 holds label 2, expected -1 \(unlabelled\) or a "
+                       r"class index in \[0, 2\)"):  # fmt: skip
+        StreamingSeriesStore(str(tmp_path / "train"), test_path=str(tmp_path / "test")).setup("test")

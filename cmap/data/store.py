@@ -222,19 +222,17 @@ def store_raw_values(metadata: dict[str, Any]) -> RawValues | None:
     return None if content is None else RawValues.from_dict(content)
 
 
-def use_stores(
-    module: Any, path: str, test_path: str | None, fold: int | None, num_folds: int, class_subset: bool = False
-) -> None:
+def use_stores(module: Any, path: str, test_path: str | None, fold: int | None, num_folds: int) -> None:
     """Point a data module at a training store and its test store or fold, and take the stores'
     band names, class names, time axis and raw values (shared by the in-memory and the streaming module).
-    ``class_subset``: the test store may hold some of the training classes (its labels are then
-    read by name, :func:`relabel`)."""
+    The test store may hold some of the training classes, in any order: both modules open it with
+    :func:`open_test_store`, which reads its labels by name."""
     if test_path is not None and fold is not None:
         raise ValueError("give test_path or fold, not both")
     module.path = Path(path)
     module.test_path = None if test_path is None else Path(test_path)
     module.fold, module.num_folds = fold, num_folds
-    metadata = read_store_pair(module.path, module.test_path, class_subset)
+    metadata = read_store_pair(module.path, module.test_path, class_subset=True)
     module.source_class_names = metadata["class_names"]
     module.band_names = metadata["band_names"]
     module.time_axis = store_time_axis(metadata)
@@ -282,12 +280,54 @@ def axis_options(axis: TimeAxis) -> str:
 
 def relabel(series: PixelSeries, names: list[str], class_names: list[str]) -> PixelSeries:
     """``series`` whose labels index ``names`` (a test store's classes), with labels indexing
-    ``class_names`` (the training store's, which hold every name) instead."""
+    ``class_names`` (the training store's, which hold every name) instead; -1 (unlabelled) stays.
+    Labels read on demand (:class:`NpyRows`, ``open_store(lazy=True)``) stay so: they are mapped
+    as they are read (:class:`RelabelledRows`)."""
     if series.labels is None or not names or list(names) == list(class_names):
         return series
     lookup = np.array([class_names.index(name) for name in names], dtype=np.int64)
-    labels = np.where(series.labels >= 0, lookup[np.maximum(series.labels, 0)], series.labels)
-    return replace(series, labels=labels)
+    labels = RelabelledRows(series.labels, lookup, f"{series.source}/labels.npy")
+    return replace(series, labels=labels if isinstance(series.labels, NpyRows) else labels[:])
+
+
+class RelabelledRows:
+    """Labels (an array or :class:`NpyRows`) mapped through ``lookup`` as they are read:
+    ``rows[index]`` is ``lookup[labels[index]]``, -1 (unlabelled) staying -1 (:func:`relabel`).
+
+    A label outside [-1, ``len(lookup)``) is an error naming ``source`` and its row (lazily read
+    labels are checked only as they are read).
+    """
+
+    def __init__(self, labels: Any, lookup: np.ndarray, source: str) -> None:
+        self.labels, self.lookup, self.source = labels, lookup, source
+        self.shape, self.ndim, self.dtype = tuple(labels.shape), 1, np.dtype(np.int64)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: np.ndarray | slice | int) -> np.ndarray:
+        raw = np.asarray(self.labels[index], dtype=np.int64)
+        bad = (raw < -1) | (raw >= len(self.lookup))
+        if bad.any():
+            first = int(np.flatnonzero(np.atleast_1d(bad))[0])
+            rows = range(len(self))[index] if isinstance(index, slice) else np.atleast_1d(index)
+            raise ValueError(
+                f"{self.source}: row {int(rows[first])} holds label {int(np.atleast_1d(raw)[first])}, expected -1 "
+                f"(unlabelled) or a class index in [0, {len(self.lookup)}) of metadata.json's class_names"
+            )
+        return np.where(raw >= 0, self.lookup[np.maximum(raw, 0)], raw)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """Every label (reads them all: for small stores and tests)."""
+        labels = self[:]
+        return labels if dtype is None else labels.astype(dtype)
+
+
+def open_test_store(folder: str | Path, class_names: list[str], lazy: bool = False) -> PixelSeries:
+    """A test store's series (:func:`open_store`), whose classes may be some of ``class_names`` (the
+    training store's) in any order, with labels indexing ``class_names``: read by name (:func:`relabel`)."""
+    series, metadata = open_store(folder, lazy)
+    return relabel(series, metadata["class_names"], class_names)
 
 
 class NpyRows:
@@ -409,7 +449,8 @@ def open_store(folder: str | Path, lazy: bool = False) -> tuple[PixelSeries, dic
 class SeriesStore(SITSDataModule):
     """Data module over stores written by :func:`write_store` (or ``cmap convert``).
 
-    The test series come from ``test_path`` (a second store with the same bands and classes) or,
+    The test series come from ``test_path`` (a second store with the same bands and time axis, and
+    the training classes or some of them, in any order: labels are read by name) or,
     for datasets evaluated by cross-validation, from fold ``fold`` of ``num_folds`` (whole groups
     when the store has groups, stratified by class otherwise); training and validation series are
     the rest.
@@ -439,7 +480,7 @@ class SeriesStore(SITSDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        use_stores(self, path, test_path, fold, num_folds, class_subset=True)
+        use_stores(self, path, test_path, fold, num_folds)
         if unlabelled_ratio < 1:
             raise ValueError(f"unlabelled_ratio must be >= 1, got {unlabelled_ratio}")
         self.unlabelled = None if unlabelled is None else Path(unlabelled)
@@ -492,5 +533,4 @@ class SeriesStore(SITSDataModule):
             return self._series.subset(self._folds[1])
         if self.test_path is None:
             raise ValueError(f"{self.path}: no test split: give test_path or fold")
-        series, metadata = open_store(self.test_path)
-        return relabel(series, metadata["class_names"], self.source_class_names)
+        return open_test_store(self.test_path, self.source_class_names)

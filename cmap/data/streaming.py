@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from cmap.data.contract import InputContract
 from cmap.data.datamodule import SeriesDataModule, SeriesDataset, pass_through
-from cmap.data.store import open_store, use_stores
+from cmap.data.store import open_store, open_test_store, use_stores
 
 CHUNK = 1 << 16
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -124,7 +124,8 @@ class StreamingSeriesStore(SeriesDataModule):
     series' row (its group id when the store has groups, so no group is split): the test split is
     ``test_path`` or hash fold ``fold`` of ``num_folds``; validation, about ``val_fraction`` of
     the rest. Normalisation statistics come from 200,000 training series drawn at random, as with
-    ``SeriesStore``.
+    ``SeriesStore``. As there, the test store may hold some of the training classes, in any order:
+    its labels are read by name (:func:`~cmap.data.store.open_test_store`), as each batch is read.
 
     Under DDP, Lightning wraps the samplers in its ``DistributedSamplerWrapper``, which lists each
     process's rows in memory; the flat-memory guarantee holds for one process (and its workers).
@@ -189,7 +190,7 @@ class StreamingSeriesStore(SeriesDataModule):
         series = open_store(self.path, lazy=True)[0]
         if series.labels is None:
             raise ValueError(f"{self.path}: the store has no labels")
-        test = series if self.test_path is None else open_store(self.test_path, lazy=True)[0]
+        test = series if self.test_path is None else open_test_store(self.test_path, self.source_class_names, lazy=True)
         self.counts = {}
         self._scan(series, in_test_store=False)
         if test is not series:
