@@ -326,6 +326,9 @@ def peer_summary(labels: np.ndarray, subsets: dict[str, np.ndarray], runs: list[
 
 
 def scores(labels: np.ndarray, predictions: np.ndarray) -> tuple[float, float]:
+    """Overall accuracy and macro F1. The macro F1 averages the classes true or predicted in ``labels``
+    and ``predictions`` (scikit-learn's default), as the ``macro_f1`` a cmap run logs: a class that a
+    subset lacks and no model predicts does not count as an F1 of 0."""
     return accuracy_score(labels, predictions), f1_score(labels, predictions, average="macro")
 
 

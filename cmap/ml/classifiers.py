@@ -5,14 +5,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassCohenKappa,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
-from torchmetrics.wrappers import ClasswiseWrapper
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa
 
 from cmap.data.batch import Batch
 from cmap.data.contract import InputContract
@@ -20,15 +13,20 @@ from cmap.data.perturbations import SeriesMixing
 from cmap.ml.base import SITSTask
 from cmap.ml.consistency import Consistency, Teacher, concat_batches
 from cmap.ml.losses import FocalLoss, resolve_class_weights
-from cmap.ml.metrics import DeferredMetrics
+from cmap.ml.metrics import ClassScores, DeferredMetrics, DefinedClasswise
 
 
 class Classifier(SITSTask):
     """Per-series classification with a focal loss.
 
     Logged per epoch for train/val/test: loss, overall accuracy, macro F1, Cohen's kappa, and
-    precision / recall / F1 of each class, named by class (``val/f1/mais``). Validation and test
-    steps return the predicted classes for the figure callbacks (:mod:`cmap.callbacks`).
+    precision / recall / F1 of each class, named by class (``val/f1/mais``). A per-class score that
+    is 0/0 in the evaluated series is not logged (precision of a class never predicted, recall of a
+    class without true series, F1 of a class neither true nor predicted, e.g. a class the test
+    set lacks and the model never predicts), and the macro F1 is the mean of the logged F1s: that
+    of scikit-learn's ``f1_score(average="macro")`` (:class:`~cmap.ml.metrics.ClassScores`). A class
+    with true series that is never predicted has F1 0 and counts. Validation and test steps return
+    the predicted classes for the figure callbacks (:mod:`cmap.callbacks`).
 
     Args:
         encoder: a :class:`~cmap.ml.encoders.SeriesEncoder`.
@@ -142,11 +140,14 @@ class Classifier(SITSTask):
         metrics = DeferredMetrics(
             {
                 "overall_accuracy": MulticlassAccuracy(k, average="micro"),
-                "macro_f1": MulticlassF1Score(k, average="macro"),
+                # Over the classes true or predicted in the evaluated series: a class neither true nor
+                # predicted is no F1 of 0, and no per-class score is logged where it is 0/0 (ClassScores).
+                "macro_f1": ClassScores(k, "f1", average="macro"),
                 "kappa": MulticlassCohenKappa(k),
-                "precision": ClasswiseWrapper(MulticlassPrecision(k, average=None), names, prefix="precision/"),
-                "recall": ClasswiseWrapper(MulticlassRecall(k, average=None), names, prefix="recall/"),
-                "f1": ClasswiseWrapper(MulticlassF1Score(k, average=None), names, prefix="f1/"),
+                **{
+                    score: DefinedClasswise(ClassScores(k, score), names, prefix=f"{score}/")
+                    for score in ("precision", "recall", "f1")
+                },
             },
             # Compute groups share states between metrics and mis-count ClasswiseWrapper updates.
             compute_groups=False,

@@ -1,10 +1,73 @@
-"""Classification metrics updated in bulk, so that a training step on a GPU never waits for them."""
+"""Classification metrics updated in bulk, so that a training step on a GPU never waits for them, and
+per-class scores that leave out the classes the evaluated series say nothing about."""
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassStatScores
+from torchmetrics.wrappers import ClasswiseWrapper
+
+#: numerator and denominator of each score from the per-class counts (true and false positives, false negatives).
+SCORES = {
+    "precision": lambda tp, fp, fn: (tp, tp + fp),
+    "recall": lambda tp, fp, fn: (tp, tp + fn),
+    "f1": lambda tp, fp, fn: (2 * tp, 2 * tp + fp + fn),
+}
+
+
+class ClassScores(MulticlassStatScores):
+    """Precision, recall or F1 of each class, NaN where it is undefined (0/0) in the evaluated series;
+    with ``average="macro"``, their mean over the classes where it is defined.
+
+    Undefined: precision of a class never predicted, recall of a class without true series, F1 of a
+    class neither true nor predicted (which the series say nothing about). A class with true series
+    that is never predicted has F1 0 and counts in the macro average; so does one predicted without
+    true series. The macro F1 is scikit-learn's ``f1_score(average="macro")`` (its classes are those
+    of the targets and predictions; ``zero_division=np.nan`` gives the same over any class list);
+    torchmetrics' per-class scores give 0 where these give NaN.
+
+    Args:
+        num_classes: the classes.
+        score: ``"precision"``, ``"recall"`` or ``"f1"``.
+        average: ``None`` (a score per class) or ``"macro"``.
+        **kwargs: as :class:`~torchmetrics.classification.MulticlassStatScores` (``ignore_index``, ...).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        score: Literal["precision", "recall", "f1"],
+        average: Literal["macro"] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if score not in SCORES or average not in (None, "macro"):
+            raise ValueError(
+                f"score must be one of {list(SCORES)} and average None or 'macro', got {score!r}, {average!r}"
+            )
+        super().__init__(num_classes, average=None, **kwargs)  # counts per class
+        self.score, self.macro = score, average == "macro"
+
+    def compute(self) -> Tensor:
+        tp, fp, _, fn = self._final_state()
+        numerator, denominator = SCORES[self.score](tp, fp, fn)
+        scores = numerator / denominator  # 0 / 0 = NaN
+        return scores.nanmean() if self.macro else scores
+
+
+class DefinedClasswise(ClasswiseWrapper):
+    """A :class:`~torchmetrics.wrappers.ClasswiseWrapper` whose ``compute`` leaves out the classes
+    whose score is NaN (:class:`ClassScores`: undefined in the evaluated series), so that nothing is
+    logged for them: a 0.0 would read as a class always missed. Nothing rather than NaN: a NaN would
+    reach the logs, ``trainer.test``'s results and callbacks (a mean over classes, a comparison of two
+    runs' metrics, early stopping's finiteness check) as a number. A class left out in one epoch
+    leaves a gap in its TensorBoard curve (Lightning's ``callback_metrics`` keeps its last value)."""
+
+    def compute(self) -> dict[str, Tensor]:
+        scores = self.metric.compute()
+        named, defined = self._convert_output(scores), (~scores.isnan()).tolist()
+        return {name: value for (name, value), keep in zip(named.items(), defined, strict=True) if keep}
 
 
 class DeferredMetrics(MetricCollection):
