@@ -371,6 +371,8 @@ def consistency_of(args: argparse.Namespace) -> Consistency:
         threshold=args.threshold, weight=args.consistency_weight, weak_noise=args.band_noise,
         min_crop=args.strong_crop, date_dropout=args.strong_dropout, band_noise=args.strong_noise,
         scale=args.strong_scale, teacher_decay=args.teacher_decay, distribution_alignment=args.distribution_alignment,
+        adaptive_threshold=args.adaptive_threshold, adaptive_momentum=args.adaptive_momentum,
+        temperature=args.temperature, max_shift=args.strong_shift,
     )  # fmt: skip
 
 
@@ -476,6 +478,19 @@ def main() -> None:
     parser.add_argument("--teacher_decay", type=float, default=0.0,
                         help="consistency arms: pseudo-labels of an EMA teacher, this decay (0: none)")  # fmt: skip
     parser.add_argument("--distribution_alignment", action="store_true", help="consistency arms: ReMixMatch's DA")
+    parser.add_argument(
+        "--adaptive_threshold",
+        action="store_true",
+        help="consistency arms: FreeMatch's self-adaptive thresholds instead of --threshold",
+    )
+    parser.add_argument("--adaptive_momentum", type=float, default=0.99, help="adaptive thresholds' running means")
+    parser.add_argument("--strong_shift", type=int, default=0, help="strong view: date positions moved +-")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="consistency arms: soft targets sharpened at this temperature (0: hard pseudo-labels)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--workdir", type=Path, default=Path("runs/pretraining"))
     parser.add_argument("--tag", default="", help="suffix of the scores file: a variant's scores kept apart")
@@ -547,8 +562,11 @@ def main() -> None:
         + (
             f" Consistency arms: mu {args.mu}, threshold {args.threshold}, lambda_u {args.consistency_weight}, "
             f"strong view: crop >= {args.strong_crop}, date dropout {args.strong_dropout}, band noise "
-            f"{args.strong_noise}, scale +-{args.strong_scale}; EMA teacher decay {args.teacher_decay}"
-            f"{'; distribution alignment' if args.distribution_alignment else ''}."
+            f"{args.strong_noise}, scale +-{args.strong_scale}, shift +-{args.strong_shift}; "
+            f"EMA teacher decay {args.teacher_decay}"
+            f"{'; distribution alignment' if args.distribution_alignment else ''}"
+            f"{f'; adaptive thresholds, momentum {args.adaptive_momentum}' if args.adaptive_threshold else ''}"
+            f"{f'; soft targets, temperature {args.temperature}' if args.temperature else ''}."
             if any(r["arm"].endswith("_fm") for r in own)
             else ""
         )

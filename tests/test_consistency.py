@@ -72,6 +72,47 @@ def test_distribution_alignment_takes_confidence_from_the_class_the_model_always
     assert 0 < kept.item() < 1
 
 
+def test_adaptive_thresholds_start_low_and_follow_the_confidence_per_class():
+    adaptive = Consistency(adaptive_threshold=True, adaptive_momentum=0.5)
+    unsure = torch.zeros(4, 4)  # p = 1/4 everywhere: the first level is 1/4, reached
+    assert adaptive.loss(unsure, torch.zeros(4, 4))[1].item() == 1.0
+    first_confident = torch.tensor([[4.0, 0.0, 0.0, 0.0]]).repeat(8, 1)
+    for _ in range(10):  # the level rises towards class 0's confidence (0.95), other classes' stay low
+        adaptive.loss(first_confident, torch.zeros(8, 4))
+    thresholds = adaptive.adaptive_thresholds(torch.softmax(first_confident, dim=-1))
+    assert 0.9 < thresholds[0] < 0.95 and (thresholds[1:] < 0.1).all()
+    second_mild = torch.tensor([[0.0, 1.0, 0.0, 0.0]])  # p = 0.48 for class 1: over its low threshold
+    assert adaptive.loss(second_mild, torch.zeros(1, 4))[1].item() == 1.0
+    assert Consistency(threshold=0.6).loss(second_mild, torch.zeros(1, 4))[1].item() == 0.0
+
+
+def test_soft_targets_are_the_sharpened_weak_probabilities():
+    weak = torch.tensor([[2.0, 1.0, 0.0]])
+    student = torch.tensor([[0.0, 1.0, 0.0]], requires_grad=True)
+    loss, _ = Consistency(threshold=0.5, temperature=0.5).loss(weak, student)
+    sharpened = torch.softmax(weak * 2, dim=-1)  # p ** (1 / 0.5), renormalised
+    assert torch.allclose(loss, -(sharpened * torch.log_softmax(student, dim=-1)).sum())
+    hard, _ = Consistency(threshold=0.5).loss(weak, student)
+    assert not torch.allclose(loss, hard)
+
+
+def test_the_shifted_view_moves_values_and_masks_what_comes_in():
+    values, mask = torch.arange(1.0, 13.0).reshape(2, 6, 1), torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 5] = False  # a cloudy date stays hidden wherever it goes
+    batch = {"values": values, "days": torch.arange(6).expand(2, 6), "mask": mask}
+    moved = 0
+    for _ in range(20):
+        view = Consistency(max_shift=2, date_dropout=0.0, band_noise=0.0, scale=0.0).strong(batch)
+        moved += not torch.equal(view["values"], values.masked_fill(~mask.unsqueeze(-1), 0.0))
+        for series in range(2):
+            visible = view["values"][series, view["mask"][series], 0]
+            assert len(visible) >= mask[series].sum() - 2 and (visible.diff() == 1).all()  # a run, in order
+            assert set(visible.tolist()) <= set(values[series, mask[series], 0].tolist())
+            assert (view["values"][series, ~view["mask"][series]] == 0).all()
+        assert torch.equal(view["days"], batch["days"])  # the season moves, the calendar does not
+    assert moved >= 10  # 24 in 25 draws of two series move at least one
+
+
 def test_concatenated_batches_pad_the_shorter_with_masked_dates():
     def batch(size, dates):
         return {"values": torch.ones(size, dates, 1), "days": torch.ones(size, dates).long(),

@@ -40,6 +40,9 @@ class Consistency:
             with probability ``date_dropout``, Gaussian band noise.
         scale: the strong view's values are multiplied by a factor drawn uniformly in
             [1 - scale, 1 + scale] per series (0: none).
+        max_shift: the strong view's values move by a whole number of date positions drawn
+            uniformly in [-max_shift, max_shift] per series, the days staying where they are: a
+            season earlier or later (dates shifted out are dropped, those shifted in are masked).
         teacher_decay: when > 0, the pseudo-labels come from a teacher whose weights are the
             exponential moving average of the model's (Mean Teacher, Tarvainen & Valpola 2017) with
             this decay per step, in eval mode; 0: from the model itself, in training mode (FixMatch).
@@ -47,6 +50,17 @@ class Consistency:
             the unlabelled batches (momentum 0.99) and renormalised before the pseudo-label is taken
             (ReMixMatch, Berthelot et al. 2020, with a uniform class prior): classes the model
             over-predicts lose confidence, rare predictions gain it.
+        adaptive_threshold: FreeMatch's self-adaptive thresholds (Wang et al. 2023) instead of the
+            fixed ``threshold``: a global level, the running mean (momentum ``adaptive_momentum``) of
+            the weak views' top probability, starting at 1 / classes, times each class's running mean
+            probability over the largest one's. Early on, and for the classes the model rarely
+            predicts, more pseudo-labels pass; the level follows the model's confidence as it learns.
+        adaptive_momentum: the running means' momentum per step (FreeMatch uses 0.999 over a million
+            steps; a few hundred steps want about 0.99).
+        temperature: 0: the target is the pseudo-label, the weak view's class (FixMatch); in (0, 1]: the
+            weak view's probabilities sharpened by this temperature (raised to ``1 / temperature``,
+            renormalised) are the target (UDA, Xie et al. 2020): with confusable classes, the second
+            likeliest class is information too.
     """
 
     threshold: float = 0.6
@@ -56,19 +70,29 @@ class Consistency:
     date_dropout: float = 0.1
     band_noise: float = 0.05
     scale: float = 0.1
+    max_shift: int = 0
     teacher_decay: float = 0.0
     distribution_alignment: bool = False
+    adaptive_threshold: bool = False
+    adaptive_momentum: float = 0.99
+    temperature: float = 0.0
 
     def __post_init__(self) -> None:
         valid = 0 <= self.threshold < 1 and self.weight >= 0 and self.weak_noise >= 0 and 0 <= self.scale < 1
-        if not valid or not 0 <= self.teacher_decay < 1:
+        valid = valid and 0 <= self.temperature <= 1
+        if not valid or not 0 <= self.teacher_decay < 1 or not 0 <= self.adaptive_momentum < 1:
             raise ValueError(
-                "consistency needs 0 <= threshold < 1, weight >= 0, weak_noise >= 0, 0 <= scale < 1 and "
-                f"0 <= teacher_decay < 1, got {self.threshold}, {self.weight}, {self.weak_noise}, {self.scale}, "
-                f"{self.teacher_decay}"
+                "consistency needs 0 <= threshold < 1, weight >= 0, weak_noise >= 0, 0 <= scale < 1, "
+                "0 <= temperature <= 1, 0 <= teacher_decay < 1 and 0 <= adaptive_momentum < 1, got "
+                f"{self.threshold}, {self.weight}, {self.weak_noise}, {self.scale}, {self.temperature}, "
+                f"{self.teacher_decay}, {self.adaptive_momentum}"
             )
         self.strong_views = SeriesViews(self.min_crop, self.date_dropout, self.band_noise)
-        self.class_mean: Tensor | None = None  # distribution alignment's running mean (not saved)
+        # Running means of the weak views' probabilities (distribution alignment, adaptive thresholds)
+        # and of their top probability (adaptive thresholds); not saved in checkpoints.
+        self.class_mean: Tensor | None = None
+        self.adaptive_class_mean: Tensor | None = None
+        self.adaptive_level: Tensor | None = None
 
     def weak(self, batch: Batch) -> Batch:
         values, mask = batch["values"], batch["mask"]
@@ -80,6 +104,8 @@ class Consistency:
         if self.scale:
             factor = 1 + self.scale * (2 * torch.rand(len(values), 1, 1, device=values.device) - 1)
             values = values * factor
+        if self.max_shift:
+            values, mask = shifted(values, mask, self.max_shift)
         return {**batch, "values": values, "mask": mask}
 
     def loss(self, weak_logits: Tensor, strong_logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,9 +117,38 @@ class Consistency:
             probabilities = probabilities / self.class_mean.clamp_min(1e-6)
             probabilities = probabilities / probabilities.sum(dim=-1, keepdim=True)
         confidence, pseudo = probabilities.max(dim=-1)
-        kept = (confidence >= self.threshold).to(strong_logits.dtype)
-        loss = (F.cross_entropy(strong_logits, pseudo, reduction="none") * kept).mean()
+        threshold = self.adaptive_thresholds(probabilities)[pseudo] if self.adaptive_threshold else self.threshold
+        kept = (confidence >= threshold).to(strong_logits.dtype)
+        if self.temperature:
+            target = probabilities ** (1 / self.temperature)
+            target = (target / target.sum(dim=-1, keepdim=True)).to(strong_logits.dtype)
+        else:
+            target = pseudo
+        loss = (F.cross_entropy(strong_logits, target, reduction="none") * kept).mean()
         return self.weight * loss, kept.mean()
+
+    def adaptive_thresholds(self, probabilities: Tensor) -> Tensor:
+        """Each class's threshold after this batch's update (FreeMatch's self-adaptive thresholds)."""
+        if self.adaptive_level is None:
+            num_classes = probabilities.shape[-1]
+            self.adaptive_level = probabilities.new_tensor(1 / num_classes)
+            self.adaptive_class_mean = probabilities.new_full((num_classes,), 1 / num_classes)
+        momentum = self.adaptive_momentum
+        self.adaptive_level = torch.lerp(self.adaptive_level, probabilities.max(dim=-1).values.mean(), 1 - momentum)
+        self.adaptive_class_mean = torch.lerp(self.adaptive_class_mean, probabilities.mean(dim=0), 1 - momentum)
+        return self.adaptive_level * self.adaptive_class_mean / self.adaptive_class_mean.max()
+
+
+def shifted(values: Tensor, mask: Tensor, max_shift: int) -> tuple[Tensor, Tensor]:
+    """Each series' values and mask moved by a whole number of positions in [-max_shift, max_shift]."""
+    num_series, num_dates = mask.shape
+    shift = torch.randint(-max_shift, max_shift + 1, (num_series, 1), device=mask.device)
+    source = torch.arange(num_dates, device=mask.device) - shift  # position t takes position t - shift
+    inside = (source >= 0) & (source < num_dates)
+    source = source.clamp(0, num_dates - 1)
+    mask = torch.gather(mask, 1, source) & inside
+    values = torch.gather(values, 1, source.unsqueeze(-1).expand_as(values)).masked_fill(~mask.unsqueeze(-1), 0.0)
+    return values, mask
 
 
 class Teacher:
