@@ -1,15 +1,19 @@
 """Consistency training on unlabelled series (issue 18): the views, the loss, the EMA teacher, the
-store's unlabelled batches, and a Classifier trained with them (Python and ``cmap fit``)."""
+store's unlabelled batches, and a Classifier trained with them (Python and ``cmap fit``), resumed
+from a checkpoint with its running state."""
 
 import dataclasses
+import json
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from cmap.data import SeriesStore, write_store
+from cmap.data import SeriesStore, StreamingSeriesStore, open_store, write_store
 from cmap.data.convert import read_mato_grosso
+from cmap.data.streaming import RowDataset
 from cmap.ml.consistency import Consistency, Teacher, concat_batches
 
 from .conftest import (
@@ -138,9 +142,15 @@ def test_the_teacher_is_a_moving_average_of_the_model():
     assert not any(p.requires_grad for p in teacher.modules.parameters())
 
 
-def test_the_store_gives_unlabelled_batches_alongside_the_labelled_ones(stores):
+def streaming(labelled, area, **options) -> StreamingSeriesStore:
+    """A StreamingSeriesStore of the labelled store (no labels_per_class: every training series)."""
+    return StreamingSeriesStore(str(labelled), fold=0, batch_size=64, unlabelled=str(area), **options)
+
+
+@pytest.mark.parametrize("module", [few_labels, streaming])
+def test_the_store_gives_unlabelled_batches_alongside_the_labelled_ones(stores, module):
     labelled, area, class_names = stores
-    data = few_labels(labelled, area, unlabelled_ratio=3)
+    data = module(labelled, area, unlabelled_ratio=3)
     data.setup("fit")
     loader = data.train_dataloader()
     steps = [step for step, _, _ in loader]  # a CombinedLoader yields (batch, batch index, loader index)
@@ -150,7 +160,41 @@ def test_the_store_gives_unlabelled_batches_alongside_the_labelled_ones(stores):
         assert len(step["unlabelled"]["values"]) == 3 * len(step["labelled"]["values"])
     assert data.datasets["unlabelled"].contract is data.input_contract  # normalised as the labelled series
     with pytest.raises(ValueError, match="bands"):
-        SeriesStore(str(labelled), fold=0, unlabelled=str(wrong_bands(area.parent, class_names)))
+        type(data)(str(labelled), fold=0, unlabelled=str(wrong_bands(area.parent, class_names)))
+    with pytest.raises(ValueError, match="unlabelled_ratio"):
+        module(labelled, area, unlabelled_ratio=0)
+
+
+def test_the_streaming_store_draws_every_unlabelled_series_once_before_any_again(stores):
+    """Without an index or order in memory (RowStream), across epochs, and again when resumed (set_epoch)."""
+    labelled, area, _ = stores
+    data = streaming(labelled, area, unlabelled_ratio=2)
+    data.setup("fit")
+    sampler = data.train_dataloader().flattened[1].sampler
+    assert len(sampler) == 2 * len(data.datasets["train"]) and isinstance(data.datasets["unlabelled"], RowDataset)
+    epochs = [list(sampler) for _ in range(3)]  # 3 epochs of 2 * (about 1,360) rows from a store of 1,892
+    stream = np.concatenate(epochs)
+    for start in range(0, len(stream) - 1892, 1892):  # each pass over the store a permutation of it
+        assert sorted(stream[start : start + 1892].tolist()) == list(range(1892))
+    assert not np.array_equal(stream[:1892], stream[1892 : 2 * 1892])  # a new order at each pass
+    sampler.set_epoch(1)
+    assert list(sampler) == epochs[1]
+    # The first unlabelled batch (a new loader's: epoch 0) holds its rows' inputs, normalised as the labelled series.
+    step, _, _ = next(iter(data.train_dataloader()))
+    area_series = open_store(area)[0]
+    expected, _ = data.input_contract.model_inputs(area_series.values[np.array(epochs[0][: 2 * 64])])
+    np.testing.assert_allclose(step["unlabelled"]["values"].numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_classifier_trains_with_consistency_on_a_streaming_store(stores):
+    labelled, area, class_names = stores
+    encoder = tiny_encoder_config(BANDS, max_len=400, dim_feedforward=32)
+    model = tiny_classifier(len(class_names), encoder, consistency=Consistency(threshold=0.0, teacher_decay=0.5))
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=1)
+    trainer.fit(model, streaming(labelled, area, unlabelled_ratio=2))
+    metrics = trainer.callback_metrics
+    assert trainer.global_step == 2 and metrics["train/pseudo_label_fraction"].item() == 1.0
+    assert np.isfinite(metrics["train/loss"].item()) and metrics["train/consistency_loss"].item() > 0
 
 
 def wrong_bands(folder, class_names):
@@ -174,7 +218,7 @@ def test_a_classifier_trains_on_labelled_and_unlabelled_series_and_needs_them(st
     assert np.isfinite(metrics["train/loss"].item()) and metrics["train/pseudo_label_fraction"].item() == 1.0
     assert metrics["train/consistency_loss"].item() > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    assert "teacher" not in "".join(model.state_dict())  # the teacher is not saved with the model
+    assert "teacher" not in "".join(model.state_dict())  # not among the weights (checkpoints carry it apart)
     data = few_labels(labelled, area)
     data.setup("fit")
     step, _, _ = next(iter(data.train_dataloader()))
@@ -241,3 +285,101 @@ def test_the_few_labels_config_trains_on_ucr_crop_stores(ucr_root, tmp_path):
     assert cli.trainer.global_step == 2
     assert cli.model.consistency.threshold == 0.6 and cli.datamodule.hparams.labels_per_class == 10
     assert "train/pseudo_label_fraction" in cli.trainer.callback_metrics
+
+
+class RecordRunningState(L.Callback):
+    """The consistency state a fit starts its training with (after a checkpoint's is restored)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        teacher = pl_module.__dict__.get("teacher")
+        self.state = {name: value.clone() for name, value in pl_module.consistency.state_dict().items()}
+        self.teacher = None if teacher is None else {k: v.clone() for k, v in teacher.state_dict().items()}
+
+
+def consistency_fit(config, root, *extra: str):
+    from cmap.cli import CMapCLI
+
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    record = "--trainer.callbacks+=" + json.dumps({"class_path": "tests.test_consistency.RecordRunningState"})
+    root_dir = ["--trainer.default_root_dir", str(root)]
+    return CMapCLI(args=["fit", "--config", str(config), *root_dir, *quiet, record, *extra])
+
+
+def final_consistency_state(cli) -> dict[str, torch.Tensor]:
+    model = cli.model
+    state = {f"model.{k}": v.clone() for k, v in model.state_dict().items()}
+    state |= {f"teacher.{k}": v.clone() for k, v in model.__dict__["teacher"].state_dict().items()}
+    return state | {f"means.{k}": v.clone() for k, v in model.consistency.state_dict().items()}
+
+
+@pytest.mark.parametrize("module", ["SeriesStore", "StreamingSeriesStore"])
+def test_a_resumed_consistency_fit_restores_its_teacher_and_running_means(stores, tmp_path, module):
+    """A fit resumed from its epoch-0 checkpoint ends as the uninterrupted fit (as the SIGKILL test of
+    tests/test_reliability.py); from the same checkpoint without the state (one written before it
+    was saved), it still resumes, but the teacher starts from the model and the means afresh."""
+    from cmap.ml.classifiers import CONSISTENCY_KEY
+
+    labelled, area, class_names = stores
+    consistency = {"teacher_decay": 0.9, "distribution_alignment": True, "adaptive_threshold": True}
+    model = tiny_classifier_config(
+        len(class_names), tiny_encoder_config(BANDS, max_len=400, dim_feedforward=32), max_lr=0.01,
+        consistency=consistency,
+    )  # fmt: skip
+    init_args = {"path": str(labelled), "fold": 0, "batch_size": 8, "unlabelled": str(area), "unlabelled_ratio": 2,
+                 "augmentation": {"band_noise": 0.05}}  # fmt: skip
+    if module == "SeriesStore":
+        init_args["labels_per_class"] = 4  # 36 labelled series in batches of 8: 4 steps an epoch
+    trainer = {"max_epochs": 2, "limit_train_batches": 4, "limit_val_batches": 1, "deterministic": True}
+    every_epoch = {"class_path": "ModelCheckpoint", "init_args": {"save_top_k": -1, "every_n_epochs": 1}}
+    config = {
+        "seed_everything": 0,
+        "trainer": {**trainer, "callbacks": [every_epoch]},
+        "model": model, "data": {"class_path": f"cmap.data.{module}", "init_args": init_args},
+        "attention_maps": {"first_epoch": 1000}, "embeddings": {"first_epoch": 1000},
+    }  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    uninterrupted = consistency_fit(tmp_path / "config.yaml", tmp_path / "uninterrupted")
+    steps = uninterrupted.trainer.global_step
+    assert steps == 8
+    expected = final_consistency_state(uninterrupted)
+    checkpoint_path = tmp_path / "uninterrupted/lightning_logs/version_0/checkpoints/epoch=0-step=4.ckpt"
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)  # plain tensors
+    saved = checkpoint[CONSISTENCY_KEY]
+    assert set(saved) == {"class_mean", "adaptive_level", "adaptive_class_mean", "teacher"}
+    assert not any("teacher" in key for key in checkpoint["state_dict"])  # the weights are a Classifier's
+
+    resumed = consistency_fit(tmp_path / "config.yaml", tmp_path / "resumed", "--ckpt_path", str(checkpoint_path))
+    record = next(c for c in resumed.trainer.callbacks if isinstance(c, RecordRunningState))
+    assert record.state.keys() == {k: v for k, v in saved.items() if k != "teacher"}.keys()
+    for name, value in record.state.items():
+        assert torch.equal(value, saved[name]), name
+    assert record.teacher.keys() == saved["teacher"].keys()
+    for name, value in record.teacher.items():
+        assert torch.equal(value, saved["teacher"][name]), name
+    assert resumed.trainer.global_step == steps
+    # Same batches, views and pseudo-labels: the same end, to float precision.
+    state = final_consistency_state(resumed)
+    assert state.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(state[name], value, rtol=0, atol=1e-6, msg=name)
+
+    del checkpoint[CONSISTENCY_KEY]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    old = consistency_fit(tmp_path / "config.yaml", tmp_path / "old", "--ckpt_path", str(tmp_path / "old.ckpt"))
+    record = next(c for c in old.trainer.callbacks if isinstance(c, RecordRunningState))
+    assert record.state == {} and record.teacher is None  # made afresh at the first step
+    assert old.trainer.global_step == steps
+    state = final_consistency_state(old)
+    assert any(not torch.allclose(state[name], value, atol=1e-6) for name, value in expected.items())
+
+
+def test_checkpoints_of_a_classifier_without_consistency_hold_no_consistency_state():
+    from cmap.ml.classifiers import CONSISTENCY_KEY
+
+    checkpoint = {}
+    tiny_classifier(3).on_save_checkpoint(checkpoint)
+    assert CONSISTENCY_KEY not in checkpoint
+    checkpoint = {}
+    tiny_classifier(3, consistency=Consistency()).on_save_checkpoint(checkpoint)
+    assert checkpoint[CONSISTENCY_KEY] == {}  # before the first step: nothing to restore

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import RandomSampler
+from torch.utils.data import RandomSampler, Sampler
 
 from cmap.data.contract import RawValues, TimeAxis
 from cmap.data.datamodule import PixelSeries, SeriesDataset, SITSDataModule, batch_loader, kfold_split
@@ -446,7 +446,68 @@ def open_store(folder: str | Path, lazy: bool = False) -> tuple[PixelSeries, dic
     return series, metadata
 
 
-class SeriesStore(SITSDataModule):
+class UnlabelledSeries:
+    """The ``unlabelled`` option of the store data modules (:class:`SeriesStore` and
+    :class:`~cmap.data.streaming.StreamingSeriesStore`): a store of unlabelled series whose batches
+    come with every labelled training batch, for a :class:`~cmap.ml.classifiers.Classifier` with
+    ``consistency``.
+
+    A mixin, listed before the data module's base class: :meth:`setup` and :meth:`train_dataloader`
+    extend the base's (``fit`` opens the store; training steps become ``{"labelled": Batch,
+    "unlabelled": Batch}`` of a ``CombinedLoader``). A data module says how the unlabelled series are
+    indexed and drawn with :meth:`unlabelled_dataset` and :meth:`unlabelled_sampler` (here: an index
+    and a random order in memory).
+    """
+
+    def use_unlabelled(self, unlabelled: str | None, unlabelled_ratio: int) -> None:
+        """Take the ``unlabelled`` store (checked against the training store's bands and time axis)."""
+        if unlabelled_ratio < 1:
+            raise ValueError(f"unlabelled_ratio must be >= 1, got {unlabelled_ratio}")
+        self.unlabelled = None if unlabelled is None else Path(unlabelled)
+        self.unlabelled_ratio = unlabelled_ratio
+        if self.unlabelled is not None:
+            metadata = read_metadata(self.unlabelled)
+            if metadata["band_names"] != self.band_names or store_time_axis(metadata) != self.time_axis:
+                raise ValueError(
+                    f"{self.unlabelled}: bands {metadata['band_names']} and time axis "
+                    f"{store_time_axis(metadata).describe()} must be those of {self.path}: {self.band_names}, "
+                    f"{self.time_axis.describe()}"
+                )
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.unlabelled is not None and "unlabelled" not in self.datasets:
+            series = open_store(self.unlabelled, lazy=True)[0]
+            if len(series) == 0:
+                raise ValueError(f"{self.unlabelled}: the unlabelled store is empty")
+            inputs = PixelSeries(series.values, series.days, None, series.source)  # labels never read
+            self.datasets["unlabelled"] = self.unlabelled_dataset(inputs)  # normalised as the labelled series
+
+    def unlabelled_dataset(self, series: PixelSeries) -> SeriesDataset:
+        """The unlabelled series as a dataset, with the input contract of the labelled ones."""
+        return SeriesDataset(series, np.arange(len(series)), self.input_contract)
+
+    def unlabelled_sampler(self, dataset: SeriesDataset, num_samples: int) -> Sampler:
+        """``num_samples`` of ``dataset``'s series per epoch, drawn without replacement (a new order
+        at each pass over them)."""
+        return RandomSampler(dataset, num_samples=num_samples)
+
+    def train_dataloader(self) -> Any:
+        """The labelled batches, or, with ``unlabelled``, ``{"labelled": Batch, "unlabelled": Batch}``
+        steps: ``unlabelled_ratio`` times as many unlabelled series (:meth:`unlabelled_sampler`), as
+        many batches as the labelled loader's."""
+        labelled = super().train_dataloader()
+        if "unlabelled" not in self.datasets:
+            return labelled
+        dataset, ratio = self.datasets["unlabelled"], self.unlabelled_ratio
+        unlabelled = batch_loader(
+            dataset, ratio * self.batch_size, sampler=self.unlabelled_sampler(dataset, ratio * len(labelled.sampler)),
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, drop_last=labelled.drop_last,
+        )  # fmt: skip
+        return CombinedLoader({"labelled": labelled, "unlabelled": unlabelled})
+
+
+class SeriesStore(UnlabelledSeries, SITSDataModule):
     """Data module over stores written by :func:`write_store` (or ``cmap convert``).
 
     The test series come from ``test_path`` (a second store with the same bands and time axis, and
@@ -481,18 +542,7 @@ class SeriesStore(SITSDataModule):
     ) -> None:
         super().__init__(**kwargs)
         use_stores(self, path, test_path, fold, num_folds)
-        if unlabelled_ratio < 1:
-            raise ValueError(f"unlabelled_ratio must be >= 1, got {unlabelled_ratio}")
-        self.unlabelled = None if unlabelled is None else Path(unlabelled)
-        self.unlabelled_ratio = unlabelled_ratio
-        if self.unlabelled is not None:
-            metadata = read_metadata(self.unlabelled)
-            if metadata["band_names"] != self.band_names or store_time_axis(metadata) != self.time_axis:
-                raise ValueError(
-                    f"{self.unlabelled}: bands {metadata['band_names']} and time axis "
-                    f"{store_time_axis(metadata).describe()} must be those of {self.path}: {self.band_names}, "
-                    f"{self.time_axis.describe()}"
-                )
+        self.use_unlabelled(unlabelled, unlabelled_ratio)
 
     @cached_property
     def _series(self) -> PixelSeries:
@@ -505,28 +555,6 @@ class SeriesStore(SITSDataModule):
 
     def load_train(self) -> PixelSeries:
         return self._series if self.fold is None else self._series.subset(self._folds[0])
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if stage == "fit" and self.unlabelled is not None and "unlabelled" not in self.datasets:
-            series = open_store(self.unlabelled)[0]
-            inputs = PixelSeries(series.values, series.days, None, series.source)  # labels never read
-            self.datasets["unlabelled"] = SeriesDataset(inputs, np.arange(len(inputs)), self.input_contract)
-
-    def train_dataloader(self) -> Any:
-        """The labelled batches, or, with ``unlabelled``, ``{"labelled": Batch, "unlabelled": Batch}``
-        steps: ``unlabelled_ratio`` times as many unlabelled series, drawn without replacement (a
-        new order at each pass), as many batches as the labelled loader's."""
-        labelled = super().train_dataloader()
-        if "unlabelled" not in self.datasets:
-            return labelled
-        dataset, ratio = self.datasets["unlabelled"], self.unlabelled_ratio
-        sampler = RandomSampler(dataset, num_samples=ratio * len(labelled.sampler))
-        unlabelled = batch_loader(
-            dataset, ratio * self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, drop_last=labelled.drop_last,
-        )  # fmt: skip
-        return CombinedLoader({"labelled": labelled, "unlabelled": unlabelled})
 
     def load_test(self) -> PixelSeries:
         if self.fold is not None:

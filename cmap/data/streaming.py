@@ -13,17 +13,19 @@ row index, the shuffled order): about 24 bytes per series, 2.4 GB at 100 million
 - **labels (and groups) are read from disk with each batch**, like the values.
 
 Setup streams the labels once, in chunks, to count classes per split (for the logs) and check them.
+An ``unlabelled`` store (consistency training) is drawn the same way: rows of an endless stream of
+pseudo-random permutations (:class:`RowStream`), no index or order stored.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
 from cmap.data.contract import InputContract
-from cmap.data.datamodule import SeriesDataModule, SeriesDataset, pass_through
-from cmap.data.store import open_store, open_test_store, use_stores
+from cmap.data.datamodule import PixelSeries, SeriesDataModule, SeriesDataset, pass_through
+from cmap.data.store import UnlabelledSeries, open_store, open_test_store, use_stores
 
 CHUNK = 1 << 16
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -55,7 +57,7 @@ class RowPermutation:
     they fall inside, which keeps it a bijection of ``[0, n)``. ``2**bits < 4 n``, so few walks.
     """
 
-    def __init__(self, n: int, seed: int, rounds: int = 4) -> None:
+    def __init__(self, n: int, seed: int | Sequence[int], rounds: int = 4) -> None:
         bits = max(2, int(n - 1).bit_length())
         bits += bits % 2
         self.n, self.half = n, np.uint64(bits // 2)
@@ -78,7 +80,11 @@ class RowPermutation:
 
 
 class RowSampler(Sampler[int]):
-    """The rows of one split, in row order or in a new pseudo-random order each epoch, chunk by chunk."""
+    """The rows of one split, in row order or in a new pseudo-random order each epoch, chunk by chunk.
+
+    The order of epoch ``e`` is fixed by ``seed + e``; each pass counts as the next epoch, and
+    Lightning sets the epoch (``set_epoch``) before each one, so a resumed fit draws the same orders.
+    """
 
     def __init__(
         self, num_rows: int, in_split: Callable[[np.ndarray], np.ndarray], length: int, shuffle: bool, seed: int
@@ -89,6 +95,9 @@ class RowSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.length
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __iter__(self) -> Iterator[int]:
         permutation = RowPermutation(self.num_rows, self.seed + self.epoch) if self.shuffle else None
         self.epoch += 1
@@ -96,6 +105,36 @@ class RowSampler(Sampler[int]):
             positions = np.arange(start, min(start + CHUNK, self.num_rows))
             rows = positions if permutation is None else permutation(positions)
             yield from rows[self.in_split(rows)].tolist()
+
+
+class RowStream(Sampler[int]):
+    """``length`` rows of ``[0, num_rows)`` per epoch, from an endless stream: pseudo-random
+    permutations of every row, one after the other (pass ``p``'s fixed by ``(seed, p)``), epoch ``e``
+    taking positions ``[e * length, (e + 1) * length)`` of it. Each row is drawn once before any is
+    drawn again, across epochs too, and nothing is stored; ``set_epoch`` (Lightning's, before each
+    epoch) makes a resumed fit draw the same rows."""
+
+    def __init__(self, num_rows: int, length: int, seed: int) -> None:
+        if num_rows < 1:
+            raise ValueError(f"RowStream needs rows to draw, got num_rows={num_rows}")
+        self.num_rows, self.length, self.seed, self.epoch = num_rows, length, seed, 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        first = self.epoch * self.length
+        self.epoch += 1
+        for start in range(first, first + self.length, CHUNK):
+            passes, offsets = np.divmod(np.arange(start, min(start + CHUNK, first + self.length)), self.num_rows)
+            rows = np.empty_like(offsets)
+            for number in np.unique(passes):
+                inside = passes == number
+                rows[inside] = RowPermutation(self.num_rows, (self.seed, int(number)))(offsets[inside])
+            yield from rows.tolist()
 
 
 class _Rows:
@@ -116,7 +155,7 @@ class RowDataset(SeriesDataset):
         return self.length
 
 
-class StreamingSeriesStore(SeriesDataModule):
+class StreamingSeriesStore(UnlabelledSeries, SeriesDataModule):
     """A data module over a store (:mod:`cmap.data.store`) whose memory does not grow with it (see above).
 
     The arguments of :class:`~cmap.data.store.SeriesStore` but ``class_map`` and
@@ -127,23 +166,36 @@ class StreamingSeriesStore(SeriesDataModule):
     ``SeriesStore``. As there, the test store may hold some of the training classes, in any order:
     its labels are read by name (:func:`~cmap.data.store.open_test_store`), as each batch is read.
 
+    An ``unlabelled`` store comes with the training batches as with ``SeriesStore``
+    (:class:`~cmap.data.store.UnlabelledSeries`), its rows drawn by :class:`RowStream`: without
+    replacement across epochs (a new pseudo-random order at each pass over the store), nothing per
+    series in memory.
+
     Under DDP, Lightning wraps the samplers in its ``DistributedSamplerWrapper``, which lists each
     process's rows in memory; the flat-memory guarantee holds for one process (and its workers).
 
     Args:
-        path, test_path, fold, num_folds: as :class:`~cmap.data.store.SeriesStore`.
+        path, test_path, fold, num_folds, unlabelled, unlabelled_ratio: as :class:`~cmap.data.store.SeriesStore`.
         **kwargs: the :class:`~cmap.data.datamodule.SeriesDataModule` arguments (batch_size,
             num_workers, val_fraction, seed, augmentation).
     """
 
     def __init__(
-        self, path: str, test_path: str | None = None, fold: int | None = None, num_folds: int = 5, **kwargs: Any
+        self,
+        path: str,
+        test_path: str | None = None,
+        fold: int | None = None,
+        num_folds: int = 5,
+        unlabelled: str | None = None,
+        unlabelled_ratio: int = 4,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if self.balanced_sampling:
             # Weights per row would need every label in memory: what streaming avoids.
             raise ValueError("StreamingSeriesStore: balanced_sampling is not supported (use SeriesStore)")
         use_stores(self, path, test_path, fold, num_folds)
+        self.use_unlabelled(unlabelled, unlabelled_ratio)
         self.sizes: dict[str, int] = {}
         self.counts: dict[str, np.ndarray] = {}
 
@@ -185,8 +237,11 @@ class StreamingSeriesStore(SeriesDataModule):
                     self.counts[name] = self.counts.get(name, 0) + np.bincount(members, minlength=num_classes)
 
     def setup(self, stage: str) -> None:
-        if "train" in self.datasets and (stage not in ("test", "predict") or "test" in self.datasets):
-            return
+        if "train" not in self.datasets or (stage in ("test", "predict") and "test" not in self.datasets):
+            self._setup_splits()
+        super().setup(stage)  # the unlabelled series (UnlabelledSeries)
+
+    def _setup_splits(self) -> None:
         series = open_store(self.path, lazy=True)[0]
         if series.labels is None:
             raise ValueError(f"{self.path}: the store has no labels")
@@ -217,6 +272,12 @@ class StreamingSeriesStore(SeriesDataModule):
             if sum(map(len, chosen)) >= size:
                 break
         return np.sort(np.concatenate(chosen)[:size])
+
+    def unlabelled_dataset(self, series: PixelSeries) -> RowDataset:
+        return RowDataset(series, len(series), self.input_contract)
+
+    def unlabelled_sampler(self, dataset: SeriesDataset, num_samples: int) -> RowStream:
+        return RowStream(len(dataset), num_samples, self.seed)
 
     def class_counts(self, split: str) -> np.ndarray:
         return self.counts.get(split, np.zeros(len(self.class_names), dtype=np.int64))

@@ -4,6 +4,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa
 
@@ -14,6 +15,9 @@ from cmap.ml.base import SITSTask
 from cmap.ml.consistency import Consistency, Teacher, concat_batches
 from cmap.ml.losses import FocalLoss, resolve_class_weights
 from cmap.ml.metrics import ClassScores, DeferredMetrics, DefinedClasswise
+
+#: The checkpoint key of a consistency fit's running state (:meth:`Classifier.on_save_checkpoint`).
+CONSISTENCY_KEY = "cmap_consistency_state"
 
 
 class Classifier(SITSTask):
@@ -47,7 +51,8 @@ class Classifier(SITSTask):
             then scored against each mixed series' larger share.
         consistency: FixMatch-style training on unlabelled series (:class:`~cmap.ml.consistency.Consistency`;
             none by default): training batches are then ``{"labelled": Batch, "unlabelled": Batch}``
-            (a data module's ``unlabelled`` series). Not combined with ``mixing``.
+            (a data module's ``unlabelled`` series). Not combined with ``mixing``. Its running state
+            (teacher, running means) is saved in checkpoints, and a fit resumed from one restores it.
         **kwargs: the optimiser and schedule settings of :class:`~cmap.ml.base.SITSTask`
             (``min_lr``, ``max_lr``, ``warmup_fraction``, ``weight_decay``, ``init_encoder_from``).
     """
@@ -237,7 +242,7 @@ class Classifier(SITSTask):
         if self.consistency is not None:
             raise ValueError(
                 "Classifier has `consistency` but its training batches carry no unlabelled series: give the data "
-                "module's `unlabelled` store (SeriesStore)"
+                "module's `unlabelled` store (SeriesStore, StreamingSeriesStore)"
             )
         if self.mixing is None:
             return self._shared_step(batch, "train")["loss"]
@@ -266,13 +271,42 @@ class Classifier(SITSTask):
 
     def _pseudo_labeller(self) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         """The model itself, or its moving-average :class:`~cmap.ml.consistency.Teacher` (made at the
-        first step, on the model's device, and not saved with it)."""
+        first step, on the model's device, or restored with a checkpoint; outside the state dict)."""
         if not self.consistency.teacher_decay:
             return self
         teacher = self.__dict__.get("teacher")
         if teacher is None:
             teacher = self.__dict__["teacher"] = Teacher(self.encoder, self.decoder, self.consistency.teacher_decay)
         return teacher
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Beside the input contract, a consistency fit's running state: the teacher's weights and
+        the running means, under :data:`CONSISTENCY_KEY` (tensors only, outside the state dict, so
+        the weights, ``cmap export`` and ``load_from_checkpoint`` are those of any Classifier)."""
+        super().on_save_checkpoint(checkpoint)
+        if self.consistency is None:
+            return
+        state: dict[str, Any] = dict(self.consistency.state_dict())
+        teacher = self.__dict__.get("teacher")
+        if teacher is not None:
+            state["teacher"] = teacher.state_dict()
+        checkpoint[CONSISTENCY_KEY] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        # A fit resumed from the checkpoint restores it when fitting starts (on_fit_start), once the
+        # model is on its device; without this state (no consistency, or a checkpoint written before
+        # it was saved) it starts afresh, as does a model loaded to test, predict or train anew.
+        fitting = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
+        self.__dict__["consistency_checkpoint"] = checkpoint.get(CONSISTENCY_KEY) if fitting else None
+
+    def on_fit_start(self) -> None:
+        state = self.__dict__.pop("consistency_checkpoint", None)
+        if self.consistency is None or state is None:
+            return
+        self.consistency.load_state_dict(state, self.device)
+        if "teacher" in state and self.consistency.teacher_decay:
+            self._pseudo_labeller().load_state_dict(state["teacher"])
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         teacher = self.__dict__.get("teacher")

@@ -10,7 +10,9 @@ optionally a run of its dates only) is trained towards it. The loss adds ``weigh
 :class:`~cmap.ml.classifiers.Classifier` runs it when given ``consistency`` and batches of the form
 ``{"labelled": Batch, "unlabelled": Batch}`` (a data module's ``unlabelled`` series, or any
 ``CombinedLoader``). The labelled series and the strong views pass the model in one batch, so batch
-norm statistics see both; the weak views pass it without gradient.
+norm statistics see both; the weak views pass it without gradient. The running state (the
+:class:`Teacher`'s weights, the running means of distribution alignment and adaptive thresholds) is
+outside the model's state dict but saved in the Classifier's checkpoints: a resumed fit continues it.
 """
 
 import copy
@@ -22,6 +24,9 @@ from torch import Tensor, nn
 
 from cmap.data.batch import Batch
 from cmap.data.perturbations import SeriesViews
+
+#: :class:`Consistency`'s running state, saved in a Classifier's checkpoints.
+RUNNING_MEANS = ("class_mean", "adaptive_level", "adaptive_class_mean")
 
 
 @dataclass
@@ -89,10 +94,21 @@ class Consistency:
             )
         self.strong_views = SeriesViews(self.min_crop, self.date_dropout, self.band_noise)
         # Running means of the weak views' probabilities (distribution alignment, adaptive thresholds)
-        # and of their top probability (adaptive thresholds); not saved in checkpoints.
+        # and of their top probability (adaptive thresholds): no settings, so not in the hyper-parameters;
+        # a Classifier saves them in its checkpoints (state_dict) and a resumed fit restores them.
         self.class_mean: Tensor | None = None
         self.adaptive_class_mean: Tensor | None = None
         self.adaptive_level: Tensor | None = None
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The running means started so far (none before the first step), for a checkpoint."""
+        return {name: getattr(self, name) for name in RUNNING_MEANS if getattr(self, name) is not None}
+
+    def load_state_dict(self, state: dict[str, Tensor], device: torch.device | str | None = None) -> None:
+        """Restore :meth:`state_dict`'s running means (on ``device``); one it lacks starts afresh."""
+        for name in RUNNING_MEANS:
+            value = state.get(name)
+            setattr(self, name, None if value is None else value.to(device))
 
     def weak(self, batch: Batch) -> Batch:
         values, mask = batch["values"], batch["mask"]
@@ -153,7 +169,8 @@ def shifted(values: Tensor, mask: Tensor, max_shift: int) -> tuple[Tensor, Tenso
 
 class Teacher:
     """An exponential moving average of a model's encoder and decoder (weights and batch-norm
-    statistics), kept outside its state dict; ``teacher(values, days, mask)`` gives its logits in eval mode."""
+    statistics), kept outside its state dict (a Classifier saves :meth:`state_dict` in its checkpoints
+    beside it); ``teacher(values, days, mask)`` gives its logits in eval mode."""
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, decay: float) -> None:
         self.modules = nn.ModuleDict({"encoder": copy.deepcopy(encoder), "decoder": copy.deepcopy(decoder)}).eval()
@@ -168,6 +185,14 @@ class Teacher:
                 value.lerp_(student[name].to(value.dtype), 1 - self.decay)
             else:
                 value.copy_(student[name])
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The averaged weights and statistics (``encoder.*``, ``decoder.*``)."""
+        return self.modules.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`state_dict` (copied onto the teacher's device)."""
+        self.modules.load_state_dict(state)
 
     @torch.no_grad()
     def __call__(self, values: Tensor, days: Tensor, mask: Tensor) -> Tensor:
