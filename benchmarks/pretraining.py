@@ -480,8 +480,10 @@ def main() -> None:
     parser.add_argument("--distribution_alignment", action="store_true", help="consistency arms: ReMixMatch's DA")
     parser.add_argument(
         "--adaptive_threshold",
-        action="store_true",
-        help="consistency arms: FreeMatch's self-adaptive thresholds instead of --threshold",
+        choices=["global", "freematch"],
+        default=None,
+        help="consistency arms: the threshold follows the model's mean confidence from --threshold (global), or "
+        "FreeMatch's self-adaptive thresholds (freematch)",
     )
     parser.add_argument("--adaptive_momentum", type=float, default=0.99, help="adaptive thresholds' running means")
     parser.add_argument("--strong_shift", type=int, default=0, help="strong view: date positions moved +-")
@@ -565,7 +567,8 @@ def main() -> None:
             f"{args.strong_noise}, scale +-{args.strong_scale}, shift +-{args.strong_shift}; "
             f"EMA teacher decay {args.teacher_decay}"
             f"{'; distribution alignment' if args.distribution_alignment else ''}"
-            f"{f'; adaptive thresholds, momentum {args.adaptive_momentum}' if args.adaptive_threshold else ''}"
+            f"{f'; adaptive threshold {args.adaptive_threshold}' if args.adaptive_threshold else ''}"
+            f"{f', momentum {args.adaptive_momentum}' if args.adaptive_threshold else ''}"
             f"{f'; soft targets, temperature {args.temperature}' if args.temperature else ''}."
             if any(r["arm"].endswith("_fm") for r in own)
             else ""

@@ -77,7 +77,7 @@ def test_distribution_alignment_takes_confidence_from_the_class_the_model_always
 
 
 def test_adaptive_thresholds_start_low_and_follow_the_confidence_per_class():
-    adaptive = Consistency(adaptive_threshold=True, adaptive_momentum=0.5)
+    adaptive = Consistency(adaptive_threshold="freematch", adaptive_momentum=0.5)
     unsure = torch.zeros(4, 4)  # p = 1/4 everywhere: the first level is 1/4, reached
     assert adaptive.loss(unsure, torch.zeros(4, 4))[1].item() == 1.0
     first_confident = torch.tensor([[4.0, 0.0, 0.0, 0.0]]).repeat(8, 1)
@@ -88,6 +88,19 @@ def test_adaptive_thresholds_start_low_and_follow_the_confidence_per_class():
     second_mild = torch.tensor([[0.0, 1.0, 0.0, 0.0]])  # p = 0.48 for class 1: over its low threshold
     assert adaptive.loss(second_mild, torch.zeros(1, 4))[1].item() == 1.0
     assert Consistency(threshold=0.6).loss(second_mild, torch.zeros(1, 4))[1].item() == 0.0
+
+
+def test_the_global_adaptive_threshold_starts_at_the_threshold_and_follows_the_mean_confidence():
+    adaptive = Consistency(threshold=0.6, adaptive_threshold="global", adaptive_momentum=0.5)
+    mild = torch.tensor([[1.5, 0.0, 0.0]])  # p = 0.69: over the first level (0.6 -> 0.65), kept
+    assert adaptive.loss(mild, torch.zeros(1, 3))[1].item() == 1.0
+    sure = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])  # p = 0.987
+    for _ in range(10):  # an area the model is sure of: the level rises to its confidence, every class alike
+        adaptive.loss(sure, torch.zeros(2, 3))
+    assert torch.allclose(adaptive.adaptive_level, torch.softmax(sure[0], dim=-1)[0], atol=1e-3)
+    assert adaptive.loss(mild, torch.zeros(1, 3))[1].item() == 0.0  # now under it
+    with pytest.raises(ValueError, match="adaptive_threshold"):
+        Consistency(adaptive_threshold="local")
 
 
 def test_soft_targets_are_the_sharpened_weak_probabilities():
@@ -189,11 +202,13 @@ def test_the_streaming_store_draws_every_unlabelled_series_once_before_any_again
 def test_a_classifier_trains_with_consistency_on_a_streaming_store(stores):
     labelled, area, class_names = stores
     encoder = tiny_encoder_config(BANDS, max_len=400, dim_feedforward=32)
-    model = tiny_classifier(len(class_names), encoder, consistency=Consistency(threshold=0.0, teacher_decay=0.5))
+    consistency = Consistency(threshold=0.0, teacher_decay=0.5, adaptive_threshold="global")
+    model = tiny_classifier(len(class_names), encoder, consistency=consistency)
     trainer = quiet_trainer(max_steps=2, limit_val_batches=1)
     trainer.fit(model, streaming(labelled, area, unlabelled_ratio=2))
     metrics = trainer.callback_metrics
     assert trainer.global_step == 2 and metrics["train/pseudo_label_fraction"].item() == 1.0
+    assert 0 < metrics["train/pseudo_label_threshold"].item() < 0.1  # from 0, 1 % of the way to ~1/9 per step
     assert np.isfinite(metrics["train/loss"].item()) and metrics["train/consistency_loss"].item() > 0
 
 
@@ -320,7 +335,7 @@ def test_a_resumed_consistency_fit_restores_its_teacher_and_running_means(stores
     from cmap.ml.classifiers import CONSISTENCY_KEY
 
     labelled, area, class_names = stores
-    consistency = {"teacher_decay": 0.9, "distribution_alignment": True, "adaptive_threshold": True}
+    consistency = {"teacher_decay": 0.9, "distribution_alignment": True, "adaptive_threshold": "freematch"}
     model = tiny_classifier_config(
         len(class_names), tiny_encoder_config(BANDS, max_len=400, dim_feedforward=32), max_lr=0.01,
         consistency=consistency,

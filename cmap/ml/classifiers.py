@@ -265,7 +265,10 @@ class Classifier(SITSTask):
         unsupervised, kept = self.consistency.loss(weak_logits, logits[size:])
         self.train_metrics.update(logits[:size], labelled["label"])
         self.log_loss("train", supervised, size)
-        for name, value in (("consistency_loss", unsupervised), ("pseudo_label_fraction", kept)):
+        logged = {"consistency_loss": unsupervised, "pseudo_label_fraction": kept}
+        if self.consistency.adaptive_level is not None:  # the adaptive threshold's level (FreeMatch: its top)
+            logged["pseudo_label_threshold"] = self.consistency.adaptive_level
+        for name, value in logged.items():
             self.log(f"train/{name}", value, batch_size=size, on_step=False, on_epoch=True, sync_dist=True)
         return supervised + unsupervised
 

@@ -55,11 +55,15 @@ class Consistency:
             the unlabelled batches (momentum 0.99) and renormalised before the pseudo-label is taken
             (ReMixMatch, Berthelot et al. 2020, with a uniform class prior): classes the model
             over-predicts lose confidence, rare predictions gain it.
-        adaptive_threshold: FreeMatch's self-adaptive thresholds (Wang et al. 2023) instead of the
-            fixed ``threshold``: a global level, the running mean (momentum ``adaptive_momentum``) of
-            the weak views' top probability, starting at 1 / classes, times each class's running mean
-            probability over the largest one's. Early on, and for the classes the model rarely
-            predicts, more pseudo-labels pass; the level follows the model's confidence as it learns.
+        adaptive_threshold: None: the fixed ``threshold``. ``"global"``: the threshold follows the
+            model's confidence on the area, the running mean (momentum ``adaptive_momentum``) of the
+            weak views' top probability, starting at ``threshold``: a model sure of most series
+            (an easy area) keeps only its surest pseudo-labels, an unsure one keeps more.
+            ``"freematch"``: FreeMatch's self-adaptive thresholds (Wang et al. 2023): that level,
+            starting at 1 / classes, times each class's running mean probability over the largest
+            one's, so classes the model rarely predicts pass with less (on an area whose classes are
+            unbalanced, rare ones then pass with almost anything: measured in
+            ``benchmarks/results/pretraining.md``).
         adaptive_momentum: the running means' momentum per step (FreeMatch uses 0.999 over a million
             steps; a few hundred steps want about 0.99).
         temperature: 0: the target is the pseudo-label, the weak view's class (FixMatch); in (0, 1]: the
@@ -78,13 +82,17 @@ class Consistency:
     max_shift: int = 0
     teacher_decay: float = 0.0
     distribution_alignment: bool = False
-    adaptive_threshold: bool = False
+    adaptive_threshold: str | None = None
     adaptive_momentum: float = 0.99
     temperature: float = 0.0
 
     def __post_init__(self) -> None:
         valid = 0 <= self.threshold < 1 and self.weight >= 0 and self.weak_noise >= 0 and 0 <= self.scale < 1
         valid = valid and 0 <= self.temperature <= 1
+        if self.adaptive_threshold not in (None, "global", "freematch"):
+            raise ValueError(
+                f"adaptive_threshold must be None, 'global' or 'freematch', got {self.adaptive_threshold!r}"
+            )
         if not valid or not 0 <= self.teacher_decay < 1 or not 0 <= self.adaptive_momentum < 1:
             raise ValueError(
                 "consistency needs 0 <= threshold < 1, weight >= 0, weak_noise >= 0, 0 <= scale < 1, "
@@ -144,13 +152,16 @@ class Consistency:
         return self.weight * loss, kept.mean()
 
     def adaptive_thresholds(self, probabilities: Tensor) -> Tensor:
-        """Each class's threshold after this batch's update (FreeMatch's self-adaptive thresholds)."""
+        """Each class's threshold after this batch's update (``adaptive_threshold``)."""
+        num_classes = probabilities.shape[-1]
+        freematch = self.adaptive_threshold == "freematch"
         if self.adaptive_level is None:
-            num_classes = probabilities.shape[-1]
-            self.adaptive_level = probabilities.new_tensor(1 / num_classes)
+            self.adaptive_level = probabilities.new_tensor(1 / num_classes if freematch else self.threshold)
             self.adaptive_class_mean = probabilities.new_full((num_classes,), 1 / num_classes)
         momentum = self.adaptive_momentum
         self.adaptive_level = torch.lerp(self.adaptive_level, probabilities.max(dim=-1).values.mean(), 1 - momentum)
+        if not freematch:
+            return self.adaptive_level.expand(num_classes)
         self.adaptive_class_mean = torch.lerp(self.adaptive_class_mean, probabilities.mean(dim=0), 1 - momentum)
         return self.adaptive_level * self.adaptive_class_mean / self.adaptive_class_mean.max()
 
