@@ -443,7 +443,7 @@ def report(records: list[dict], settings: str) -> str:
     return "\n".join([settings, "", *lines])
 
 
-def main() -> None:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=["ucr_crop", "mato_grosso"], default="ucr_crop")
     parser.add_argument("--root", default=None, help="UCR Crop: folder with Crop_TRAIN.tsv / Crop_TEST.tsv")
@@ -500,7 +500,11 @@ def main() -> None:
                         help="report: arms this file lacks (scratch, peers) from this scores file")  # fmt: skip
     parser.add_argument("--output", type=Path, default=None, help="Markdown report (default: print only)")
     parser.add_argument("--report_only", action="store_true", help="no pretraining nor run: the table of the scores")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = argument_parser().parse_args()
     torch.set_float32_matmul_precision("high")
     if args.threads:
         torch.set_num_threads(args.threads)

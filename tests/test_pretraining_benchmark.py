@@ -2,6 +2,7 @@
 pretrain -> fine-tune -> self-train pass on a tiny synthetic area."""
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -15,6 +16,11 @@ import pretraining  # noqa: E402
 from cmap.data.datamodule import PixelSeries  # noqa: E402
 
 NUM_CLASSES, PER_CLASS, DATES, BANDS = 3, 12, 8, 2
+
+
+def script_options(options: str) -> argparse.Namespace:
+    """The script's options, its defaults but for ``options``: a test sees every option it adds."""
+    return pretraining.argument_parser().parse_args(shlex.split(options))
 
 
 @pytest.fixture
@@ -70,17 +76,14 @@ def test_pretrain_then_fine_tune_and_self_train(area, tmp_path):
                                       tmp_path / "area.ckpt")  # fmt: skip
     content = torch.load(checkpoint, weights_only=False)
     assert content["global_step"] == 1 and any(key.startswith("encoder.blocks.") for key in content["state_dict"])
-    args = argparse.Namespace(batch_size=8, min_steps=30, min_epochs=1, max_lr=3e-3, band_noise=0.0,
-                              encoder_lr_factor=1.0, freeze_fraction=0.25, pseudo_labels=2)  # fmt: skip
+    args = script_options("--batch_size 8 --min_steps 30 --min_epochs 1 --band_noise 0 --freeze_fraction 0.25 "
+                          "--pseudo_labels 2")  # fmt: skip
     accuracy = pretraining.finetune(area, 3, 0, "tempcnn", 8, checkpoint, args, self_training=True)
     assert accuracy > 0.8  # three well-separated classes
 
 
 def test_consistency_arm_trains_on_the_area_without_reading_its_labels(area):
-    args = argparse.Namespace(batch_size=8, min_steps=30, min_epochs=1, max_lr=3e-3, band_noise=0.0,
-                              encoder_lr_factor=1.0, freeze_fraction=0.0, mu=2, threshold=0.6, consistency_weight=1.0,
-                              strong_crop=1.0, strong_dropout=0.1, strong_noise=0.05, strong_scale=0.1,
-                              teacher_decay=0.0, distribution_alignment=False)  # fmt: skip
+    args = script_options("--batch_size 8 --min_steps 30 --min_epochs 1 --band_noise 0 --freeze_fraction 0 --mu 2")
     loader = pretraining.unlabelled_loader(area, 9, args)
     batches = list(loader)
     assert len(batches) == 2 and "label" not in batches[0] and len(batches[0]["values"]) == 16  # 18 series: 16 + 2
