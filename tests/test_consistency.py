@@ -128,6 +128,8 @@ def test_the_shifted_view_moves_values_and_masks_what_comes_in():
             assert (view["values"][series, ~view["mask"][series]] == 0).all()
         assert torch.equal(view["days"], batch["days"])  # the season moves, the calendar does not
     assert moved >= 10  # 24 in 25 draws of two series move at least one
+    with pytest.raises(ValueError, match="max_shift >= 0"):
+        Consistency(max_shift=-1)
 
 
 def test_concatenated_batches_pad_the_shorter_with_masked_dates():

@@ -92,7 +92,7 @@ class Consistency:
 
     def __post_init__(self) -> None:
         valid = 0 <= self.threshold < 1 and self.weight >= 0 and self.weak_noise >= 0 and 0 <= self.scale < 1
-        valid = valid and 0 <= self.temperature <= 1
+        valid = valid and 0 <= self.temperature <= 1 and self.max_shift >= 0
         if self.adaptive_threshold not in (None, "global", "freematch"):
             raise ValueError(
                 f"adaptive_threshold must be None, 'global' or 'freematch', got {self.adaptive_threshold!r}"
@@ -100,9 +100,9 @@ class Consistency:
         if not valid or not 0 <= self.teacher_decay < 1 or not 0 <= self.adaptive_momentum < 1:
             raise ValueError(
                 "consistency needs 0 <= threshold < 1, weight >= 0, weak_noise >= 0, 0 <= scale < 1, "
-                "0 <= temperature <= 1, 0 <= teacher_decay < 1 and 0 <= adaptive_momentum < 1, got "
-                f"{self.threshold}, {self.weight}, {self.weak_noise}, {self.scale}, {self.temperature}, "
-                f"{self.teacher_decay}, {self.adaptive_momentum}"
+                "0 <= temperature <= 1, max_shift >= 0, 0 <= teacher_decay < 1 and 0 <= adaptive_momentum < 1, "
+                f"got {self.threshold}, {self.weight}, {self.weak_noise}, {self.scale}, {self.temperature}, "
+                f"{self.max_shift}, {self.teacher_decay}, {self.adaptive_momentum}"
             )
         self.strong_views = SeriesViews(self.min_crop, self.date_dropout, self.band_noise)
         # Running means of the weak views' probabilities (distribution alignment, adaptive thresholds)
