@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmap.data.batch import Batch
-from cmap.data.perturbations import SeriesViews
+from cmap.data.perturbations import Augmentation, SeriesViews
 
 #: :class:`Consistency`'s running state, saved in a Classifier's checkpoints.
 RUNNING_MEANS = ("class_mean", "adaptive_level", "adaptive_class_mean")
@@ -104,6 +104,7 @@ class Consistency:
                 f"got {self.threshold}, {self.weight}, {self.weak_noise}, {self.scale}, {self.temperature}, "
                 f"{self.max_shift}, {self.teacher_decay}, {self.adaptive_momentum}"
             )
+        self.weak_view = Augmentation(band_noise=self.weak_noise)  # the training augmentation's band noise
         self.strong_views = SeriesViews(self.min_crop, self.date_dropout, self.band_noise)
         # Running means of the weak views' probabilities (distribution alignment, adaptive thresholds)
         # and of their top probability (adaptive thresholds): no settings, so not in the hyper-parameters;
@@ -123,9 +124,7 @@ class Consistency:
             setattr(self, name, None if value is None else value.to(device))
 
     def weak(self, batch: Batch) -> Batch:
-        values, mask = batch["values"], batch["mask"]
-        noisy = values + self.weak_noise * torch.randn_like(values) * mask.unsqueeze(-1)
-        return {**batch, "values": noisy}
+        return self.weak_view(batch)
 
     def strong(self, batch: Batch) -> Batch:
         values, mask = self.strong_views(batch["values"], batch["mask"])
