@@ -4,14 +4,24 @@ synthetic data, a quiet trainer.
 Helpers that take arguments are plain functions, imported as ``from .conftest import ...``.
 """
 
-import importlib
 import os
+
+# scripts/test.sh runs the suite on one pytest-xdist worker per core: each worker computes on one
+# thread (torch, OpenMP, BLAS), set before torch and numpy start their thread pools, else the
+# workers' threads outnumber the cores and every test slows down. Processes the tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.update(dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"), "1"))
+
+import importlib
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 import yaml
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
