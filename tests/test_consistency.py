@@ -4,19 +4,26 @@ from a checkpoint with its running state."""
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
 import yaml
+from torch.utils.data import DistributedSampler
 
 from cmap.data import SeriesStore, StreamingSeriesStore, open_store, write_store
 from cmap.data.convert import read_mato_grosso
-from cmap.data.streaming import RowDataset
-from cmap.ml.consistency import Consistency, Teacher, concat_batches
+from cmap.data.streaming import RowDataset, RowStream
+from cmap.ml.consistency import RUNNING_MEANS, Consistency, Teacher, concat_batches
 
 from .conftest import (
+    REPO,
     SHARED_DATA,
     padded_batch,
     quiet_trainer,
@@ -199,6 +206,178 @@ def test_the_streaming_store_draws_every_unlabelled_series_once_before_any_again
     area_series = open_store(area)[0]
     expected, _ = data.input_contract.model_inputs(area_series.values[np.array(epochs[0][: 2 * 64])])
     np.testing.assert_allclose(step["unlabelled"]["values"].numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_each_process_draws_its_share_of_the_unlabelled_series_and_a_new_one_each_epoch():
+    """Under DDP each of W processes draws ceil(length / W) rows an epoch (RowStream is a
+    DistributedSampler: Lightning leaves it as it is), the consecutive shares of the one-process
+    epoch's rows, so different rows in each process, a new draw each epoch (set_epoch)."""
+    num_rows, length, seed = 50, 42, (3, 0)
+    single = RowStream(num_rows, length, seed)
+    one_process = [list(single) for _ in range(3)]
+    shares = [RowStream(num_rows, length, seed, num_replicas=3, rank=rank) for rank in range(3)]
+    assert all(isinstance(share, DistributedSampler) and len(share) == 14 for share in shares)
+    for epoch in (2, 0, 1):  # Lightning sets each epoch before its pass, in any order (resumed fits)
+        draws = []
+        for share in shares:
+            share.set_epoch(epoch)
+            draws.append(list(share))
+        assert [len(draw) for draw in draws] == [14, 14, 14] and sum(draws, []) == one_process[epoch]
+        if epoch == 0:  # within one pass over the store: no row in two processes
+            assert len(set(sum(draws, []))) == length
+    assert one_process[0] != one_process[1] != one_process[2]
+    stream = sum(one_process, [])  # every row once before any again, across epochs
+    assert sorted(stream[:num_rows]) == sorted(stream[num_rows : 2 * num_rows]) == list(range(num_rows))
+    uneven = [RowStream(num_rows, length, seed, num_replicas=4, rank=rank) for rank in range(4)]
+    assert [len(share) for share in uneven] == [11] * 4  # ceil(42 / 4), the last share running on into the stream
+    assert sum((list(share) for share in uneven), []) == list(RowStream(num_rows, 44, seed))
+    with pytest.raises(ValueError, match="rank"):
+        RowStream(num_rows, length, seed, num_replicas=2, rank=2)
+
+
+class TwoProcessGroup:
+    """A stand-in for a 2-process group (``torch.distributed``'s default one): 2 threads, whose
+    ``all_reduce`` sums their tensors in place, as gloo's."""
+
+    def __init__(self) -> None:
+        self.barrier, self.local, self.tensors = threading.Barrier(2, timeout=30), threading.local(), {}
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+        monkeypatch.setattr(torch.distributed, "all_reduce", self.all_reduce)
+
+    def all_reduce(self, tensor: torch.Tensor, op=None, group=None, async_op=False) -> None:
+        assert op in (None, torch.distributed.ReduceOp.SUM) and not async_op
+        self.tensors[self.local.rank] = tensor.clone()
+        self.barrier.wait()
+        tensor.copy_(self.tensors[0] + self.tensors[1])
+        self.barrier.wait()
+
+    def run(self, work) -> list:
+        """``work(rank)`` in each of the 2 "processes"; their results."""
+        results, errors = [None, None], []
+
+        def process(rank: int) -> None:
+            self.local.rank = rank
+            try:
+                results[rank] = work(rank)
+            except BaseException as error:  # the test's failure, raised in the test's thread
+                errors.append(error)
+                self.barrier.abort()  # and the other "process" no longer waits for this one
+
+        threads = [threading.Thread(target=process, args=(rank,)) for rank in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return results
+
+
+def test_the_running_means_follow_every_process_batch(monkeypatch):
+    """With a process group (DDP), distribution alignment's and the adaptive thresholds' running means
+    follow the mean over every process's batch: every process holds the same state, the one-process
+    state of the whole global batch (so rank 0's checkpoint holds every process's state)."""
+    generator = torch.Generator().manual_seed(0)
+    logits = [torch.randn(8, 5, generator=generator) * 3 for _ in range(3)]
+    for step in logits:
+        step[:4, 0] += 5  # process 0's half of each step: class 0 over and again; process 1's: any class
+
+    def settings() -> Consistency:
+        return Consistency(threshold=0.0, distribution_alignment=True, adaptive_threshold="freematch")
+
+    def fit(rank: int) -> dict[str, torch.Tensor]:
+        consistency = settings()
+        for step in logits:
+            consistency.loss(step[rank * 4 : (rank + 1) * 4], torch.zeros(4, 5))
+        return consistency.state_dict()
+
+    alone, whole = fit(0), settings()  # no process group: its own batches' means; the global batch's
+    for step in logits:
+        whole.loss(step, torch.zeros(8, 5))
+    group = TwoProcessGroup()
+    group.install(monkeypatch)
+    first, second = group.run(fit)
+    assert first.keys() == second.keys() == whole.state_dict().keys() == {*RUNNING_MEANS}
+    for name, value in whole.state_dict().items():
+        assert torch.equal(first[name], second[name]), name
+        torch.testing.assert_close(first[name], value, rtol=0, atol=1e-6, msg=name)
+        assert not torch.allclose(alone[name], value, atol=1e-3), name
+
+
+class RecordShares(L.Callback):
+    """Test helper for a multi-process ``cmap fit``: each process writes ``folder/rank<r>.json``: its
+    steps and unlabelled series per epoch, its samplers, the unlabelled rows of each epoch and its
+    consistency running means."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.steps, self.unlabelled = folder, {}, {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        epoch = trainer.current_epoch
+        self.steps[epoch] = self.steps.get(epoch, 0) + 1
+        self.unlabelled[epoch] = self.unlabelled.get(epoch, 0) + len(batch["unlabelled"]["values"])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        loaders = trainer.train_dataloader  # the CombinedLoader's, as Lightning prepared them
+        sampler = loaders["unlabelled"].sampler
+        rows = []
+        for epoch in range(trainer.current_epoch):  # each epoch's draw again (set_epoch, as Lightning's)
+            sampler.set_epoch(epoch)
+            rows.append(list(sampler))
+        record = {
+            "steps": list(self.steps.values()), "unlabelled": list(self.unlabelled.values()),
+            "labelled_share": len(loaders["labelled"].sampler), "sampler": type(sampler).__name__, "rows": rows,
+            "means": {name: value.tolist() for name, value in pl_module.consistency.state_dict().items()},
+        }  # fmt: skip
+        (Path(self.folder) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def test_a_two_process_fit_takes_every_labelled_series_and_its_unlabelled_share(stores, tmp_path):
+    """``cmap fit`` on 2 CPU processes (Lightning DDP, gloo), every labelled training series (1,360)
+    in batches of 64 and 4 unlabelled series per labelled one, from a store of 1,892: each process
+    takes its 680 labelled series (10 steps) and 2,720 unlabelled ones an epoch, different ones in
+    each process and each epoch; both end with the same running means. (Lightning's replacement of a
+    ``RandomSampler(num_samples=...)`` gave each process 946 unlabelled series an epoch, 3 steps,
+    where the ``CombinedLoader`` stopped: 30 % of the labelled series; and each process its own means.)"""
+    labelled, area, class_names = stores
+    consistency = {"threshold": 0.0, "distribution_alignment": True, "adaptive_threshold": "freematch"}
+    model = tiny_classifier_config(
+        len(class_names), tiny_encoder_config(BANDS, max_len=400, dim_feedforward=32), consistency=consistency
+    )
+    data = {"path": str(labelled), "fold": 0, "batch_size": 64, "unlabelled": str(area), "unlabelled_ratio": 4}
+    record = {"class_path": "tests.test_consistency.RecordShares", "init_args": {"folder": str(tmp_path)}}
+    trainer = {
+        "strategy": "ddp", "accelerator": "cpu", "devices": 2, "max_epochs": 2, "limit_val_batches": 0,
+        "enable_checkpointing": False, "enable_progress_bar": False,
+        "enable_model_summary": False, "default_root_dir": str(tmp_path / "run"), "callbacks": [record],
+    }  # fmt: skip
+    config = {
+        "seed_everything": 0, "trainer": trainer, "model": model,
+        "data": {"class_path": "cmap.data.SeriesStore", "init_args": data},
+        "attention_maps": {"first_epoch": 1000}, "embeddings": {"first_epoch": 1000},
+    }  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # Same number of threads as this process; run from the repository, so tests.test_consistency imports.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "cmap.cli", "fit", "--config", str(tmp_path / "config.yaml")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2))
+    for process in (first, second):
+        assert process["sampler"] == "RowStream"  # the data module's: Lightning left it as it is
+        assert process["labelled_share"] == 680 and process["steps"] == [10, 10]  # 680 // 64
+        assert process["unlabelled"] == [10 * 4 * 64] * 2 and [len(rows) for rows in process["rows"]] == [2720] * 2
+    assert first["rows"][0] != second["rows"][0] and first["rows"][0] != first["rows"][1]
+    stream = first["rows"][0] + second["rows"][0] + first["rows"][1] + second["rows"][1]
+    for start in range(0, len(stream) - 1892, 1892):  # every unlabelled series once before any again
+        assert sorted(stream[start : start + 1892]) == list(range(1892))
+    assert first["means"].keys() == {*RUNNING_MEANS}
+    assert first["means"] == second["means"]  # all-reduced: rank 0's checkpoint holds every process's state
 
 
 def test_a_classifier_trains_with_consistency_on_a_streaming_store(stores):

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import RandomSampler, Sampler
+from torch.utils.data import Sampler
 
 from cmap.data.contract import RawValues, TimeAxis
 from cmap.data.datamodule import PixelSeries, SeriesDataset, SITSDataModule, batch_loader, kfold_split
@@ -455,8 +455,8 @@ class UnlabelledSeries:
     A mixin, listed before the data module's base class: :meth:`setup` and :meth:`train_dataloader`
     extend the base's (``fit`` opens the store; training steps become ``{"labelled": Batch,
     "unlabelled": Batch}`` of a ``CombinedLoader``). A data module says how the unlabelled series are
-    indexed and drawn with :meth:`unlabelled_dataset` and :meth:`unlabelled_sampler` (here: an index
-    and a random order in memory).
+    indexed with :meth:`unlabelled_dataset`; :meth:`unlabelled_sampler` draws them, in every process
+    of a multi-process fit (DDP) its own share.
     """
 
     def use_unlabelled(self, unlabelled: str | None, unlabelled_ratio: int) -> None:
@@ -487,22 +487,50 @@ class UnlabelledSeries:
         """The unlabelled series as a dataset, with the input contract of the labelled ones."""
         return SeriesDataset(series, np.arange(len(series)), self.input_contract)
 
-    def unlabelled_sampler(self, dataset: SeriesDataset, num_samples: int) -> Sampler:
-        """``num_samples`` of ``dataset``'s series per epoch, drawn without replacement (a new order
-        at each pass over them)."""
-        return RandomSampler(dataset, num_samples=num_samples)
+    def unlabelled_sampler(self, dataset: SeriesDataset, num_samples: int, num_replicas: int, rank: int) -> Sampler:
+        """``num_samples`` of ``dataset``'s series per epoch, this process (``rank`` of ``num_replicas``)
+        drawing its share of them (:class:`~cmap.data.streaming.RowStream`: pseudo-random
+        permutations of the store one after the other, every series once before any again, across
+        epochs and processes; no index or order in memory). The draw is fixed by the data module's
+        ``seed``, ``seed_everything``'s (``PL_GLOBAL_SEED``, as Lightning's ``DistributedSampler``)
+        and the epoch (``set_epoch``), the same in every process."""
+        from cmap.data.streaming import RowStream  # streaming.py imports this module
+
+        seed = (self.seed, int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        return RowStream(len(dataset), num_samples, seed, num_replicas, rank)
+
+    def _labelled_shares(self) -> tuple[int, int]:
+        """(processes, this one's rank) among which Lightning shares out the labelled training series:
+        (1, 0) outside a multi-process fit, or where the fit keeps every series in every process
+        (``Trainer(use_distributed_sampler=False)``)."""
+        trainer = getattr(self, "trainer", None)
+        shares = None if trainer is None else trainer.distributed_sampler_kwargs
+        # The Trainer's use_distributed_sampler, as Lightning's data connector reads it.
+        if not shares or not getattr(trainer._accelerator_connector, "use_distributed_sampler", True):
+            return 1, 0
+        return int(shares["num_replicas"]), int(shares["rank"])
 
     def train_dataloader(self) -> Any:
         """The labelled batches, or, with ``unlabelled``, ``{"labelled": Batch, "unlabelled": Batch}``
         steps: ``unlabelled_ratio`` times as many unlabelled series (:meth:`unlabelled_sampler`), as
-        many batches as the labelled loader's."""
+        many batches as the labelled loader's.
+
+        Under DDP, Lightning gives each of the ``W`` processes ``ceil(N / W)`` of the ``N`` labelled
+        training series (its ``DistributedSampler``); the unlabelled sampler is one already (Lightning
+        leaves it as it is) and gives each ``unlabelled_ratio`` times as many, different series in
+        each process. (Lightning's replacement of a ``RandomSampler(num_samples=...)`` would give each
+        process ``1 / W`` of the whole unlabelled store instead, and the ``CombinedLoader``, which stops
+        at its shorter loader, would cut the epoch short where that is the fewer.)"""
         labelled = super().train_dataloader()
         if "unlabelled" not in self.datasets:
             return labelled
         dataset, ratio = self.datasets["unlabelled"], self.unlabelled_ratio
+        num_replicas, rank = self._labelled_shares()
+        share = -(-len(labelled.sampler) // num_replicas)  # labelled series per process and epoch
+        sampler = self.unlabelled_sampler(dataset, ratio * share * num_replicas, num_replicas, rank)
         unlabelled = batch_loader(
-            dataset, ratio * self.batch_size, sampler=self.unlabelled_sampler(dataset, ratio * len(labelled.sampler)),
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, drop_last=labelled.drop_last,
+            dataset, ratio * self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, drop_last=labelled.drop_last,
         )  # fmt: skip
         return CombinedLoader({"labelled": labelled, "unlabelled": unlabelled})
 

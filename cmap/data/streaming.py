@@ -14,14 +14,15 @@ row index, the shuffled order): about 24 bytes per series, 2.4 GB at 100 million
 
 Setup streams the labels once, in chunks, to count classes per split (for the logs) and check them.
 An ``unlabelled`` store (consistency training) is drawn the same way: rows of an endless stream of
-pseudo-random permutations (:class:`RowStream`), no index or order stored.
+pseudo-random permutations (:class:`RowStream`), no index or order stored, each process of a
+multi-process fit (DDP) drawing its own share. ``SeriesStore`` draws its unlabelled series so too.
 """
 
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from cmap.data.contract import InputContract
 from cmap.data.datamodule import PixelSeries, SeriesDataModule, SeriesDataset, pass_through
@@ -107,33 +108,45 @@ class RowSampler(Sampler[int]):
             yield from rows[self.in_split(rows)].tolist()
 
 
-class RowStream(Sampler[int]):
+class RowStream(DistributedSampler):
     """``length`` rows of ``[0, num_rows)`` per epoch, from an endless stream: pseudo-random
     permutations of every row, one after the other (pass ``p``'s fixed by ``(seed, p)``), epoch ``e``
     taking positions ``[e * length, (e + 1) * length)`` of it. Each row is drawn once before any is
     drawn again, across epochs too, and nothing is stored; ``set_epoch`` (Lightning's, before each
-    epoch) makes a resumed fit draw the same rows."""
+    epoch) makes a resumed fit draw the same rows.
 
-    def __init__(self, num_rows: int, length: int, seed: int) -> None:
+    With several processes, process ``rank`` of ``num_replicas`` takes the ``rank``-th of
+    ``num_replicas`` consecutive shares of the epoch's positions, ``ceil(length / num_replicas)``
+    rows (``len(sampler)``; the last share runs on into the stream where ``length`` does not divide):
+    different rows in each (none twice within a pass over the store), every row still once before
+    any again. A ``DistributedSampler`` (subclass), so Lightning leaves it as it is instead of
+    replacing it (a ``RandomSampler``'s ``num_samples`` would be lost) or listing its rows in memory
+    (``DistributedSamplerWrapper``).
+    """
+
+    def __init__(
+        self, num_rows: int, length: int, seed: int | Sequence[int], num_replicas: int = 1, rank: int = 0
+    ) -> None:
         if num_rows < 1:
             raise ValueError(f"RowStream needs rows to draw, got num_rows={num_rows}")
-        self.num_rows, self.length, self.seed, self.epoch = num_rows, length, seed, 0
+        super().__init__(range(num_rows), num_replicas=num_replicas, rank=rank, shuffle=True)  # type: ignore[arg-type]
+        self.num_rows, self.length, self.seed = num_rows, length, tuple(np.atleast_1d(seed).tolist())
+        self.num_samples = -(-length // num_replicas)  # this process's rows per epoch
+        self.total_size = self.num_samples * num_replicas
 
     def __len__(self) -> int:
-        return self.length
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
-        first = self.epoch * self.length
-        self.epoch += 1
-        for start in range(first, first + self.length, CHUNK):
-            passes, offsets = np.divmod(np.arange(start, min(start + CHUNK, first + self.length)), self.num_rows)
+        first = self.epoch * self.total_size + self.rank * self.num_samples
+        self.epoch += 1  # iterated again without set_epoch (no Lightning): the next rows of the stream
+        for start in range(first, first + self.num_samples, CHUNK):
+            positions = np.arange(start, min(start + CHUNK, first + self.num_samples))
+            passes, offsets = np.divmod(positions, self.num_rows)
             rows = np.empty_like(offsets)
             for number in np.unique(passes):
                 inside = passes == number
-                rows[inside] = RowPermutation(self.num_rows, (self.seed, int(number)))(offsets[inside])
+                rows[inside] = RowPermutation(self.num_rows, (*self.seed, int(number)))(offsets[inside])
             yield from rows.tolist()
 
 
@@ -169,10 +182,11 @@ class StreamingSeriesStore(UnlabelledSeries, SeriesDataModule):
     An ``unlabelled`` store comes with the training batches as with ``SeriesStore``
     (:class:`~cmap.data.store.UnlabelledSeries`), its rows drawn by :class:`RowStream`: without
     replacement across epochs (a new pseudo-random order at each pass over the store), nothing per
-    series in memory.
+    series in memory, under DDP too (each process draws its own share).
 
-    Under DDP, Lightning wraps the samplers in its ``DistributedSamplerWrapper``, which lists each
-    process's rows in memory; the flat-memory guarantee holds for one process (and its workers).
+    Under DDP, Lightning wraps the labelled samplers in its ``DistributedSamplerWrapper``, which
+    lists the epoch's rows in memory in each process: for them, the flat-memory guarantee holds for
+    one process (and its workers).
 
     Args:
         path, test_path, fold, num_folds, unlabelled, unlabelled_ratio: as :class:`~cmap.data.store.SeriesStore`.
@@ -275,9 +289,6 @@ class StreamingSeriesStore(UnlabelledSeries, SeriesDataModule):
 
     def unlabelled_dataset(self, series: PixelSeries) -> RowDataset:
         return RowDataset(series, len(series), self.input_contract)
-
-    def unlabelled_sampler(self, dataset: SeriesDataset, num_samples: int) -> RowStream:
-        return RowStream(len(dataset), num_samples, self.seed)
 
     def class_counts(self, split: str) -> np.ndarray:
         return self.counts.get(split, np.zeros(len(self.class_names), dtype=np.int64))

@@ -13,12 +13,15 @@ optionally a run of its dates only) is trained towards it. The loss adds ``weigh
 norm statistics see both; the weak views pass it without gradient. The running state (the
 :class:`Teacher`'s weights, the running means of distribution alignment and adaptive thresholds) is
 outside the model's state dict but saved in the Classifier's checkpoints: a resumed fit continues it.
+In a multi-process fit (DDP) the running means follow the statistics of every process's batch
+(:func:`process_mean`), so each process holds the same state as the one whose checkpoint is saved (rank 0).
 """
 
 import copy
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -56,13 +59,14 @@ class Consistency:
             exponential moving average of the model's (Mean Teacher, Tarvainen & Valpola 2017) with
             this decay per step, in eval mode; 0: from the model itself, in training mode (FixMatch).
         distribution_alignment: the weak view's probabilities are divided by their running mean over
-            the unlabelled batches (momentum 0.99) and renormalised before the pseudo-label is taken
-            (ReMixMatch, Berthelot et al. 2020, with a uniform class prior): classes the model
-            over-predicts lose confidence, rare predictions gain it.
+            the unlabelled batches (of every process, in a multi-process fit; momentum 0.99) and
+            renormalised before the pseudo-label is taken (ReMixMatch, Berthelot et al. 2020, with a
+            uniform class prior): classes the model over-predicts lose confidence, rare predictions gain it.
         adaptive_threshold: None: the fixed ``threshold``. ``"global"``: the threshold follows the
             model's confidence on the area, the running mean (momentum ``adaptive_momentum``) of the
-            weak views' top probability, starting at ``threshold``: a model sure of most series
-            (an easy area) keeps only its surest pseudo-labels, an unsure one keeps more.
+            weak views' top probability (over every process's batch, in a multi-process fit),
+            starting at ``threshold``: a model sure of most series (an easy area) keeps only its
+            surest pseudo-labels, an unsure one keeps more.
             ``"freematch"``: FreeMatch's self-adaptive thresholds (Wang et al. 2023): that level,
             starting at 1 / classes, times each class's running mean probability over the largest
             one's, so classes the model rarely predicts pass with less (on an area whose classes are
@@ -139,7 +143,7 @@ class Consistency:
         """The unlabelled loss and the fraction of the batch whose pseudo-label was kept."""
         probabilities = torch.softmax(weak_logits.detach().float(), dim=-1)
         if self.distribution_alignment:
-            mean = probabilities.mean(dim=0)
+            mean = process_mean(probabilities)
             self.class_mean = mean if self.class_mean is None else torch.lerp(self.class_mean, mean, 0.01)
             probabilities = probabilities / self.class_mean.clamp_min(1e-6)
             probabilities = probabilities / probabilities.sum(dim=-1, keepdim=True)
@@ -161,12 +165,24 @@ class Consistency:
         if self.adaptive_level is None:
             self.adaptive_level = probabilities.new_tensor(1 / num_classes if freematch else self.threshold)
             self.adaptive_class_mean = probabilities.new_full((num_classes,), 1 / num_classes)
-        momentum = self.adaptive_momentum
-        self.adaptive_level = torch.lerp(self.adaptive_level, probabilities.max(dim=-1).values.mean(), 1 - momentum)
+        momentum, top = self.adaptive_momentum, probabilities.max(dim=-1, keepdim=True).values
+        means = process_mean(torch.cat([top, probabilities], dim=-1) if freematch else top)  # one all_reduce
+        self.adaptive_level = torch.lerp(self.adaptive_level, means[0], 1 - momentum)
         if not freematch:
             return self.adaptive_level.expand(num_classes)
-        self.adaptive_class_mean = torch.lerp(self.adaptive_class_mean, probabilities.mean(dim=0), 1 - momentum)
+        self.adaptive_class_mean = torch.lerp(self.adaptive_class_mean, means[1:], 1 - momentum)
         return self.adaptive_level * self.adaptive_class_mean / self.adaptive_class_mean.max()
+
+
+def process_mean(values: Tensor) -> Tensor:
+    """The mean of ``values`` (rows, ...) over its rows, and over every process's rows where a process
+    group is initialised (DDP: one ``all_reduce`` of the sums and row counts, so every process gets
+    the same mean, the batches' mean even where their sizes differ); in one process, the rows' mean."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values.mean(dim=0)
+    totals = torch.cat([values.sum(dim=0).reshape(-1), values.new_tensor([len(values)])])
+    dist.all_reduce(totals)  # sum over processes
+    return (totals[:-1] / totals[-1]).reshape(values.shape[1:])
 
 
 def shifted(values: Tensor, mask: Tensor, max_shift: int) -> tuple[Tensor, Tensor]:
