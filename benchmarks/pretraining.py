@@ -212,17 +212,19 @@ def build_encoder(encoder: str, num_bands: int, d_model: int):
     return ucr_crop_encoder(d_model)
 
 
-def build_classifier(area: Area, encoder: str, d_model: int, **options) -> Classifier:
+def build_classifier(area: Area, encoder: str, d_model: int, label_smoothing: float = 0.1,
+                     classifier_type: type[Classifier] = Classifier, **options) -> Classifier:  # fmt: skip
     """TempCNN: its flatten + dense head (fixed date grid; 0.784 with UCR Crop's 7,200 labels);
-    transformer: the masked-mean head of ``configs/ucr_crop_transformer.yaml``."""
+    transformer: the masked-mean head of ``configs/ucr_crop_transformer.yaml``. ``classifier_type``:
+    a Classifier subclass (a probe's variant, ``few_labels_probes.py``)."""
     num_classes = len(area.class_names)
     if encoder == "tempcnn":
         decoder = FlattenClassification(area.num_dates, num_classes, hidden=256, dropout_p=0.2)
     else:
         decoder = MultiClassClassification(hidden=d_model, num_classes=num_classes, dropout_p=0.1)
-    model = Classifier(
-        build_encoder(encoder, len(area.band_names), d_model), decoder, focal_gamma=0.0, label_smoothing=0.1,
-        class_names=area.class_names, **options,
+    model = classifier_type(
+        build_encoder(encoder, len(area.band_names), d_model), decoder, focal_gamma=0.0,
+        label_smoothing=label_smoothing, class_names=area.class_names, **options,
     )  # fmt: skip
     model.set_input_contract(area.contract)
     return model
@@ -338,10 +340,11 @@ def finetune(area: Area, labels_per_class: int, draw: int, encoder: str, d_model
 
 
 def train_classifier(area: Area, rows: np.ndarray, labels: np.ndarray, encoder: str, d_model: int,
-                     encoder_from: Path | None, args: argparse.Namespace,
-                     consistency: bool = False) -> Classifier:  # fmt: skip
+                     encoder_from: Path | None, args: argparse.Namespace, consistency: bool | Consistency = False,
+                     classifier_type: type[Classifier] = Classifier) -> Classifier:  # fmt: skip
     """A classifier trained on the series ``rows`` with ``labels`` under the budget rule; with
-    ``consistency``, each step also takes ``--mu`` times as many of the area's series, unlabelled."""
+    ``consistency`` (True: the options' :class:`Consistency`, or one given), each step also takes
+    ``--mu`` times as many of the area's series, unlabelled."""
     training = PixelSeries(area.series.values[rows], area.series.days[rows], labels, area.series.source)
     steps = budget_steps(len(rows), args.batch_size, args.min_steps, args.min_epochs)
     steps_per_epoch = -(-len(rows) // args.batch_size)
@@ -351,7 +354,8 @@ def train_classifier(area: Area, rows: np.ndarray, labels: np.ndarray, encoder: 
         init_encoder_from=str(encoder_from) if pretrained else None,
         encoder_lr_factor=args.encoder_lr_factor if pretrained else 1.0,
         freeze_encoder_epochs=round(args.freeze_fraction * steps / steps_per_epoch) if pretrained else 0,
-        consistency=consistency_of(args) if consistency else None,
+        consistency=(consistency_of(args) if consistency is True else consistency) or None,
+        label_smoothing=args.label_smoothing, classifier_type=classifier_type,
     )  # fmt: skip
     if pretrained:
         load_head(model, encoder_from)  # a bottleneck pretraining's dense layer; none for the others
@@ -462,6 +466,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min_epochs", type=int, default=20, help="budget: at least this many epochs")
     parser.add_argument("--max_lr", type=float, default=3e-3)
     parser.add_argument("--band_noise", type=float, default=0.03, help="fine-tuning augmentation")
+    parser.add_argument("--label_smoothing", type=float, default=0.1, help="fine-tuning loss")
     parser.add_argument("--encoder_lr_factor", type=float, default=1.0, help="pretrained encoder's LR fraction")
     parser.add_argument("--freeze_fraction", type=float, default=0.0,
                         help="pretrained arms: encoder frozen for this fraction of the steps (in epochs)")  # fmt: skip
@@ -561,8 +566,9 @@ def main() -> None:
     settings = (
         f"{area.name}: encoder {args.encoder} d_model {args.d_model}; pretraining `{args.objective}`{ratio}, "
         f"{args.pretrain_epochs} epochs; fine-tuning batch {args.batch_size}, max({args.min_steps} steps, "
-        f"{args.min_epochs} epochs), max_lr {args.max_lr}, band noise {args.band_noise}, pretrained encoder LR "
-        f"x{args.encoder_lr_factor}, frozen for the first {args.freeze_fraction:.0%}. Scores: `{scores}` "
+        f"{args.min_epochs} epochs), max_lr {args.max_lr}, band noise {args.band_noise}, label smoothing "
+        f"{args.label_smoothing}, pretrained encoder LR x{args.encoder_lr_factor}, frozen for the first "
+        f"{args.freeze_fraction:.0%}. Scores: `{scores}` "
         f"(seconds per run summed: {sum(r['seconds'] for r in own) / 60:.1f} min; this call "
         f"{(time.perf_counter() - start) / 60:.1f} min; {machine()})."
         + (

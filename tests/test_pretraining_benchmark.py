@@ -146,3 +146,49 @@ def test_every_pixel_of_a_stack_becomes_a_store_that_pretrains(tmp_path):
     data = SeriesStore(str(tmp_path / "store"), batch_size=8)
     trainer.fit(AutoEncoder(tiny_encoder(1), BandReconstruction([16, 1])), data)
     assert trainer.global_step == 2
+
+
+def test_probe_warps_keep_the_shape_and_mask_every_date_read_from_a_hidden_one():
+    import few_labels_probes as probes
+
+    values = torch.randn(4, 12, 2)
+    mask = torch.ones(4, 12, dtype=torch.bool)
+    mask[:, 5] = False  # a cloud
+    batch = {"values": values.masked_fill(~mask.unsqueeze(-1), 0.0), "days": torch.arange(12).expand(4, 12),
+             "mask": mask}  # fmt: skip
+    plain = {"date_dropout": 0.0, "band_noise": 0.0, "scale": 0.0}
+    unwarped = probes.WarpedConsistency(**plain).strong(batch)
+    assert torch.equal(unwarped["values"], batch["values"]) and torch.equal(unwarped["mask"], mask)
+    torch.manual_seed(0)
+    warped = probes.WarpedConsistency(**plain, magnitude=0.2, time_warp=0.3).strong(batch)
+    assert warped["values"].shape == values.shape and warped["mask"].shape == mask.shape
+    assert not torch.allclose(warped["values"], batch["values"])
+    assert (warped["values"][~warped["mask"]] == 0).all()
+    assert (~warped["mask"]).sum(1).ge(1).all()  # the hidden date, read by at least one position of each series
+    assert warped["mask"][:, 0].all() and warped["mask"][:, -1].all()  # the warp keeps both ends in place
+
+
+def test_probe_anchor_readout_is_a_distribution_that_follows_the_nearest_anchor():
+    import few_labels_probes as probes
+
+    similarity = torch.tensor([[0.9, 0.1, 0.2], [0.1, 0.3, 0.95]])
+    anchor_labels = torch.tensor([2, 0, 1])
+    sharp = probes.anchor_readout(similarity, anchor_labels, 3, temperature=0.01)
+    assert torch.allclose(sharp.sum(-1), torch.ones(2))
+    assert sharp.argmax(-1).tolist() == [2, 1]
+    flat = probes.anchor_readout(similarity, anchor_labels, 3, temperature=100.0)
+    assert torch.allclose(flat, torch.full((2, 3), 1 / 3), atol=0.01)
+
+
+def test_probe_simmatch_trains_with_the_labelled_series_as_anchors(area):
+    import few_labels_probes as probes
+
+    args = script_options("--batch_size 8 --min_steps 20 --min_epochs 1 --band_noise 0 --mu 2")
+    args.instance_weight, args.propagate, args.similarity_temperature = 1.0, True, 0.1
+    rows = pretraining.labelled_rows(area, 3, 0)
+    model = pretraining.train_classifier(area, rows, area.series.labels[rows], "tempcnn", 8, None, args,
+                                         consistency=True, classifier_type=probes.simmatch_type(args))  # fmt: skip
+    # 20 steps over 9 labelled series in batches of 8 and 1: 90 embeddings, under the queue's 256
+    assert model.bank.shape == (90, 64) and np.bincount(model.bank_labels.numpy()).tolist() == [30] * NUM_CLASSES
+    assert torch.allclose(model.bank.norm(dim=1), torch.ones(90))
+    assert pretraining.overall_accuracy(model, area, area.split(0)[1]) > 0.8  # three well-separated classes
