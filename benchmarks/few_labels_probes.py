@@ -4,7 +4,9 @@ near +3 points over training from scratch on UCR Crop at 10 labels per class (ta
 Each probe trains the ``scratch_fm`` arm of ``pretraining.py`` (TempCNN from scratch, FixMatch on
 the area's 24,000 series, labels never read), or a variant of it, on one label draw and prints
 its figures; every option of ``pretraining.py`` (``--threshold``, ``--label_smoothing``, ...)
-applies. Figures: ``benchmarks/results/pretraining.md``.
+applies. The models' predictions are cached in ``--workdir`` under ``--tag``: give the ``ensemble``,
+``agreement`` or ``readout`` probe other training options with another ``--tag``. Figures:
+``benchmarks/results/pretraining.md``.
 
 - ``ensemble``: one model per ``--seeds`` on the same labels; the test accuracy of each, of the
   mean probabilities of every k of them, and the coverage and accuracy of the ensemble's
@@ -83,7 +85,8 @@ def trained(area: pretraining.Area, args: argparse.Namespace, seed: int, consist
 
 
 def predictions(area: pretraining.Area, args: argparse.Namespace, seed: int, arm: str) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`predict` of the arm's model of ``seed``, cached in ``--workdir`` (probes share them)."""
+    """:func:`predict` of the arm's model of ``seed``, cached in ``--workdir`` (probes share them) by
+    dataset, labels, draw, seed, arm and ``--tag``: other training options want another ``--tag``."""
     tag = f"_{args.tag}" if args.tag else ""
     path = args.workdir / f"probe_{area.name}_{args.labels}_d{args.draw}_s{seed}_{arm}{tag}.npz"
     if not path.exists():
