@@ -1,5 +1,7 @@
 """StreamingSeriesStore: splits, shuffling and labels without per-series memory."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -7,8 +9,10 @@ from cmap.data import SeriesStore, StreamingSeriesStore, write_store
 from cmap.data.convert import read_mato_grosso
 from cmap.data.datamodule import PixelSeries
 from cmap.data.streaming import RowPermutation, unit_hash
+from cmap.ml.autoencoders import AutoEncoder
+from cmap.ml.decoders import BandReconstruction
 
-from .conftest import SHARED_DATA, quiet_trainer, require, tiny_classifier, tiny_encoder_config
+from .conftest import SHARED_DATA, quiet_trainer, require, tiny_classifier, tiny_encoder, tiny_encoder_config
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 1000, 65_537])
@@ -101,7 +105,11 @@ def test_bad_labels_and_unsupported_options_are_named(tmp_path):
     labels = np.load(tmp_path / "store" / "labels.npy")
     labels[70] = 5
     np.save(tmp_path / "store" / "labels.npy", labels)
-    with pytest.raises(ValueError, match=r"store/labels.npy: row 70 holds label 5, expected a class index in \[0, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"store/labels.npy: row 70 holds label 5, expected -1 \(unlabelled\) or a class "
+        r"index in \[0, 2\)",
+    ):
         StreamingSeriesStore(str(tmp_path / "store"), fold=0).setup("fit")
     with pytest.raises(TypeError, match="class_map"):  # not an argument: it needs every label in memory
         StreamingSeriesStore(str(tmp_path / "store"), fold=0, class_map={"a": "x", "b": "x"})
@@ -136,3 +144,62 @@ def test_a_test_store_with_some_of_the_training_classes_is_read_by_name(tmp_path
     with pytest.raises(ValueError, match=r"test/labels.npy: row 7 holds label 2, expected -1 \(unlabelled\) or a "
                        r"class index in \[0, 2\)"):  # fmt: skip
         StreamingSeriesStore(str(tmp_path / "train"), test_path=str(tmp_path / "test")).setup("test")
+
+
+def test_unlabelled_series_are_taken_as_series_store_takes_them(tmp_path):
+    """A store with unlabelled series (-1) mixed in: a Classifier's fit and testing name the first
+    one as an error (SeriesStore too); pretraining (needs_labels False) splits every series, labels
+    dropped, and predicting reads a test store with unlabelled series; -2 stays an error."""
+    rng = np.random.default_rng(0)
+    n = 600
+    labels = rng.integers(0, 3, n)
+    labels[rng.random(n) < 0.4] = -1
+    series = PixelSeries(rng.standard_normal((n, 3, 1)).astype(np.float32), np.tile([0, 5, 9], (n, 1)), labels,
+                         "synthetic")  # fmt: skip
+    write_store(tmp_path / "mixed", series, ["b"], ["a", "b", "c"])
+    write_store(tmp_path / "labelled", PixelSeries(series.values, series.days, np.arange(n) % 3, "s"), ["b"],
+                ["a", "b", "c"])  # fmt: skip
+    first = int(np.flatnonzero(labels == -1)[0])
+    for kind, message in ((StreamingSeriesStore, rf"mixed/labels.npy: row {first} holds label -1 \(unlabelled\)"),
+                          (SeriesStore, r"mixed: label index -1 is outside the 3 classes")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            kind(str(tmp_path / "mixed"), fold=0).setup("fit")
+    # Pretraining: every series in exactly one split, each training series once an epoch, no labels.
+    pretraining = SimpleNamespace(lightning_module=SimpleNamespace(needs_labels=False))
+    data = StreamingSeriesStore(str(tmp_path / "mixed"), fold=0, val_fraction=0.2, batch_size=32)
+    data.trainer = pretraining
+    data.setup("fit")
+    train, val, test = rows_of(data.train_dataloader()), rows_of(data.val_dataloader()), rows_of(data.test_dataloader())
+    assert len(set(train)) == len(train) == len(data.datasets["train"]) == data.sizes["train"]
+    assert sorted(train + val + test) == list(range(n))
+    assert (labels[train] == -1).any() and data.class_counts("train").sum() == 0
+    assert "label" not in next(iter(data.train_dataloader()))
+    exact = SeriesStore(str(tmp_path / "mixed"), fold=0)
+    exact.trainer = pretraining
+    exact.setup("fit")
+    assert exact.datasets["train"].labels is None and data.datasets["train"].labels is None
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=1)  # an AutoEncoder pretrains on it
+    trainer.fit(
+        AutoEncoder(tiny_encoder(1), BandReconstruction([16, 1])),
+        StreamingSeriesStore(str(tmp_path / "mixed"), fold=0, batch_size=32),
+    )
+    assert trainer.global_step == 2
+    # A test store with unlabelled series: predicted (labels dropped), not tested.
+    for kind in (StreamingSeriesStore, SeriesStore):
+        data = kind(str(tmp_path / "labelled"), test_path=str(tmp_path / "mixed"), batch_size=50)
+        data.setup("fit")
+        assert data.class_counts("train").sum() == len(data.datasets["train"])  # the training store is labelled
+        data.setup("predict")
+        batches = list(data.predict_dataloader())
+        assert sum(len(batch["values"]) for batch in batches) == n and "label" not in batches[0], kind.__name__
+        data = kind(str(tmp_path / "labelled"), test_path=str(tmp_path / "mixed"))
+        data.setup("fit")  # the test store's labels are not needed yet
+        with pytest.raises(ValueError, match="label -1|label index -1"):
+            data.setup("test")
+    labels[first] = -2
+    np.save(tmp_path / "mixed" / "labels.npy", labels)
+    data = StreamingSeriesStore(str(tmp_path / "mixed"), fold=0)
+    data.trainer = pretraining
+    with pytest.raises(ValueError, match=rf"mixed/labels.npy: row {first} holds label -2, expected -1 \(unlabelled\) "
+                       r"or a class index in \[0, 3\)"):  # fmt: skip
+        data.setup("fit")

@@ -376,6 +376,13 @@ class SeriesDataModule(L.LightningDataModule):
         for dataset in self.datasets.values():
             dataset.contract = contract
 
+    def labels_needed(self) -> bool:
+        """Whether the task being trained learns from labels (a task says it does not with
+        ``needs_labels = False``: the pretraining tasks); True without a trainer."""
+        trainer = getattr(self, "trainer", None)
+        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        return bool(getattr(model, "needs_labels", True))
+
     def class_counts(self, split: str) -> np.ndarray:
         """Number of series of each class in ``split`` (train, val or test); none when unlabelled."""
         labels = self.datasets[split].labels
@@ -469,13 +476,6 @@ class SITSDataModule(SeriesDataModule):
             )
         mapping = self.class_mapping
         return series if mapping is None else replace(series, labels=mapping(series.labels))
-
-    def labels_needed(self) -> bool:
-        """Whether the task being trained learns from labels (a task says it does not with
-        ``needs_labels = False``: the pretraining tasks); True without a trainer."""
-        trainer = getattr(self, "trainer", None)
-        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
-        return bool(getattr(model, "needs_labels", True))
 
     def _unlabelled(self, series: PixelSeries, stage: str) -> PixelSeries:
         """Series with unlabelled members (label -1, or no labels at all) for a task that needs none

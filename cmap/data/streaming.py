@@ -12,13 +12,17 @@ row index, the shuffled order): about 24 bytes per series, 2.4 GB at 100 million
   Feistel network), a new one each epoch, so no order is stored;
 - **labels (and groups) are read from disk with each batch**, like the values.
 
-Setup streams the labels once, in chunks, to count classes per split (for the logs) and check them.
+Setup streams the labels once, in chunks, to count series and classes per split (for the logs)
+and check them. Unlabelled series (label -1) are treated as by ``SeriesStore``: a task that learns
+from labels (a ``Classifier``; testing) names the first one as an error; pretraining
+(``needs_labels = False``) and predicting use every series, labels dropped.
 An ``unlabelled`` store (consistency training) is drawn the same way: rows of an endless stream of
 pseudo-random permutations (:class:`RowStream`), no index or order stored, each process of a
 multi-process fit (DDP) drawing its own share. ``SeriesStore`` draws its unlabelled series so too.
 """
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -179,6 +183,11 @@ class StreamingSeriesStore(UnlabelledSeries, SeriesDataModule):
     ``SeriesStore``. As there, the test store may hold some of the training classes, in any order:
     its labels are read by name (:func:`~cmap.data.store.open_test_store`), as each batch is read.
 
+    Unlabelled series (label -1, or a store without labels) as with ``SeriesStore``: an error
+    naming the first one for a task that needs labels (a ``Classifier``'s fit, ``cmap test``);
+    pretraining (``needs_labels = False``) and ``cmap predict`` take every series, their labels
+    dropped. Labels outside [-1, number of classes) are an error naming file, row and label.
+
     An ``unlabelled`` store comes with the training batches as with ``SeriesStore``
     (:class:`~cmap.data.store.UnlabelledSeries`), its rows drawn by :class:`RowStream`: without
     replacement across epochs (a new pseudo-random order at each pass over the store), nothing per
@@ -212,6 +221,7 @@ class StreamingSeriesStore(UnlabelledSeries, SeriesDataModule):
         self.use_unlabelled(unlabelled, unlabelled_ratio)
         self.sizes: dict[str, int] = {}
         self.counts: dict[str, np.ndarray] = {}
+        self._test_problem: str | None = None  # why the test split cannot be tested on (unlabelled series)
 
     def _keys(self, series: Any, rows: np.ndarray) -> np.ndarray:
         """What a split is decided on: the group of each row, or the row itself."""
@@ -232,42 +242,77 @@ class StreamingSeriesStore(UnlabelledSeries, SeriesDataModule):
             split[np.floor(unit_hash(keys, self.seed + 1) * self.num_folds) == self.fold] = 2
         return split
 
-    def _scan(self, series: Any, in_test_store: bool) -> None:
-        """One pass over the labels, in contiguous chunks: class counts (and sizes) per split, label check."""
-        num_classes = len(self.source_class_names)
+    def _scan(self, series: Any, in_test_store: bool) -> int | None:
+        """One pass over the labels (the rows, for a store without labels), in contiguous chunks: series
+        (``sizes``) and labelled series of each class (``counts``) per split, label check. Returns the
+        first unlabelled (-1) row, or None."""
+        num_classes, first_unlabelled = len(self.source_class_names), None
         for start in range(0, len(series), CHUNK):
             rows = np.arange(start, min(start + CHUNK, len(series)))
-            labels = series.labels[start : rows[-1] + 1]
-            bad = (labels < 0) | (labels >= num_classes)
-            if bad.any():
-                raise ValueError(
-                    f"{series.source}/labels.npy: row {start + int(np.flatnonzero(bad)[0])} holds label "
-                    f"{int(labels[bad][0])}, expected a class index in [0, {num_classes})"
-                )
             split = self.split_of(series, rows, in_test_store)
+            labels = None if series.labels is None else series.labels[start : rows[-1] + 1]
+            if labels is not None:
+                bad = (labels < -1) | (labels >= num_classes)
+                if bad.any():
+                    raise ValueError(
+                        f"{series.source}/labels.npy: row {start + int(np.flatnonzero(bad)[0])} holds label "
+                        f"{int(labels[bad][0])}, expected -1 (unlabelled) or a class index in [0, {num_classes})"
+                    )
+                if first_unlabelled is None and (labels == -1).any():
+                    first_unlabelled = start + int(np.flatnonzero(labels == -1)[0])
             for code, name in enumerate(("train", "val", "test")):
-                members = labels[split == code]
-                if len(members):
+                inside = split == code
+                self.sizes[name] = self.sizes.get(name, 0) + int(inside.sum())
+                members = None if labels is None else labels[inside & (labels >= 0)]
+                if members is not None and len(members):
                     self.counts[name] = self.counts.get(name, 0) + np.bincount(members, minlength=num_classes)
+        return first_unlabelled
+
+    def _labels_for(self, series: Any, first_unlabelled: int | None, needs: bool) -> tuple[Any, str | None]:
+        """``series`` as the task takes it, as ``SeriesStore`` does: unchanged when every series is
+        labelled; labels dropped when some are not (-1, or no labels at all). The second item says why
+        a task that needs labels cannot take it (None when it can); raised at once when ``needs``."""
+        if series.labels is None:
+            problem = (
+                f"{series.source}: the series have no labels (a store converted without a label column): "
+                "this task needs labelled series; use the store for pretraining (AutoEncoder, "
+                "ContrastivePretraining) or to predict"
+            )
+        elif first_unlabelled is not None:
+            problem = (
+                f"{series.source}/labels.npy: row {first_unlabelled} holds label -1 (unlabelled): this task "
+                "needs every series labelled; use the store for pretraining (AutoEncoder, ContrastivePretraining) "
+                "or to predict, or give the unlabelled series as a separate `unlabelled` store"
+            )
+        else:
+            return series, None
+        if needs:
+            raise ValueError(problem)
+        return replace(series, labels=None), problem
 
     def setup(self, stage: str) -> None:
         if "train" not in self.datasets or (stage in ("test", "predict") and "test" not in self.datasets):
-            self._setup_splits()
+            self._setup_splits(stage)
+        if stage == "test" and self._test_problem is not None and self.labels_needed():
+            raise ValueError(self._test_problem)  # a test split set up for fit, with unlabelled series
         super().setup(stage)  # the unlabelled series (UnlabelledSeries)
 
-    def _setup_splits(self) -> None:
+    def _setup_splits(self, stage: str) -> None:
+        needs = stage != "predict" and self.labels_needed()
         series = open_store(self.path, lazy=True)[0]
-        if series.labels is None:
-            raise ValueError(f"{self.path}: the store has no labels")
         test = series if self.test_path is None else open_test_store(self.test_path, self.source_class_names, lazy=True)
-        self.counts = {}
-        self._scan(series, in_test_store=False)
-        if test is not series:
-            self._scan(test, in_test_store=True)
-        num_classes = len(self.source_class_names)
-        self.sizes = {
-            name: int(self.counts.get(name, np.zeros(num_classes)).sum()) for name in ("train", "val", "test")
-        }
+        self.counts, self.sizes = {}, dict.fromkeys(("train", "val", "test"), 0)
+        series, problem = self._labels_for(series, self._scan(series, in_test_store=False), needs)
+        if problem is not None:  # labels dropped: no class counts
+            self.counts = {}
+        if self.test_path is None:
+            test, self._test_problem = series, problem  # a fold of the same store
+        else:
+            # Its labels are needed only to test (setup("test"), also after a fit: see setup).
+            first_unlabelled = self._scan(test, in_test_store=True)
+            test, self._test_problem = self._labels_for(test, first_unlabelled, stage == "test" and needs)
+            if self._test_problem is not None:
+                self.counts.pop("test", None)
         for name in ("train", "val"):
             if self.sizes[name] == 0:
                 raise ValueError(f"{self.path}: the {name} split is empty (val_fraction={self.val_fraction})")
