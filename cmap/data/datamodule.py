@@ -277,6 +277,14 @@ def per_class_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
     return np.sort(np.concatenate(chosen))
 
 
+def no_labels_problem(source: str) -> str:
+    """Why a task that learns from labels cannot take the series of ``source``, a store without labels."""
+    return (
+        f"{source}: the series have no labels (a store converted without a label column): this task needs "
+        "labelled series; use the store for pretraining (AutoEncoder, ContrastivePretraining) or to predict"
+    )
+
+
 class SeriesDataModule(L.LightningDataModule):
     """What every cmap data module shares: loaders, class counts and the input contract.
 
@@ -484,11 +492,7 @@ class SITSDataModule(SeriesDataModule):
         needs = stage != "predict" and self.labels_needed()
         if series.labels is None:
             if needs:
-                raise ValueError(
-                    f"{series.source}: the series have no labels (a store converted without a label column): "
-                    "this task needs labelled series; use the store for pretraining (AutoEncoder, "
-                    "ContrastivePretraining) or to predict"
-                )
+                raise ValueError(no_labels_problem(series.source))
             return series
         if not needs and (series.labels == -1).any():
             return replace(series, labels=None)

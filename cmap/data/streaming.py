@@ -29,7 +29,7 @@ import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from cmap.data.contract import InputContract
-from cmap.data.datamodule import PixelSeries, SeriesDataModule, SeriesDataset, pass_through
+from cmap.data.datamodule import PixelSeries, SeriesDataModule, SeriesDataset, no_labels_problem, pass_through
 from cmap.data.store import UnlabelledSeries, open_store, open_test_store, use_stores
 
 CHUNK = 1 << 16
@@ -273,11 +273,7 @@ class StreamingSeriesStore(UnlabelledSeries, SeriesDataModule):
         labelled; labels dropped when some are not (-1, or no labels at all). The second item says why
         a task that needs labels cannot take it (None when it can); raised at once when ``needs``."""
         if series.labels is None:
-            problem = (
-                f"{series.source}: the series have no labels (a store converted without a label column): "
-                "this task needs labelled series; use the store for pretraining (AutoEncoder, "
-                "ContrastivePretraining) or to predict"
-            )
+            problem = no_labels_problem(series.source)
         elif first_unlabelled is not None:
             problem = (
                 f"{series.source}/labels.npy: row {first_unlabelled} holds label -1 (unlabelled): this task "
