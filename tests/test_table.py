@@ -1,6 +1,7 @@
 """Your own table through ``cmap convert table``: time axis, explicit parsing, consistency checks,
 sample ids, ``--overwrite``; every case through the command (``cmap.cli.main``)."""
 
+import argparse
 import contextlib
 import csv
 import datetime
@@ -18,8 +19,14 @@ from hypothesis import strategies as st
 
 from cmap.cli import main as cmap_main
 from cmap.data import SeriesStore, open_store
-from cmap.data.contract import TimeAxis
 from cmap.data.convert import NODATA_SENTINELS, class_order
+from cmap.data.time_axis import (
+    TimeAxis,
+    add_time_axis_arguments,
+    resolve_time_axis,
+    time_axis_arguments,
+    time_axis_from_arguments,
+)  # fmt: skip
 from cmap.ml.autoencoders import AutoEncoder
 from cmap.ml.decoders import BandReconstruction
 from cmap.ml.embeddings import PositionalEncoding
@@ -487,3 +494,25 @@ def test_a_multi_year_table_trains_with_the_default_recipe_given_only_its_data(t
     model = load_classifier(next((tmp_path / "run").rglob("last.ckpt")))
     assert model.encoder.num_bands == 2 and model.class_names == ["cotton", "maize", "soy"] and model.num_classes == 3
     assert model.input_contract.time_axis == TimeAxis.from_season_start("09-01")
+
+
+@pytest.mark.parametrize(
+    "axis", [TimeAxis(), TimeAxis.from_reference_date("2019-10-01"), TimeAxis.from_season_start("09-13")]
+)
+def test_time_axis_options_turn_into_the_axis_and_back(axis):
+    """The one set of time-axis options: axis -> options -> axis is the identity; no option gives the
+    default (a checkpoint's axis); a bad value is one InputError naming the options."""
+    parser = argparse.ArgumentParser()
+    add_time_axis_arguments(parser)
+    assert time_axis_from_arguments(parser.parse_args(time_axis_arguments(axis))) == axis
+    assert time_axis_from_arguments(parser.parse_args([]), default=axis) is axis
+    with pytest.raises(InputError, match="time axis options: season_start: '13-45' is not a month-day"):
+        time_axis_from_arguments(parser.parse_args(["--season_start", "13-45"]), default=axis)
+
+
+def test_time_axis_defaults_are_fitted_to_the_first_dates():
+    first = np.array(["2018-09-20", "2019-09-14", "2020-09-13"], dtype="datetime64[D]")
+    assert resolve_time_axis("season_start", first_dates=first) == TimeAxis.from_season_start("09-13")
+    assert resolve_time_axis(first_dates=first) == TimeAxis.from_reference_date("2018-09-20")
+    with pytest.raises(ValueError, match="time axis 'reference_date' needs reference_date"):
+        resolve_time_axis()  # nothing to fit to, and no default

@@ -20,7 +20,8 @@ import numpy as np
 import yaml
 
 from cmap.data import convert, raster, stac
-from cmap.data.contract import TIME_AXIS_RULES, RawValues, TimeAxis
+from cmap.data.contract import RawValues
+from cmap.data.time_axis import TimeAxis, add_time_axis_arguments
 
 READERS = {
     "ucr_crop": convert.read_ucr,
@@ -97,19 +98,7 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
         "--class_names", nargs="+", default=None,
         help="class order (default: sorted; by number when every label is an integer)",
     )  # fmt: skip
-    table.add_argument(
-        "--time_axis", choices=TIME_AXIS_RULES, default=None,
-        help="how dates become days: season_start (days since each sample's season start, --season_start; samples "
-        "of many years), series_start (days since each sample's first date), reference_date (days since "
-        "--reference_date). Default: season_start with --season_start, else reference_date; dates spanning more "
-        "than one season then need an explicit choice",
-    )  # fmt: skip
-    table.add_argument(
-        "--season_start", default=None,
-        help="MM-DD (e.g. 09-01): day 0 is the latest such day on or before each sample's first date (default with "
-        "--time_axis season_start: fitted to the samples' first dates)",
-    )  # fmt: skip
-    table.add_argument("--reference_date", default=None, help="YYYY-MM-DD: day 0 (default: the earliest date)")
+    add_time_axis_arguments(table)
     table.add_argument(
         "--date_format", default=None,
         help="strftime layout of the dates, e.g. %%d/%%m/%%Y (default: ISO 8601, or any layout that reads the same "
@@ -194,10 +183,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.command == "extract":
-        stack = stac.open_stack(
-            args.rasters, args.bands, None, args.pattern, args.scale, args.offset, args.valid_range,
-            args.resolution, args.masked_classes, args.resampling, args.grid_crs, args.bounds,
-        )  # fmt: skip
+        stack = stac.open_stack(RasterSource.from_options(vars(args)), args.bands)
         raw_values = RawValues(stack.scale, stack.offset, stack.valid_range)
         time_axis = stack.season() if args.season_start is None else TimeAxis.from_season_start(args.season_start)
         shapes = raster.read_labels(args.labels, args.label_field, args.x_column, args.y_column, args.crs)

@@ -11,142 +11,20 @@ particular way; ``cmap predict`` and ``cmap map`` must do exactly the same to ne
 - band names (in the order the encoder reads them) and class names (in output order);
 - the per-band normalisation (mean and standard deviation of the training split), applied by
   :meth:`InputContract.model_inputs`, the one normalisation function of the package;
-- the :class:`TimeAxis`: how acquisition dates become the day offsets the encoders see;
+- the :class:`~cmap.data.time_axis.TimeAxis`: how acquisition dates become the day offsets the encoders see;
 - optionally the raw-value convention of the source rasters (:class:`RawValues`), the default of
   ``cmap map``'s ``--scale``, ``--offset`` and ``--valid_range``.
 """
 
-import datetime
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from cmap.data.time_axis import TimeAxis
+
 #: The checkpoint entry holding :meth:`InputContract.to_dict`.
 CHECKPOINT_KEY = "cmap_input_contract"
-
-TIME_AXIS_RULES = ("series_start", "reference_date", "season_start")
-
-
-DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d")
-
-
-def parse_date(text: str | datetime.date, source: str) -> datetime.date:
-    """A ``YYYY-MM-DD`` (or ``YYYYMMDD``) date; the error names ``source``."""
-    if isinstance(text, datetime.date):
-        return text
-    for layout in DATE_FORMATS:
-        try:
-            return datetime.datetime.strptime(str(text), layout).date()
-        except ValueError:
-            pass
-    raise ValueError(f"{source}: cannot parse the date {text!r} (expected YYYY-MM-DD or YYYYMMDD)")
-
-
-def parse_month_day(text: str, what: str = "season_start") -> tuple[int, int]:
-    """``MM-DD`` -> (month, day); 02-29 is refused (it does not occur every year)."""
-    try:
-        month, day = (int(part) for part in str(text).split("-"))
-        datetime.date(2001, month, day)  # a non-leap year: 02-29 fails here
-    except ValueError:
-        raise ValueError(f"{what}: {text!r} is not a month-day MM-DD of every year (e.g. 09-01)") from None
-    return month, day
-
-
-@dataclass(frozen=True)
-class TimeAxis:
-    """How acquisition dates become day offsets (the ``days`` of a batch).
-
-    Rules:
-        ``series_start``: days since each series' first date (the default; for data whose
-            calendar is unknown, or series that all begin at the start of their season).
-        ``reference_date``: days since one fixed ``reference_date`` (``YYYY-MM-DD``): every
-            series of one season, e.g. the pixels of one year's raster stack.
-        ``season_start``: days since the latest ``season_start`` (``MM-DD``, e.g. ``09-01``) on or
-            before each series' first date: samples of many years, each within one season. A
-            model then sees the day of the season, never the calendar year.
-
-    A map of a raster stack is one series in time: its days follow the same rule, so a stack that
-    starts later than the training data (a missing first image) still gets the training days.
-    """
-
-    rule: str = "series_start"
-    reference_date: str | None = None
-    season_start: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.rule not in TIME_AXIS_RULES:
-            raise ValueError(f"time axis rule must be one of {TIME_AXIS_RULES}, got {self.rule!r}")
-        needs = {"reference_date": self.reference_date, "season_start": self.season_start}
-        for name, value in needs.items():
-            if (self.rule == name) != (value is not None):
-                raise ValueError(
-                    f"time axis {self.rule!r} "
-                    + (f"needs {name}" if self.rule == name else f"takes no {name} (got {value!r})")
-                )
-        if self.reference_date is not None:
-            object.__setattr__(self, "reference_date", str(parse_date(self.reference_date, "reference_date")))
-        if self.season_start is not None:
-            month, day = parse_month_day(self.season_start)
-            object.__setattr__(self, "season_start", f"{month:02d}-{day:02d}")
-
-    @classmethod
-    def from_reference_date(cls, date: str | datetime.date) -> "TimeAxis":
-        return cls("reference_date", reference_date=str(parse_date(date, "reference_date")))
-
-    @classmethod
-    def from_season_start(cls, month_day: str) -> "TimeAxis":
-        return cls("season_start", season_start=month_day)
-
-    @classmethod
-    def fit_season(cls, first_dates: np.ndarray) -> "TimeAxis":
-        """The ``season_start`` axis that fits series starting on ``first_dates`` best: among their
-        month-days, the one that puts every first date closest to day 0 (the largest offset is the
-        smallest). MODIS 16-day composites start on 09-14, or 09-13 in leap years: 09-13 wins."""
-        first = np.unique(np.asarray(first_dates, dtype="datetime64[D]"))
-        candidates = sorted({str(date)[5:].replace("02-29", "02-28") for date in first})
-        axes = [cls.from_season_start(month_day) for month_day in candidates]
-        return min(axes, key=lambda axis: int((first - axis.anchors(first)).astype(np.int64).max()))
-
-    def anchors(self, first_dates: np.ndarray) -> np.ndarray:
-        """Day 0 (datetime64[D]) of series whose first dates are ``first_dates`` (datetime64[D], any shape)."""
-        first = np.asarray(first_dates, dtype="datetime64[D]")
-        if self.rule == "series_start":
-            return first
-        if self.rule == "reference_date":
-            return np.full(first.shape, np.datetime64(self.reference_date, "D"))
-        month, day = parse_month_day(self.season_start)
-        # The season start in each first date's year (month arithmetic, then the day), else a year before.
-        months = first.astype("datetime64[Y]").astype("datetime64[M]") + (month - 1)
-        this_year = months.astype("datetime64[D]") + (day - 1)
-        last_year = (months - 12).astype("datetime64[D]") + (day - 1)
-        return np.where(this_year <= first, this_year, last_year)
-
-    def days(self, dates: Sequence[datetime.date] | np.ndarray) -> np.ndarray:
-        """int64 (T,) day offsets of one series' (or one raster stack's) sorted dates."""
-        dates = np.asarray(dates, dtype="datetime64[D]")
-        if dates.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        days = (dates - self.anchors(dates.min())).astype(np.int64)
-        if (days < 0).any():
-            first = dates[np.flatnonzero(days < 0)[0]]
-            raise ValueError(f"date {first} lies before day 0 of the time axis {self.describe()}")
-        return days
-
-    def describe(self) -> str:
-        if self.rule == "reference_date":
-            return f"days since {self.reference_date}"
-        if self.rule == "season_start":
-            return f"days since each series' latest {self.season_start}"
-        return "days since each series' first date"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, content: dict[str, Any]) -> "TimeAxis":
-        return cls(**content)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cmap.data.contract import RawValues, TimeAxis
+from cmap.data.contract import RawValues
 from cmap.data.datamodule import PixelSeries
 from cmap.data.store import write_store
+from cmap.data.time_axis import TimeAxis, resolve_time_axis
 from cmap.data.ucr import UCR_CROP_CLASSES, read_ucr_crop
 from cmap.outputs import InputError, MissingInput
 
@@ -445,23 +446,6 @@ def class_order(labels) -> list[str]:
     return sorted(labels)
 
 
-def resolve_time_axis(
-    first_dates: np.ndarray,
-    time_axis: TimeAxis | str | None,
-    reference_date: str | None,
-    season_start: str | None,
-) -> TimeAxis:
-    """The table's :class:`TimeAxis` from the options (see :func:`read_table`)."""
-    if isinstance(time_axis, TimeAxis):
-        return time_axis
-    rule = time_axis or ("season_start" if season_start else "reference_date")
-    if rule == "season_start" and season_start is None:
-        season_start = TimeAxis.fit_season(first_dates).season_start
-    if rule == "reference_date" and reference_date is None:
-        reference_date = str(first_dates.min())
-    return TimeAxis(rule, reference_date, season_start)  # checks the rule and the options it takes
-
-
 def read_table(
     path: str | Path,
     bands: Sequence[str],
@@ -534,7 +518,11 @@ def read_table(
     np.minimum.at(first_dates, codes, dates)
     explicit = time_axis is not None or reference_date is not None or season_start is not None
     try:
-        axis = resolve_time_axis(first_dates, time_axis, reference_date, season_start)
+        axis = (
+            time_axis
+            if isinstance(time_axis, TimeAxis)
+            else resolve_time_axis(time_axis, reference_date, season_start, first_dates)
+        )
     except ValueError as error:  # a malformed --season_start or --reference_date, or a missing one
         raise InputError(f"{path}: {error}") from None
     if not explicit and (dates.max() - dates.min()).astype(np.int64) >= ONE_SEASON_DAYS:

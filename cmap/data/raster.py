@@ -45,8 +45,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
-from cmap.data.contract import TimeAxis, parse_date
 from cmap.data.datamodule import PixelSeries
+from cmap.data.time_axis import TimeAxis, parse_date
 from cmap.outputs import InputError, MissingInput
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")

@@ -45,8 +45,9 @@ import numpy as np
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import Sampler
 
-from cmap.data.contract import RawValues, TimeAxis
+from cmap.data.contract import RawValues
 from cmap.data.datamodule import PixelSeries, SeriesDataset, SITSDataModule, batch_loader, kfold_split
+from cmap.data.time_axis import TimeAxis, resolve_time_axis, time_axis_arguments
 from cmap.outputs import check_outputs, fsync_path, remove_stale_partials
 
 FORMAT = "cmap-series"
@@ -213,8 +214,7 @@ def store_time_axis(metadata: dict[str, Any]) -> TimeAxis:
     """The store's time axis (stores written before it was recorded have ``reference_date`` or nothing)."""
     if "time_axis" in metadata:
         return TimeAxis.from_dict(metadata["time_axis"])
-    reference_date = metadata.get("reference_date")
-    return TimeAxis() if reference_date is None else TimeAxis.from_reference_date(reference_date)
+    return resolve_time_axis(reference_date=metadata.get("reference_date"), default=TimeAxis())
 
 
 def store_raw_values(metadata: dict[str, Any]) -> RawValues | None:
@@ -264,18 +264,9 @@ def read_store_pair(path: str | Path, test_path: str | Path | None, class_subset
             raise ValueError(
                 f"{test_path}: time axis {store_time_axis(test_metadata).describe()} differs from {path}'s "
                 f"{axis.describe()}: convert the test table with the training store's time axis: "
-                f"{axis_options(axis)}"
+                f"{' '.join(time_axis_arguments(axis))}"
             )
     return metadata
-
-
-def axis_options(axis: TimeAxis) -> str:
-    """The ``cmap convert table`` options that give ``axis``."""
-    if axis.rule == "reference_date":
-        return f"--reference_date {axis.reference_date}"
-    if axis.rule == "season_start":
-        return f"--time_axis season_start --season_start {axis.season_start}"
-    return "--time_axis series_start"
 
 
 def relabel(series: PixelSeries, names: list[str], class_names: list[str]) -> PixelSeries:
