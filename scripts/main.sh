@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: set up, train a TempCNN on UCR Crop from scratch (20 epochs, about 2 minutes on a
+# The main job: set up, train a TempCNN on UCR Crop from scratch (20 epochs, about 2 minutes on an idle
 # 2-core CPU), then print the test metrics of the trained model (test OA 0.784, seed 0).
 # The full recipe of the README's results table, a transformer of 80 epochs (0.768, ~20 min per
 # seed on this CPU), is one command away:
@@ -10,3 +10,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/cmap fit --config configs/ucr_crop_tempcnn.yaml --test_after_fit true "$@"
+# The summary's commands (cmap, tensorboard) are installed in .venv/bin, not on the shell's PATH.
+echo "To run the commands above: source .venv/bin/activate (once per shell; or prefix them with .venv/bin/)"

@@ -1,4 +1,5 @@
-"""The README's commands parse: each ``cmap`` command of its bash blocks is parsed as written.
+"""The documented commands parse: each ``cmap`` command of the bash blocks of the README and of the
+documentation pages (``docs/*.md``) is parsed as written.
 
 LightningCLI and ``cmap map`` commands get ``--print_config`` (parsed and resolved, nothing run);
 the argparse commands (``convert``, ``extract``, ``export``) are parsed and stopped before they run.
@@ -7,6 +8,7 @@ the argparse commands (``convert``, ``extract``, ``export``) are parsed and stop
 import argparse
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -14,10 +16,13 @@ from cmap.cli import main as cmap_main
 
 from .conftest import REPO
 
+#: the pages whose bash blocks hold commands a user copies: the README and every documentation page.
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
-def readme_commands() -> list[list[str]]:
-    """Every ``cmap`` command line of the README's bash blocks (continuations joined), from ``cmap`` on."""
-    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+
+def documented_commands(document: Path) -> list[list[str]]:
+    """Every ``cmap`` command line of ``document``'s bash blocks (continuations joined), from ``cmap`` on."""
+    blocks = re.findall(r"```bash\n(.*?)```", document.read_text(), flags=re.S)
     commands = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
@@ -32,16 +37,31 @@ class Parsed(Exception):
     """Raised instead of running a command whose arguments parsed."""
 
 
-COMMANDS = readme_commands()
+COMMANDS = [
+    (document.relative_to(REPO), command) for document in DOCUMENTS for command in documented_commands(document)
+]
 
 
-def test_the_readme_has_commands_of_every_kind():
-    kinds = {command[0] for command in COMMANDS}
-    assert {"fit", "test", "predict", "map", "convert", "extract", "export"} <= kinds, kinds
+def test_the_documents_have_commands_of_every_kind():
+    kinds = {command[0] for _, command in COMMANDS}
+    assert {"fit", "test", "predict", "map", "area", "convert", "extract", "export"} <= kinds, kinds
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c)[:60] for c in COMMANDS])
-def test_readme_command_parses(command, monkeypatch, capsys):
+def test_the_readme_walks_the_main_path():
+    """The README's own commands go data -> store -> fit -> checkpoint -> map -> area."""
+    kinds = [command[0] for document, command in COMMANDS if document.name == "README.md"]
+    assert [kind for kind in kinds if kind in ("convert", "fit", "map", "area")][:4] == [
+        "convert",
+        "fit",
+        "map",
+        "area",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("document", "command"), COMMANDS, ids=[f"{document}: {' '.join(command)[:60]}" for document, command in COMMANDS]
+)
+def test_documented_command_parses(document, command, monkeypatch, capsys):
     if command[0] in ("convert", "extract", "export"):
 
         def parse_only(parser, args=None, namespace=None):
