@@ -62,7 +62,8 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from cmap.cli import CMapCLI
 from cmap.data import convert
-from cmap.data.datamodule import PixelSeries, SITSDataModule
+from cmap.data.datamodule import SITSDataModule
+from cmap.data.series import PixelSeries
 from cmap.data.store import read_metadata
 
 #: The default recipe (``--recipe default``): a user's own data, nothing to tune.

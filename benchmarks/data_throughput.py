@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from common import SEED_BANDS, SEED_CLASSES, seed_model, training_arm
 
-from cmap.data.store import SeriesStore, write_metadata
+from cmap.data.store import write_metadata
+from cmap.data.store_datamodule import SeriesStore
 from cmap.data.streaming import StreamingSeriesStore
 
 BANDS = [f"b{i + 1}" for i in range(SEED_BANDS)]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cmap.data.datamodule import PixelSeries
+from cmap.data.series import PixelSeries
 
 #: Every peer, in the report's order.
 PEERS = ("minirocket", "multirocket", "hydra", "forest")

@@ -57,15 +57,10 @@ from torch.utils.data import DataLoader, RandomSampler
 from cmap.data import UCRCrop
 from cmap.data.contract import InputContract
 from cmap.data.convert import read_mato_grosso
-from cmap.data.datamodule import (
-    PixelSeries,
-    SeriesDataset,
-    batch_loader,
-    kfold_split,
-    normalisation_statistics,
-    per_class_subset,
-)
 from cmap.data.perturbations import Augmentation, ContiguousDates, NoiseContamination, RandomDates
+from cmap.data.series import PixelSeries, SeriesDataset, batch_loader
+from cmap.data.splits import kfold_split, per_class_subset
+from cmap.data.statistics import normalisation_statistics
 from cmap.ml.autoencoders import AutoEncoder
 from cmap.ml.classifiers import Classifier
 from cmap.ml.consistency import Consistency

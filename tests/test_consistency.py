@@ -19,7 +19,7 @@ from torch.utils.data import DistributedSampler
 
 from cmap.data import SeriesStore, StreamingSeriesStore, open_store, write_store
 from cmap.data.convert import read_mato_grosso
-from cmap.data.streaming import RowDataset, RowStream
+from cmap.data.sampling import RowDataset, RowStream
 from cmap.ml.consistency import RUNNING_MEANS, Consistency, Teacher, concat_batches
 
 from .conftest import (
@@ -394,7 +394,7 @@ def test_a_classifier_trains_with_consistency_on_a_streaming_store(stores):
 
 
 def wrong_bands(folder, class_names):
-    from cmap.data.datamodule import PixelSeries
+    from cmap.data.series import PixelSeries
 
     path = folder / "two_bands"
     if not path.exists():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cmap.data import PixelSeries, SyntheticSITS, UCRCrop
-from cmap.data.datamodule import stratified_split
+from cmap.data.splits import stratified_split
 from cmap.data.ucr import UCR_CROP_CLASSES, read_ucr_crop
 
 

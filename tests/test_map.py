@@ -245,7 +245,7 @@ def test_checkpoint_band_count_mismatch_is_named(tmp_path):
     stack_bands = synthetic_stack(tmp_path / "rasters")
     store = tmp_path / "store"
     rng = np.random.default_rng(0)
-    from cmap.data.datamodule import PixelSeries
+    from cmap.data.series import PixelSeries
 
     series = PixelSeries(rng.random((60, 3, 2), dtype=np.float32), np.tile([0, 30, 61], (60, 1)),
                          np.arange(60) % 2, "synthetic")  # fmt: skip

@@ -11,7 +11,8 @@ import pytest
 from cmap.cli import main as cmap_main
 from cmap.data import SeriesStore, open_store
 from cmap.data.convert import read_table, read_victoria
-from cmap.data.datamodule import PixelSeries, group_split, kfold_split, stratified_split
+from cmap.data.series import PixelSeries
+from cmap.data.splits import group_split, kfold_split, stratified_split
 
 from .conftest import SHARED_DATA, require
 

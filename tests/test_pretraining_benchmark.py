@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import pretraining  # noqa: E402
 
-from cmap.data.datamodule import PixelSeries  # noqa: E402
+from cmap.data.series import PixelSeries  # noqa: E402
 
 NUM_CLASSES, PER_CLASS, DATES, BANDS = 3, 12, 8, 2
 

@@ -26,7 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cmap.cli import CMapCLI
 from cmap.data import SeriesStore, UCRCrop
 from cmap.data.__main__ import main as convert_main
-from cmap.data.datamodule import PixelSeries
+from cmap.data.series import PixelSeries
 from cmap.data.store import open_store, write_store
 from cmap.data.ucr import UCR_CROP_CLASSES, read_ucr_crop
 from cmap.ml.fault_tolerance import INTERRUPTED

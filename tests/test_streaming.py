@@ -7,8 +7,8 @@ import pytest
 
 from cmap.data import SeriesStore, StreamingSeriesStore, write_store
 from cmap.data.convert import read_mato_grosso
-from cmap.data.datamodule import PixelSeries
-from cmap.data.streaming import RowPermutation, unit_hash
+from cmap.data.sampling import RowPermutation, unit_hash
+from cmap.data.series import PixelSeries
 from cmap.ml.autoencoders import AutoEncoder
 from cmap.ml.decoders import BandReconstruction
 

@@ -7,8 +7,8 @@ import torch
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from cmap.data import SeriesStore, UCRCrop, write_store
-from cmap.data.datamodule import PixelSeries
 from cmap.data.perturbations import RandomDates
+from cmap.data.series import PixelSeries
 from cmap.ml.autoencoders import AutoEncoder
 from cmap.ml.decoders import BandReconstruction
 from cmap.ml.metrics import ClassScores

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cmap.data.contract import RawValues
-from cmap.data.datamodule import PixelSeries
+from cmap.data.series import PixelSeries
 from cmap.data.store import write_store
 from cmap.data.time_axis import TimeAxis, resolve_time_axis
 from cmap.data.ucr import UCR_CROP_CLASSES, read_ucr_crop

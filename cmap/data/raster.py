@@ -45,7 +45,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
-from cmap.data.datamodule import PixelSeries
+from cmap.data.series import PixelSeries
 from cmap.data.time_axis import TimeAxis, parse_date
 from cmap.outputs import InputError, MissingInput
 

@@ -13,7 +13,7 @@
       groups.npy      int64   (N,)       parcel / polygon id, for leakage-free splits   [optional]
       sample_ids.npy  str     (N,)       the source's sample ids (fixed-width unicode)  [optional]
 
-Why ``.npy`` files: a batch reads B random rows; :class:`NpyRows` reads exactly those rows with
+Why ``.npy`` files: a batch reads B random rows; :class:`~cmap.data.rows.NpyRows` reads exactly those rows with
 one positioned read each (``os.pread``), no decoding, no extra dependency, and the operating
 system's page cache as the only cache, so a store larger than memory trains with flat memory. (A
 memory map would do too, but each page fault maps up to 64 KiB around an 864-byte row into the
@@ -37,16 +37,14 @@ import json
 import os
 import shutil
 from dataclasses import replace
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import Sampler
 
 from cmap.data.contract import RawValues
-from cmap.data.datamodule import PixelSeries, SeriesDataset, SITSDataModule, batch_loader, kfold_split
+from cmap.data.rows import NpyRows, RelabelledRows
+from cmap.data.series import PixelSeries
 from cmap.data.time_axis import TimeAxis, resolve_time_axis, time_axis_arguments
 from cmap.outputs import check_outputs, fsync_path, remove_stale_partials
 
@@ -222,23 +220,6 @@ def store_raw_values(metadata: dict[str, Any]) -> RawValues | None:
     return None if content is None else RawValues.from_dict(content)
 
 
-def use_stores(module: Any, path: str, test_path: str | None, fold: int | None, num_folds: int) -> None:
-    """Point a data module at a training store and its test store or fold, and take the stores'
-    band names, class names, time axis and raw values (shared by the in-memory and the streaming module).
-    The test store may hold some of the training classes, in any order: both modules open it with
-    :func:`open_test_store`, which reads its labels by name."""
-    if test_path is not None and fold is not None:
-        raise ValueError("give test_path or fold, not both")
-    module.path = Path(path)
-    module.test_path = None if test_path is None else Path(test_path)
-    module.fold, module.num_folds = fold, num_folds
-    metadata = read_store_pair(module.path, module.test_path, class_subset=True)
-    module.source_class_names = metadata["class_names"]
-    module.band_names = metadata["band_names"]
-    module.time_axis = store_time_axis(metadata)
-    module.raw_values = store_raw_values(metadata)
-
-
 def read_store_pair(path: str | Path, test_path: str | Path | None, class_subset: bool = False) -> dict[str, Any]:
     """The metadata of a training store, checked against its test store's: same bands, time axis and
     classes (or, with ``class_subset``, some of the training classes in any order). Errors say how
@@ -272,8 +253,8 @@ def read_store_pair(path: str | Path, test_path: str | Path | None, class_subset
 def relabel(series: PixelSeries, names: list[str], class_names: list[str]) -> PixelSeries:
     """``series`` whose labels index ``names`` (a test store's classes), with labels indexing
     ``class_names`` (the training store's, which hold every name) instead; -1 (unlabelled) stays.
-    Labels read on demand (:class:`NpyRows`, ``open_store(lazy=True)``) stay so: they are mapped
-    as they are read (:class:`RelabelledRows`)."""
+    Labels read on demand (:class:`~cmap.data.rows.NpyRows`, ``open_store(lazy=True)``) stay so: they are mapped
+    as they are read (:class:`~cmap.data.rows.RelabelledRows`)."""
     if series.labels is None or not names or list(names) == list(class_names):
         return series
     lookup = np.array([class_names.index(name) for name in names], dtype=np.int64)
@@ -281,110 +262,11 @@ def relabel(series: PixelSeries, names: list[str], class_names: list[str]) -> Pi
     return replace(series, labels=labels if isinstance(series.labels, NpyRows) else labels[:])
 
 
-class RelabelledRows:
-    """Labels (an array or :class:`NpyRows`) mapped through ``lookup`` as they are read:
-    ``rows[index]`` is ``lookup[labels[index]]``, -1 (unlabelled) staying -1 (:func:`relabel`).
-
-    A label outside [-1, ``len(lookup)``) is an error naming ``source`` and its row (lazily read
-    labels are checked only as they are read).
-    """
-
-    def __init__(self, labels: Any, lookup: np.ndarray, source: str) -> None:
-        self.labels, self.lookup, self.source = labels, lookup, source
-        self.shape, self.ndim, self.dtype = tuple(labels.shape), 1, np.dtype(np.int64)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: np.ndarray | slice | int) -> np.ndarray:
-        raw = np.asarray(self.labels[index], dtype=np.int64)
-        bad = (raw < -1) | (raw >= len(self.lookup))
-        if bad.any():
-            first = int(np.flatnonzero(np.atleast_1d(bad))[0])
-            rows = range(len(self))[index] if isinstance(index, slice) else np.atleast_1d(index)
-            raise ValueError(
-                f"{self.source}: row {int(rows[first])} holds label {int(np.atleast_1d(raw)[first])}, expected -1 "
-                f"(unlabelled) or a class index in [0, {len(self.lookup)}) of metadata.json's class_names"
-            )
-        return np.where(raw >= 0, self.lookup[np.maximum(raw, 0)], raw)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        """Every label (reads them all: for small stores and tests)."""
-        labels = self[:]
-        return labels if dtype is None else labels.astype(dtype)
-
-
 def open_test_store(folder: str | Path, class_names: list[str], lazy: bool = False) -> PixelSeries:
     """A test store's series (:func:`open_store`), whose classes may be some of ``class_names`` (the
     training store's) in any order, with labels indexing ``class_names``: read by name (:func:`relabel`)."""
     series, metadata = open_store(folder, lazy)
     return relabel(series, metadata["class_names"], class_names)
-
-
-class NpyRows:
-    """Rows of a ``.npy`` array read on demand with positioned reads; ``rows[index]`` -> ndarray.
-
-    Supports what the data module needs of an array: ``shape``, ``ndim``, ``dtype``, ``len`` and
-    indexing the first axis by an integer array, a slice or an integer.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        with open(self.path, "rb") as file:
-            try:
-                major, _ = np.lib.format.read_magic(file)
-                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                shape, fortran_order, dtype = read_header(file)
-            except ValueError as error:
-                raise ValueError(f"{self.path}: unreadable ({error})") from error
-            self.offset = file.tell()
-        if fortran_order:
-            raise ValueError(f"{self.path}: Fortran-ordered arrays are not supported")
-        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
-        self.ndim = len(self.shape)
-        self.row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:]))
-        expected = self.offset + self.row_bytes * self.shape[0]
-        if self.path.stat().st_size < expected:
-            raise ValueError(
-                f"{self.path}: unreadable (truncated: {self.path.stat().st_size} bytes, expected {expected})"
-            )
-        self._fd: int | None = None
-        self._pid: int | None = None
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def _descriptor(self) -> int:
-        if self._pid != os.getpid():  # DataLoader workers open their own descriptor
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
-        return self._fd
-
-    def __getitem__(self, index: np.ndarray | slice | int) -> np.ndarray:
-        if isinstance(index, (int, np.integer)):
-            return self[np.array([index])][0]
-        rows = np.arange(self.shape[0])[index] if isinstance(index, slice) else np.asarray(index, dtype=np.int64)
-        if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):
-            raise IndexError(f"{self.path}: rows outside [0, {self.shape[0]})")
-        out = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
-        buffer = memoryview(out.reshape(-1).view(np.uint8))
-        descriptor, size = self._descriptor(), self.row_bytes
-        if len(rows) > 1 and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
-            # Consecutive rows (chunked scans): one read.
-            if os.preadv(descriptor, [buffer], self.offset + int(rows[0]) * size) != len(rows) * size:
-                raise ValueError(f"{self.path}: short read at rows {rows[0]}..{rows[-1]}")
-            return out
-        for i, row in enumerate(rows.tolist()):
-            if os.preadv(descriptor, [buffer[i * size : (i + 1) * size]], self.offset + row * size) != size:
-                raise ValueError(f"{self.path}: short read at row {row}")
-        return out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        """Every row (reads the whole array: for small stores and tests)."""
-        rows = self[:]
-        return rows if dtype is None else rows.astype(dtype)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_fd": None, "_pid": None}
 
 
 def open_store(folder: str | Path, lazy: bool = False) -> tuple[PixelSeries, dict[str, Any]]:
@@ -435,149 +317,3 @@ def open_store(folder: str | Path, lazy: bool = False) -> tuple[PixelSeries, dic
         )
     series = PixelSeries(arrays["values"], arrays["days"], arrays["labels"], str(folder), arrays["groups"], sample_ids)
     return series, metadata
-
-
-class UnlabelledSeries:
-    """The ``unlabelled`` option of the store data modules (:class:`SeriesStore` and
-    :class:`~cmap.data.streaming.StreamingSeriesStore`): a store of unlabelled series whose batches
-    come with every labelled training batch, for a :class:`~cmap.ml.classifiers.Classifier` with
-    ``consistency``.
-
-    A mixin, listed before the data module's base class: :meth:`setup` and :meth:`train_dataloader`
-    extend the base's (``fit`` opens the store; training steps become ``{"labelled": Batch,
-    "unlabelled": Batch}`` of a ``CombinedLoader``). A data module says how the unlabelled series are
-    indexed with :meth:`unlabelled_dataset`; :meth:`unlabelled_sampler` draws them, in every process
-    of a multi-process fit (DDP) its own share.
-    """
-
-    def use_unlabelled(self, unlabelled: str | None, unlabelled_ratio: int) -> None:
-        """Take the ``unlabelled`` store (checked against the training store's bands and time axis)."""
-        if unlabelled_ratio < 1:
-            raise ValueError(f"unlabelled_ratio must be >= 1, got {unlabelled_ratio}")
-        self.unlabelled = None if unlabelled is None else Path(unlabelled)
-        self.unlabelled_ratio = unlabelled_ratio
-        if self.unlabelled is not None:
-            metadata = read_metadata(self.unlabelled)
-            if metadata["band_names"] != self.band_names or store_time_axis(metadata) != self.time_axis:
-                raise ValueError(
-                    f"{self.unlabelled}: bands {metadata['band_names']} and time axis "
-                    f"{store_time_axis(metadata).describe()} must be those of {self.path}: {self.band_names}, "
-                    f"{self.time_axis.describe()}"
-                )
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if stage == "fit" and self.unlabelled is not None and "unlabelled" not in self.datasets:
-            series = open_store(self.unlabelled, lazy=True)[0]
-            if len(series) == 0:
-                raise ValueError(f"{self.unlabelled}: the unlabelled store is empty")
-            inputs = PixelSeries(series.values, series.days, None, series.source)  # labels never read
-            self.datasets["unlabelled"] = self.unlabelled_dataset(inputs)  # normalised as the labelled series
-
-    def unlabelled_dataset(self, series: PixelSeries) -> SeriesDataset:
-        """The unlabelled series as a dataset, with the input contract of the labelled ones."""
-        return SeriesDataset(series, np.arange(len(series)), self.input_contract)
-
-    def unlabelled_sampler(self, dataset: SeriesDataset, num_samples: int, num_replicas: int, rank: int) -> Sampler:
-        """``num_samples`` of ``dataset``'s series per epoch, this process (``rank`` of ``num_replicas``)
-        drawing its share of them (:class:`~cmap.data.streaming.RowStream`: pseudo-random
-        permutations of the store one after the other, every series once before any again, across
-        epochs and processes; no index or order in memory). The draw is fixed by the data module's
-        ``seed``, ``seed_everything``'s (``PL_GLOBAL_SEED``, as Lightning's ``DistributedSampler``)
-        and the epoch (``set_epoch``), the same in every process."""
-        from cmap.data.streaming import RowStream  # streaming.py imports this module
-
-        seed = (self.seed, int(os.environ.get("PL_GLOBAL_SEED", 0)))
-        return RowStream(len(dataset), num_samples, seed, num_replicas, rank)
-
-    def _labelled_shares(self) -> tuple[int, int]:
-        """(processes, this one's rank) among which Lightning shares out the labelled training series:
-        (1, 0) outside a multi-process fit, or where the fit keeps every series in every process
-        (``Trainer(use_distributed_sampler=False)``)."""
-        trainer = getattr(self, "trainer", None)
-        shares = None if trainer is None else trainer.distributed_sampler_kwargs
-        # The Trainer's use_distributed_sampler, as Lightning's data connector reads it.
-        if not shares or not getattr(trainer._accelerator_connector, "use_distributed_sampler", True):
-            return 1, 0
-        return int(shares["num_replicas"]), int(shares["rank"])
-
-    def train_dataloader(self) -> Any:
-        """The labelled batches, or, with ``unlabelled``, ``{"labelled": Batch, "unlabelled": Batch}``
-        steps: ``unlabelled_ratio`` times as many unlabelled series (:meth:`unlabelled_sampler`), as
-        many batches as the labelled loader's.
-
-        Under DDP, Lightning gives each of the ``W`` processes ``ceil(N / W)`` of the ``N`` labelled
-        training series (its ``DistributedSampler``); the unlabelled sampler is one already (Lightning
-        leaves it as it is) and gives each ``unlabelled_ratio`` times as many, different series in
-        each process. (Lightning's replacement of a ``RandomSampler(num_samples=...)`` would give each
-        process ``1 / W`` of the whole unlabelled store instead, and the ``CombinedLoader``, which stops
-        at its shorter loader, would cut the epoch short where that is the fewer.)"""
-        labelled = super().train_dataloader()
-        if "unlabelled" not in self.datasets:
-            return labelled
-        dataset, ratio = self.datasets["unlabelled"], self.unlabelled_ratio
-        num_replicas, rank = self._labelled_shares()
-        share = -(-len(labelled.sampler) // num_replicas)  # labelled series per process and epoch
-        sampler = self.unlabelled_sampler(dataset, ratio * share * num_replicas, num_replicas, rank)
-        unlabelled = batch_loader(
-            dataset, ratio * self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, drop_last=labelled.drop_last,
-        )  # fmt: skip
-        return CombinedLoader({"labelled": labelled, "unlabelled": unlabelled})
-
-
-class SeriesStore(UnlabelledSeries, SITSDataModule):
-    """Data module over stores written by :func:`write_store` (or ``cmap convert``).
-
-    The test series come from ``test_path`` (a second store with the same bands and time axis, and
-    the training classes or some of them, in any order: labels are read by name) or,
-    for datasets evaluated by cross-validation, from fold ``fold`` of ``num_folds`` (whole groups
-    when the store has groups, stratified by class otherwise); training and validation series are
-    the rest.
-
-    Args:
-        path: the store with the training series.
-        test_path: a store with the test series.
-        fold: with ``num_folds``, the cross-validation fold used as the test split.
-        num_folds: number of cross-validation folds.
-        unlabelled: a store of unlabelled series (same bands and time axis; labels, if any, are never
-            read), e.g. every pixel of the area to map: each training batch then comes with
-            ``unlabelled_ratio`` times as many of them, as ``{"labelled": Batch, "unlabelled": Batch}``,
-            for a :class:`~cmap.ml.classifiers.Classifier` with ``consistency``.
-        unlabelled_ratio: unlabelled series per labelled one in a training step (FixMatch's mu).
-        **kwargs: the other :class:`~cmap.data.datamodule.SITSDataModule` arguments (batch_size,
-            num_workers, val_fraction, seed, augmentation, labels_per_class, class_map).
-    """
-
-    def __init__(
-        self,
-        path: str,
-        test_path: str | None = None,
-        fold: int | None = None,
-        num_folds: int = 5,
-        unlabelled: str | None = None,
-        unlabelled_ratio: int = 4,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        use_stores(self, path, test_path, fold, num_folds)
-        self.use_unlabelled(unlabelled, unlabelled_ratio)
-
-    @cached_property
-    def _series(self) -> PixelSeries:
-        return open_store(self.path)[0]
-
-    @cached_property
-    def _folds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Indices (training, test) of the cross-validation fold."""
-        return kfold_split(self._series, self.num_folds, self.fold, self.seed)
-
-    def load_train(self) -> PixelSeries:
-        return self._series if self.fold is None else self._series.subset(self._folds[0])
-
-    def load_test(self) -> PixelSeries:
-        if self.fold is not None:
-            return self._series.subset(self._folds[1])
-        if self.test_path is None:
-            raise ValueError(f"{self.path}: no test split: give test_path or fold")
-        return open_test_store(self.test_path, self.source_class_names)

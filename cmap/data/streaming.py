@@ -1,14 +1,14 @@
 """Stores larger than memory with resident memory that does not grow with them.
 
-:class:`~cmap.data.store.SeriesStore` keeps three arrays per series in memory (labels, the split's
+:class:`~cmap.data.store_datamodule.SeriesStore` keeps three arrays per series in memory (labels, the split's
 row index, the shuffled order): about 24 bytes per series, 2.4 GB at 100 million. The
 :class:`StreamingSeriesStore` keeps none of them:
 
 - **splits are a function of the row** (or of its group): a series is in the test fold, the
-  validation split or training according to a hash of its row number (:func:`unit_hash`), so no
+  validation split or training according to a hash of its row number (:func:`~cmap.data.sampling.unit_hash`), so no
   index is stored; split sizes are only *about* ``val_fraction`` (binomial), and not stratified
   by class;
-- **shuffling is a pseudo-random permutation computed on the fly** (:class:`RowPermutation`, a
+- **shuffling is a pseudo-random permutation computed on the fly** (:class:`~cmap.data.sampling.RowPermutation`, a
   Feistel network), a new one each epoch, so no order is stored;
 - **labels (and groups) are read from disk with each batch**, like the values.
 
@@ -17,165 +17,27 @@ and check them. Unlabelled series (label -1) are treated as by ``SeriesStore``: 
 from labels (a ``Classifier``; testing) names the first one as an error; pretraining
 (``needs_labels = False``) and predicting use every series, labels dropped.
 An ``unlabelled`` store (consistency training) is drawn the same way: rows of an endless stream of
-pseudo-random permutations (:class:`RowStream`), no index or order stored, each process of a
+pseudo-random permutations (:class:`~cmap.data.sampling.RowStream`), no index or order stored, each process of a
 multi-process fit (DDP) drawing its own share. ``SeriesStore`` draws its unlabelled series so too.
 """
 
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 
-from cmap.data.contract import InputContract
-from cmap.data.datamodule import PixelSeries, SeriesDataModule, SeriesDataset, no_labels_problem, pass_through
-from cmap.data.store import UnlabelledSeries, open_store, open_test_store, use_stores
-
-CHUNK = 1 << 16
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser, element-wise on uint64 (wrapping arithmetic): a good cheap hash."""
-    x = x.astype(np.uint64, copy=True)
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
-
-
-def unit_hash(keys: np.ndarray, seed: int) -> np.ndarray:
-    """A pseudo-random float64 in [0, 1) for each integer key, fixed by ``seed``."""
-    offset = np.uint64((seed + 1) * int(_GOLDEN) % (1 << 64))  # wraps like uint64, without numpy's warning
-    mixed = splitmix64(np.asarray(keys).astype(np.uint64) + offset)
-    return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-class RowPermutation:
-    """A pseudo-random permutation of ``[0, n)`` evaluated element-wise, without storing it.
-
-    A 4-round Feistel network on the smallest even number of bits covering ``n`` is a bijection of
-    ``[0, 2**bits)``; values that land at or beyond ``n`` are encrypted again ("cycle walking") until
-    they fall inside, which keeps it a bijection of ``[0, n)``. ``2**bits < 4 n``, so few walks.
-    """
-
-    def __init__(self, n: int, seed: int | Sequence[int], rounds: int = 4) -> None:
-        bits = max(2, int(n - 1).bit_length())
-        bits += bits % 2
-        self.n, self.half = n, np.uint64(bits // 2)
-        self.mask = np.uint64((1 << (bits // 2)) - 1)
-        self.keys = [np.uint64(k) for k in np.random.default_rng(seed).integers(0, 2**63, rounds)]
-
-    def _encrypt(self, x: np.ndarray) -> np.ndarray:
-        left, right = x >> self.half, x & self.mask
-        for key in self.keys:
-            left, right = right, left ^ (splitmix64(right ^ key) & self.mask)
-        return (left << self.half) | right
-
-    def __call__(self, positions: np.ndarray) -> np.ndarray:
-        x = self._encrypt(np.asarray(positions).astype(np.uint64))
-        outside = x >= np.uint64(self.n)
-        while outside.any():
-            x[outside] = self._encrypt(x[outside])
-            outside = x >= np.uint64(self.n)
-        return x.astype(np.int64)
-
-
-class RowSampler(Sampler[int]):
-    """The rows of one split, in row order or in a new pseudo-random order each epoch, chunk by chunk.
-
-    The order of epoch ``e`` is fixed by ``seed + e``; each pass counts as the next epoch, and
-    Lightning sets the epoch (``set_epoch``) before each one, so a resumed fit draws the same orders.
-    """
-
-    def __init__(
-        self, num_rows: int, in_split: Callable[[np.ndarray], np.ndarray], length: int, shuffle: bool, seed: int
-    ) -> None:
-        self.num_rows, self.in_split, self.length = num_rows, in_split, length
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-
-    def __len__(self) -> int:
-        return self.length
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        permutation = RowPermutation(self.num_rows, self.seed + self.epoch) if self.shuffle else None
-        self.epoch += 1
-        for start in range(0, self.num_rows, CHUNK):
-            positions = np.arange(start, min(start + CHUNK, self.num_rows))
-            rows = positions if permutation is None else permutation(positions)
-            yield from rows[self.in_split(rows)].tolist()
-
-
-class RowStream(DistributedSampler):
-    """``length`` rows of ``[0, num_rows)`` per epoch, from an endless stream: pseudo-random
-    permutations of every row, one after the other (pass ``p``'s fixed by ``(seed, p)``), epoch ``e``
-    taking positions ``[e * length, (e + 1) * length)`` of it. Each row is drawn once before any is
-    drawn again, across epochs too, and nothing is stored; ``set_epoch`` (Lightning's, before each
-    epoch) makes a resumed fit draw the same rows.
-
-    With several processes, process ``rank`` of ``num_replicas`` takes the ``rank``-th of
-    ``num_replicas`` consecutive shares of the epoch's positions, ``ceil(length / num_replicas)``
-    rows (``len(sampler)``; the last share runs on into the stream where ``length`` does not divide):
-    different rows in each (none twice within a pass over the store), every row still once before
-    any again. A ``DistributedSampler`` (subclass), so Lightning leaves it as it is instead of
-    replacing it (a ``RandomSampler``'s ``num_samples`` would be lost) or listing its rows in memory
-    (``DistributedSamplerWrapper``).
-    """
-
-    def __init__(
-        self, num_rows: int, length: int, seed: int | Sequence[int], num_replicas: int = 1, rank: int = 0
-    ) -> None:
-        if num_rows < 1:
-            raise ValueError(f"RowStream needs rows to draw, got num_rows={num_rows}")
-        super().__init__(range(num_rows), num_replicas=num_replicas, rank=rank, shuffle=True)  # type: ignore[arg-type]
-        self.num_rows, self.length, self.seed = num_rows, length, tuple(np.atleast_1d(seed).tolist())
-        self.num_samples = -(-length // num_replicas)  # this process's rows per epoch
-        self.total_size = self.num_samples * num_replicas
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[int]:
-        first = self.epoch * self.total_size + self.rank * self.num_samples
-        self.epoch += 1  # iterated again without set_epoch (no Lightning): the next rows of the stream
-        for start in range(first, first + self.num_samples, CHUNK):
-            positions = np.arange(start, min(start + CHUNK, first + self.num_samples))
-            passes, offsets = np.divmod(positions, self.num_rows)
-            rows = np.empty_like(offsets)
-            for number in np.unique(passes):
-                inside = passes == number
-                rows[inside] = RowPermutation(self.num_rows, (*self.seed, int(number)))(offsets[inside])
-            yield from rows.tolist()
-
-
-class _Rows:
-    """``index[positions] == positions``: a :class:`RowSampler` yields store rows directly."""
-
-    def __getitem__(self, positions: np.ndarray) -> np.ndarray:
-        return positions
-
-
-class RowDataset(SeriesDataset):
-    """A :class:`SeriesDataset` fetched by store row (no index array); ``len`` is the split's size."""
-
-    def __init__(self, series: Any, length: int, contract: InputContract, augmentation: Any = None) -> None:
-        super().__init__(series, np.empty(0, dtype=np.int64), contract, augmentation)
-        self.index, self.length = _Rows(), length
-
-    def __len__(self) -> int:
-        return self.length
+from cmap.data.datamodule import SeriesDataModule, no_labels_problem
+from cmap.data.sampling import CHUNK, RowDataset, RowPermutation, RowSampler, unit_hash
+from cmap.data.series import PixelSeries, pass_through
+from cmap.data.store import open_store, open_test_store
+from cmap.data.store_datamodule import UnlabelledSeries, use_stores
 
 
 class StreamingSeriesStore(UnlabelledSeries, SeriesDataModule):
     """A data module over a store (:mod:`cmap.data.store`) whose memory does not grow with it (see above).
 
-    The arguments of :class:`~cmap.data.store.SeriesStore` but ``class_map`` and
+    The arguments of :class:`~cmap.data.store_datamodule.SeriesStore` but ``class_map`` and
     ``labels_per_class`` (which need every label in memory). Splits are drawn by hashing each
     series' row (its group id when the store has groups, so no group is split): the test split is
     ``test_path`` or hash fold ``fold`` of ``num_folds``; validation, about ``val_fraction`` of
@@ -189,7 +51,7 @@ class StreamingSeriesStore(UnlabelledSeries, SeriesDataModule):
     dropped. Labels outside [-1, number of classes) are an error naming file, row and label.
 
     An ``unlabelled`` store comes with the training batches as with ``SeriesStore``
-    (:class:`~cmap.data.store.UnlabelledSeries`), its rows drawn by :class:`RowStream`: without
+    (:class:`~cmap.data.store_datamodule.UnlabelledSeries`), its rows drawn by :class:`~cmap.data.sampling.RowStream`: without
     replacement across epochs (a new pseudo-random order at each pass over the store), nothing per
     series in memory, under DDP too (each process draws its own share).
 
@@ -198,7 +60,7 @@ class StreamingSeriesStore(UnlabelledSeries, SeriesDataModule):
     one process (and its workers).
 
     Args:
-        path, test_path, fold, num_folds, unlabelled, unlabelled_ratio: as :class:`~cmap.data.store.SeriesStore`.
+        path, test_path, fold, num_folds, unlabelled, unlabelled_ratio: as :class:`~cmap.data.store_datamodule.SeriesStore`.
         **kwargs: the :class:`~cmap.data.datamodule.SeriesDataModule` arguments (batch_size,
             num_workers, val_fraction, seed, augmentation).
     """

@@ -4,7 +4,8 @@ from typing import Any
 
 import numpy as np
 
-from cmap.data.datamodule import PixelSeries, SITSDataModule
+from cmap.data.datamodule import SITSDataModule
+from cmap.data.series import PixelSeries
 
 
 def synthetic_series(

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cmap.data.datamodule import PixelSeries, SITSDataModule
+from cmap.data.datamodule import SITSDataModule
+from cmap.data.series import PixelSeries
 
 #: Class names of labels 1..24, from the UCR archive's description (French, as the data creators').
 UCR_CROP_CLASSES = [
@@ -36,7 +37,7 @@ def default_ucr_crop_root() -> Path:
 
 
 def read_ucr_crop(path: str | Path, step_days: int = 8) -> PixelSeries:
-    """Read one UCR Crop ``.tsv`` file into a single-band :class:`PixelSeries`."""
+    """Read one UCR Crop ``.tsv`` file into a single-band :class:`~cmap.data.series.PixelSeries`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such UCR Crop file")

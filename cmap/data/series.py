@@ -1,0 +1,162 @@
+"""Pixel series in memory or on disk, and the dataset that normalises them into batches (no Lightning)."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cmap.data.batch import Batch
+from cmap.data.contract import InputContract
+from cmap.data.perturbations import Augmentation
+
+
+@dataclass
+class PixelSeries:
+    """N series of T dates with C bands, in memory or read on demand from a store (:mod:`cmap.data.store`).
+
+    Attributes:
+        values: float32 (N, T, C); NaN marks a missing date (cloud, gap or padding).
+        days: int64 (N, T), day offset of each date on the data's time axis
+            (:class:`~cmap.data.contract.TimeAxis`).
+        labels: int64 (N,) class indices, or None when unlabelled.
+        source: where the series came from, for error messages (a file path).
+        groups: int64 (N,) parcel / polygon ids, or None; splits never separate a group.
+        sample_ids: str (N,) the user's sample ids (e.g. a table's ``sample_id`` column), or None;
+            ``cmap predict`` writes them beside each prediction.
+    """
+
+    values: np.ndarray
+    days: np.ndarray
+    labels: np.ndarray | None
+    source: str
+    groups: np.ndarray | None = None
+    sample_ids: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 3:
+            raise ValueError(f"{self.source}: values must be (samples, dates, bands), got shape {self.values.shape}")
+        if self.days.shape != self.values.shape[:2]:
+            raise ValueError(
+                f"{self.source}: days has shape {self.days.shape}, expected (samples, dates) = {self.values.shape[:2]}"
+            )
+        if self.labels is not None and self.labels.shape != (len(self.values),):
+            raise ValueError(f"{self.source}: labels has shape {self.labels.shape}, expected ({len(self.values)},)")
+        if self.groups is not None and self.groups.shape != (len(self.values),):
+            raise ValueError(f"{self.source}: groups has shape {self.groups.shape}, expected ({len(self.values)},)")
+        if self.sample_ids is not None and self.sample_ids.shape != (len(self.values),):
+            raise ValueError(
+                f"{self.source}: sample_ids has shape {self.sample_ids.shape}, expected ({len(self.values)},)"
+            )
+        if isinstance(self.values, np.ndarray):  # a store was checked when written; never read it whole
+            self.check_valid_dates()
+
+    def check_valid_dates(self) -> None:
+        """Reject series without any valid date: they cannot be encoded."""
+        check_series(self.valid_dates, self.source, np.arange(len(self)))
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def valid_dates(self) -> np.ndarray:
+        """bool (N, T): dates whose every band value is finite."""
+        return np.isfinite(self.values).all(axis=-1)
+
+    def subset(self, index: np.ndarray) -> "PixelSeries":
+        labels = None if self.labels is None else self.labels[index]
+        groups = None if self.groups is None else self.groups[index]
+        sample_ids = None if self.sample_ids is None else self.sample_ids[index]
+        return PixelSeries(self.values[index], self.days[index], labels, self.source, groups, sample_ids)
+
+
+def check_series(mask: np.ndarray, source: str, rows: np.ndarray) -> None:
+    """Reject series whose ``mask`` (N, T) has no valid date, naming the first by its row in ``source``."""
+    empty = ~mask.any(axis=1)
+    if empty.any():
+        raise ValueError(
+            f"{source}: {int(empty.sum())} series have no valid date (every date has a NaN or infinite band "
+            f"value), first at sample index {int(rows[np.flatnonzero(empty)[0]])}; remove them"
+        )
+
+
+def sort_dates(values: np.ndarray, days: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Reorder each series' dates by day when its valid dates are out of order (a repair).
+
+    Converters write dates in order, but a store or table from elsewhere may not; the encoders
+    would not mind (positions are days), but contiguous-date masking and the attention figures
+    assume it. Invalid dates go last. Two valid dates on the same day are kept (overlapping
+    orbits); the table converter alone rejects them, as two rows for one date are ambiguous there.
+    """
+    previous = np.maximum.accumulate(np.where(mask, days, np.iinfo(np.int64).min), axis=1)
+    if not (mask[:, 1:] & (days[:, 1:] < previous[:, :-1])).any():
+        return values, days, mask
+    order = np.argsort(np.where(mask, days, np.iinfo(np.int64).max), axis=1, kind="stable")
+    return (
+        np.take_along_axis(values, order[..., None], axis=1),
+        np.take_along_axis(days, order, axis=1),
+        np.take_along_axis(mask, order, axis=1),
+    )
+
+
+class SeriesDataset(Dataset):
+    """The series ``index`` of a :class:`PixelSeries`, normalised on the fly by ``contract``
+    (:meth:`~cmap.data.contract.InputContract.model_inputs`); batches follow :class:`Batch`.
+
+    Rows are read only when a batch asks for them (``__getitems__``), so a store (:mod:`cmap.data.store`)
+    larger than memory trains with flat memory. Use :func:`batch_loader` (or any DataLoader whose
+    ``collate_fn`` passes batches through): each fetch already returns a whole batch.
+    """
+
+    def __init__(
+        self,
+        series: PixelSeries,
+        index: np.ndarray,
+        contract: InputContract,
+        augmentation: Augmentation | None = None,
+    ) -> None:
+        self.series = series
+        self.index = np.asarray(index, dtype=np.int64)
+        self.contract = contract
+        self.augmentation = augmentation if augmentation is not None and augmentation.active else None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self.series.labels is None else self.series.labels[self.index]
+
+    def __getitems__(self, positions: list[int]) -> Batch:
+        rows = self.index[np.asarray(positions, dtype=np.int64)]
+        order = np.argsort(rows, kind="stable")  # read a store in file order
+        values = np.empty((len(rows),) + self.series.values.shape[1:], dtype=np.float32)
+        values[order] = self.series.values[rows[order]]
+        days = np.empty((len(rows),) + self.series.days.shape[1:], dtype=np.int64)
+        days[order] = self.series.days[rows[order]]
+        # A date with any NaN or infinite band value is masked, like a cloud.
+        values, mask = self.contract.model_inputs(values)
+        check_series(mask, self.series.source, rows)  # stores are read here first, not when opened
+        values, days, mask = sort_dates(values, days, mask)
+        batch = Batch(
+            values=torch.from_numpy(values),
+            days=torch.from_numpy(days),
+            mask=torch.from_numpy(mask),
+        )
+        if self.series.labels is not None:
+            batch["label"] = torch.from_numpy(self.series.labels[rows].astype(np.int64))
+        return self.augmentation(batch) if self.augmentation is not None else batch
+
+    def __getitem__(self, position: int) -> Batch:
+        return {key: value[0] for key, value in self.__getitems__([position]).items()}
+
+
+def pass_through(batch: Batch) -> Batch:
+    """``collate_fn`` for :class:`SeriesDataset`, whose fetches are already batches."""
+    return batch
+
+
+def batch_loader(dataset: SeriesDataset, batch_size: int, shuffle: bool = False, **kwargs: Any) -> DataLoader:
+    """A DataLoader over a :class:`SeriesDataset` (one fetch per batch)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=pass_through, **kwargs)
