@@ -116,6 +116,9 @@ class Consistency:
         self.class_mean: Tensor | None = None
         self.adaptive_class_mean: Tensor | None = None
         self.adaptive_level: Tensor | None = None
+        # Days added to the weak view's dates (TimeMatch's shift-corrected pseudo-labels), set during a fit by
+        # cmap.ml.adaptation.SeasonAdaptation once it has estimated the target's shift; 0: none.
+        self.weak_day_shift = 0
 
     def state_dict(self) -> dict[str, Tensor]:
         """The running means started so far (none before the first step), for a checkpoint."""
@@ -128,6 +131,8 @@ class Consistency:
             setattr(self, name, None if value is None else value.to(device))
 
     def weak(self, batch: Batch) -> Batch:
+        if self.weak_day_shift:
+            batch = {**batch, "days": (batch["days"] + self.weak_day_shift).clamp_min(0)}
         return self.weak_view(batch)
 
     def strong(self, batch: Batch) -> Batch:

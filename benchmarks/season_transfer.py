@@ -1,0 +1,341 @@
+"""A new season mapped with labels of other seasons (issue 29): Mato Grosso, seasons <= 2014 -> 2015 and
+2015 -> 2014, cmap with and without adaptation to the target season's unlabelled series, and the peers
+(``peers.py``: MiniRocket, MultiRocket, MultiRocket-Hydra, random forest) on the same series.
+
+Each sample of ``../shared/data/sits_matogrosso_mod13q1`` is one agricultural season; its season is the
+year of its season start (09-13, the time axis of :func:`cmap.data.convert.read_mato_grosso`, which
+converts it as ``cmap convert table ... --time_axis season_start --season_start 09-13`` would). Per
+direction this writes, under ``--workdir``:
+
+- ``<direction>/train``: the source seasons' labelled series;
+- ``<direction>/target``: every target-season series, labels dropped: the new season's pixels a user
+  gives ``cmap fit`` as ``--data.init_args.unlabelled`` (the mapping setting);
+- ``<direction>/test``: the target series of the classes seen in training, labelled (the score);
+  target series of classes never seen in training are counted in the report, not scored.
+
+cmap rows are ``cmap fit --config configs/default.yaml`` (the default recipe) plus each variant's options
+(``VARIANTS``), one ``--seeds`` each, tested as the fit ends (``--test_after_fit``); the peers' predictions
+are cached in ``<direction>/peers/`` so a rerun of cmap variants does not refit them. Every score is appended
+to ``<workdir>/scores.jsonl`` (a rerun skips what is there) and the report is rewritten after each one.
+
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/season_transfer.py --threads 1 \
+        --variants baseline adabn --seeds 0 1 2
+    python benchmarks/season_transfer.py --report_only
+"""
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import REPO, SHARED_DATA, machine
+from peers import PEERS, TITLES, aeon_available, fit_predict
+from sklearn.metrics import accuracy_score, f1_score
+
+from cmap.cli import CMapCLI
+from cmap.data.convert import _read_rda_tibble, read_mato_grosso
+from cmap.data.series import PixelSeries, SeriesDataset, batch_loader
+from cmap.data.store import open_store, write_store
+from cmap.ml.adaptation import adapt_batch_norm, estimate_shift, predicted_classes
+from cmap.ml.classifiers import Classifier
+
+RDA = SHARED_DATA / "sits_matogrosso_mod13q1" / "br_mt_1_8K_9classes_6bands.rda"
+RDA_OBJECT = "br_mt_1_8K_9classes_6bands"
+RESULTS = REPO / "benchmarks" / "results" / "season_transfer.md"
+DEFAULT_RECIPE = "configs/default.yaml"
+ADAPTATION_CONFIG = "configs/season_transfer.yaml"
+
+
+@dataclass(frozen=True)
+class Direction:
+    name: str
+    title: str
+    source_seasons: tuple[int, int]  # first and last season (inclusive) of the labelled series
+    target_season: int
+
+
+DIRECTIONS = (
+    Direction("to2015", "seasons <= 2014 -> 2015", (0, 2014), 2015),
+    Direction("to2014", "2015 -> 2014", (2015, 2015), 2014),
+)
+
+#: cmap variants: a title and the ``cmap fit`` options added to the default recipe's. ``{target}`` is the
+#: direction's unlabelled target store.
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "baseline": ("default recipe, no adaptation", []),
+    "day_shift": (
+        "default recipe + day-shift augmentation (+-16 days)",
+        ["--data.init_args.augmentation.day_shift", "16"],
+    ),
+    "fixmatch": (
+        "consistency on the target store (FixMatch, threshold 0.8)",
+        ["--data.init_args.unlabelled", "{target}", "--model.init_args.consistency.threshold", "0.8"],
+    ),
+    "fixmatch_da": (
+        "consistency on the target store, class-balanced (distribution alignment), threshold 0.8",
+        [
+            "--data.init_args.unlabelled",
+            "{target}",
+            "--model.init_args.consistency.threshold",
+            "0.8",
+            "--model.init_args.consistency.distribution_alignment",
+            "true",
+        ],
+    ),  # fmt: skip
+    "adapted": (
+        f"the documented path: `{ADAPTATION_CONFIG}` with the target store",
+        ["--config", ADAPTATION_CONFIG, "--data.init_args.unlabelled", "{target}"],
+    ),
+}
+
+
+def season_of_each_sample(path: Path, season_start_days: np.ndarray) -> np.ndarray:
+    """The season (the year its season starts) of each sample of the .rda: its first date minus its
+    days since the season start."""
+    table = _read_rda_tibble(path, RDA_OBJECT)
+    first = np.array([series["Index"].iloc[0] for series in table["time_series"]], dtype=np.float64)
+    first = np.datetime64("1970-01-01", "D") + first.round().astype(np.int64)
+    anchors = first - season_start_days.astype("timedelta64[D]")
+    return anchors.astype("datetime64[Y]").astype(np.int64) + 1970
+
+
+def write_stores(direction: Direction, folder: Path) -> dict:
+    """The direction's training, target (unlabelled) and test stores (unless written already), and
+    their counts."""
+    summary_path = folder / "summary.json"
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text())
+    converted = read_mato_grosso(RDA)
+    series, names = converted.series, converted.class_names
+    seasons = season_of_each_sample(RDA, series.days[:, 0])
+    first, last = direction.source_seasons
+    source, target = (seasons >= first) & (seasons <= last), seasons == direction.target_season
+    seen = sorted(set(series.labels[source].tolist()))
+    scored = target & np.isin(series.labels, seen)
+    train_names = [names[label] for label in seen]  # the source's classes only: the model's outputs
+    relabel = np.full(len(names), -1)
+    relabel[seen] = np.arange(len(seen))
+
+    def subset(rows: np.ndarray, labelled: bool) -> PixelSeries:
+        labels = relabel[series.labels[rows]] if labelled else None
+        return PixelSeries(series.values[rows], series.days[rows], labels, f"{RDA} ({direction.name})")
+
+    axis = converted.time_axis
+    write_store(folder / "train", subset(np.flatnonzero(source), True), converted.band_names, train_names, axis)
+    write_store(folder / "target", subset(np.flatnonzero(target), False), converted.band_names, [], axis)
+    write_store(folder / "test", subset(np.flatnonzero(scored), True), converted.band_names, train_names, axis)
+
+    def counts(rows: np.ndarray) -> dict[str, int]:
+        return {names[label]: int((series.labels[rows] == label).sum()) for label in sorted(set(series.labels[rows]))}
+
+    summary = {
+        "train": counts(source), "target": counts(target),
+        "unseen": {name: n for name, n in counts(target).items() if names.index(name) not in seen},
+    }  # fmt: skip
+    summary_path.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """OA and macro F1 over the test set's classes (the classes true in ``labels``)."""
+    classes = np.unique(labels)
+    return {
+        "oa": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, labels=classes, average="macro")),
+    }
+
+
+def peer_predictions(direction: Direction, folder: Path, peer: str) -> np.ndarray:
+    """The peer's test predictions, fitted on every training series (cached in ``folder/peers``)."""
+    cache = folder / "peers" / f"{peer}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    train, test = open_store(folder / "train")[0], open_store(folder / "test")[0]
+    predictions = fit_predict(peer, train, test, seed=0).predictions
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache.with_suffix(".tmp.npy"), predictions)
+    cache.with_suffix(".tmp.npy").rename(cache)
+    return predictions
+
+
+def fit_cmap(direction: Direction, folder: Path, variant: str, seed: int, runs: Path) -> np.ndarray:
+    """``cmap fit`` of the default recipe plus the variant's options on the direction's stores; the
+    test series' predictions of the model as the fit ends."""
+    options = [option.replace("{target}", str(folder / "target")) for option in VARIANTS[variant][1]]
+    options = [str(REPO / option) if option == ADAPTATION_CONFIG else option for option in options]
+    root = runs / direction.name / variant / f"seed{seed}"
+    arguments = ["fit", "--config", str(REPO / DEFAULT_RECIPE), "--data", "cmap.data.SeriesStore"]
+    arguments += ["--data.init_args.path", str(folder / "train"), "--data.init_args.test_path", str(folder / "test")]
+    arguments += ["--seed_everything", str(seed), "--trainer.default_root_dir", str(root)]
+    arguments += ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    arguments += ["--test_after_fit", "true", *options]
+    cli = CMapCLI(args=arguments)
+    outputs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader())
+    return torch.cat([output["probabilities"] for output in outputs]).argmax(-1).numpy()
+
+
+#: Day shifts TimeMatch's estimate tries on a trained model's target predictions (MOD13Q1: 16-day composites).
+SHIFTS = range(-48, 49, 8)
+
+
+def checkpoint_variants(folder: Path, checkpoint: Path) -> list[tuple[str, np.ndarray, dict]]:
+    """What needs no retraining, on a trained model's last checkpoint: its test predictions as saved;
+    TimeMatch's shift estimate alone (the test series' days moved by it); AdaBN (batch-norm statistics
+    of the target store); AdaBN then the shift. Each with the shift estimate and its entropies."""
+    model = Classifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    contract = model.input_contract
+    test_series, target_series = open_store(folder / "test")[0], open_store(folder / "target")[0]
+    test = list(batch_loader(SeriesDataset(test_series, np.arange(len(test_series)), contract), 512))
+    target = list(batch_loader(SeriesDataset(target_series, np.arange(len(target_series)), contract), 512))
+
+    def shifted(batches: list, shift: int) -> list:
+        return [{**batch, "days": (batch["days"] + shift).clamp_min(0)} for batch in batches]
+
+    results = []
+    for name in ("", "+adabn"):
+        if name:
+            adapt_batch_norm(model, target)
+        shift, entropies = estimate_shift(model, target, SHIFTS)
+        info = {"shift": shift, "entropies": {str(k): round(v, 4) for k, v in entropies.items()}}
+        results.append((name, predicted_classes(model, test).numpy(), info))
+        results.append((f"{name}+shift", predicted_classes(model, shifted(test, shift)).numpy(), info))
+    return results
+
+
+def checkpoint_records(direction: Direction, folder: Path, runs: Path, variant: str, scores_path: Path) -> None:
+    """:func:`checkpoint_variants` of each seed's run of ``variant``, scored as ``variant+...`` rows."""
+    labels = open_store(folder / "test")[0].labels
+    done = {(r["method"], r["direction"], r["seed"]) for r in read_records(scores_path)}
+    for run in sorted((runs / direction.name / variant).glob("seed*")):
+        seed = int(run.name.removeprefix("seed"))
+        checkpoints = sorted(run.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+        if not checkpoints or (f"{variant}+adabn", direction.name, seed) in done:
+            continue
+        for name, predictions, info in checkpoint_variants(folder, checkpoints[-1]):
+            record = {"kind": "cmap", "method": f"{variant}{name}", "direction": direction.name, "seed": seed,
+                      **scores(labels, predictions), **info}  # fmt: skip
+            append_record(scores_path, record)
+            print(json.dumps(record), flush=True)
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def append_record(path: Path, record: dict) -> None:
+    with path.open("a") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+
+
+def data_lines(summaries: dict[str, dict]) -> list[str]:
+    lines = ["| direction | training series (classes) | target series (classes) | target classes never seen in "
+             "training (not scored) |", "|---|---|---|---|"]  # fmt: skip
+    for direction in DIRECTIONS:
+        summary = summaries.get(direction.name)
+        if summary is None:
+            continue
+        unseen = ", ".join(f"{name} {count}" for name, count in summary["unseen"].items()) or "none"
+        train, target = summary["train"], summary["target"]
+        lines.append(
+            f"| {direction.title} | {sum(train.values())} ({len(train)}) | {sum(target.values())} ({len(target)}) "
+            f"| {unseen} |"
+        )
+    return lines
+
+
+def report(records: list[dict], summaries: dict[str, dict]) -> str:
+    """The results table: one row per method, OA (macro F1) per direction, mean ± std over seeds."""
+    methods = [("peer", peer, TITLES[peer]) for peer in PEERS]
+    methods += [("cmap", variant, f"cmap: {title}") for variant, (title, _) in VARIANTS.items()]
+    methods += [("cmap", name, f"cmap: {name}") for name in sorted({r["method"] for r in records if r["kind"] ==
+                                                                    "cmap"} - set(VARIANTS))]  # fmt: skip
+    header = "| method | " + " | ".join(f"{d.title}: OA | macro F1 | seeds" for d in DIRECTIONS) + " |"
+    lines = [header, "|---|" + "---|---|---|" * len(DIRECTIONS)]
+    for kind, method, title in methods:
+        cells = []
+        for direction in DIRECTIONS:
+            found = [r for r in records if r["kind"] == kind and r["method"] == method and r["direction"] ==
+                     direction.name]  # fmt: skip
+            if not found:
+                cells.append("| | ")
+                continue
+            seeds = ", ".join(str(r["seed"]) for r in found)
+            cells.append(f"{mean_std([r['oa'] for r in found])} | {mean_std([r['macro_f1'] for r in found])} | {seeds}")
+        if any(cell != "| | " for cell in cells):
+            lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join([*data_lines(summaries), "", *lines])
+
+
+def write_report(records: list[dict], summaries: dict[str, dict], output: Path) -> None:
+    """Rewrite the table between the report's markers (the rest of the file, the notes, stays)."""
+    start, end = "<!-- season-transfer-table:start -->", "<!-- season-transfer-table:end -->"
+    table = f"{start}\n{report(records, summaries)}\n\nMachine: {machine()}\n{end}"
+    text = output.read_text() if output.is_file() else f"# Season transfer (issue 29)\n\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    output.write_text(head + table + rest.split(end, 1)[1])
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "season_transfer")
+    parser.add_argument("--directions", nargs="+", default=[d.name for d in DIRECTIONS])
+    parser.add_argument("--variants", nargs="+", default=["baseline", "adapted"], choices=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--report_only", action="store_true")
+    parser.add_argument(
+        "--from_checkpoints", nargs="*", default=[],
+        help="variants whose trained runs are scored again with AdaBN and TimeMatch's shift (no training)",
+    )  # fmt: skip
+    return parser
+
+
+def main() -> None:
+    args = argument_parser().parse_args()
+    torch.set_num_threads(args.threads)
+    scores_path = args.workdir / "scores.jsonl"
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    directions = [d for d in DIRECTIONS if d.name in args.directions]
+    summaries = {d.name: write_stores(d, args.workdir / d.name) for d in directions}
+    for variant in args.from_checkpoints:
+        for direction in directions:
+            runs = args.workdir / "runs"
+            checkpoint_records(direction, args.workdir / direction.name, runs, variant, scores_path)
+    if args.report_only or args.from_checkpoints:
+        write_report(read_records(scores_path), summaries, args.output)
+        return
+    peers = [peer for peer in args.peers if peer == "forest" or aeon_available()]
+    # The peers of every direction first (minutes), then the cmap trainings.
+    jobs = [(direction, "peer", peer, 0) for direction in directions for peer in peers]
+    jobs += [(direction, "cmap", variant, seed) for variant in args.variants for seed in args.seeds
+             for direction in directions]  # fmt: skip
+    for direction, kind, method, seed in jobs:
+        folder = args.workdir / direction.name
+        labels = open_store(folder / "test")[0].labels
+        done = {(r["kind"], r["method"], r["direction"], r["seed"]) for r in read_records(scores_path)}
+        if (kind, method, direction.name, seed) in done:
+            continue
+        started = time.perf_counter()
+        if kind == "peer":
+            predictions = peer_predictions(direction, folder, method)
+        else:
+            predictions = fit_cmap(direction, folder, method, seed, args.workdir / "runs")
+        record = {"kind": kind, "method": method, "direction": direction.name, "seed": seed,
+                  **scores(labels, predictions), "seconds": time.perf_counter() - started}  # fmt: skip
+        append_record(scores_path, record)
+        print(json.dumps(record), flush=True)
+        write_report(read_records(scores_path), summaries, args.output)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

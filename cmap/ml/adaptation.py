@@ -1,0 +1,202 @@
+"""Adaptation to a new season (or region) whose series are given unlabelled: the target store of a
+data module's ``unlabelled`` option (:class:`~cmap.data.store_datamodule.StoreInputs`), i.e. the pixels to map.
+
+- :func:`adapt_batch_norm`: AdaBN (Li et al. 2018): the batch-norm statistics re-estimated on the
+  target series, the weights unchanged; the network then normalises the target's features with the
+  target's own statistics, not the source's.
+- :func:`estimate_shift`: TimeMatch's temporal shift estimation (Nyborg et al. 2022): the day shift,
+  among candidates, that makes the source-trained model least uncertain on the target series (lowest
+  mean entropy of its predictions): how much earlier or later the target's phenology runs.
+- :func:`class_proportions` and :class:`SeasonAdaptation`'s report: the source's class proportions beside
+  those predicted on the target, a shift a user should see.
+
+:class:`SeasonAdaptation` (a Lightning callback) does these in a ``cmap fit`` with an ``unlabelled`` store;
+what each costs or gains on Mato Grosso's season transfer is in ``benchmarks/results/season_transfer.md``.
+"""
+
+from collections.abc import Iterable, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cmap.data.batch import Batch
+from cmap.data.series import SeriesDataset, batch_loader
+
+#: Batch size of the passes over the target series (no gradient).
+PASS_BATCH_SIZE = 512
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def adapt_batch_norm(model: nn.Module, batches: Iterable[Batch]) -> int:
+    """Replace the running mean and variance of every batch norm of ``model`` by their averages over
+    ``batches`` (the target series, each batch's statistics weighted alike: a cumulative average);
+    dropout stays off and no weight changes. Returns the number of batches seen (0: ``model``
+    unchanged)."""
+    norms = batch_norms(model)
+    if not norms:
+        return 0
+    saved = [(norm.momentum, norm.running_mean.clone(), norm.running_var.clone()) for norm in norms]
+    training = model.training
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+        norm.train()
+    seen = 0
+    try:
+        for batch in batches:
+            model(*(batch[key].to(device_of(model)) for key in ("values", "days", "mask")))
+            seen += 1
+    finally:
+        for norm, (momentum, mean, var) in zip(norms, saved, strict=True):
+            norm.momentum = momentum
+            if not seen:
+                norm.running_mean.copy_(mean)
+                norm.running_var.copy_(var)
+        model.train(training)
+    return seen
+
+
+@torch.no_grad()
+def mean_entropy(model: nn.Module, batches: Sequence[Batch], day_shift: int = 0) -> float:
+    """The mean entropy of ``model``'s class probabilities over ``batches``, with every date's day moved
+    by ``day_shift`` (days stay >= 0)."""
+    total, count = 0.0, 0
+    for batch in batches:
+        days = (batch["days"] + day_shift).clamp_min(0)
+        device = device_of(model)
+        logits = model(batch["values"].to(device), days.to(device), batch["mask"].to(device))
+        probabilities = torch.softmax(logits.float(), dim=-1)
+        total += float(-(probabilities * probabilities.clamp_min(1e-12).log()).sum(-1).sum())
+        count += len(probabilities)
+    return total / count
+
+
+def estimate_shift(model: nn.Module, batches: Sequence[Batch], shifts: Sequence[int]) -> tuple[int, dict[int, float]]:
+    """TimeMatch's estimate: the day shift of ``shifts`` whose shifted target series the model predicts
+    with the lowest mean entropy, and each shift's mean entropy. Ties go to the smallest shift."""
+    training = model.training
+    model.eval()
+    try:
+        entropies = {int(shift): mean_entropy(model, batches, int(shift)) for shift in shifts}
+    finally:
+        model.train(training)
+    best = min(entropies, key=lambda shift: (round(entropies[shift], 6), abs(shift)))
+    return best, entropies
+
+
+@torch.no_grad()
+def predicted_classes(model: nn.Module, batches: Iterable[Batch]) -> Tensor:
+    training = model.training
+    model.eval()
+    try:
+        return torch.cat([
+            model(*(batch[key].to(device_of(model)) for key in ("values", "days", "mask"))).argmax(-1).cpu()
+            for batch in batches
+        ])  # fmt: skip
+    finally:
+        model.train(training)
+
+
+def class_proportions(labels: np.ndarray | Tensor, num_classes: int) -> np.ndarray:
+    """Each class's share of ``labels`` (0 for a class absent)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes]
+    return counts / max(counts.sum(), 1)
+
+
+def proportions_table(class_names: Sequence[str], source: np.ndarray, target: np.ndarray) -> str:
+    """The source's class proportions beside those predicted on the target, largest change first."""
+    width = max(len(name) for name in class_names)
+    lines = [f"  {'class':<{width}}  source  target (predicted)  change"]
+    for index in np.argsort(-np.abs(target - source), kind="stable"):
+        change = 100 * (target[index] - source[index])
+        shares = f"{100 * source[index]:5.1f}%  {100 * target[index]:17.1f}%"
+        lines.append(f"  {class_names[index]:<{width}}  {shares}  {change:+5.1f}")
+    return "\n".join(lines)
+
+
+class SeasonAdaptation(L.Callback):
+    """Adaptation to the data module's ``unlabelled`` store (the target season's series) in a ``cmap fit``.
+
+    When training ends: with ``batch_norm``, the model's batch-norm statistics are re-estimated on the
+    target series (:func:`adapt_batch_norm`) and ``last.ckpt`` is written again with them (the model
+    that ``--test_after_fit`` tests and ``cmap map`` maps); then the source's class proportions and those
+    the model predicts on the target are printed (and the largest change logged). With
+    ``shift_days``, TimeMatch's shift (:func:`estimate_shift`, candidates every ``shift_step`` days in
+    [-shift_days, shift_days]) is estimated when ``shift_after`` of the training steps are done and is
+    given to the model's :class:`~cmap.ml.consistency.Consistency` (``weak_day_shift``): pseudo-labels
+    then come from the shift-corrected target series. A fit without an ``unlabelled`` store is left
+    as it is.
+
+    Args:
+        batch_norm: re-estimate batch-norm statistics on the target when training ends (AdaBN).
+        shift_days: largest shift tried (0: no shift estimation).
+        shift_step: spacing of the shifts tried, in days.
+        shift_after: fraction of the training's steps after which the shift is estimated.
+        report: print the class proportions when training ends.
+    """
+
+    def __init__(self, batch_norm: bool = True, shift_days: int = 0, shift_step: int = 8, shift_after: float = 0.3,
+                 report: bool = True) -> None:  # fmt: skip
+        if shift_days < 0 or shift_step < 1 or not 0 <= shift_after < 1:
+            raise ValueError(f"SeasonAdaptation needs shift_days >= 0, shift_step >= 1, 0 <= shift_after < 1, got "
+                             f"{shift_days}, {shift_step}, {shift_after}")  # fmt: skip
+        self.batch_norm, self.report = batch_norm, report
+        self.shift_days, self.shift_step, self.shift_after = shift_days, shift_step, shift_after
+        self.shift: int | None = None
+
+    @staticmethod
+    def target(trainer: L.Trainer) -> SeriesDataset | None:
+        datasets = getattr(trainer.datamodule, "datasets", {}) if trainer.datamodule is not None else {}
+        return datasets.get("unlabelled")
+
+    @staticmethod
+    def batches(dataset: SeriesDataset) -> list[Batch]:
+        return list(batch_loader(dataset, PASS_BATCH_SIZE))
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if not self.shift_days or self.shift is not None or self.target(trainer) is None:
+            return
+        if trainer.global_step < self.shift_after * trainer.estimated_stepping_batches:
+            return
+        shifts = range(-self.shift_days, self.shift_days + 1, self.shift_step)
+        self.shift, entropies = estimate_shift(pl_module, self.batches(self.target(trainer)), shifts)
+        consistency = getattr(pl_module, "consistency", None)
+        if consistency is not None:
+            consistency.weak_day_shift = self.shift
+        pl_module.log("adaptation/day_shift", float(self.shift), sync_dist=True)
+        if trainer.is_global_zero:
+            listed = ", ".join(f"{shift:+d}: {entropy:.3f}" for shift, entropy in entropies.items())
+            print(f"TimeMatch shift of the target series: {self.shift:+d} days (mean entropy {listed})", flush=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dataset = self.target(trainer)
+        if dataset is None:
+            return
+        batches = self.batches(dataset)
+        if self.batch_norm and adapt_batch_norm(pl_module, batches):
+            self.save_last(trainer)
+        if not self.report or not trainer.is_global_zero:
+            return
+        names = list(pl_module.class_names)
+        source = class_proportions(trainer.datamodule.datasets["train"].labels, len(names))
+        target = class_proportions(predicted_classes(pl_module, batches).numpy(), len(names))
+        print(f"Class proportions, training series vs the {len(dataset)} target series as predicted:\n"
+              + proportions_table(names, source, target), flush=True)  # fmt: skip
+
+    @staticmethod
+    def save_last(trainer: L.Trainer) -> None:
+        """``last.ckpt`` again, now with the target's batch-norm statistics."""
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "save_last", False) and callback.dirpath is not None:
+                trainer.save_checkpoint(f"{callback.dirpath}/{callback.CHECKPOINT_NAME_LAST}.ckpt")

@@ -1,0 +1,100 @@
+"""Adaptation to a target season's unlabelled series (cmap/ml/adaptation.py) on tiny data."""
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmap.ml.adaptation import adapt_batch_norm, class_proportions, estimate_shift, proportions_table
+from cmap.ml.consistency import Consistency
+
+
+class BandNorm(nn.Module):
+    """The mean of each band over the valid dates, batch-normalised, then a linear layer."""
+
+    def __init__(self, num_bands: int = 2) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(num_bands)
+        self.linear = nn.Linear(num_bands, 3)
+
+    def forward(self, values, days, mask):
+        mean = (values * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+        return self.linear(self.norm(mean))
+
+
+def batch(values: torch.Tensor, days: torch.Tensor | None = None) -> dict:
+    num_series, num_dates = values.shape[:2]
+    if days is None:
+        days = torch.arange(num_dates).expand(num_series, num_dates) * 10
+    return {"values": values, "days": days, "mask": torch.ones(num_series, num_dates, dtype=torch.bool)}
+
+
+def test_adabn_sets_the_running_statistics_to_the_targets_and_leaves_the_weights():
+    torch.manual_seed(0)
+    model = BandNorm()
+    model.train()
+    for _ in range(50):  # source statistics: mean 0, variance 1
+        model(**batch(torch.randn(64, 5, 2)))
+    weights = {name: value.clone() for name, value in model.named_parameters()}
+    target = [batch(torch.randn(64, 5, 2) * 3 + torch.tensor([5.0, -2.0])) for _ in range(4)]
+    assert adapt_batch_norm(model, target) == 4
+    features = torch.cat([(b["values"]).mean(1) for b in target])
+    batch_means = torch.stack([b["values"].mean(1).mean(0) for b in target])
+    batch_vars = torch.stack([b["values"].mean(1).var(0) for b in target])
+    torch.testing.assert_close(model.norm.running_mean, batch_means.mean(0))
+    torch.testing.assert_close(model.norm.running_var, batch_vars.mean(0))
+    assert (model.norm.running_mean - torch.tensor([5.0, -2.0])).abs().max() < 0.2
+    assert features.var(0).min() > 0.5  # the target's spread (3 / sqrt(5) per band), not the source's 1 / 5
+    assert model.norm.momentum == 0.1 and model.training
+    for name, value in model.named_parameters():
+        torch.testing.assert_close(value, weights[name])
+
+
+def test_adabn_without_batches_changes_nothing():
+    model = BandNorm()
+    before = model.norm.running_mean.clone()
+    assert adapt_batch_norm(model, []) == 0
+    torch.testing.assert_close(model.norm.running_mean, before)
+
+
+class PeakTiming(nn.Module):
+    """Two classes: a series whose bump is near day 100 (class 0) or day 200 (class 1); a class's logit
+    is high only when the bump sits on its day, so a series shifted away from both days is uncertain."""
+
+    def forward(self, values, days, mask):
+        peak_day = days.gather(1, values[..., 0].argmax(1, keepdim=True)).squeeze(1).float()
+        distance = torch.stack([peak_day - 100, peak_day - 200], dim=-1)
+        return 5 * torch.exp(-((distance / 20) ** 2))
+
+
+def bump_series(peaks: list[int], days: torch.Tensor) -> torch.Tensor:
+    return torch.stack([torch.exp(-(((days - peak) / 20.0) ** 2)) for peak in peaks]).unsqueeze(-1)
+
+
+def test_the_shift_estimate_recovers_a_known_shift_of_the_target():
+    days = torch.arange(0, 360, 8)
+    source_peaks = [100, 200] * 8
+    shift = 24  # the target season runs 24 days later
+    target = bump_series([peak + shift for peak in source_peaks], days.float())
+    batches = [batch(target, days.expand(len(source_peaks), len(days)))]
+    model = PeakTiming()
+    best, entropies = estimate_shift(model, batches, range(-48, 49, 8))
+    assert best == -shift
+    assert entropies[-shift] < entropies[0] - 0.1
+    source = batch(bump_series(source_peaks, days.float()), days.expand(len(source_peaks), len(days)))
+    assert estimate_shift(model, [source], range(-48, 49, 8))[0] == 0
+
+
+def test_class_proportions_and_their_table():
+    np.testing.assert_allclose(class_proportions(np.array([0, 0, 1, 3]), 4), [0.5, 0.25, 0.0, 0.25])
+    table = proportions_table(["wheat", "maize"], np.array([0.8, 0.2]), np.array([0.5, 0.5]))
+    lines = table.splitlines()
+    assert "wheat" in lines[1] and "80.0%" in lines[1] and "50.0%" in lines[1] and "-30.0" in lines[1]
+    assert "maize" in lines[2] and "+30.0" in lines[2]
+
+
+def test_consistency_weak_view_takes_the_day_shift():
+    consistency = Consistency(weak_noise=0.0)
+    series = batch(torch.zeros(2, 4, 1), torch.tensor([[0, 10, 20, 30], [5, 15, 25, 35]]))
+    assert torch.equal(consistency.weak(series)["days"], series["days"])
+    consistency.weak_day_shift = -10
+    torch.testing.assert_close(consistency.weak(series)["days"], torch.tensor([[0, 0, 10, 20], [0, 5, 15, 25]]))
