@@ -1,6 +1,6 @@
 """Your own data, shaped unlike ours, through ``cmap convert table`` and the default recipe's data
 module: real Sentinel-2 series (Victoria, 10 bands, integer reflectance x 1e4) written as the
-README's long table with clouds as missing rows or marker cells, tiny classes, parcels."""
+long table of docs/data.md with clouds as missing rows or marker cells, tiny classes, parcels."""
 
 import warnings
 

@@ -2,7 +2,7 @@
 
 Each bad input goes through a public entry point (the ``cmap`` command, a data module, a store,
 ``load_encoder_weights``) and must either fail with a message naming the file or key and what was
-expected, or be repaired as the README's "Failure modes" table says. Runs use a tiny transformer
+expected, or be repaired as the "Failure modes" page (docs/failures.md) says. Runs use a tiny transformer
 (d_model 16, one layer) on a few hundred series, so the whole file takes about two minutes on 2 CPU
 cores; the interrupted and multi-process runs are ``cmap`` subprocesses, as in the field.
 """
