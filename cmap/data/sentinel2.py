@@ -30,9 +30,10 @@ to every STAC item it recognises as Sentinel-2 L2A, and to the products found in
   data (the JPEG2000 files do not declare it, the COGs do).
 - **BOA_ADD_OFFSET.** From processing baseline 04.00 (products from 25 January 2022, and the
   reprocessed archive) DNs carry an offset of +1000: reflectance = (DN - 1000) / 10000. The offset
-  is read from the product's own metadata (:func:`boa_offset`), never guessed from the date, and
-  added to the raw values before the scale and the valid range, so that products of both kinds
-  give the same reflectances (and a model trained on one maps the other).
+  is read from the product's own metadata by one rule for every catalogue (:mod:`cmap.data.s2_offset`,
+  :func:`boa_offset`), never guessed from the date, and added to the raw values before the scale and
+  the valid range, so that products of both kinds give the same reflectances (and a model trained on
+  one maps the other).
 - **Scene classification.** Pixels whose SCL class is in the masked list are missing dates, every
   band, exactly like a cloud in a training series. Default :data:`MASKED_SCL_CLASSES`: no data,
   saturated or defective, cloud shadows, cloud medium and high probability, thin cirrus, snow
@@ -40,6 +41,7 @@ to every STAC item it recognises as Sentinel-2 L2A, and to the products found in
 """
 
 import datetime
+import json
 import re
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterable, Sequence
@@ -49,6 +51,7 @@ from typing import Any
 
 import pystac
 
+from cmap.data.s2_offset import baseline_in_name, boa_offset, processing_baseline  # noqa: F401 (this module's API)
 from cmap.outputs import InputError
 
 #: ESA band name -> (STAC common name, native resolution in metres).
@@ -87,14 +90,11 @@ SCL_CLASSES = {
 MASKED_SCL_CLASSES = (0, 1, 3, 8, 9, 10, 11)
 SCALE = 1e-4
 NODATA = 0
-#: BOA_ADD_OFFSET of processing baseline 04.00 and later.
-BASELINE_04_OFFSET = -1000.0
 #: The band_id of BOA_ADD_OFFSET in MTD_MSIL2A.xml: the 13 MSI bands in this order.
 MTD_BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 
 _COMMON_NAMES = {common: esa for esa, (common, _) in BANDS.items()}
 _SPELLING = re.compile(r"^(?:B0?(?P<number>\d{1,2})|B0?8A|SCL)(?:_(?P<metres>10|20|60)m)?$", re.IGNORECASE)
-_BASELINE_IN_NAME = re.compile(r"_N(\d{2})(\d{2})_")
 
 
 def canonical_band(name: str) -> str | None:
@@ -109,6 +109,17 @@ def canonical_band(name: str) -> str | None:
         return "SCL" if stem == "SCL" else "B8A"
     esa = f"B{int(match['number']):02d}"
     return esa if esa in BANDS else None
+
+
+def asset_key_band(key: str) -> str | None:
+    """The ESA name of the band an asset key spells (:func:`canonical_band`), JPEG2000 copies included
+    (Earth Search v1's ``blue-jp2``), else None."""
+    return canonical_band(re.sub(r"[-_]jp2$", "", key, flags=re.IGNORECASE))
+
+
+def is_jpeg2000(key: str, href: str, media_type: str | None) -> bool:
+    """An asset in JPEG2000 (``-jp2`` key, ``.jp2`` file, ``image/jp2``): slower to read than a COG of the same band."""
+    return key.lower().endswith("jp2") or href.lower().endswith(".jp2") or "jp2" in (media_type or "").lower()
 
 
 def spelled_resolution(name: str) -> int | None:
@@ -129,52 +140,7 @@ def is_sentinel2_l2a(item: pystac.Item) -> bool:
     if not re.search(r"sentinel[-_ ]?2", mission):  # sentinel-2a (Earth Search), Sentinel-2B, "Sentinel 2"...
         return False
     level = str(properties.get("s2:product_type", properties.get("processing:level", ""))).upper()
-    return "2A" in level or any(canonical_band(key) == "SCL" for key in item.assets)
-
-
-def processing_baseline(item: pystac.Item) -> float | None:
-    """The processing baseline (4.0 for ``04.00``) from the item's properties or product name, else None."""
-    for key in ("s2:processing_baseline", "processing:version"):
-        if item.properties.get(key) not in (None, ""):
-            try:
-                return float(item.properties[key])
-            except (TypeError, ValueError):
-                raise InputError(
-                    f"STAC item {item.id}: property {key!r} is {item.properties[key]!r}, expected a processing "
-                    "baseline such as '04.00'"
-                ) from None
-    for name in (item.properties.get("s2:product_uri"), item.id):
-        match = _BASELINE_IN_NAME.search(str(name or ""))
-        if match:
-            return float(f"{match[1]}.{match[2]}")
-    return None
-
-
-def boa_offset(item: pystac.Item, asset: pystac.Asset) -> float:
-    """The raw offset to add to the DNs of a reflectance ``asset`` of ``item`` (0 or -1000).
-
-    In order: a provider that already applied it (``earthsearch:boa_offset_applied``: 0); the
-    offset in the asset's ``raster:bands`` (offset / scale, e.g. -0.1 / 1e-4); the product's
-    ``BOA_ADD_OFFSET`` (``cmap:boa_add_offset``, set from MTD_MSIL2A.xml for SAFE products); its
-    processing baseline (>= 04.00: -1000). No metadata at all is an error: guessing would shift
-    every reflectance of half the archive by 0.1.
-    """
-    if item.properties.get("earthsearch:boa_offset_applied") is True:
-        return 0.0
-    for band in asset.extra_fields.get("raster:bands") or []:
-        if band.get("offset") not in (None, 0) and band.get("scale"):
-            return round(float(band["offset"]) / float(band["scale"]))
-    offsets = item.properties.get("cmap:boa_add_offset")
-    if offsets is not None:
-        return float(offsets)
-    baseline = processing_baseline(item)
-    if baseline is None:
-        raise InputError(
-            f"STAC item {item.id}: the Sentinel-2 processing baseline is unknown (no s2:processing_baseline, "
-            "processing:version, earthsearch:boa_offset_applied or raster:bands offset, no _N0400_ in the product "
-            "name), so the BOA offset of baseline 04.00 and later cannot be decided; add one of them to the item"
-        )
-    return BASELINE_04_OFFSET if baseline >= 4.0 else 0.0
+    return "2A" in level or any(asset_key_band(key) == "SCL" for key in item.assets)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +150,10 @@ def boa_offset(item: pystac.Item, asset: pystac.Asset) -> float:
 
 def _tag(element: ElementTree.Element) -> str:
     return element.tag.rsplit("}", 1)[-1]  # without the XML namespace
+
+
+def _moment(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
 
 
 def read_mtd(path: Path) -> dict[str, Any]:
@@ -199,7 +169,7 @@ def read_mtd(path: Path) -> dict[str, Any]:
     for element in root.iter():
         tag = _tag(element)
         if tag == "PRODUCT_START_TIME" and element.text:
-            fields["start"] = datetime.datetime.fromisoformat(element.text.strip().replace("Z", "+00:00"))
+            fields["start"] = _moment(element.text)
         elif tag == "PROCESSING_BASELINE" and element.text:
             fields["baseline"] = float(element.text)
         elif tag == "BOA_ADD_OFFSET" and element.text:
@@ -215,6 +185,55 @@ def read_mtd(path: Path) -> dict[str, Any]:
         "s2:processing_baseline": f"{fields['baseline']:05.2f}",
         "cmap:boa_add_offset": reflectance_offsets.pop() if reflectance_offsets else 0.0,
     }
+
+
+def read_tile_metadata(path: Path) -> dict[str, Any]:
+    """A tile's metadata (the AWS layout's ``metadata.xml``, Earth Search's ``granule_metadata.xml``,
+    a SAFE's ``MTD_TL.xml``) as item properties: ``datetime`` (SENSING_TIME) and
+    ``s2:processing_baseline`` (the ``_N05.00`` ending its TILE_ID). It holds no BOA_ADD_OFFSET."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError) as error:
+        raise InputError(f"{path}: not a readable tile metadata file ({error})") from error
+    fields = {_tag(element): (element.text or "").strip() for element in root.iter()}
+    baseline = re.search(r"_N(\d{2}\.\d{2})$", fields.get("TILE_ID", ""))
+    if not fields.get("SENSING_TIME") or baseline is None:
+        raise InputError(f"{path}: field SENSING_TIME or TILE_ID (ending _N04.00) is missing: not a tile metadata file")
+    return {"datetime": _moment(fields["SENSING_TIME"]), "s2:processing_baseline": baseline[1]}
+
+
+def read_tile_info(path: Path) -> dict[str, Any]:
+    """The AWS layout's ``tileInfo.json`` (Earth Search's ``tileinfo_metadata.json``) as item
+    properties: ``datetime`` (``timestamp``) and the baseline of its ``productName`` (``_N0500_``)."""
+    try:
+        info = json.loads(path.read_text())
+        moment, name = _moment(info["timestamp"]), str(info["productName"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(
+            f"{path}: expected a tileInfo.json with fields timestamp and productName ({error!r})"
+        ) from None
+    baseline = baseline_in_name(name)
+    if baseline is None:
+        raise InputError(f"{path}: field productName {name!r} holds no processing baseline (_N0400_)")
+    return {"datetime": moment, "s2:processing_baseline": f"{baseline:05.2f}"}
+
+
+#: A COG folder's product metadata files, the most informative first, and their readers.
+PRODUCT_METADATA = (
+    ("MTD_MSIL2A.xml", read_mtd),
+    ("metadata.xml", read_tile_metadata),
+    ("granule_metadata.xml", read_tile_metadata),
+    ("tileInfo.json", read_tile_info),
+    ("tileinfo_metadata.json", read_tile_info),
+)
+
+
+def read_product_metadata(folder: Path) -> dict[str, Any]:
+    """The properties of the first of :data:`PRODUCT_METADATA` in ``folder``; empty when none is there."""
+    for name, reader in PRODUCT_METADATA:
+        if (folder / name).is_file():
+            return reader(folder / name)
+    return {}
 
 
 _DATE_IN_NAME = re.compile(r"(?<!\d)(\d{8})(?:T\d{6})?(?!\d)")
@@ -259,14 +278,13 @@ def safe_item(safe: Path) -> pystac.Item:
 def cog_item(folder: Path, files: Sequence[Path] | None = None) -> pystac.Item:
     """A folder of one product's band files (``B02.tif`` ``SCL.tif`` or ``blue.tif`` ``scl.tif``, as
     Earth Search and the Planetary Computer serve them) as a STAC item. The date is the folder name's
-    (``S2B_31TCJ_20210504_0_L2A``); the offset comes from an MTD_MSIL2A.xml in the folder, else from the
-    processing baseline in the folder name (``..._N0400_...``). ``files``: the folder's band files when
+    (``S2B_31TCJ_20210504_0_L2A``); date and offset come from the product metadata in the folder
+    (:data:`PRODUCT_METADATA`: MTD_MSIL2A.xml, the AWS layout's metadata.xml or tileInfo.json), else
+    from the folder name (the processing baseline as ``..._N0400_...``). ``files``: the folder's band files when
     already listed (:func:`find_products`)."""
     assets = {path.stem: path for path in (band_files(folder.iterdir()) if files is None else files)}
-    properties: dict[str, Any] = {}
-    if (folder / "MTD_MSIL2A.xml").is_file():
-        properties = read_mtd(folder / "MTD_MSIL2A.xml")
-    else:
+    properties = read_product_metadata(folder)
+    if "datetime" not in properties:
         date = _DATE_IN_NAME.search(folder.name)
         if date is None:
             raise InputError(f"{folder}: no date YYYYMMDD in the folder name of this Sentinel-2 product")
