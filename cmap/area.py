@@ -74,6 +74,30 @@ def reference_samples(map_path: Path, reference: str, names: list[str], **column
     return mapped.astype(np.int64), np.array([names.index(label) for label in shapes.labels])
 
 
+def check_strata(counts: np.ndarray, pixels: np.ndarray, names: list[str], reference: str) -> None:
+    """Every class with mapped pixels has at least 2 reference points on pixels mapped as it (the
+    estimators' strata are the map classes, not the reference labels); else one error line saying
+    where the points of each such class fell and what to add."""
+    on_pixels = counts.sum(axis=1)  # points on pixels mapped as i
+    short = [i for i in range(len(names)) if pixels[i] > 0 and on_pixels[i] < 2]
+    if not short:
+        return
+    details = []
+    for i in short:
+        elsewhere = [f"{counts[m, i]} on {names[m]}" for m in np.flatnonzero(counts[:, i]) if m != i]
+        details.append(
+            f"{names[i]}: {on_pixels[i]} point(s) on pixels mapped as {names[i]} ({int(pixels[i])} pixels); "
+            f"{counts[:, i].sum()} labelled {names[i]}" + (f", {', '.join(elsewhere)}" if elsewhere else "")
+        )
+    wanted = ", ".join(names[i] for i in short)
+    raise InputError(
+        f"{reference}: the area estimators (Olofsson et al. 2014) take the map classes as strata and need at least "
+        f"2 reference points on pixels mapped as each class; {'; '.join(details)}. Add reference points on pixels "
+        f"mapped as {wanted} (a stratified random sample of the map: the same number of points per mapped class, "
+        "each labelled with what is on the ground)"
+    )
+
+
 def report_table(result: AreaAccuracy, samples: np.ndarray, unit: str) -> pd.DataFrame:
     rows = pd.DataFrame(
         {
@@ -127,6 +151,7 @@ def area_report(
         map_path, reference, names, label_field=label_field, x_column=x_column, y_column=y_column, crs=crs
     )
     counts = sample_counts(mapped, referenced, len(names))
+    check_strata(counts, pixels, names, reference)
     try:
         result = area_adjusted_accuracy(counts, pixels * pixel_area, names, confidence)
     except ValueError as error:

@@ -49,7 +49,8 @@ class AreaAccuracy:
         class_names: the classes, in the order of every array.
         proportions: estimated area proportions p_ij (map class i, reference class j), summing to 1.
         overall_accuracy, overall_accuracy_ci: sum of p_ii.
-        users_accuracy, users_accuracy_ci: per map class, p_ii / p_i. (1 - commission error).
+        users_accuracy, users_accuracy_ci: per map class, p_ii / p_i. (1 - commission error); NaN for
+            a class no sample was mapped as (0/0: a class of no mapped area, nothing to be right about).
         producers_accuracy, producers_accuracy_ci: per reference class, p_jj / p_.j (1 - omission
             error); NaN for a class no sample was labelled with.
         mapped_area: area of each class in the map (the input, in its unit).
@@ -78,15 +79,19 @@ class AreaAccuracy:
             "|---|---|---|---|---|",
         ]
         for i, name in enumerate(self.class_names):
-            lines.append(
-                f"| {name} | {self.mapped_area[i]:,.0f} | {self.area[i]:,.0f} ± {self.area_ci[i]:,.0f} "
-                f"| {self.users_accuracy[i]:.{digits}f} ± {self.users_accuracy_ci[i]:.{digits}f} "
-                f"| {self.producers_accuracy[i]:.{digits}f} ± {self.producers_accuracy_ci[i]:.{digits}f} |"
-            )
+            users = _estimate(self.users_accuracy[i], self.users_accuracy_ci[i], digits)
+            producers = _estimate(self.producers_accuracy[i], self.producers_accuracy_ci[i], digits)
+            area = f"{self.area[i]:,.0f} ± {self.area_ci[i]:,.0f}"
+            lines.append(f"| {name} | {self.mapped_area[i]:,.0f} | {area} | {users} | {producers} |")
         lines.append(
             f"| overall accuracy | | | {self.overall_accuracy:.{digits}f} ± {self.overall_accuracy_ci:.{digits}f} | |"
         )
         return "\n".join(lines)
+
+
+def _estimate(value: float, ci: float, digits: int) -> str:
+    """``value ± ci``, or "undefined" for a ratio 0/0 (NaN)."""
+    return "undefined" if np.isnan(value) else f"{value:.{digits}f} ± {ci:.{digits}f}"
 
 
 def area_adjusted_accuracy(
@@ -105,7 +110,8 @@ def area_adjusted_accuracy(
         confidence: level of the normal-approximation confidence intervals.
 
     Every map class with a non-zero area needs at least two samples (the variances divide by
-    n_i. - 1). Map classes of zero area may have no samples; they weigh nothing.
+    n_i. - 1). Map classes of zero area may have no samples; they weigh nothing, and their user's
+    accuracy is undefined (NaN), as is the producer's accuracy of a class no sample belongs to.
     """
     counts = np.asarray(counts, dtype=np.float64)
     area = np.asarray(mapped_area, dtype=np.float64)
@@ -125,8 +131,8 @@ def area_adjusted_accuracy(
     short = [names[i] for i in range(k) if area[i] > 0 and n_map[i] < 2]
     if short:
         raise ValueError(
-            f"map classes {short} have a mapped area but fewer than 2 reference samples: the estimators need "
-            "at least 2 samples per stratum"
+            f"map classes {short} have a mapped area but fewer than 2 reference samples of that map class (on "
+            "pixels mapped as it): the estimators need at least 2 samples per stratum, the strata being the map classes"
         )
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     total = area.sum()
@@ -136,13 +142,14 @@ def area_adjusted_accuracy(
     conditional = np.divide(counts, n_map[:, None], out=np.zeros_like(counts), where=sampled[:, None])
     degrees = np.where(n_map > 1, n_map - 1, np.inf)  # n_i. - 1; unsampled strata contribute 0
     proportions = weight[:, None] * conditional  # p_ij, eq. 4
-    users = np.diag(conditional).copy()  # eq. 2
+    users = np.where(sampled, np.diag(conditional), np.nan)  # eq. 2; 0/0 for an unsampled stratum
     reference_share = proportions.sum(axis=0)  # p_.j
     producers = np.divide(np.diag(proportions), reference_share, out=np.full(k, np.nan), where=reference_share > 0)
     overall = float(np.trace(proportions))  # eq. 1
 
-    users_var = users * (1 - users) / degrees  # eq. 6
-    overall_var = float(np.sum(weight**2 * users * (1 - users) / degrees))  # eq. 5
+    users_var = np.where(sampled, np.nan_to_num(users) * (1 - np.nan_to_num(users)) / degrees, np.nan)  # eq. 6
+    sampled_var = np.nan_to_num(users_var)  # unsampled strata (zero area) contribute 0 below
+    overall_var = float(np.sum(weight**2 * sampled_var))  # eq. 5
     # Eq. 7 with estimated population totals: N_i. = mapped area, N_.j = sum_i N_i. n_ij / n_i.
     within = conditional * (1 - conditional) / degrees[:, None]  # (n_ij/n_i.)(1 - n_ij/n_i.) / (n_i. - 1)
     reference_total = total * reference_share
@@ -150,7 +157,7 @@ def area_adjusted_accuracy(
     for j in np.flatnonzero(reference_share > 0):
         others = np.arange(k) != j
         producers_var[j] = (
-            area[j] ** 2 * (1 - producers[j]) ** 2 * users_var[j]
+            area[j] ** 2 * (1 - producers[j]) ** 2 * sampled_var[j]
             + producers[j] ** 2 * np.sum(area[others] ** 2 * within[others, j])
         ) / reference_total[j] ** 2
     area_se = total * np.sqrt(np.sum(weight[:, None] ** 2 * within, axis=0))  # eqs. 10-11

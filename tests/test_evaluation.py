@@ -13,10 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+import rasterio.warp
 from rasterio.transform import from_origin
 
 from cmap.cli import main as cmap_main
+from cmap.data.convert import read_sinop_samples
+from cmap.data.raster import RasterStack
 from cmap.evaluation import area_adjusted_accuracy, sample_counts
+from tests.conftest import SHARED_DATA, require
 
 CLASSES = ["deforestation", "forest_gain", "stable_forest", "stable_nonforest"]
 # Table 8: sample counts, map class (stratum) in rows, reference class in columns.
@@ -86,7 +90,11 @@ def test_zero_area_class_without_samples_weighs_nothing():
     counts = np.array([[40, 10, 0], [5, 45, 0], [0, 0, 0]])
     result = area_adjusted_accuracy(counts, [100, 100, 0])
     assert result.overall_accuracy == pytest.approx(0.85)
-    assert np.isnan(result.producers_accuracy[2])
+    np.testing.assert_allclose(result.users_accuracy[:2], [0.8, 0.9])
+    # 0/0: no sample mapped as class 2, none labelled with it; both accuracies undefined, not 0.
+    assert np.isnan(result.users_accuracy[2]) and np.isnan(result.producers_accuracy[2])
+    assert np.isnan(result.users_accuracy_ci[2]) and np.isfinite(result.overall_accuracy_ci)
+    assert "| 2 | 0 | 0 ± 0 | undefined | undefined |" in result.table()
 
 
 @pytest.mark.parametrize(
@@ -169,3 +177,83 @@ def test_bad_reference_points_are_named(example_map, tmp_path, capsys):
         cmap_main(args)
     assert "1 reference points fall outside the map or on nodata, first at row 0" in capsys.readouterr().err
     assert not (tmp_path / "a.md").exists() and not (tmp_path / "a.csv").exists()
+
+
+# ``cmap area`` on the Sinop cube (../shared/data/sits_sinop_modis_cube) with its own 18 reference points.
+
+SINOP = SHARED_DATA / "sits_sinop_modis_cube"
+SINOP_CLASSES = ["Cerrado", "Forest", "Pasture", "Soy_Corn", "Soy_Cotton"]  # the last: a class absent here
+
+
+@pytest.fixture(scope="module")
+def sinop_map(tmp_path_factory):
+    """A class map of the Sinop cube: each pixel's nearest class mean of sits' 1,218 real NDVI samples
+    (a minimum-distance classifier, enough to be a real map with real confusions), written as ``cmap
+    map`` writes one, with a fifth class of the model mapped nowhere."""
+    samples = read_sinop_samples(require(SINOP / "samples_modis_ndvi.rda"))
+    assert samples.class_names == SINOP_CLASSES[:4]
+    ndvi, labels = samples.series.values[..., 0], samples.series.labels
+    means = np.stack([np.nanmean(ndvi[labels == k], axis=0) for k in range(4)])  # (classes, 12 dates)
+    stack = RasterStack.from_folder(SINOP, r"_(?P<band>NDVI)_(?P<date>\d{4}-\d{2}-\d{2})", ["NDVI"], scale=1e-4,
+                                    valid_range=(-2000, 10000))  # fmt: skip
+    cube = stack.read()[:, 0].transpose(1, 2, 0)  # (rows, cols, dates)
+    filled = np.where(np.isnan(cube), np.nanmean(cube), cube)
+    classes = ((filled[:, :, None, :] - means) ** 2).sum(axis=-1).argmin(axis=-1).astype(np.uint8)
+    path = tmp_path_factory.mktemp("sinop") / "sinop.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        count=1,
+        dtype="uint8",
+        nodata=255,
+        width=stack.shape[1],
+        height=stack.shape[0],
+        crs=stack.profile["crs"],
+        transform=stack.profile["transform"],
+    ) as out:
+        out.write(classes, 1)
+        out.update_tags(class_names=json.dumps(SINOP_CLASSES))  # fmt: skip
+    return path
+
+
+def area_args(map_path, reference, output) -> list[str]:
+    return ["area", "--map", str(map_path), "--reference", str(reference), "--output", str(output)]
+
+
+def test_sinop_reference_points_too_few_on_a_mapped_class_say_where_they_fell(sinop_map, tmp_path, capsys):
+    reference = require(SINOP / "samples_sinop_crop.csv")
+    points = pd.read_csv(reference)
+    with rasterio.open(sinop_map) as dataset:
+        xs, ys = rasterio.warp.transform("EPSG:4326", dataset.crs, points.longitude, points.latitude)
+        mapped = [SINOP_CLASSES[value[0]] for value in dataset.sample(zip(xs, ys, strict=True))]
+    cerrado = points.label == "Cerrado"
+    assert cerrado.sum() == 3 and sorted(np.array(mapped)[cerrado]) == ["Cerrado", "Forest", "Forest"]
+    with pytest.raises(SystemExit) as exit:
+        cmap_main(area_args(sinop_map, reference, tmp_path / "area.md"))
+    error = capsys.readouterr().err.strip()
+    assert exit.value.code == 1 and len(error.splitlines()) == 1 and "Traceback" not in error
+    assert "need at least 2 reference points on pixels mapped as each class" in error
+    assert "Cerrado: 1 point(s) on pixels mapped as Cerrado" in error and "3 labelled Cerrado, 2 on Forest" in error
+    assert "Add reference points on pixels mapped as Cerrado (a stratified random sample" in error
+    assert "Forest:" not in error and "Soy_Cotton" not in error  # enough points; no mapped pixel
+    assert not list(tmp_path.iterdir())
+
+    # The way forward: one more Cerrado point, on a pixel mapped as Cerrado.
+    with rasterio.open(sinop_map) as dataset:
+        row, col = np.argwhere(dataset.read(1) == 0)[0]
+        x, y = dataset.xy(row, col)
+        (lon,), (lat,) = rasterio.warp.transform(dataset.crs, "EPSG:4326", [x], [y])
+    added = tmp_path / "reference.csv"
+    pd.concat([points, pd.DataFrame({"id": [19], "longitude": [lon], "latitude": [lat], "label": ["Cerrado"]})]).to_csv(
+        added, index=False
+    )
+    cmap_main(area_args(sinop_map, added, tmp_path / "area.md"))
+    table = pd.read_csv(tmp_path / "area.csv").set_index("class")
+    assert table.loc["Cerrado", "samples"] == 2 and table.loc["Cerrado", "users_accuracy"] == 1.0
+    # Soy_Cotton: no mapped pixel, no reference point: 0/0 accuracies are undefined, not 0.
+    assert table.loc["Soy_Cotton", "mapped_area_ha"] == 0 and table.loc["Soy_Cotton", "samples"] == 0
+    assert np.isnan(table.loc["Soy_Cotton", "users_accuracy"]) and np.isnan(
+        table.loc["Soy_Cotton", "producers_accuracy"]
+    )
+    assert "| Soy_Cotton | 0 | 0 ± 0 | undefined | undefined |" in (tmp_path / "area.md").read_text()

@@ -54,6 +54,8 @@ class SeriesDataModule(L.LightningDataModule):
     source_class_names: list[str]
     time_axis: TimeAxis = TimeAxis()
     raw_values: RawValues | None = None
+    #: Why this module cannot draw by class weight (None: it can).
+    balanced_sampling_problem: str | None = None
 
     def __init__(
         self,
@@ -70,6 +72,10 @@ class SeriesDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+        if balanced_sampling and self.balanced_sampling_problem is not None:
+            raise ValueError(
+                f"{type(self).__name__}: balanced_sampling is not supported ({self.balanced_sampling_problem})"
+            )
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.val_fraction = val_fraction

@@ -24,35 +24,57 @@ from cmap.data.store import (
 )  # fmt: skip
 
 
-def use_stores(module: Any, path: str, test_path: str | None, fold: int | None, num_folds: int) -> None:
-    """Point a data module at a training store and its test store or fold, and take the stores'
-    band names, class names, time axis and raw values (shared by the in-memory and the streaming module).
-    The test store may hold some of the training classes, in any order: both modules open it with
-    :func:`~cmap.data.store.open_test_store`, which reads its labels by name."""
-    if test_path is not None and fold is not None:
-        raise ValueError("give test_path or fold, not both")
-    module.path = Path(path)
-    module.test_path = None if test_path is None else Path(test_path)
-    module.fold, module.num_folds = fold, num_folds
-    metadata = read_store_pair(module.path, module.test_path, class_subset=True)
-    module.source_class_names = metadata["class_names"]
-    module.band_names = metadata["band_names"]
-    module.time_axis = store_time_axis(metadata)
-    module.raw_values = store_raw_values(metadata)
-
-
-class UnlabelledSeries:
-    """The ``unlabelled`` option of the store data modules (:class:`SeriesStore` and
-    :class:`~cmap.data.streaming.StreamingSeriesStore`): a store of unlabelled series whose batches
-    come with every labelled training batch, for a :class:`~cmap.ml.classifiers.Classifier` with
-    ``consistency``.
+class StoreInputs:
+    """What both store data modules take (:class:`SeriesStore` and
+    :class:`~cmap.data.streaming.StreamingSeriesStore`): a training store and its test store or
+    cross-validation fold, whose metadata give the module its band names, class names, time axis and
+    raw values; and optionally a store of unlabelled series whose batches come with every labelled
+    training batch, for a :class:`~cmap.ml.classifiers.Classifier` with ``consistency``.
 
     A mixin, listed before the data module's base class: :meth:`setup` and :meth:`train_dataloader`
-    extend the base's (``fit`` opens the store; training steps become ``{"labelled": Batch,
+    extend the base's (``fit`` opens the unlabelled store; training steps become ``{"labelled": Batch,
     "unlabelled": Batch}`` of a ``CombinedLoader``). A data module says how the unlabelled series are
     indexed with :meth:`unlabelled_dataset`; :meth:`unlabelled_sampler` draws them, in every process
     of a multi-process fit (DDP) its own share.
+
+    Args:
+        path: the store with the training series.
+        test_path: a store with the test series: the same bands and time axis, and the training
+            classes or some of them, in any order (:func:`~cmap.data.store.open_test_store` reads its
+            labels by name).
+        fold: with ``num_folds``, the cross-validation fold used as the test split.
+        num_folds: number of cross-validation folds.
+        unlabelled: a store of unlabelled series (same bands and time axis; labels, if any, are never
+            read), e.g. every pixel of the area to map: each training batch then comes with
+            ``unlabelled_ratio`` times as many of them, as ``{"labelled": Batch, "unlabelled": Batch}``,
+            for a :class:`~cmap.ml.classifiers.Classifier` with ``consistency``.
+        unlabelled_ratio: unlabelled series per labelled one in a training step (FixMatch's mu).
+        **kwargs: the data module base's arguments.
     """
+
+    def __init__(
+        self,
+        path: str,
+        test_path: str | None = None,
+        fold: int | None = None,
+        num_folds: int = 5,
+        unlabelled: str | None = None,
+        unlabelled_ratio: int = 4,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if test_path is not None and fold is not None:
+            raise ValueError("give test_path or fold, not both")
+        self.path = Path(path)
+        self.test_path = None if test_path is None else Path(test_path)
+        self.fold, self.num_folds = fold, num_folds
+        metadata = read_store_pair(self.path, self.test_path, class_subset=True)
+        # The data's description comes from the store (the base class's defaults are for other modules).
+        self.source_class_names: list[str] = metadata["class_names"]
+        self.band_names: list[str] = metadata["band_names"]
+        self.time_axis = store_time_axis(metadata)
+        self.raw_values = store_raw_values(metadata)
+        self.use_unlabelled(unlabelled, unlabelled_ratio)
 
     def use_unlabelled(self, unlabelled: str | None, unlabelled_ratio: int) -> None:
         """Take the ``unlabelled`` store (checked against the training store's bands and time axis)."""
@@ -98,7 +120,7 @@ class UnlabelledSeries:
         (``Trainer(use_distributed_sampler=False)``)."""
         trainer = getattr(self, "trainer", None)
         shares = None if trainer is None else trainer.distributed_sampler_kwargs
-        # The Trainer's use_distributed_sampler, as Lightning's data connector reads it.
+        # The Trainer's use_distributed_sampler, as Lightning's data connector reads it: no public attribute holds it.
         if not shares or not getattr(trainer._accelerator_connector, "use_distributed_sampler", True):
             return 1, 0
         return int(shares["num_replicas"]), int(shares["rank"])
@@ -128,42 +150,19 @@ class UnlabelledSeries:
         return CombinedLoader({"labelled": labelled, "unlabelled": unlabelled})
 
 
-class SeriesStore(UnlabelledSeries, SITSDataModule):
-    """Data module over stores written by :func:`write_store` (or ``cmap convert``).
+class SeriesStore(StoreInputs, SITSDataModule):
+    """Data module over stores written by :func:`~cmap.data.store.write_store` (or ``cmap convert``),
+    labels and splits in memory.
 
-    The test series come from ``test_path`` (a second store with the same bands and time axis, and
-    the training classes or some of them, in any order: labels are read by name) or,
-    for datasets evaluated by cross-validation, from fold ``fold`` of ``num_folds`` (whole groups
-    when the store has groups, stratified by class otherwise); training and validation series are
-    the rest.
+    The test series come from ``test_path`` or, for datasets evaluated by cross-validation, from fold
+    ``fold`` of ``num_folds`` (whole groups when the store has groups, stratified by class
+    otherwise); training and validation series are the rest.
 
     Args:
-        path: the store with the training series.
-        test_path: a store with the test series.
-        fold: with ``num_folds``, the cross-validation fold used as the test split.
-        num_folds: number of cross-validation folds.
-        unlabelled: a store of unlabelled series (same bands and time axis; labels, if any, are never
-            read), e.g. every pixel of the area to map: each training batch then comes with
-            ``unlabelled_ratio`` times as many of them, as ``{"labelled": Batch, "unlabelled": Batch}``,
-            for a :class:`~cmap.ml.classifiers.Classifier` with ``consistency``.
-        unlabelled_ratio: unlabelled series per labelled one in a training step (FixMatch's mu).
+        path, test_path, fold, num_folds, unlabelled, unlabelled_ratio: see :class:`StoreInputs`.
         **kwargs: the other :class:`~cmap.data.datamodule.SITSDataModule` arguments (batch_size,
             num_workers, val_fraction, seed, augmentation, labels_per_class, class_map).
     """
-
-    def __init__(
-        self,
-        path: str,
-        test_path: str | None = None,
-        fold: int | None = None,
-        num_folds: int = 5,
-        unlabelled: str | None = None,
-        unlabelled_ratio: int = 4,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        use_stores(self, path, test_path, fold, num_folds)
-        self.use_unlabelled(unlabelled, unlabelled_ratio)
 
     @cached_property
     def _series(self) -> PixelSeries:

@@ -31,10 +31,10 @@ from cmap.data.datamodule import SeriesDataModule, no_labels_problem
 from cmap.data.sampling import CHUNK, RowDataset, RowPermutation, RowSampler, unit_hash
 from cmap.data.series import PixelSeries, pass_through
 from cmap.data.store import open_store, open_test_store
-from cmap.data.store_datamodule import UnlabelledSeries, use_stores
+from cmap.data.store_datamodule import StoreInputs
 
 
-class StreamingSeriesStore(UnlabelledSeries, SeriesDataModule):
+class StreamingSeriesStore(StoreInputs, SeriesDataModule):
     """A data module over a store (:mod:`cmap.data.store`) whose memory does not grow with it (see above).
 
     The arguments of :class:`~cmap.data.store_datamodule.SeriesStore` but ``class_map`` and
@@ -51,39 +51,29 @@ class StreamingSeriesStore(UnlabelledSeries, SeriesDataModule):
     dropped. Labels outside [-1, number of classes) are an error naming file, row and label.
 
     An ``unlabelled`` store comes with the training batches as with ``SeriesStore``
-    (:class:`~cmap.data.store_datamodule.UnlabelledSeries`), its rows drawn by :class:`~cmap.data.sampling.RowStream`: without
-    replacement across epochs (a new pseudo-random order at each pass over the store), nothing per
-    series in memory, under DDP too (each process draws its own share).
+    (:class:`~cmap.data.store_datamodule.StoreInputs`), its rows drawn by
+    :class:`~cmap.data.sampling.RowStream`: without replacement across epochs (a new pseudo-random
+    order at each pass over the store), nothing per series in memory, under DDP too (each process
+    draws its own share).
 
     Under DDP, Lightning wraps the labelled samplers in its ``DistributedSamplerWrapper``, which
     lists the epoch's rows in memory in each process: for them, the flat-memory guarantee holds for
     one process (and its workers).
 
     Args:
-        path, test_path, fold, num_folds, unlabelled, unlabelled_ratio: as :class:`~cmap.data.store_datamodule.SeriesStore`.
+        path, test_path, fold, num_folds, unlabelled, unlabelled_ratio: see
+            :class:`~cmap.data.store_datamodule.StoreInputs`.
         **kwargs: the :class:`~cmap.data.datamodule.SeriesDataModule` arguments (batch_size,
             num_workers, val_fraction, seed, augmentation).
     """
 
-    def __init__(
-        self,
-        path: str,
-        test_path: str | None = None,
-        fold: int | None = None,
-        num_folds: int = 5,
-        unlabelled: str | None = None,
-        unlabelled_ratio: int = 4,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        if self.balanced_sampling:
-            # Weights per row would need every label in memory: what streaming avoids.
-            raise ValueError("StreamingSeriesStore: balanced_sampling is not supported (use SeriesStore)")
-        use_stores(self, path, test_path, fold, num_folds)
-        self.use_unlabelled(unlabelled, unlabelled_ratio)
-        self.sizes: dict[str, int] = {}
-        self.counts: dict[str, np.ndarray] = {}
-        self._test_problem: str | None = None  # why the test split cannot be tested on (unlabelled series)
+    # Weights per row would need every label in memory: what streaming avoids.
+    balanced_sampling_problem = "weights per series would hold every label in memory; use SeriesStore"
+    #: Series (``sizes``) and labelled series of each class (``counts``) per split, counted at setup.
+    sizes: dict[str, int]
+    counts: dict[str, np.ndarray]
+    #: Why the test split cannot be tested on (unlabelled series), once set up.
+    _test_problem: str | None = None
 
     def _keys(self, series: Any, rows: np.ndarray) -> np.ndarray:
         """What a split is decided on: the group of each row, or the row itself."""
@@ -153,7 +143,7 @@ class StreamingSeriesStore(UnlabelledSeries, SeriesDataModule):
             self._setup_splits(stage)
         if stage == "test" and self._test_problem is not None and self.labels_needed():
             raise ValueError(self._test_problem)  # a test split set up for fit, with unlabelled series
-        super().setup(stage)  # the unlabelled series (UnlabelledSeries)
+        super().setup(stage)  # the unlabelled series (StoreInputs)
 
     def _setup_splits(self, stage: str) -> None:
         needs = stage != "predict" and self.labels_needed()
