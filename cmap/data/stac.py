@@ -134,23 +134,36 @@ def item_date(item: pystac.Item) -> datetime.date:
 
 
 def find_asset(item: pystac.Item, band: str, sentinel2_item: bool) -> tuple[str, pystac.Asset] | None:
-    """The asset of ``item`` holding ``band``: its key is ``band``, or its one ``eo:bands`` entry is named
-    ``band`` (name or common name), or (Sentinel-2) it spells the same band; the finest resolution first."""
+    """The asset of ``item`` holding ``band``: its key is ``band``, or its one band entry (``eo:bands``, or
+    STAC 1.1 ``bands``) is named ``band`` (name or common name), or (Sentinel-2) its key or band entry
+    spells the same band (``B02_10m``, ``blue``, ``blue-jp2``); the finest resolution first, then a COG
+    before its JPEG2000 copy."""
     if band in item.assets:
         return band, item.assets[band]
     named = [(key, asset) for key, asset in item.assets.items() if band in eo_band_names(asset)]
     if not named and sentinel2_item and (wanted := sentinel2.canonical_band(band)) is not None:
-        named = [(key, asset) for key, asset in item.assets.items() if sentinel2.canonical_band(key) == wanted]
+        named = [
+            (key, asset)
+            for key, asset in item.assets.items()
+            if wanted in {sentinel2.asset_key_band(key), *map(sentinel2.canonical_band, eo_band_names(asset))}
+        ]
     if not named:
         return None
-    return min(named, key=lambda pair: sentinel2.spelled_resolution(pair[0]) or asset_resolution(pair[1]) or 0)
+    return min(
+        named,
+        key=lambda pair: (
+            sentinel2.spelled_resolution(pair[0]) or asset_resolution(pair[1]) or 0,
+            sentinel2.is_jpeg2000(pair[0], pair[1].href, pair[1].media_type),
+        ),
+    )
 
 
 def eo_band_names(asset: pystac.Asset) -> tuple[str, ...]:
-    """The name and common name of an asset's one ``eo:bands`` entry (none for multi-band assets)."""
-    entries = asset.extra_fields.get("eo:bands") or []
+    """The name and common name of an asset's one band entry (``eo:bands``, or STAC 1.1 ``bands`` with
+    ``eo:common_name``); none for multi-band assets."""
+    entries = asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or []
     return (
-        tuple(entries[0].get(key) for key in ("name", "common_name") if entries[0].get(key))
+        tuple(entries[0][key] for key in ("name", "common_name", "eo:common_name") if entries[0].get(key))
         if len(entries) == 1
         else ()
     )
