@@ -64,31 +64,40 @@ DIRECTIONS = (
 )
 
 #: cmap variants: a title and the ``cmap fit`` options added to the default recipe's. ``{target}`` is the
-#: direction's unlabelled target store.
+#: direction's unlabelled target store (the new season's series, the mapping setting).
+TARGET = ["--data.init_args.unlabelled", "{target}", "--data.init_args.unlabelled_ratio", "1"]
+FIXMATCH = [*TARGET, "--model.init_args.consistency.threshold", "0.8"]
+CLASS_BALANCED = ["--model.init_args.consistency.distribution_alignment", "true"]
+
+
+def adaptation_callback(**init_args) -> list[str]:
+    """The option that appends :class:`~cmap.ml.adaptation.SeasonAdaptation` to the recipe's callbacks."""
+    callback = {"class_path": "cmap.ml.adaptation.SeasonAdaptation", "init_args": init_args}
+    return [f"--trainer.callbacks+={json.dumps(callback)}"]
+
+
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "baseline": ("default recipe, no adaptation", []),
     "day_shift": (
         "default recipe + day-shift augmentation (+-16 days)",
         ["--data.init_args.augmentation.day_shift", "16"],
     ),
-    "fixmatch": (
-        "consistency on the target store (FixMatch, threshold 0.8)",
-        ["--data.init_args.unlabelled", "{target}", "--model.init_args.consistency.threshold", "0.8"],
-    ),
+    "fixmatch": ("consistency on the target store (FixMatch, threshold 0.8, mu 1)", FIXMATCH),
     "fixmatch_da": (
-        "consistency on the target store, class-balanced (distribution alignment), threshold 0.8",
-        [
-            "--data.init_args.unlabelled",
-            "{target}",
-            "--model.init_args.consistency.threshold",
-            "0.8",
-            "--model.init_args.consistency.distribution_alignment",
-            "true",
-        ],
-    ),  # fmt: skip
+        "consistency on the target store, class-balanced (distribution alignment)",
+        [*FIXMATCH, *CLASS_BALANCED],
+    ),
+    "fixmatch_da_adabn": (
+        "consistency on the target store, class-balanced, AdaBN when training ends",
+        [*FIXMATCH, *CLASS_BALANCED, *adaptation_callback(batch_norm=True)],
+    ),
+    "timematch": (
+        "TimeMatch: shift estimated at 30 % of training (+-48 days), shifted target's pseudo-labels, class-balanced",
+        [*FIXMATCH, *CLASS_BALANCED, *adaptation_callback(batch_norm=False, shift_days=48, shift_step=8)],
+    ),
     "adapted": (
         f"the documented path: `{ADAPTATION_CONFIG}` with the target store",
-        ["--config", ADAPTATION_CONFIG, "--data.init_args.unlabelled", "{target}"],
+        ["--config", ADAPTATION_CONFIG, *TARGET],
     ),
 }
 

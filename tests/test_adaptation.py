@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmap.ml.adaptation import adapt_batch_norm, class_proportions, estimate_shift, proportions_table
+from cmap.ml.adaptation import adapt_batch_norm, batch_norms, class_proportions, estimate_shift, proportions_table
 from cmap.ml.consistency import Consistency
 
 
@@ -98,3 +98,53 @@ def test_consistency_weak_view_takes_the_day_shift():
     assert torch.equal(consistency.weak(series)["days"], series["days"])
     consistency.weak_day_shift = -10
     torch.testing.assert_close(consistency.weak(series)["days"], torch.tensor([[0, 0, 10, 20], [0, 5, 15, 25]]))
+
+
+def write_series_store(folder, num_series: int, labelled: bool, offset: float = 0.0) -> str:
+    from cmap.data import PixelSeries, write_store
+
+    generator = np.random.default_rng(len(str(folder)))
+    values = generator.normal(offset, 1.0, (num_series, 12, 3)).astype(np.float32)
+    labels = np.arange(num_series) % 3 if labelled else None
+    values[:, 4, 0] += 3.0 * (labels if labelled else generator.integers(0, 3, num_series))
+    days = np.tile(np.arange(12) * 16, (num_series, 1))
+    write_store(folder, PixelSeries(values, days, labels, str(folder)), ["B1", "B2", "B3"], CLASSES if labelled else [])
+    return str(folder)
+
+
+CLASSES = ["soy", "maize", "pasture"]
+
+
+def test_the_season_config_trains_with_the_new_seasons_store_and_prints_the_class_proportions(tmp_path, capsys):
+    """``cmap fit --config configs/season_transfer.yaml`` with an unlabelled store: the documented path
+    of docs/season.md, a few steps on tiny stores; AdaBN on, so last.ckpt holds the target's statistics."""
+    from cmap.cli import main as cmap_main
+    from cmap.ml.classifiers import Classifier
+
+    train = write_series_store(tmp_path / "train", 96, labelled=True)
+    target = write_series_store(tmp_path / "new_season", 64, labelled=False, offset=2.0)
+    adaptation = '{"class_path": "cmap.ml.adaptation.SeasonAdaptation", "init_args": {"batch_norm": true}}'
+    cmap_main([
+        "fit", "--config", "configs/season_transfer.yaml", "--data", "cmap.data.SeriesStore",
+        "--data.init_args.path", train, "--data.init_args.fold", "0", "--data.init_args.unlabelled", target,
+        "--data.init_args.unlabelled_ratio", "1", "--trainer.max_steps", "4", "--trainer.default_root_dir",
+        str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false", f"--trainer.callbacks+={adaptation}",
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "Class proportions, training series vs the 64 target series as predicted" in printed
+    table = printed.split("as predicted:\n", 1)[1].splitlines()[1:4]
+    assert sorted(line.split()[0] for line in table) == sorted(CLASSES)
+    for column in (1, 2):  # the source's shares, the target's predicted shares
+        assert abs(sum(float(line.split()[column].rstrip("%")) for line in table) - 100) < 0.2
+    checkpoint = next((tmp_path / "runs").glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+    model = Classifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    assert model.consistency is not None and model.consistency.distribution_alignment
+    # AdaBN: the first batch norm's running mean is the target's features' mean, not the source's.
+    from cmap.data import SeriesDataset, open_store
+    from cmap.data.series import batch_loader
+
+    norm = batch_norms(model)[0]
+    stats = norm.running_mean.clone()
+    series = open_store(target)[0]
+    adapt_batch_norm(model, batch_loader(SeriesDataset(series, np.arange(64), model.input_contract), 512))
+    torch.testing.assert_close(norm.running_mean, stats)

@@ -129,9 +129,9 @@ class SeasonAdaptation(L.Callback):
     """Adaptation to the data module's ``unlabelled`` store (the target season's series) in a ``cmap fit``.
 
     When training ends: with ``batch_norm``, the model's batch-norm statistics are re-estimated on the
-    target series (:func:`adapt_batch_norm`) and ``last.ckpt`` is written again with them (the model
-    that ``--test_after_fit`` tests and ``cmap map`` maps); then the source's class proportions and those
-    the model predicts on the target are printed (and the largest change logged). With
+    target series (:func:`adapt_batch_norm`): the model that ``--test_after_fit`` tests, written again
+    to ``last.ckpt`` (what ``cmap map`` maps; LastCheckpoint saved it at the last epoch's end, before); then
+    the source's class proportions and those the model predicts on the target are printed. With
     ``shift_days``, TimeMatch's shift (:func:`estimate_shift`, candidates every ``shift_step`` days in
     [-shift_days, shift_days]) is estimated when ``shift_after`` of the training steps are done and is
     given to the model's :class:`~cmap.ml.consistency.Consistency` (``weak_day_shift``): pseudo-labels
@@ -196,7 +196,10 @@ class SeasonAdaptation(L.Callback):
 
     @staticmethod
     def save_last(trainer: L.Trainer) -> None:
-        """``last.ckpt`` again, now with the target's batch-norm statistics."""
+        """``last.ckpt`` (of :class:`~cmap.ml.fault_tolerance.LastCheckpoint`, or a ``ModelCheckpoint`` with
+        ``save_last``) again, now with the target's batch-norm statistics."""
         for callback in trainer.checkpoint_callbacks:
-            if getattr(callback, "save_last", False) and callback.dirpath is not None:
+            if hasattr(callback, "last_path"):
+                trainer.save_checkpoint(callback.last_path())
+            elif getattr(callback, "save_last", False) and callback.dirpath is not None:
                 trainer.save_checkpoint(f"{callback.dirpath}/{callback.CHECKPOINT_NAME_LAST}.ckpt")
