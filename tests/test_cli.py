@@ -7,9 +7,11 @@ import pytest
 import torch
 import yaml
 
-from cmap.cli import CMapCLI, canonical_class_path
+from cmap.cli import main as cmap_main
+from cmap.lightning_cli import CMapCLI
 from cmap.ml.classifiers import Classifier
 from cmap.ml.encoders import TransformerEncoder
+from cmap.runtime import canonical_class_path
 
 from .conftest import CONFIGS
 
@@ -120,7 +122,7 @@ def test_every_option_of_every_command_has_help_text():
     from docstring_parser import parse
 
     from cmap.data.__main__ import build_parser
-    from cmap.map import map_rasters
+    from cmap.mapping import map_rasters
     from cmap.ml.callbacks import AttentionMapLogger, EmbeddingProjector, FinalMetrics
     from cmap.ml.progress import LogProgress
 
@@ -181,3 +183,112 @@ def test_lightnings_install_advertisements_are_silenced_wherever_a_cmap_task_run
     output = result.stdout + result.stderr
     assert "litmodels" not in output and "litlogger" not in output, output
     assert "GPU available" in output and "💡 Tip: another tip" in output, output
+
+
+def test_help_imports_neither_torch_nor_lightning():
+    """``cmap --help`` answers from the entry point alone (issue 33: it took 7-10 s importing Lightning)."""
+    script = (
+        "import sys, cmap.cli\n"
+        "cmap.cli.main(['--help'])\n"
+        "print(sorted(name for name in ('torch', 'lightning', 'jsonargparse') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "usage: cmap COMMAND" in result.stdout and "--debug" in result.stdout
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout
+
+
+def test_importing_cmap_changes_nothing_process_wide_until_an_entry_point_runs():
+    """jsonargparse's YAML loader and class-path resolution, and the warnings filters, are cmap's only once
+    cmap.runtime.install() ran (cmap.cli.main and CMapCLI call it), not when a cmap module is imported."""
+    script = (
+        "import warnings\n"
+        "from jsonargparse import _typehints, get_loader\n"
+        "def cmaps():  # cmap's filters (the libraries imported add their own)\n"
+        "    patterns = [f[1].pattern for f in warnings.filters if f[1]]\n"
+        "    return [p for p in patterns if 'LeafSpec' in p or 'batch_transfer' in p]\n"
+        "before = (get_loader('yaml'), _typehints.resolve_class_path_by_name)\n"
+        "import cmap.cli, cmap.lightning_cli, cmap.ml.base, cmap.ml.classifiers, cmap.map\n"
+        "print(before == (get_loader('yaml'), _typehints.resolve_class_path_by_name), len(cmaps()))\n"
+        "import cmap.runtime\n"
+        "cmap.runtime.install()\n"
+        "loader, resolve = get_loader('yaml'), _typehints.resolve_class_path_by_name\n"
+        "cmap.runtime.install()\n"
+        "print(loader is not before[0], resolve is not before[1], loader is get_loader('yaml'), len(cmaps()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "0", "True", "True", "True", "2"], result.stdout
+
+
+def alias_bomb(path, levels=9):
+    path.write_text(alias_bomb_text(levels))
+    return path
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("command", ["fit", "map", "area"])
+def test_a_yaml_alias_bomb_is_refused_in_one_line_before_it_is_expanded(command, tmp_path, capsys):
+    bomb = alias_bomb(tmp_path / "bomb.yaml")
+    with pytest.raises(SystemExit) as stop:
+        cmap_main([command, "--config", str(bomb)])
+    assert stop.value.code == 1
+    err = one_error_line(capsys)
+    assert f"{bomb}: YAML that stands for more than 200,000 values" in err and "alias" in err
+
+
+@pytest.mark.parametrize("option", ["--model", "--data"])
+def test_a_yaml_alias_bomb_given_as_a_model_or_data_file_is_refused_naming_the_option(option, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cmap_main(["fit", option, str(alias_bomb(tmp_path / "bomb.yaml"))])
+    assert stop.value.code != 0
+    err = capsys.readouterr().err
+    assert f'Parser key "{option[2:]}"' in err and "200,000 values once its aliases" in err and "Traceback" not in err
+
+
+def test_yaml_bounds_pass_real_configs_and_refuse_recursion_depth_and_size(monkeypatch):
+    from cmap import config_limits
+    from cmap.config_limits import ConfigTooLarge, check_yaml
+
+    for config in CONFIGS.glob("*.yaml"):
+        check_yaml(config.read_text(), config)
+    check_yaml(alias_bomb_text(levels=5))  # 10**5 values: under the limit
+    with pytest.raises(ConfigTooLarge, match="more than 200,000 values"):
+        check_yaml(alias_bomb_text(levels=6))
+    with pytest.raises(ConfigTooLarge, match="more than 200,000 values"):
+        check_yaml("a: &a [1, *a]\n")  # a list that contains itself
+    with pytest.raises(ConfigTooLarge, match="nested deeper than 200 levels"):
+        check_yaml("[" * 300 + "]" * 300)
+    check_yaml("[" * 150 + "]" * 150)
+    check_yaml("a: [unclosed\n")  # not YAML: left to the loader, which reports it as before
+    monkeypatch.setattr(config_limits, "MAX_CONFIG_BYTES", 1000)
+    with pytest.raises(ConfigTooLarge, match="run.yaml: 1,200 characters of YAML; cmap reads configs up to 1,000"):
+        check_yaml("#" * 1200, "run.yaml")
+
+
+def alias_bomb_text(levels: int) -> str:
+    """ "billion laughs": ``levels`` levels of ten aliases, 10**levels strings from a few hundred bytes."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 10)}]" for level in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_debug_shows_the_traceback_the_one_line_error_hides(seed_config, tmp_path, capsys, monkeypatch):
+    from cmap.outputs import MissingInput
+
+    missing = tmp_path / "missing.ckpt"
+    args = ["test", "--model", str(seed_config), "--data", str(CONFIGS / "seed_data_synthetic.yaml"), "--ckpt_path",
+            str(missing), "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    with pytest.raises(SystemExit):
+        cmap_main(args)
+    assert f"{missing}: no such checkpoint (--ckpt_path)" in one_error_line(capsys)
+    monkeypatch.delenv("JSONARGPARSE_DEBUG", raising=False)  # the test's own: restored (absent) when it ends
+    with pytest.raises(MissingInput, match="no such checkpoint"):
+        cmap_main(["--debug", *args])
+    monkeypatch.delenv("JSONARGPARSE_DEBUG")  # --debug set it (for jsonargparse's errors); undone after the test
+    monkeypatch.setenv("CMAP_DEBUG", "1")
+    with pytest.raises(MissingInput, match="no such checkpoint"):
+        cmap_main(args)

@@ -19,9 +19,6 @@ from cmap.ml.encoders import SeriesEncoder
 from cmap.ml.weights import load_encoder_weights, state_dict_mismatch
 
 STAGES = ("train", "val", "test")
-# Lightning warns whenever a LightningModule overrides a batch-transfer hook and a data module is given
-# (either could hold it); cmap's data modules leave it alone, so SITSTask's runs as meant.
-warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
 
 
 def fused_adamw_applies(parameters: Iterable[Tensor]) -> bool:
