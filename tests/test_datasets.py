@@ -10,13 +10,8 @@ import torch
 from cmap.data import SeriesStore, UCRCrop, open_store, write_store
 from cmap.data.__main__ import main as convert_main
 from cmap.data.contract import TimeAxis
-from cmap.data.convert import (
-    read_mato_grosso,
-    read_sinop_samples,
-    read_table,
-    read_tempcnn,
-    read_victoria,
-)
+from cmap.data.convert import read_mato_grosso, read_sinop_samples, read_tempcnn, read_victoria
+from cmap.data.table import read_table
 
 from .conftest import SHARED_DATA, quiet_trainer, require, tiny_classifier, tiny_encoder_config
 

@@ -10,9 +10,10 @@ import pytest
 
 from cmap.cli import main as cmap_main
 from cmap.data import SeriesStore, open_store
-from cmap.data.convert import read_table, read_victoria
+from cmap.data.convert import read_victoria
 from cmap.data.series import PixelSeries
 from cmap.data.splits import group_split, kfold_split, stratified_split
+from cmap.data.table import read_table
 
 from .conftest import SHARED_DATA, require
 

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from cmap.cli import main as cmap_main
 from cmap.data import SeriesStore, open_store
-from cmap.data.convert import NODATA_SENTINELS, class_order
+from cmap.data.table import class_order
+from cmap.data.table_cells import NODATA_SENTINELS
 from cmap.data.time_axis import (
     TimeAxis,
     add_time_axis_arguments,

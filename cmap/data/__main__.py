@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from cmap.data import convert, raster, stac
+from cmap.data import table as table_reader
 from cmap.data.contract import RawValues
 from cmap.data.time_axis import TimeAxis, add_time_axis_arguments
 
@@ -108,9 +109,9 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
     table.add_argument("--delimiter", default=",", help="CSV field separator")
     table.add_argument("--decimal", default=".", help="decimal mark of band values (e.g. ,)")
     table.add_argument(
-        "--missing_values", nargs="*", default=list(convert.MISSING_VALUES),
+        "--missing_values", nargs="*", default=list(table_reader.MISSING_VALUES),
         help="band cells read as a missing (clouded) date; any other text is an error "
-        f"(default: {' '.join(repr(v) for v in convert.MISSING_VALUES)})",
+        f"(default: {' '.join(repr(v) for v in table_reader.MISSING_VALUES)})",
     )  # fmt: skip
     table.add_argument(
         "--allow_unlabelled", action="store_true",
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
     if args.dataset == "table":
         if not args.bands:
             parser.error("table needs --bands")
-        converted = convert.read_table(
+        converted = table_reader.read_table(
             args.source, args.bands, args.sample_column, args.date_column, args.label_column or None,
             args.group_column, args.class_names, args.reference_date, args.time_axis, args.season_start,
             args.date_format, args.encoding, args.missing_values, args.delimiter, args.decimal, args.allow_unlabelled,
@@ -210,11 +211,12 @@ def _describe_days(converted: convert.Converted) -> str:
     series = converted.series
     days = np.where(series.valid_dates, series.days, -1)
     text = f"time axis: {converted.time_axis.describe()}; days 0 to {int(days.max())}"
-    late = np.flatnonzero(days.max(axis=1) >= convert.ONE_SEASON_DAYS)
+    late = np.flatnonzero(days.max(axis=1) >= table_reader.ONE_SEASON_DAYS)
     if len(late):
         first = late[0] if series.sample_ids is None else repr(str(series.sample_ids[late[0]]))
         text += (
-            f"; {len(late)} samples reach past day {convert.ONE_SEASON_DAYS - 1} (more than one season), first "
+            f"; {len(late)} samples reach past day {table_reader.ONE_SEASON_DAYS - 1} (more than one season), "
+            "first "
             f"{first} (days {int(days[late[0]][days[late[0]] >= 0].min())} to {int(days[late[0]].max())}): check "
             "PositionalEncoding.max_len, and whether --time_axis / --season_start fit your samples"
         )
