@@ -641,7 +641,7 @@ def forward_alone(checkpoint: Path, sizes: Sizes, device: torch.device, precisio
 
 
 def map_end_to_end(sizes: Sizes, args: argparse.Namespace, device: torch.device) -> tuple[str, dict[str, Any]]:
-    from cmap.map import map_rasters
+    from cmap.mapping import map_rasters
 
     figures: dict[str, Any] = {"size": sizes.map_size, "dates": sizes.dates, "batch_size": sizes.map_batch}
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:

@@ -26,7 +26,7 @@ if ! "$python" -c "import jsonargparse, rasterio, pystac" 2> /dev/null && ls .wh
 fi
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
     --format=csv | tee "$out/nvidia-smi.txt"
-"$python" -c "import cmap.cli, cmap.map, rasterio, jsonargparse, torch; print('torch', torch.__version__)" || exit 1
+"$python" -c "import cmap.cli, cmap.mapping, rasterio, jsonargparse, torch; print('torch', torch.__version__)" || exit 1
 ucr=()
 [ -f .devdata/ucr/Crop_TRAIN.tsv ] && ucr=(--ucr_root .devdata/ucr)
 timeout "$budget" "$python" benchmarks/gpu_check.py --output_dir "$out" ${ucr[@]+"${ucr[@]}"} "$@" > "$out/log.txt" 2>&1

@@ -72,7 +72,7 @@ def fit_default_recipe(root: Path, dates: int, bands: int, classes: int) -> Path
 
 
 def map_once(checkpoint: Path, rasters: Path, output: Path, devices: int, args: argparse.Namespace) -> dict:
-    command = [sys.executable, "-m", "cmap.map", "--checkpoint", str(checkpoint), "--rasters", str(rasters),
+    command = [sys.executable, "-m", "cmap.mapping", "--checkpoint", str(checkpoint), "--rasters", str(rasters),
                "--output", str(output), "--window_size", str(args.window_size), "--batch_size", str(args.batch_size),
                "--accelerator", args.accelerator, "--devices", str(devices), "--precision", args.precision,
                "--num_workers", str(args.num_workers), "--progress", "false", "--cog", "false"]  # fmt: skip

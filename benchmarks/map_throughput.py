@@ -75,7 +75,7 @@ def build_stac(folder: Path, overlap: int = 64) -> Path:
 
 
 def run(checkpoint: str, rasters: Path, output: Path, window_size: int, batch_size: int, precision: str) -> dict:
-    from cmap.map import map_rasters
+    from cmap.mapping import map_rasters
 
     start = time.perf_counter()
     map_rasters(checkpoint, str(rasters), str(output), pattern=SINOP_PATTERN, scale=1e-4, valid_range=(-2000, 10000),

@@ -32,8 +32,9 @@ from common import REPO, SHARED_DATA, SINOP_CUBE, SINOP_PATTERN
 from rasterio.transform import rowcol, xy
 from rasterio.warp import transform
 
-from cmap.data.raster import read_labels
-from cmap.map import class_colours, map_rasters
+from cmap.data.samples import read_labels
+from cmap.mapping import map_rasters
+from cmap.mapping.styles import class_colours
 
 SITS_PROBABILITIES = SINOP_CUBE / "sinop_2014_probs_2013-09-01_2014-08-30_v1.tif"
 #: Band order of sits' probability raster (sits R/sits_cube.R documents it for this file).
@@ -206,7 +207,7 @@ def render_products(raw: Path, smoothed: Path, parcels: Path, figure: Path) -> N
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    from cmap.map import uncertainty_path
+    from cmap.mapping.products import uncertainty_path
 
     with rasterio.open(raw) as dataset:
         class_names = [dataset.tags(1)[str(i)] for i in range(len(dataset.tags(1)))]

@@ -5,7 +5,7 @@
 
 The map (a ``cmap map`` class map: class names in its ``class_names`` tag, nodata 255) is the
 stratification; the reference samples (points with a class name: a CSV with coordinate columns, or
-any vector file fiona reads) are read with :func:`cmap.data.raster.read_labels`, each takes the map
+any vector file fiona reads) are read with :func:`cmap.data.samples.read_labels`, each takes the map
 class of the pixel it falls in, and the map's pixel counts per class give the mapped areas.
 :func:`cmap.evaluation.area_adjusted_accuracy` (Olofsson et al. 2014) then gives user's and
 producer's accuracies, the overall accuracy and the error-adjusted area of each class, with
@@ -24,7 +24,7 @@ import pandas as pd
 import rasterio
 from rasterio.warp import transform_geom
 
-from cmap.data.raster import read_labels
+from cmap.data.samples import read_labels
 from cmap.evaluation import AreaAccuracy, area_adjusted_accuracy, sample_counts
 from cmap.outputs import InputError, check_outputs, write_bytes_atomically
 

@@ -610,6 +610,34 @@ def test_bad_label_files_are_one_line_naming_file_column_and_row(tmp_path, capsy
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.parametrize("command", ["extract", "area"])
+def test_7_projected_points_with_the_default_crs_are_one_line_naming_file_columns_and_crs(tmp_path, capsys, command):
+    """UTM metres read as the default EPSG:4326 degrees: one line naming the file, the columns, the first row and
+    --crs (was PROJ's "utm: Invalid latitude" at the end of a 39-line traceback); with --crs, they are read."""
+    rasters = raster_stack(tmp_path / "rasters", shape=(20, 20))
+    points = tmp_path / "points.csv"
+    points.write_text("longitude,latitude,label\n-52.1,-12.5,a\n500005,4799995,a\n500015,4799985,b\n")
+    if command == "extract":
+        arguments = ["extract", str(rasters), str(points), str(tmp_path / "store"), "--pattern", PATTERN]
+    else:
+        class_map = tmp_path / "map.tif"
+        grid = {"crs": "EPSG:32631", "transform": from_origin(500_000.0, 4_800_000.0, 10.0, 10.0)}
+        with rasterio.open(class_map, "w", driver="GTiff", width=20, height=20, count=1, dtype="uint8", nodata=255,
+                           **grid) as dataset:  # fmt: skip
+            dataset.write(np.zeros((1, 20, 20), dtype=np.uint8))
+            dataset.update_tags(class_names=json.dumps(["a", "b"]))
+        arguments = ["area", "--map", str(class_map), "--reference", str(points), "--output", str(tmp_path / "r.csv")]
+    message = one_line_error(capsys, arguments)
+    assert f"{points}: columns 'longitude', 'latitude' row 1 (line 3) hold (500005, 4.8e+06)" in message
+    assert "outside the valid range of the CRS EPSG:4326" in message and "2 of 3 points" in message
+    assert "--crs" in message and "Traceback" not in message
+    if command == "extract":
+        points.write_text("longitude,latitude,label\n500005,4799995,a\n500015,4799985,b\n")
+        cmap_main([*arguments, "--crs", "EPSG:32631"])
+        assert len(open_store(tmp_path / "store")[0].labels) == 2
+        assert "not a CRS" in one_line_error(capsys, [*arguments, "--crs", "EPSG:99999999", "--overwrite"])
+
+
 def test_a_missing_or_damaged_ckpt_path_is_one_line(checkpoint, tmp_path, capsys):
     config = checkpoint.parents[3] / "config.yaml"
     damaged = tmp_path / "damaged.ckpt"

@@ -1,4 +1,4 @@
-"""Crop maps from raster stacks (cmap.map) and training samples from rasters (cmap.data.raster)."""
+"""Crop maps from raster stacks (cmap.mapping) and training samples from rasters (cmap.data.raster)."""
 
 import json
 import subprocess
@@ -17,8 +17,11 @@ from cmap.cli import main as cmap_main
 from cmap.data import SeriesStore, open_store, write_store
 from cmap.data.contract import TimeAxis
 from cmap.data.convert import read_mato_grosso
-from cmap.data.raster import RasterStack, extract_samples, read_labels
-from cmap.map import MapWriter, map_rasters, probabilities_path
+from cmap.data.raster import RasterStack
+from cmap.data.samples import extract_samples, read_labels
+from cmap.mapping import map_rasters
+from cmap.mapping.products import probabilities_path
+from cmap.mapping.writer import MapWriter
 from cmap.ml.classifiers import Classifier
 
 from .conftest import SHARED_DATA, fit_tiny_classifier, require
@@ -107,7 +110,8 @@ def test_bands_are_read_into_the_window_array_and_every_file_type_converts_as_nu
     for band, data in values.items():
         write_raster(tmp_path / f"T_{band}_2021-04-01.tif", data)
     stack = RasterStack.from_folder(tmp_path, r"_(?P<band>[A-C])_(?P<date>\d{4}-\d{2}-\d{2})", ["A", "B", "C"])
-    datasets = {key: RecordingReads(dataset) for key, dataset in stack.open().items()}
+    opened = stack.open()
+    datasets = {key: RecordingReads(opened[key]) for key in stack.layer_keys()}
     window = rasterio.windows.Window(1, 2, 4, 3)
     with np.errstate(over="ignore"):  # 1e300 in float32
         cube = stack.read(window, datasets)
@@ -138,7 +142,7 @@ def test_map_of_the_sinop_cube_has_the_cube_grid_classes_and_probabilities(ndvi_
         # unit as GDAL's own (a GIS reads 0..1, not 0..100).
         assert [classes.tags(1)[str(i)] for i in range(len(class_names))] == class_names
         assert probabilities.scales == (0.01,) * len(class_names) and probabilities.offsets == (0.0,) * len(class_names)
-        assert probabilities.units == ("probability",) * len(class_names)
+        assert probabilities.units == ("fraction",) * len(class_names) and probabilities.tags()["unit"] == "fraction"
         mapped, percent = classes.read(1), probabilities.read()
     assert mapped.max() < len(class_names) and (mapped != 255).all()  # every Sinop pixel has a valid date
     # The class is the most probable one; percentages sum to 100 up to rounding.
@@ -292,7 +296,7 @@ def test_a_killed_map_leaves_no_file_under_the_output_names(ndvi_checkpoint, tmp
     output = tmp_path / "out" / "map.tif"
     script = (
         "import os, signal, sys\n"
-        "from cmap.map import MapWriter, map_rasters\n"
+        "from cmap.mapping import map_rasters\nfrom cmap.mapping.writer import MapWriter\n"
         "original = MapWriter.write_on_batch_end\n"
         "def write_then_die(self, *args, **kwargs):\n"
         "    original(self, *args, **kwargs)\n"

@@ -17,7 +17,10 @@ import pytest
 import rasterio
 import torch
 
-from cmap.map import MapWriter, attributes_path, map_rasters, parts_path, probabilities_path, uncertainty_path
+from cmap.mapping import map_rasters
+from cmap.mapping.parts import parts_path
+from cmap.mapping.products import attributes_path, probabilities_path, uncertainty_path
+from cmap.mapping.writer import UNIT, MapWriter
 from cmap.parcels import summarise_parcels
 from cmap.postprocessing import BayesianSmoothing, bayesian_smoothing, uncertainty_bands
 
@@ -136,6 +139,9 @@ def test_gdal_reads_class_names_colours_and_probability_scale_without_the_qml(nd
         band.close()
         with rasterio.open(path) as dataset:
             assert list(dataset.descriptions) == names and dataset.scales == (0.01,) * len(names)
+            # One unit per raster: that of the scaled values (0..1), in the file's tags and on every band.
+            assert dataset.tags()["scale"] == "0.01" and dataset.units == (dataset.tags()["unit"],) * len(names)
+            assert dataset.tags()["unit"] == UNIT
 
 
 def test_uncertainty_is_the_entropy_and_margin_of_the_probabilities(ndvi_checkpoint, tmp_path):
@@ -259,12 +265,12 @@ def test_parcels_get_the_majority_class_shares_and_mean_probabilities(ndvi_check
 
 
 def run_map(output: Path, checkpoint: Path, *options: str, script: Path | None = None, **kwargs):
-    """``cmap map`` of the Sinop cube in a new process (with ``script``, that script instead of ``-m cmap.map``)."""
+    """``cmap map`` of the Sinop cube in a new process (with ``script``, that script instead of ``-m cmap.mapping``)."""
     arguments = ["--checkpoint", str(checkpoint), "--rasters", str(require(SINOP)), "--output", str(output),
                  "--pattern", SINOP_PATTERN, "--scale", "1e-4", "--valid_range", "[-2000, 10000]", "--window_size",
                  "64", "--progress", "false", "--smoothing", "true", "--uncertainty", "true", "--cog", "false",
                  "--accelerator", "cpu", *options]  # fmt: skip
-    command = [sys.executable, str(script)] if script else [sys.executable, "-m", "cmap.map"]
+    command = [sys.executable, str(script)] if script else [sys.executable, "-m", "cmap.mapping"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.run(
         [*command, *arguments], capture_output=True, text=True, timeout=300, env=environment, **kwargs
@@ -297,7 +303,8 @@ def test_two_processes_make_the_map_of_one(ndvi_checkpoint, one_process_map, tmp
 
 KILL_AFTER_TWO_WINDOWS = """
 import os, signal
-from cmap.map import MapWriter, main
+from cmap.mapping.command import main
+from cmap.mapping.writer import MapWriter
 
 original = MapWriter.write_on_batch_end
 written = []

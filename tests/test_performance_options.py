@@ -11,7 +11,8 @@ import torch
 from rasterio.transform import from_origin
 
 from cmap.data import SyntheticSITS
-from cmap.map import map_rasters, probabilities_path
+from cmap.mapping import map_rasters
+from cmap.mapping.products import probabilities_path
 from cmap.ml.classifiers import Classifier
 from cmap.ml.compile import CompileModel
 from cmap.ml.embeddings import PositionalEncoding
@@ -77,7 +78,7 @@ def test_compile_option_of_map_and_predict_gives_the_same_results(tmp_path, monk
     for date in ("2021-04-01", "2021-05-01", "2021-06-01"):
         with rasterio.open(rasters / f"TILE_b1_{date}.tif", "w", transform=from_origin(0, 0, 10, 10), **profile) as out:
             out.write(rng.normal(size=(1, 20, 30)).astype(np.float32))
-    monkeypatch.setattr("cmap.map.CompileModel", CountingCompile)
+    monkeypatch.setattr("cmap.mapping.run.CompileModel", CountingCompile)
     torch._dynamo.reset()
     maps = {}
     for compiled in (False, True):

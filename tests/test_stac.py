@@ -17,7 +17,6 @@ import re
 import shlex
 from pathlib import Path
 
-import jsonargparse
 import numpy as np
 import pandas as pd
 import pystac
@@ -32,8 +31,11 @@ from cmap.data import open_store
 from cmap.data import sentinel2 as s2
 from cmap.data.raster import RasterStack
 from cmap.data.stac import is_stac_source, open_stack, read_items, stack_from_stac, target_grid
-from cmap.map import map_rasters, probabilities_path
+from cmap.mapping import map_rasters
+from cmap.mapping.command import build_parser as map_command_parser
+from cmap.mapping.products import probabilities_path
 from cmap.outputs import InputError
+from cmap.raster_source import RasterSource
 
 from .conftest import require
 from .test_map import (  # noqa: F401
@@ -384,7 +386,7 @@ def test_common_name_assets_safe_folders_and_cog_folders_give_the_same_stack(tmp
         assert is_stac_source(folder)
         items = read_items(folder)
         assert len(items) == 2 * len(DATES)
-        stack = open_stack(folder, ["B04", "B08", "B11"])
+        stack = open_stack(RasterSource(str(folder)), ["B04", "B08", "B11"])
         assert stack.profile["transform"] == from_origin(300_000, TOP, 10, 10) and stack.shape == (32, 56)
         if layout == "safe":  # the finest file of each band (B11_20m, not B11_60m), offset from MTD_MSIL2A.xml
             assert stack.granules[0][0].layers[2].href.endswith("_B11_20m.jp2")
@@ -398,7 +400,7 @@ def test_a_folder_of_products_is_listed_once(tmp_path, monkeypatch):
     folder = write_products(tmp_path / "cog", "cog")
     listed, iterdir = [], Path.iterdir
     monkeypatch.setattr(Path, "iterdir", lambda self: (listed.append(self), iterdir(self))[1])
-    stack = open_stack(folder, ["B04", "B11"])
+    stack = open_stack(RasterSource(str(folder)), ["B04", "B11"])
     assert [len(granules) for granules in stack.granules] == [2] * len(DATES)
     assert len(listed) == 1 + 2 * len(DATES) and len(set(listed)) == len(listed)
 
@@ -418,7 +420,7 @@ def test_a_missing_band_or_scl_asset_is_named(tmp_path):
         stack_from_stac(collection, ["B04"])
     assert stack_from_stac(collection, ["B04"], masked_classes=[]).granules[0][0].mask is None
     with pytest.raises(InputError, match=r"rasters: .* resolution, bounds are for STAC and Sentinel-2 inputs"):
-        open_stack(synthetic_stack(tmp_path / "rasters"), None, resolution=20, bounds=(0, 0, 1, 1))
+        open_stack(RasterSource(str(synthetic_stack(tmp_path / "rasters")), resolution=20, bounds=(0, 0, 1, 1)), None)
     (tmp_path / "broken.json").write_text('{"type": "FeatureCollection", "features": [{"type": "Feature"}]}')
     with pytest.raises(InputError, match=r"broken.json: not a valid STAC document"):
         read_items(tmp_path / "broken.json")
@@ -438,8 +440,7 @@ def test_list_options_are_spelled_alike_in_cmap_extract_and_cmap_map(tmp_path, c
     with pytest.raises(InputError) as error:
         stack_from_stac(collection, ["B04"])
     suggested = shlex.split(re.search(r"pass (--masked_classes '.*?')", str(error.value))[1])
-    map_parser = jsonargparse.ArgumentParser()
-    map_parser.add_function_arguments(map_rasters)
+    map_parser = map_command_parser()
     required = ["--checkpoint", "last.ckpt", "--rasters", "items.json", "--output", "map.tif"]
     assert map_parser.parse_args([*required, *suggested]).masked_classes == []
     parser = cmap_data.build_parser()

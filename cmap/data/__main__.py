@@ -19,10 +19,11 @@ import argparse
 import numpy as np
 import yaml
 
-from cmap.data import convert, raster, stac
+from cmap.data import convert, samples, stac
 from cmap.data import table as table_reader
 from cmap.data.contract import RawValues
 from cmap.data.time_axis import TimeAxis, add_time_axis_arguments
+from cmap.raster_source import DEFAULT_PATTERN, RasterSource
 
 READERS = {
     "ucr_crop": convert.read_ucr,
@@ -134,7 +135,7 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
     extract.add_argument("output", help="the store folder to write")
     extract.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it is a cmap store")
     extract.add_argument(
-        "--pattern", default=raster.DEFAULT_PATTERN, help="file name regex with (?P<date>) [and (?P<band>)]"
+        "--pattern", default=DEFAULT_PATTERN, help="file name regex with (?P<date>) [and (?P<band>)]"
     )
     extract.add_argument(
         "--bands", nargs="+", default=None,
@@ -187,8 +188,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
         stack = stac.open_stack(RasterSource.from_options(vars(args)), args.bands)
         raw_values = RawValues(stack.scale, stack.offset, stack.valid_range)
         time_axis = stack.season() if args.season_start is None else TimeAxis.from_season_start(args.season_start)
-        shapes = raster.read_labels(args.labels, args.label_field, args.x_column, args.y_column, args.crs)
-        series, class_names = raster.extract_samples(stack, shapes, args.class_names, time_axis)
+        shapes = samples.read_labels(args.labels, args.label_field, args.x_column, args.y_column, args.crs)
+        series, class_names = samples.extract_samples(stack, shapes, args.class_names, time_axis)
         converted = convert.Converted(series, stack.band_names, class_names, time_axis, raw_values)
         _write(converted, args.output, args.overwrite)
         return

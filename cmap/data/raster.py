@@ -37,42 +37,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
-from cmap.data.series import PixelSeries
+from cmap.data.raster_files import GRID_KEYS, OpenRasters, is_url, one_line, open_raster, raster_grid
 from cmap.data.time_axis import TimeAxis, parse_date
 from cmap.outputs import InputError, MissingInput
+from cmap.raster_source import DEFAULT_PATTERN
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
-DEFAULT_PATTERN = r"(?P<date>\d{4}-\d{2}-\d{2})"
-GRID_KEYS = ("crs", "transform", "width", "height")
-
-
-def open_raster(path: str | Path, context: str = "") -> Any:
-    """``rasterio.open(path)``; an unreadable file is an :class:`InputError` naming it (and ``context``)."""
-    try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioError as error:
-        raise InputError(f"{path}: not a readable raster{context} ({one_line(error)})") from error
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
-def is_url(href: str | Path) -> bool:
-    return "://" in str(href)
-
-
-def raster_grid(dataset: Any) -> dict[str, Any]:
-    """The grid of an open raster: ``crs``, ``transform``, ``width``, ``height`` (a stack's ``profile``)."""
-    return {key: getattr(dataset, key) for key in GRID_KEYS}
 
 
 @dataclass(frozen=True)
@@ -273,10 +248,10 @@ class RasterStack:
             for col in range(0, width, size):
                 yield Window(col, row, min(size, width - col), min(size, height - row))
 
-    def read(self, window: Window | None = None, datasets: dict[Any, Any] | None = None) -> np.ndarray:
+    def read(self, window: Window | None = None, datasets: Any = None) -> np.ndarray:
         """float32 (T, C, h, w) physical values of ``window`` (default: everything); NaN = missing.
 
-        ``datasets``: open rasters, to reuse across windows (see :meth:`open`). Each band is read
+        ``datasets``: open rasters by (href, resampling), to reuse across windows (see :meth:`open`). Each band is read
         straight into its place in the output (the first granule of a date) or into one buffer
         shared by the later granules of every mosaic, not into an array of its own.
         """
@@ -296,12 +271,10 @@ class RasterStack:
                     out[t][:, fill] = later[:, fill]
         finally:
             if datasets is None:
-                close_all(opened)
+                opened.close()
         return out
 
-    def _read_granule(
-        self, granule: Granule, t: int, window: Window | None, datasets: dict[Any, Any], values: np.ndarray
-    ) -> None:
+    def _read_granule(self, granule: Granule, t: int, window: Window | None, datasets: Any, values: np.ndarray) -> None:
         """Fill ``values``, float32 (C, h, w), with the physical values of one granule; NaN = missing
         (nodata, out of range, masked class)."""
         for c, layer in enumerate(granule.layers):
@@ -327,7 +300,7 @@ class RasterStack:
         layer: Layer,
         resampling: str,
         window: Window | None,
-        datasets: dict[Any, Any],
+        datasets: Any,
         what: str,
         t: int,
         out: np.ndarray | None = None,
@@ -367,13 +340,17 @@ class RasterStack:
                 f"({one_line(error)})"
             ) from error
 
-    def open(self) -> dict[Any, Any]:
-        """Every raster opened once, by (href, resampling) (close them with :func:`close_all`).
+    def open(self, capacity: int | None = None) -> OpenRasters:
+        """The stack's rasters, opened as they are read and kept open for the next windows, at most
+        ``capacity`` at once (:class:`~cmap.data.raster_files.OpenRasters`; close it when done).
 
         A raster on the target grid is read directly; one on another grid through a warped VRT onto
         the target grid (outside its footprint: masked, with an alpha band when it has no nodata).
         """
-        datasets: dict[Any, Any] = {}
+        return OpenRasters(self._open_layer, capacity)
+
+    def layer_keys(self) -> list[tuple[str, str]]:
+        """Every raster the stack reads, by (href, resampling), once, in the order they are read."""
         needs = [
             (layer.href, resampling)
             for granules in self.granules
@@ -383,169 +360,22 @@ class RasterStack:
                 *([(granule.mask, "nearest")] if granule.mask else []),
             )
         ]
+        return list(dict.fromkeys(needs))
+
+    def _open_layer(self, href: str, resampling: str) -> Any:
+        dataset = open_raster(href)
+        if raster_grid(dataset) == self.profile:
+            return dataset
         try:
-            for href, resampling in dict.fromkeys(needs):
-                dataset = open_raster(href)
-                if raster_grid(dataset) == self.profile:
-                    datasets[(href, resampling)] = dataset
-                    continue
-                try:
-                    datasets[(href, resampling)] = WarpedVRT(
-                        dataset, **self.profile, resampling=Resampling[resampling], add_alpha=dataset.nodata is None
-                    )
-                except rasterio.errors.RasterioError as error:
-                    dataset.close()
-                    raise InputError(f"{href}: cannot be resampled onto the target grid ({one_line(error)})") from error
-        except InputError:
-            close_all(datasets)
-            raise
-        return datasets
-
-
-def close_all(datasets: dict[Any, Any]) -> None:
-    for dataset in datasets.values():
-        source = getattr(dataset, "src_dataset", None)  # a WarpedVRT's own file
-        dataset.close()
-        if source is not None:
-            source.close()
+            return WarpedVRT(
+                dataset, **self.profile, resampling=Resampling[resampling], add_alpha=dataset.nodata is None
+            )
+        except rasterio.errors.RasterioError as error:
+            dataset.close()
+            raise InputError(f"{href}: cannot be resampled onto the target grid ({one_line(error)})") from error
 
 
 def pixel_series(cube: np.ndarray) -> np.ndarray:
     """(T, C, h, w) -> (h * w, T, C), row-major pixels."""
     t, c, h, w = cube.shape
     return np.ascontiguousarray(cube.reshape(t, c, h * w).transpose(2, 0, 1))
-
-
-@dataclass
-class LabelledShapes:
-    """Training labels on the ground: points or polygons with a class name each (see :func:`read_labels`)."""
-
-    geometries: list[dict[str, Any]]  # GeoJSON-like, in ``crs``
-    labels: list[str]
-    crs: Any
-    source: str
-
-
-def read_labels(
-    path: str | Path,
-    label_field: str = "label",
-    x_column: str = "longitude",
-    y_column: str = "latitude",
-    crs: str = "EPSG:4326",
-) -> LabelledShapes:
-    """Points or polygons with labels: a vector file (GeoPackage, Shapefile, GeoJSON... read with
-    fiona) or a CSV of points (``x_column``, ``y_column`` in ``crs``, ``label_field``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInput(f"{path}: no such file of labels")
-    if path.suffix.lower() == ".csv":
-        try:
-            table = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except (ValueError, UnicodeDecodeError) as error:  # pandas' parser errors are ValueErrors
-            raise InputError(f"{path}: not a readable CSV table ({one_line(error)})") from error
-        missing = [column for column in (x_column, y_column, label_field) if column not in table]
-        if missing:
-            raise InputError(f"{path}: columns {missing} are missing (found {list(table.columns)})")
-        coordinates = {}
-        for column in (x_column, y_column):
-            numbers = pd.to_numeric(table[column].str.strip(), errors="coerce")
-            bad = np.flatnonzero(~np.isfinite(numbers.to_numpy(dtype=float)))
-            if len(bad):
-                raise InputError(
-                    f"{path}: column {column!r} row {bad[0]} (line {bad[0] + 2}) holds {table[column].iloc[bad[0]]!r}, "
-                    "expected a coordinate (a number)"
-                )
-            coordinates[column] = numbers.to_numpy(dtype=float)
-        empty = np.flatnonzero(table[label_field].str.strip().to_numpy() == "")
-        if len(empty):
-            raise InputError(
-                f"{path}: column {label_field!r} row {empty[0]} (line {empty[0] + 2}) is empty, expected a class name"
-            )
-        geometries = [
-            {"type": "Point", "coordinates": (float(x), float(y))}
-            for x, y in zip(coordinates[x_column], coordinates[y_column], strict=True)
-        ]
-        return LabelledShapes(geometries, table[label_field].str.strip().tolist(), crs, str(path))
-    import fiona
-
-    try:
-        layer = fiona.open(path)
-    except fiona.errors.FionaError as error:
-        raise InputError(f"{path}: not a readable vector file of labels ({one_line(error)})") from error
-    with layer:
-        if label_field not in layer.schema["properties"]:
-            raise InputError(f"{path}: no field {label_field!r} (fields: {list(layer.schema['properties'])})")
-        features = list(layer)
-        layer_crs = layer.crs
-    geometries = [dict(feature.geometry.__geo_interface__) for feature in features]
-    return LabelledShapes(
-        geometries, [str(feature.properties[label_field]) for feature in features], layer_crs, str(path)
-    )
-
-
-def extract_samples(
-    stack: RasterStack,
-    shapes: LabelledShapes,
-    class_names: Sequence[str] | None = None,
-    time_axis: TimeAxis | None = None,
-    window_size: int = 1024,
-) -> tuple[PixelSeries, list[str]]:
-    """The pixel series of ``stack`` under ``shapes``: one per point, one per pixel of a polygon,
-    in the order of the shapes.
-
-    Each series' group is its shape's index, so splits keep a polygon's pixels together. Shapes
-    outside the grid are an error (named). Returns the series and the class names (sorted names
-    of the labels unless ``class_names`` fixes the order). Days follow ``time_axis`` (default:
-    :meth:`RasterStack.season`).
-    """
-    names = sorted(set(shapes.labels)) if class_names is None else list(class_names)
-    unknown = sorted(set(shapes.labels) - set(names))
-    if unknown:
-        raise InputError(f"{shapes.source}: labels {unknown} are not in the class names {names}")
-    index = {name: i for i, name in enumerate(names)}
-    crs, transform = stack.profile["crs"], stack.profile["transform"]
-    geometries = [transform_geom(shapes.crs, crs, geometry) for geometry in shapes.geometries]
-    # Points take the pixel they fall in (one series each, even when two share a pixel); polygons
-    # every pixel whose centre they contain.
-    is_point = np.array([geometry["type"] == "Point" for geometry in geometries])
-    point_rows, point_cols = np.full(len(geometries), -1), np.full(len(geometries), -1)
-    if is_point.any():
-        xs, ys = zip(*(geometries[i]["coordinates"][:2] for i in np.flatnonzero(is_point)), strict=True)
-        rows, cols = rasterio.transform.rowcol(transform, xs, ys)
-        point_rows[is_point], point_cols[is_point] = rows, cols
-    values, shape_ids = [], []
-    datasets = stack.open()
-    try:
-        for window in stack.windows(window_size):
-            height, width = int(window.height), int(window.width)
-            rows, cols = point_rows - int(window.row_off), point_cols - int(window.col_off)
-            points = np.flatnonzero(is_point & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width))
-            pixels, ids = [rows[points] * width + cols[points]], [points]
-            polygons = [(geometries[i], i + 1) for i in np.flatnonzero(~is_point)]
-            if polygons:
-                burned = rasterize(
-                    polygons, (height, width), transform=rasterio.windows.transform(window, transform), dtype="int32"
-                ).ravel()
-                inside = np.flatnonzero(burned)
-                pixels.append(inside)
-                ids.append(burned[inside] - 1)
-            pixels = np.concatenate(pixels)
-            if len(pixels) == 0:
-                continue
-            values.append(pixel_series(stack.read(window, datasets))[pixels])
-            shape_ids.append(np.concatenate(ids))
-    finally:
-        close_all(datasets)
-    found = np.concatenate(shape_ids) if shape_ids else np.empty(0, dtype=np.int64)
-    outside = sorted(set(range(len(geometries))) - set(found.tolist()))
-    if outside:
-        raise InputError(
-            f"{shapes.source}: {len(outside)} shapes cover no pixel of the raster grid (outside it, or "
-            f"polygons smaller than a pixel), first at index {outside[0]}; remove them"
-        )
-    order = np.argsort(found, kind="stable")  # in the order of the shapes, then of the pixels
-    found, values = found[order], np.concatenate(values)[order]
-    days = np.broadcast_to(stack.days(time_axis or stack.season()), (len(found), len(stack.dates))).copy()
-    labels = np.array([index[shapes.labels[i]] for i in found], dtype=np.int64)
-    series = PixelSeries(values, days, labels, shapes.source, found.astype(np.int64))
-    return series, names

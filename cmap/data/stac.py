@@ -48,8 +48,10 @@ from rasterio.warp import transform_bounds
 
 from cmap.data import sentinel2
 from cmap.data.contract import RawValues
-from cmap.data.raster import DEFAULT_PATTERN, Granule, Layer, RasterStack, is_url, one_line, open_raster, raster_grid
+from cmap.data.raster import Granule, Layer, RasterStack
+from cmap.data.raster_files import is_url, one_line, open_raster, raster_grid
 from cmap.outputs import InputError, MissingInput
+from cmap.raster_source import RasterSource
 
 CATALOGUE_NAMES = ("catalog.json", "collection.json")
 
@@ -318,42 +320,31 @@ def stack_from_stac(
     return stack_from_items(read_items(source, products), bands, source=str(source), **options)
 
 
-def open_stack(
-    rasters: str | Path,
-    bands: Sequence[str] | None,
-    raw_values: RawValues | None = None,
-    pattern: str = DEFAULT_PATTERN,
-    scale: float | None = None,
-    offset: float | None = None,
-    valid_range: tuple[float, float] | None = None,
-    resolution: float | None = None,
-    masked_classes: Sequence[int] | None = None,
-    resampling: str = "nearest",
-    grid_crs: str | None = None,
-    bounds: Sequence[float] | None = None,
-) -> RasterStack:
+def open_stack(source: RasterSource, bands: Sequence[str] | None, raw_values: RawValues | None = None) -> RasterStack:
     """The stack ``cmap map`` and ``cmap extract`` read: STAC (:func:`stac_products`) or a folder of rasters.
 
     Raw values: explicit ``scale``, ``offset``, ``valid_range`` first, then ``raw_values`` (a
     checkpoint's convention), then the input's own (Sentinel-2 L2A: 1e-4), then 1, 0 and none.
     """
+    scale, offset, valid_range = source.scale, source.offset, source.valid_range
     if raw_values is not None:
         scale = raw_values.scale if scale is None else scale
         offset = raw_values.offset if offset is None else offset
         valid_range = raw_values.valid_range if valid_range is None else valid_range
-    products = stac_products(rasters)  # one look at a folder of products, passed on
+    products = stac_products(source.rasters)  # one look at a folder of products, passed on
     if products is not None:
         return stack_from_stac(
-            rasters, bands, products, scale=scale, offset=offset, valid_range=valid_range, resolution=resolution,
-            masked_classes=masked_classes, resampling=resampling, crs=grid_crs, bounds=bounds,
+            source.rasters, bands, products, scale=scale, offset=offset, valid_range=valid_range,
+            resolution=source.resolution, masked_classes=source.masked_classes, resampling=source.resampling,
+            crs=source.grid_crs, bounds=source.bounds,
         )  # fmt: skip
-    stac_only = {"resolution": resolution, "masked_classes": masked_classes, "grid_crs": grid_crs, "bounds": bounds}
-    given = [name for name, value in stac_only.items() if value is not None]
+    given = source.stac_options_given()
     if given:
         raise InputError(
-            f"{rasters}: a folder of rasters is read on its own grid, without a class mask; {', '.join(given)} "
+            f"{source.rasters}: a folder of rasters is read on its own grid, without a class mask; {', '.join(given)} "
             "are for STAC and Sentinel-2 inputs"
         )
     return RasterStack.from_folder(
-        rasters, pattern, bands, 1.0 if scale is None else scale, 0.0 if offset is None else offset, valid_range
+        source.rasters, source.pattern, bands, 1.0 if scale is None else scale, 0.0 if offset is None else offset,
+        valid_range,
     )

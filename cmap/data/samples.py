@@ -1,0 +1,184 @@
+"""Training samples from rasters: the pixel series of a raster stack under labelled points or polygons.
+
+:func:`read_labels` reads the labels (a CSV of points, or any vector file fiona reads), checking that
+the coordinates lie in their CRS's valid range; :func:`extract_samples` reads the stack's pixels
+under them (``cmap extract``; ``cmap area`` reads its reference points with :func:`read_labels`).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+from rasterio.features import rasterize
+from rasterio.warp import transform, transform_geom
+
+from cmap.data.raster import RasterStack, pixel_series
+from cmap.data.raster_files import one_line
+from cmap.data.series import PixelSeries
+from cmap.data.time_axis import TimeAxis
+from cmap.outputs import InputError, MissingInput
+
+
+@dataclass
+class LabelledShapes:
+    """Training labels on the ground: points or polygons with a class name each (see :func:`read_labels`)."""
+
+    geometries: list[dict[str, Any]]  # GeoJSON-like, in ``crs``
+    labels: list[str]
+    crs: Any
+    source: str
+
+
+def read_labels(
+    path: str | Path,
+    label_field: str = "label",
+    x_column: str = "longitude",
+    y_column: str = "latitude",
+    crs: str = "EPSG:4326",
+) -> LabelledShapes:
+    """Points or polygons with labels: a vector file (GeoPackage, Shapefile, GeoJSON... read with
+    fiona) or a CSV of points (``x_column``, ``y_column`` in ``crs``, ``label_field``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInput(f"{path}: no such file of labels")
+    if path.suffix.lower() == ".csv":
+        try:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (ValueError, UnicodeDecodeError) as error:  # pandas' parser errors are ValueErrors
+            raise InputError(f"{path}: not a readable CSV table ({one_line(error)})") from error
+        missing = [column for column in (x_column, y_column, label_field) if column not in table]
+        if missing:
+            raise InputError(f"{path}: columns {missing} are missing (found {list(table.columns)})")
+        coordinates = {}
+        for column in (x_column, y_column):
+            numbers = pd.to_numeric(table[column].str.strip(), errors="coerce")
+            bad = np.flatnonzero(~np.isfinite(numbers.to_numpy(dtype=float)))
+            if len(bad):
+                raise InputError(
+                    f"{path}: column {column!r} row {bad[0]} (line {bad[0] + 2}) holds {table[column].iloc[bad[0]]!r}, "
+                    "expected a coordinate (a number)"
+                )
+            coordinates[column] = numbers.to_numpy(dtype=float)
+        empty = np.flatnonzero(table[label_field].str.strip().to_numpy() == "")
+        if len(empty):
+            raise InputError(
+                f"{path}: column {label_field!r} row {empty[0]} (line {empty[0] + 2}) is empty, expected a class name"
+            )
+        check_coordinates(path, coordinates[x_column], coordinates[y_column], crs, (x_column, y_column))
+        geometries = [
+            {"type": "Point", "coordinates": (float(x), float(y))}
+            for x, y in zip(coordinates[x_column], coordinates[y_column], strict=True)
+        ]
+        return LabelledShapes(geometries, table[label_field].str.strip().tolist(), crs, str(path))
+    import fiona
+
+    try:
+        layer = fiona.open(path)
+    except fiona.errors.FionaError as error:
+        raise InputError(f"{path}: not a readable vector file of labels ({one_line(error)})") from error
+    with layer:
+        if label_field not in layer.schema["properties"]:
+            raise InputError(f"{path}: no field {label_field!r} (fields: {list(layer.schema['properties'])})")
+        features = list(layer)
+        layer_crs = layer.crs
+    geometries = [dict(feature.geometry.__geo_interface__) for feature in features]
+    return LabelledShapes(
+        geometries, [str(feature.properties[label_field]) for feature in features], layer_crs, str(path)
+    )
+
+
+def check_coordinates(path: Path, xs: np.ndarray, ys: np.ndarray, crs: str, columns: tuple[str, str]) -> None:
+    """Points ``xs``, ``ys`` of the file ``path`` (its ``columns``) inside the valid range of ``crs``: longitudes
+    in [-180, 180] and latitudes in [-90, 90], of the points themselves (a geographic CRS) or of their
+    position on the Earth (a projected one). Else an :class:`InputError` naming the file, the columns, the
+    first point out of range, and ``--crs``: projected metres read as degrees (the default EPSG:4326) fail
+    here, not as PROJ's "Invalid latitude" deep in a reprojection."""
+    try:
+        reference = CRS.from_user_input(crs)
+    except CRSError as error:
+        raise InputError(f"{path}: crs {crs!r} of columns {list(columns)} is not a CRS ({one_line(error)})") from None
+    longitudes, latitudes = (xs, ys) if reference.is_geographic else transform(reference, "EPSG:4326", xs, ys)
+    longitudes, latitudes = np.asarray(longitudes, dtype=float), np.asarray(latitudes, dtype=float)
+    outside = ~(
+        np.isfinite(longitudes) & np.isfinite(latitudes) & (np.abs(longitudes) <= 180) & (np.abs(latitudes) <= 90)
+    )
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise InputError(
+            f"{path}: columns {columns[0]!r}, {columns[1]!r} row {row} (line {row + 2}) hold "
+            f"({xs[row]:g}, {ys[row]:g}), outside the valid range of the CRS {crs} "
+            f"(longitude -180..180, latitude -90..90); {int(outside.sum())} of {len(xs)} points are: "
+            "give the CRS of the coordinates with --crs "
+            "(e.g. --crs EPSG:32722 for UTM zone 22S metres)"
+        )
+
+
+def extract_samples(
+    stack: RasterStack,
+    shapes: LabelledShapes,
+    class_names: Sequence[str] | None = None,
+    time_axis: TimeAxis | None = None,
+    window_size: int = 1024,
+) -> tuple[PixelSeries, list[str]]:
+    """The pixel series of ``stack`` under ``shapes``: one per point, one per pixel of a polygon,
+    in the order of the shapes.
+
+    Each series' group is its shape's index, so splits keep a polygon's pixels together. Shapes
+    outside the grid are an error (named). Returns the series and the class names (sorted names
+    of the labels unless ``class_names`` fixes the order). Days follow ``time_axis`` (default:
+    :meth:`RasterStack.season`).
+    """
+    names = sorted(set(shapes.labels)) if class_names is None else list(class_names)
+    unknown = sorted(set(shapes.labels) - set(names))
+    if unknown:
+        raise InputError(f"{shapes.source}: labels {unknown} are not in the class names {names}")
+    index = {name: i for i, name in enumerate(names)}
+    crs, transform = stack.profile["crs"], stack.profile["transform"]
+    geometries = [transform_geom(shapes.crs, crs, geometry) for geometry in shapes.geometries]
+    # Points take the pixel they fall in (one series each, even when two share a pixel); polygons
+    # every pixel whose centre they contain.
+    is_point = np.array([geometry["type"] == "Point" for geometry in geometries])
+    point_rows, point_cols = np.full(len(geometries), -1), np.full(len(geometries), -1)
+    if is_point.any():
+        xs, ys = zip(*(geometries[i]["coordinates"][:2] for i in np.flatnonzero(is_point)), strict=True)
+        rows, cols = rasterio.transform.rowcol(transform, xs, ys)
+        point_rows[is_point], point_cols[is_point] = rows, cols
+    values, shape_ids = [], []
+    with stack.open() as datasets:
+        for window in stack.windows(window_size):
+            height, width = int(window.height), int(window.width)
+            rows, cols = point_rows - int(window.row_off), point_cols - int(window.col_off)
+            points = np.flatnonzero(is_point & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width))
+            pixels, ids = [rows[points] * width + cols[points]], [points]
+            polygons = [(geometries[i], i + 1) for i in np.flatnonzero(~is_point)]
+            if polygons:
+                burned = rasterize(
+                    polygons, (height, width), transform=rasterio.windows.transform(window, transform), dtype="int32"
+                ).ravel()
+                inside = np.flatnonzero(burned)
+                pixels.append(inside)
+                ids.append(burned[inside] - 1)
+            pixels = np.concatenate(pixels)
+            if len(pixels) == 0:
+                continue
+            values.append(pixel_series(stack.read(window, datasets))[pixels])
+            shape_ids.append(np.concatenate(ids))
+    found = np.concatenate(shape_ids) if shape_ids else np.empty(0, dtype=np.int64)
+    outside = sorted(set(range(len(geometries))) - set(found.tolist()))
+    if outside:
+        raise InputError(
+            f"{shapes.source}: {len(outside)} shapes cover no pixel of the raster grid (outside it, or "
+            f"polygons smaller than a pixel), first at index {outside[0]}; remove them"
+        )
+    order = np.argsort(found, kind="stable")  # in the order of the shapes, then of the pixels
+    found, values = found[order], np.concatenate(values)[order]
+    days = np.broadcast_to(stack.days(time_axis or stack.season()), (len(found), len(stack.dates))).copy()
+    labels = np.array([index[shapes.labels[i]] for i in found], dtype=np.int64)
+    series = PixelSeries(values, days, labels, shapes.source, found.astype(np.int64))
+    return series, names
