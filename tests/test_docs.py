@@ -111,6 +111,18 @@ def test_the_readmes_links_resolve():
             )
 
 
+def test_the_paths_the_documents_name_exist():
+    """Files and folders of the repository named in the README and the pages (``cmap/mapping/``,
+    ``configs/default.yaml``, ...) exist: a module moved or renamed shows here, not in a user's shell."""
+    pattern = r"(?<![\w./-])((?:cmap|configs|benchmarks|scripts|tests|docs)/[\w./-]*\w/?)"
+    named = {
+        (page.name, path) for page in [README, *DOCS.glob("*.md")] for path in re.findall(pattern, page.read_text())
+    }
+    assert len(named) > 50, named
+    missing = sorted((page, path) for page, path in named if not (REPO / path).exists())
+    assert not missing, missing
+
+
 def test_the_readmes_results_table_is_what_the_benchmark_writes(tmp_path, monkeypatch):
     """``benchmarks/accuracy.py`` rewrites the README's table between its markers: from the committed
     results it writes the table the README holds, character for character."""
