@@ -86,14 +86,14 @@ def check_strata(counts: np.ndarray, pixels: np.ndarray, names: list[str], refer
     for i in short:
         elsewhere = [f"{counts[m, i]} on {names[m]}" for m in np.flatnonzero(counts[:, i]) if m != i]
         details.append(
-            f"{names[i]}: {on_pixels[i]} point(s) on pixels mapped as {names[i]} ({int(pixels[i])} pixels); "
-            f"{counts[:, i].sum()} labelled {names[i]}" + (f", {', '.join(elsewhere)}" if elsewhere else "")
+            f"{names[i]}: {on_pixels[i]} point(s) on pixels mapped as {names[i]} ({int(pixels[i])} pixels)"
+            + (f"; of the {counts[:, i].sum()} labelled {names[i]}, {', '.join(elsewhere)}" if elsewhere else "")
         )
     wanted = ", ".join(names[i] for i in short)
     raise InputError(
         f"{reference}: the area estimators (Olofsson et al. 2014) take the map classes as strata and need at least "
         f"2 reference points on pixels mapped as each class; {'; '.join(details)}. Add reference points on pixels "
-        f"mapped as {wanted} (a stratified random sample of the map: the same number of points per mapped class, "
+        f"mapped as {wanted} (a stratified random sample of the map: points drawn among each mapped class's pixels, "
         "each labelled with what is on the ground)"
     )
 

@@ -234,7 +234,9 @@ def test_sinop_reference_points_too_few_on_a_mapped_class_say_where_they_fell(si
     error = capsys.readouterr().err.strip()
     assert exit.value.code == 1 and len(error.splitlines()) == 1 and "Traceback" not in error
     assert "need at least 2 reference points on pixels mapped as each class" in error
-    assert "Cerrado: 1 point(s) on pixels mapped as Cerrado" in error and "3 labelled Cerrado, 2 on Forest" in error
+    assert (
+        "Cerrado: 1 point(s) on pixels mapped as Cerrado" in error and "of the 3 labelled Cerrado, 2 on Forest" in error
+    )
     assert "Add reference points on pixels mapped as Cerrado (a stratified random sample" in error
     assert "Forest:" not in error and "Soy_Cotton" not in error  # enough points; no mapped pixel
     assert not list(tmp_path.iterdir())
