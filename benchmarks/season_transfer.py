@@ -39,8 +39,16 @@ from sklearn.metrics import accuracy_score, f1_score
 from cmap.cli import CMapCLI
 from cmap.data.convert import _read_rda_tibble, read_mato_grosso
 from cmap.data.series import PixelSeries, SeriesDataset, batch_loader
+from cmap.data.splits import kfold_split
 from cmap.data.store import open_store, write_store
-from cmap.ml.adaptation import adapt_batch_norm, estimate_shift, predicted_classes
+from cmap.ml.adaptation import (
+    adapt_batch_norm,
+    estimate_shift,
+    predicted_classes,
+    predicted_probabilities,
+    prior_adjusted,
+    target_priors,
+)
 from cmap.ml.classifiers import Classifier
 
 RDA = SHARED_DATA / "sits_matogrosso_mod13q1" / "br_mt_1_8K_9classes_6bands.rda"
@@ -56,11 +64,15 @@ class Direction:
     title: str
     source_seasons: tuple[int, int]  # first and last season (inclusive) of the labelled series
     target_season: int
+    #: instead of seasons: this fold of the 5 stratified folds (seed 0) of every season is the target
+    #: (the README's random-split protocol; ``accuracy.py``'s fold)
+    random_fold: int | None = None
 
 
 DIRECTIONS = (
     Direction("to2015", "seasons <= 2014 -> 2015", (0, 2014), 2015),
     Direction("to2014", "2015 -> 2014", (2015, 2015), 2014),
+    Direction("random0", "random split, fold 0 of 5", (0, 9999), 0, random_fold=0),
 )
 
 #: cmap variants: a title and the ``cmap fit`` options added to the default recipe's. ``{target}`` is the
@@ -123,6 +135,9 @@ def write_stores(direction: Direction, folder: Path) -> dict:
     seasons = season_of_each_sample(RDA, series.days[:, 0])
     first, last = direction.source_seasons
     source, target = (seasons >= first) & (seasons <= last), seasons == direction.target_season
+    if direction.random_fold is not None:
+        target = np.isin(np.arange(len(series)), kfold_split(series, 5, direction.random_fold, 0)[1])
+        source = ~target
     seen = sorted(set(series.labels[source].tolist()))
     scored = target & np.isin(series.labels, seen)
     train_names = [names[label] for label in seen]  # the source's classes only: the model's outputs
@@ -177,11 +192,14 @@ def fit_cmap(direction: Direction, folder: Path, variant: str, seed: int, runs: 
     options = [option.replace("{target}", str(folder / "target")) for option in VARIANTS[variant][1]]
     options = [str(REPO / option) if option == ADAPTATION_CONFIG else option for option in options]
     root = runs / direction.name / variant / f"seed{seed}"
-    arguments = ["fit", "--config", str(REPO / DEFAULT_RECIPE), "--data", "cmap.data.SeriesStore"]
+    # The variant's options (a config among them) first: the run's own (seed, folder, stores) override them.
+    config = options[1:2] if options[:1] == ["--config"] else [str(REPO / DEFAULT_RECIPE)]
+    options = options[2:] if options[:1] == ["--config"] else options
+    arguments = ["fit", "--config", *config, "--data", "cmap.data.SeriesStore", *options]
     arguments += ["--data.init_args.path", str(folder / "train"), "--data.init_args.test_path", str(folder / "test")]
     arguments += ["--seed_everything", str(seed), "--trainer.default_root_dir", str(root)]
     arguments += ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-    arguments += ["--test_after_fit", "true", *options]
+    arguments += ["--test_after_fit", "true"]
     cli = CMapCLI(args=arguments)
     outputs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader())
     return torch.cat([output["probabilities"] for output in outputs]).argmax(-1).numpy()
@@ -193,25 +211,31 @@ SHIFTS = range(-48, 49, 8)
 
 def checkpoint_variants(folder: Path, checkpoint: Path) -> list[tuple[str, np.ndarray, dict]]:
     """What needs no retraining, on a trained model's last checkpoint: its test predictions as saved;
-    TimeMatch's shift estimate alone (the test series' days moved by it); AdaBN (batch-norm statistics
+    TimeMatch's shift estimate alone (the test series' days moved by it); the target's class
+    proportions by EM (:func:`~cmap.ml.adaptation.target_priors`, from the model's mean probabilities on
+    its training series) and the test probabilities adjusted to them; AdaBN (batch-norm statistics
     of the target store); AdaBN then the shift. Each with the shift estimate and its entropies."""
     model = Classifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
-    contract = model.input_contract
-    test_series, target_series = open_store(folder / "test")[0], open_store(folder / "target")[0]
-    test = list(batch_loader(SeriesDataset(test_series, np.arange(len(test_series)), contract), 512))
-    target = list(batch_loader(SeriesDataset(target_series, np.arange(len(target_series)), contract), 512))
 
-    def shifted(batches: list, shift: int) -> list:
-        return [{**batch, "days": (batch["days"] + shift).clamp_min(0)} for batch in batches]
+    def batches(store: str, shift: int = 0) -> list:
+        series = open_store(folder / store)[0]
+        loader = batch_loader(SeriesDataset(series, np.arange(len(series)), model.input_contract), 512)
+        return [{**batch, "days": (batch["days"] + shift).clamp_min(0)} for batch in loader]
 
+    target = batches("target")
     results = []
     for name in ("", "+adabn"):
         if name:
             adapt_batch_norm(model, target)
         shift, entropies = estimate_shift(model, target, SHIFTS)
         info = {"shift": shift, "entropies": {str(k): round(v, 4) for k, v in entropies.items()}}
-        results.append((name, predicted_classes(model, test).numpy(), info))
-        results.append((f"{name}+shift", predicted_classes(model, shifted(test, shift)).numpy(), info))
+        results.append((name, predicted_classes(model, batches("test")).numpy(), info))
+        results.append((f"{name}+shift", predicted_classes(model, batches("test", shift)).numpy(), info))
+        if not name:
+            source = predicted_probabilities(model, batches("train")).mean(0)
+            priors = target_priors(predicted_probabilities(model, target), source)
+            adjusted = prior_adjusted(predicted_probabilities(model, batches("test")), source, priors)
+            results.append(("+priors", adjusted.argmax(-1).numpy(), {"priors": priors.numpy().round(4).tolist()}))
     return results
 
 
@@ -224,7 +248,7 @@ def checkpoint_records(direction: Direction, folder: Path, runs: Path, variant: 
         checkpoints = sorted(run.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
         if not checkpoints or (f"{variant}+adabn", direction.name, seed) in done:
             continue
-        for name, predictions, info in checkpoint_variants(folder, checkpoints[-1]):
+        for name, predictions, info in checkpoint_variants(folder, checkpoints[-1])[1:]:  # [0]: as trained
             record = {"kind": "cmap", "method": f"{variant}{name}", "direction": direction.name, "seed": seed,
                       **scores(labels, predictions), **info}  # fmt: skip
             append_record(scores_path, record)
@@ -266,11 +290,12 @@ def report(records: list[dict], summaries: dict[str, dict]) -> str:
     methods += [("cmap", variant, f"cmap: {title}") for variant, (title, _) in VARIANTS.items()]
     methods += [("cmap", name, f"cmap: {name}") for name in sorted({r["method"] for r in records if r["kind"] ==
                                                                     "cmap"} - set(VARIANTS))]  # fmt: skip
-    header = "| method | " + " | ".join(f"{d.title}: OA | macro F1 | seeds" for d in DIRECTIONS) + " |"
-    lines = [header, "|---|" + "---|---|---|" * len(DIRECTIONS)]
+    directions = [d for d in DIRECTIONS if any(r["direction"] == d.name for r in records)]
+    header = "| method | " + " | ".join(f"{d.title}: OA | macro F1 | seeds" for d in directions) + " |"
+    lines = [header, "|---|" + "---|---|---|" * len(directions)]
     for kind, method, title in methods:
         cells = []
-        for direction in DIRECTIONS:
+        for direction in directions:
             found = [r for r in records if r["kind"] == kind and r["method"] == method and r["direction"] ==
                      direction.name]  # fmt: skip
             if not found:
@@ -295,7 +320,7 @@ def write_report(records: list[dict], summaries: dict[str, dict], output: Path) 
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "season_transfer")
-    parser.add_argument("--directions", nargs="+", default=[d.name for d in DIRECTIONS])
+    parser.add_argument("--directions", nargs="+", default=["to2015", "to2014"], choices=[d.name for d in DIRECTIONS])
     parser.add_argument("--variants", nargs="+", default=["baseline", "adapted"], choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
@@ -315,7 +340,11 @@ def main() -> None:
     scores_path = args.workdir / "scores.jsonl"
     args.workdir.mkdir(parents=True, exist_ok=True)
     directions = [d for d in DIRECTIONS if d.name in args.directions]
-    summaries = {d.name: write_stores(d, args.workdir / d.name) for d in directions}
+    summaries = {  # the report's: these directions' and those written by earlier runs
+        d.name: write_stores(d, args.workdir / d.name)
+        for d in DIRECTIONS
+        if d in directions or (args.workdir / d.name / "summary.json").is_file()
+    }
     for variant in args.from_checkpoints:
         for direction in directions:
             runs = args.workdir / "runs"

@@ -148,3 +148,20 @@ def test_the_season_config_trains_with_the_new_seasons_store_and_prints_the_clas
     series = open_store(target)[0]
     adapt_batch_norm(model, batch_loader(SeriesDataset(series, np.arange(64), model.input_contract), 512))
     torch.testing.assert_close(norm.running_mean, stats)
+
+
+def test_em_recovers_the_targets_class_proportions():
+    """Probabilities of a calibrated model under source proportions (0.5, 0.3, 0.2), on a target drawn
+    with (0.1, 0.3, 0.6): EM's estimate is near the target's, and the adjusted probabilities follow it."""
+    from cmap.ml.adaptation import prior_adjusted, target_priors
+
+    generator = torch.Generator().manual_seed(0)
+    source, target = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.1, 0.3, 0.6])
+    labels = torch.multinomial(target, 20000, replacement=True, generator=generator)
+    features = labels.float() + 0.8 * torch.randn(len(labels), generator=generator)  # 1-D, overlapping classes
+    likelihood = torch.exp(-((features[:, None] - torch.arange(3.0)) ** 2) / (2 * 0.8**2))
+    probabilities = likelihood * source / (likelihood * source).sum(-1, keepdim=True)  # Bayes under the source
+    estimate = target_priors(probabilities, source)
+    torch.testing.assert_close(estimate, target, atol=0.02, rtol=0)
+    adjusted = prior_adjusted(probabilities, source, estimate)
+    assert (adjusted.argmax(-1) == labels).float().mean() > (probabilities.argmax(-1) == labels).float().mean()

@@ -96,16 +96,46 @@ def estimate_shift(model: nn.Module, batches: Sequence[Batch], shifts: Sequence[
 
 
 @torch.no_grad()
-def predicted_classes(model: nn.Module, batches: Iterable[Batch]) -> Tensor:
+def predicted_probabilities(model: nn.Module, batches: Iterable[Batch]) -> Tensor:
+    """``model``'s class probabilities (N, K) over ``batches``, in eval mode."""
     training = model.training
     model.eval()
     try:
         return torch.cat([
-            model(*(batch[key].to(device_of(model)) for key in ("values", "days", "mask"))).argmax(-1).cpu()
+            torch.softmax(model(*(batch[key].to(device_of(model)) for key in ("values", "days", "mask"))).float(), -1)
+            .cpu()
             for batch in batches
         ])  # fmt: skip
     finally:
         model.train(training)
+
+
+def predicted_classes(model: nn.Module, batches: Iterable[Batch]) -> Tensor:
+    return predicted_probabilities(model, batches).argmax(-1)
+
+
+def target_priors(
+    probabilities: Tensor, source_priors: Tensor, iterations: int = 100, tolerance: float = 1e-6
+) -> Tensor:
+    """The target's class proportions by EM (Saerens, Latinne & Decaestecker 2002): the model's
+    probabilities on the target series (N, K), made under the training classes' proportions
+    ``source_priors`` (K,), are reweighted by the ratio of the current estimate to those, and the
+    estimate becomes the mean of the reweighted probabilities, until it stops moving."""
+    probabilities, source_priors = probabilities.double(), source_priors.double().clamp_min(1e-12)
+    priors = source_priors.clone()
+    for _ in range(iterations):
+        adjusted = prior_adjusted(probabilities, source_priors, priors)
+        updated = adjusted.mean(0)
+        if (updated - priors).abs().max() < tolerance:
+            return updated.float()
+        priors = updated
+    return priors.float()
+
+
+def prior_adjusted(probabilities: Tensor, source_priors: Tensor, target_priors: Tensor) -> Tensor:
+    """Class probabilities under the target's proportions: p(k | x) * target_k / source_k, renormalised."""
+    weighted = probabilities * (target_priors / source_priors.clamp_min(1e-12)).to(probabilities.dtype)
+    return weighted / weighted.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 def class_proportions(labels: np.ndarray | Tensor, num_classes: int) -> np.ndarray:
