@@ -102,6 +102,15 @@ def _lightning(args: list[str]) -> None:
     CMapCLI(args=args)
 
 
+def _labelling(command: str) -> Any:
+    def run(args: list[str]) -> None:
+        import importlib
+
+        importlib.import_module(f"cmap.labelling.{command}").main(args, prog=f"cmap {command}")
+
+    return run
+
+
 def _export(args: list[str]) -> None:
     from cmap.ml.weights import main as export_main
 
@@ -111,6 +120,7 @@ def _export(args: list[str]) -> None:
 #: Sub-commands besides LightningCLI's, each with its entry point (imported when used).
 COMMANDS = {
     "map": _map, "area": _area, "convert": _data("convert"), "extract": _data("extract"), "export": _export,
+    "cv": _labelling("cv"), "audit": _labelling("audit"), "suggest": _labelling("suggest"),
 }  # fmt: skip
 
 USAGE = """usage: cmap COMMAND [options]    (cmap COMMAND --help for a command's options)
@@ -127,6 +137,9 @@ commands:
   convert    convert a dataset's original files, or your own table, to a series store
   extract    a store of the pixel series of rasters under labelled points or polygons
   export     write a checkpoint's encoder weights, to fine-tune from them
+  cv         k-fold cross-validation of a config on a store: report, out-of-fold probabilities
+  audit      the doubtful labels of a store (confident learning), ranked, and a cleaned store
+  suggest    the series to label next, from a trained model: uncertain and diverse
 
 options:
   --debug    before COMMAND (or CMAP_DEBUG=1): show the full traceback of an error, not one line
