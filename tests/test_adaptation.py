@@ -165,3 +165,22 @@ def test_em_recovers_the_targets_class_proportions():
     torch.testing.assert_close(estimate, target, atol=0.02, rtol=0)
     adjusted = prior_adjusted(probabilities, source, estimate)
     assert (adjusted.argmax(-1) == labels).float().mean() > (probabilities.argmax(-1) == labels).float().mean()
+
+
+def test_the_season_config_is_the_default_recipe_plus_its_adaptation():
+    """configs/season_transfer.yaml must follow configs/default.yaml: the same model, budget and callbacks,
+    plus consistency and SeasonAdaptation only (and its own run folder)."""
+    import yaml
+
+    from .conftest import CONFIGS
+
+    default = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+    season = yaml.safe_load((CONFIGS / "season_transfer.yaml").read_text())
+    added = [c for c in season["trainer"]["callbacks"] if c["class_path"] == "cmap.ml.adaptation.SeasonAdaptation"]
+    assert len(added) == 1
+    season["trainer"]["callbacks"].remove(added[0])
+    consistency = season["model"]["init_args"].pop("consistency")
+    assert consistency == {"threshold": 0.8, "distribution_alignment": True}
+    assert season["trainer"].pop("default_root_dir") == "runs/season"
+    default["trainer"].pop("default_root_dir")
+    assert season == default
