@@ -153,6 +153,8 @@ def oof_table(
             "fold": folds[held],
             "predicted": [class_names[k] for k in mean.argmax(axis=1)],
             "confidence": mean.max(axis=1),
+            # the share of seeds whose model predicts the given label: cmap audit's out-of-fold agreement
+            "agreement": np.mean([p[held].argmax(axis=1) == labels[held] for p in probabilities.values()], axis=0),
         }
     )
     for k, name in enumerate(class_names):
