@@ -1,7 +1,9 @@
 """Surviving interruptions: random state in checkpoints, a checkpoint on SIGTERM, finding the last one.
 
-A run killed at any moment (SIGKILL, a lost node) resumes from its latest epoch-end checkpoint with
-``cmap fit ... --ckpt_path last``. Lightning's checkpoint holds the weights, the optimiser and the
+A run killed at any moment (SIGKILL, a lost node) resumes from its latest checkpoint with
+``cmap fit ... --ckpt_path last``: :class:`LastCheckpoint` (in every config of ``configs/``) writes
+``last.ckpt`` at every epoch's end, within long epochs every ``every_n_train_steps`` steps, and
+when training ends. Lightning's checkpoint holds the weights, the optimiser and the
 LR schedule; :class:`RandomState` adds the random number generators, so that a resumed
 single-process run draws the same batches, dropout masks and augmentations as an uninterrupted
 one and ends with the same weights. A run asked to stop (SIGTERM: ``kill``, a scheduler's
@@ -64,6 +66,9 @@ class RandomState(L.Callback):
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        finish_epoch_end(checkpoint)  # before Lightning restores its loops from it
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.world_size > 1:
             return
@@ -76,12 +81,113 @@ class RandomState(L.Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
+def finish_epoch_end(checkpoint: dict[str, Any]) -> None:
+    """Mark a checkpoint saved at an epoch's end (``on_train_epoch_end``) as the start of the next epoch.
+
+    Lightning (2.6) restores such a checkpoint correctly when training is bounded by epochs only; with
+    ``max_steps`` set it treats the run as restarting inside the finished epoch, which it then "runs"
+    again with no batches left, and the next real epoch starts one epoch late, with other batches
+    (Lightning-AI/pytorch-lightning#19617 is the same family). Here the loop progress is rewritten
+    as the epoch's end completed and the next epoch's counters at zero, which is what Lightning's
+    own reset makes of it without ``max_steps``. Checkpoints saved elsewhere (within an epoch, at
+    validation end) are left alone.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if not loop or "epoch_progress" not in loop:
+        return
+    total, current = loop["epoch_progress"]["total"], loop["epoch_progress"]["current"]
+    if not (total["ready"] == total["started"] == total["processed"] == total["completed"] + 1):
+        return
+    total["completed"], current["completed"] = total["processed"], current["processed"]
+    for key, progress in loop.items():
+        if not key.startswith("epoch_loop.") or not isinstance(progress, dict):
+            continue
+        for counters in _current_counters(progress):
+            counters.update(dict.fromkeys(counters, 0))
+        if "is_last_batch" in progress:
+            progress["is_last_batch"] = False
+
+
+def _current_counters(progress: dict[str, Any]):
+    """The ``current`` counter dicts of a Lightning progress state (nested for optimizers)."""
+    for key, value in progress.items():
+        if key == "current" and isinstance(value, dict):
+            yield value
+        elif isinstance(value, dict):
+            yield from _current_counters(value)
+
+
 def checkpoint_dir(trainer: L.Trainer) -> Path:
     """Where the run's checkpoints go: the first ``ModelCheckpoint``'s folder, else Lightning's default."""
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath:
             return Path(callback.dirpath)
     return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: the run's state at every epoch's end, within long epochs, and when training ends.
+
+    Lightning's ``ModelCheckpoint(save_last=True, save_top_k=0)`` writes ``last.ckpt`` only when
+    training ends (2.6: ``save_last`` copies checkpoints that top-k saving writes, and
+    ``save_top_k=0`` writes none), so a killed run left nothing to resume from. This is a
+    ``ModelCheckpoint`` without a monitor that keeps one file named ``last.ckpt`` (Lightning's
+    ``filename="last"``, ``save_top_k=1``, no version counter: every save replaces it, atomically
+    with :class:`AtomicCheckpointIO`), saved:
+
+    - at every epoch's end (``on_train_epoch_end``: after the epoch's validation, and also in epochs
+      without one, ``check_val_every_n_epoch``), which a resumed single-process run continues to
+      the same weights as an uninterrupted one (see :func:`finish_epoch_end`);
+    - within an epoch, once ``every_n_train_steps`` optimizer steps have passed since the last
+      save (0: never), for epochs too long to lose: resuming from such a checkpoint continues at
+      its step, but Lightning draws that epoch's remaining batches afresh, so the end is not
+      bit-identical;
+    - when training ends (``max_steps`` can end it within an epoch), so that a finished run can
+      be tested, mapped or extended from its final state.
+
+    Args:
+        every_n_train_steps: optimizer steps after which a save is due within an epoch (0: off).
+        dirpath: the folder (default: the run's ``checkpoints`` folder, as ``ModelCheckpoint``).
+    """
+
+    def __init__(self, every_n_train_steps: int = 1000, dirpath: str | None = None) -> None:
+        if every_n_train_steps < 0:
+            raise ValueError(f"every_n_train_steps must be >= 0, got {every_n_train_steps}")
+        super().__init__(
+            dirpath=dirpath, filename="last", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True
+        )
+        self.step_interval = every_n_train_steps
+        self.saved_step = -1
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_train_steps=self.step_interval, last=True)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.saved_step = trainer.global_step  # a resumed run counts from its checkpoint
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.saved_step = trainer.global_step  # any checkpoint of the run (its state is the same)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        if self.step_interval and trainer.global_step - self.saved_step >= self.step_interval:
+            self.save_last(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run:  # as ModelCheckpoint: a smoke test saves nothing (and has no dirpath)
+            return
+        if trainer.global_step != self.saved_step or not self.file_exists(self.last_path(), trainer):
+            self.save_last(trainer)
+
+    def last_path(self) -> str:
+        return self.format_checkpoint_name({})
+
+    def save_last(self, trainer: L.Trainer) -> None:
+        if trainer.fast_dev_run:
+            return
+        trainer.save_checkpoint(self.last_path())
+        self.best_model_path = self.last_path()
 
 
 class InterruptCheckpoint(L.Callback):

@@ -1,0 +1,156 @@
+"""Every shipped config (``configs/``), shortened, survives a SIGKILL: ``--ckpt_path last`` resumes it
+to the weights of an uninterrupted run.
+
+Each config runs as written (its model, its checkpoint callbacks, its other callbacks and options)
+on a small synthetic store shaped as its data (bands, classes, dates), for two epochs of a few
+steps (``--trainer.max_steps 20``), deterministic, on the CPU. Three ``cmap fit`` runs per config:
+uninterrupted; killed (SIGKILL from inside, at the second batch of epoch 1); resumed with
+``--ckpt_path last``. Both complete runs end with ``last.ckpt`` (LastCheckpoint saves when training
+ends), whose weights must be equal. The runs are forked children of the test process, so torch and
+Lightning are imported once (a child costs its run only).
+"""
+
+import copy
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+
+from cmap.data import PixelSeries, write_store
+from cmap.data.synthetic import synthetic_series
+
+from .conftest import CONFIGS, tiny_classifier_config, tiny_encoder_config
+
+pytestmark = pytest.mark.slow
+
+RUN_CONFIGS = sorted(path for path in CONFIGS.glob("*.yaml") if "trainer" in yaml.safe_load(path.read_text()))
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+CHILD_TIMEOUT = 120  # seconds: a run that hangs fails the test
+
+
+class KillAt(L.Callback):
+    """Test helper: SIGKILL this process at batch ``batch`` of epoch ``epoch`` (as a lost node would)."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_in_child(args: list[str]) -> int:
+    """``cmap <args>`` in a forked child; its exit status (negative: the signal that ended it)."""
+    from cmap.cli import main
+
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 0
+        try:
+            main(args)
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def shape_of(config: dict) -> tuple[int, int, int]:
+    """Bands, classes and dates that the config's model expects (where it states them)."""
+    model = config.get("model", {}).get("init_args", {})
+    encoder = model.get("encoder", {}).get("init_args", {})
+    decoder = model.get("decoder", {}).get("init_args", {})
+    sizes = encoder.get("bands_encoder", {}).get("init_args", {}).get("sizes", [None])
+    return sizes[0] or 2, decoder.get("num_classes") or 3, decoder.get("num_dates") or 12
+
+
+def synthetic_stores(folder: Path, bands: int, classes: int, dates: int) -> dict[str, str]:
+    """Train, test and unlabelled stores of the given shape, every class present: at least 64 training series
+    (two batches an epoch after the validation share, whatever batches the config's TrainingBudget picks)."""
+    names = [f"c{index}" for index in range(classes)]
+    band_names = [f"b{index + 1}" for index in range(bands)]
+    paths = {}
+    for name, seed, size in (("path", 0, max(64, 3 * classes)), ("test_path", 1, 2 * classes), ("unlabelled", 2, 64)):
+        series = synthetic_series(size, dates, bands, classes, cloud_fraction=0.2, seed=seed)
+        labels = np.arange(size) % classes if name != "unlabelled" else None
+        series = PixelSeries(series.values, series.days, labels, "synthetic")
+        write_store(folder / name, series, band_names, names if labels is not None else [])
+        paths[name] = str(folder / name)
+    return paths
+
+
+def shortened(source: Path, folder: Path) -> Path:
+    """``source`` with synthetic stores as its data, on the CPU, deterministic; callbacks kept."""
+    config = yaml.safe_load(source.read_text())
+    bands, classes, dates = shape_of(config)
+    stores = synthetic_stores(folder / "stores", bands, classes, dates)
+    data = copy.deepcopy(config.get("data", {"init_args": {}}))
+    kept = ("augmentation", "fold", "num_folds")
+    options = {key: value for key, value in data.get("init_args", {}).items() if key in kept}
+    options |= {"path": stores["path"], "batch_size": 16, "val_fraction": 0.2}
+    if "fold" not in options:  # cross-validation configs test on a fold of the store
+        options["test_path"] = stores["test_path"]
+    if "unlabelled" in data.get("init_args", {}):  # consistency training: few labels, unlabelled batches
+        options |= {"unlabelled": stores["unlabelled"], "labels_per_class": 4, "batch_size": 8}
+    config["data"] = {"class_path": "cmap.data.SeriesStore", "init_args": options}
+    if "model" not in config:  # a trainer-only config (seed_gpu.yaml): a small model of the data's shape
+        config["model"] = tiny_classifier_config(classes, tiny_encoder_config(bands))
+    trainer = config["trainer"]
+    trainer.update(max_epochs=2, deterministic=True, default_root_dir=str(folder / "runs"))
+    trainer.pop("max_steps", None)
+    if trainer.get("accelerator") == "gpu":  # the GPU config's checkpoints, tested on the CPU
+        trainer.update(accelerator="cpu", precision="32-true")
+    for callback in trainer.get("callbacks", []):
+        if callback["class_path"].endswith("CompileModel"):
+            callback["init_args"] = {"backend": "eager"}  # the same wrapping, without Inductor's minutes
+    path = folder / source.name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def final_weights(root: Path) -> dict[str, torch.Tensor]:
+    """The weights of the newest run's ``last.ckpt`` (saved when its training ended)."""
+    runs = sorted((root / "lightning_logs").glob("version_*"), key=lambda path: int(path.name.split("_")[1]))
+    checkpoint = torch.load(runs[-1] / "checkpoints" / "last.ckpt", weights_only=True)
+    return checkpoint["state_dict"], checkpoint["global_step"]
+
+
+@pytest.fixture(autouse=True)
+def _no_figures(monkeypatch) -> None:
+    # TensorBoard figures (confusion matrices, attention maps) are drawn by matplotlib, about a
+    # second each, and have nothing to do with checkpoints: the children (forks) skip them.
+    monkeypatch.setattr(SummaryWriter, "add_figure", lambda *args, **kwargs: None)
+
+
+@pytest.mark.parametrize("source", RUN_CONFIGS, ids=[path.stem for path in RUN_CONFIGS])
+def test_a_killed_run_of_the_config_resumes_to_the_uninterrupted_weights(source, tmp_path):
+    config = shortened(source, tmp_path)
+    fit = ["fit", "--config", str(config), *QUIET, "--trainer.max_steps", "20"]
+    reference, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    assert run_in_child([*fit, "--trainer.default_root_dir", str(reference)]) == 0
+    kill = {"class_path": "tests.test_resume_configs.KillAt", "init_args": {"epoch": 1, "batch": 1}}
+    kill = f"--trainer.callbacks+={json.dumps(kill)}"
+    assert run_in_child([*fit, "--trainer.default_root_dir", str(killed), kill]) == -signal.SIGKILL
+    left = torch.load(killed / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert left["epoch"] == 0 and left["global_step"] > 0  # the end of epoch 0, before the kill
+    assert run_in_child([*fit, "--trainer.default_root_dir", str(killed), "--ckpt_path", "last"]) == 0
+    (expected, expected_steps), (resumed, resumed_steps) = final_weights(reference), final_weights(killed)
+    assert resumed_steps == expected_steps > left["global_step"]
+    assert expected.keys() == resumed.keys()
+    for key, value in expected.items():
+        assert torch.equal(resumed[key], value), key
