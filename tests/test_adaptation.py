@@ -123,7 +123,10 @@ def test_the_season_config_trains_with_the_new_seasons_store_and_prints_the_clas
 
     train = write_series_store(tmp_path / "train", 96, labelled=True)
     target = write_series_store(tmp_path / "new_season", 64, labelled=False, offset=2.0)
-    adaptation = '{"class_path": "cmap.ml.adaptation.SeasonAdaptation", "init_args": {"batch_norm": true}}'
+    adaptation = (
+        '{"class_path": "cmap.ml.adaptation.SeasonAdaptation", "init_args": {"batch_norm": true, '
+        + '"shift_days": 32, "shift_step": 16, "shift_after": 0.5}}'
+    )
     cmap_main([
         "fit", "--config", "configs/season_transfer.yaml", "--data", "cmap.data.SeriesStore",
         "--data.init_args.path", train, "--data.init_args.fold", "0", "--data.init_args.unlabelled", target,
@@ -132,6 +135,9 @@ def test_the_season_config_trains_with_the_new_seasons_store_and_prints_the_clas
     ])  # fmt: skip
     printed = capsys.readouterr().out
     assert "Class proportions, training series vs the 64 target series as predicted" in printed
+    # TimeMatch's estimate at half the steps: one of the 5 shifts tried, each with its mean entropy.
+    shift_line = next(line for line in printed.splitlines() if line.startswith("TimeMatch shift of the target"))
+    assert shift_line.count(": ") == 1 + 5 and any(f"{k:+d} days" in shift_line for k in (-32, -16, 0, 16, 32))
     table = printed.split("as predicted:\n", 1)[1].splitlines()[1:4]
     assert sorted(line.split()[0] for line in table) == sorted(CLASSES)
     for column in (1, 2):  # the source's shares, the target's predicted shares
