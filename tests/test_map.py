@@ -209,6 +209,16 @@ def test_map_command_line(ndvi_checkpoint, tmp_path):
     assert output.exists() and not probabilities_path(output).exists()
 
 
+def test_the_map_command_module_imports_neither_torch_nor_lightning():
+    """``cmap map --help`` starts fast: its options are parsed before torch or Lightning is imported."""
+    script = (
+        "import sys\nimport cmap.mapping.command, cmap.mapping.options, cmap.raster_source\n"
+        "print(sorted(name for name in ('torch', 'lightning') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     "problem, message",
     [
