@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from cmap.ml.base import hand_over_checkpoint, read_run_checkpoint
 from cmap.ml.callbacks import (
     AttentionMapLogger,
     ClassDistributionLogger,
@@ -119,11 +120,7 @@ class CMapCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         before = self.config[subcommand].get("model") if subcommand else None
         before = before.clone() if hasattr(before, "clone") else before
-        try:
-            super()._parse_ckpt_path()
-        except Exception as error:  # torch raises several types for truncated or foreign files
-            message = " ".join(str(error).split())
-            raise InputError(f"{self.config[subcommand].ckpt_path}: not a readable checkpoint ({message})") from error
+        self._read_ckpt_path()  # the checkpoint read once: its hyper-parameters, contract and weights
         if before is None:
             return
         after = self.config[subcommand].get("model")
@@ -136,6 +133,30 @@ class CMapCLI(LightningCLI):
                 f"which replace the configured {shown}{more}",
                 stacklevel=1,
             )
+
+    def _read_ckpt_path(self) -> None:
+        """Read a local ``--ckpt_path`` file once (:func:`~cmap.ml.base.read_run_checkpoint`) and rebuild the
+        model from its hyper-parameters, as LightningCLI does; the run gets the same checkpoint before it
+        starts (:meth:`_hand_over_checkpoint`)."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        self.checkpoint_read = (path, read_run_checkpoint(path)) if path and Path(path).is_file() else None
+        hparams = dict(self.checkpoint_read[1].get("hyper_parameters", {})) if self.checkpoint_read else {}
+        hparams.pop("_instantiator", None)
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
+    def _hand_over_checkpoint(self) -> None:
+        """The checkpoint of ``--ckpt_path`` (read once) to the model, data module and trainer before the run."""
+        path = self.config_init[self.subcommand].get("ckpt_path")
+        if path is None or "://" in str(path) or not Path(path).is_file():
+            return
+        if getattr(self, "checkpoint_read", None) is None or self.checkpoint_read[0] != path:  # e.g. `last` resolved
+            self.checkpoint_read = (path, read_run_checkpoint(path))
+        hand_over_checkpoint(self.trainer, self.model, self.datamodule, path, self.checkpoint_read[1])
+        self.checkpoint_read = None  # the trainer holds it until its restore
 
     def _resolve_last_checkpoint(self) -> None:
         """``--ckpt_path last``: the newest readable checkpoint of this run's earlier versions.
@@ -153,14 +174,19 @@ class CMapCLI(LightningCLI):
         elif ckpt_path not in (None, "best", "hpc", "registry") and "://" not in str(ckpt_path):
             if not Path(ckpt_path).is_file():
                 raise MissingInput(f"{ckpt_path}: no such checkpoint (--ckpt_path)")
-            problem = checkpoint_problem(Path(ckpt_path))
+            read = getattr(self, "checkpoint_read", None)  # read and checked already (_read_ckpt_path)
+            problem = None if read is not None and read[0] == ckpt_path else checkpoint_problem(Path(ckpt_path))
             if problem is not None:
                 raise InputError(f"{ckpt_path}: not a readable checkpoint ({problem})")
 
-    before_fit = before_validate = _resolve_last_checkpoint
+    def _before_run(self) -> None:
+        self._resolve_last_checkpoint()
+        self._hand_over_checkpoint()
+
+    before_fit = before_validate = _before_run
 
     def _before_evaluation(self) -> None:
-        self._resolve_last_checkpoint()
+        self._before_run()
         members = self.config_init[self.subcommand].get("ensemble")
         if members:
             from cmap.predictions import load_classifier

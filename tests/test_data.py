@@ -89,3 +89,63 @@ def test_labels_per_class_keeps_few_labels_but_full_statistics():
     assert few.class_counts("train").tolist() == [5, 5, 5]
     assert few.class_counts("val").tolist() == full.class_counts("val").tolist()
     np.testing.assert_array_equal(few.input_contract.mean, full.input_contract.mean)
+
+
+@pytest.mark.parametrize("module", ["SeriesStore", "StreamingSeriesStore"])
+def test_cmap_test_takes_the_checkpoint_contract_before_setup_and_reads_the_checkpoint_once(
+    tmp_path, monkeypatch, module
+):
+    """`cmap test --ckpt_path`: the data module normalises with the checkpoint's contract from the
+    start (no training statistics or date grid computed to be thrown away) and the checkpoint file is
+    loaded once (its hyper-parameters, contract and weights from one torch.load)."""
+    import cmap.data.datamodule as datamodule
+    from cmap.cli import main as cmap_main
+    from cmap.data import write_store
+    from cmap.data.contract import InputContract
+
+    from .conftest import fit_tiny_classifier
+
+    rng = np.random.default_rng(0)
+    series = PixelSeries(
+        rng.normal(size=(96, 6, 2)).astype(np.float32), np.tile(np.arange(6) * 10, (96, 1)), np.arange(96) % 2, "s"
+    )
+    store = write_store(tmp_path / "store", series, ["b1", "b2"], ["a", "b"])
+    data = {"class_path": f"cmap.data.{module}", "init_args": {"path": str(store), "fold": 0, "batch_size": 16}}
+    checkpoint = fit_tiny_classifier(tmp_path / "run", data, num_bands=2, num_classes=2, steps=2)
+
+    calls = {"statistics": 0, "date_grid": 0, "loads": 0}
+    adopted = []
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(
+        datamodule, "normalisation_statistics", counted("statistics", datamodule.normalisation_statistics)
+    )
+    monkeypatch.setattr(datamodule, "training_date_grid", counted("date_grid", datamodule.training_date_grid))
+    original_load = torch.load
+
+    def load(source, *args, **kwargs):  # a path (cmap) or an open file (Lightning's restore): every load counts
+        calls["loads"] += 1
+        return original_load(source, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    original_adopt = datamodule.SeriesDataModule.adopt
+
+    def adopt(self, contract, source):
+        adopted.append((contract, "train" in self.datasets))  # (contract, after setup)
+        return original_adopt(self, contract, source)
+
+    monkeypatch.setattr(datamodule.SeriesDataModule, "adopt", adopt)
+    cmap_main(["test", "--config", str(tmp_path / "run" / "config.yaml"), "--ckpt_path", str(checkpoint)])
+
+    assert calls == {"statistics": 0, "date_grid": 0, "loads": 1}
+    expected = InputContract.from_checkpoint(original_load(checkpoint, weights_only=True), str(checkpoint))
+    assert adopted[0] == (expected, False)  # the checkpoint's contract, given before setup
+    # The counters see a data module's own statistics when there is no checkpoint to take them from.
+    getattr(__import__("cmap.data", fromlist=[module]), module)(str(store), fold=0).setup("fit")
+    assert calls["statistics"] == 1 and calls["date_grid"] == 1

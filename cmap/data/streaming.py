@@ -164,7 +164,10 @@ class StreamingSeriesStore(StoreInputs, SeriesDataModule):
         for name in ("train", "val"):
             if self.sizes[name] == 0:
                 raise ValueError(f"{self.path}: the {name} split is empty (val_fraction={self.val_fraction})")
-        contract = self.make_contract(series, self._training_sample(series))
+        # A contract handed over (a checkpoint's) needs no training sample: nothing is computed to be thrown away.
+        contract = (
+            self.contract if self.contract is not None else self.make_contract(series, self._training_sample(series))
+        )
         self.datasets["train"] = RowDataset(series, self.sizes["train"], contract, self.augmentation)
         self.datasets["val"] = RowDataset(series, self.sizes["val"], contract)
         self.datasets["test"] = RowDataset(test, self.sizes["test"], contract)

@@ -1,11 +1,14 @@
 """What every cmap LightningModule shares: encoder + decoder, hyper-parameters, LR schedule."""
 
 import warnings
+import zipfile
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from torch import Tensor, nn
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import OneCycleLR
@@ -17,6 +20,7 @@ from cmap.ml.decoders import Decoder
 from cmap.ml.embeddings.position import PositionalEncoding
 from cmap.ml.encoders import SeriesEncoder
 from cmap.ml.weights import load_encoder_weights, state_dict_mismatch
+from cmap.outputs import InputError
 
 STAGES = ("train", "val", "test")
 
@@ -202,11 +206,10 @@ class SITSTask(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         path = self._trainer.ckpt_path if self._trainer is not None else "the checkpoint"
         if CHECKPOINT_KEY in checkpoint:  # first: layers sized by the data are built from it
-            contract = InputContract.from_checkpoint(checkpoint, str(path))
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-            if datamodule is not None and hasattr(datamodule, "adopt"):
-                datamodule.adopt(contract, str(path))
-            self.set_input_contract(contract)
+            # The `cmap` command handed it over before setup (hand_over_checkpoint); from Python
+            # (trainer.test(model, datamodule, ckpt_path=...)) it is handed over here, after setup.
+            adopt_checkpoint_contract(self, datamodule, checkpoint, str(path))
         # Lightning's strict loading would name the tensors but not the file: a checkpoint of another
         # architecture (resuming with a changed config) is reported with its path.
         mismatch = state_dict_mismatch(self.state_dict(), checkpoint["state_dict"])
@@ -276,3 +279,61 @@ class SITSTask(L.LightningModule):
             final_div_factor=1.0,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def adopt_checkpoint_contract(task: SITSTask, datamodule: Any, checkpoint: dict[str, Any], path: str) -> None:
+    """The checkpoint's input contract for ``task`` and ``datamodule`` (when it takes one: ``adopt``):
+    the data is normalised as in training, and layers sized by the data are built."""
+    contract = InputContract.from_checkpoint(checkpoint, path)
+    if datamodule is not None and hasattr(datamodule, "adopt"):
+        datamodule.adopt(contract, path)
+    task.set_input_contract(contract)
+
+
+def read_run_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The ``--ckpt_path`` file of a run, read once: its zip members' checksums checked first
+    (``torch.load`` reads a damaged tensor without a word), then loaded weights-only (no code runs).
+    Any problem is an :class:`~cmap.outputs.InputError` naming the file."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+            if damaged is not None:
+                raise ValueError(f"member {damaged} is damaged")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated, damaged or foreign files
+        raise InputError(f"{path}: not a readable checkpoint ({' '.join(str(error).split())})") from error
+
+
+def hand_over_checkpoint(trainer: L.Trainer, task: Any, datamodule: Any, path: str, checkpoint: dict) -> None:
+    """Give a run the checkpoint the ``cmap`` command read (:func:`read_run_checkpoint`) before it starts:
+    its input contract to the task and the data module, so that the data module's setup normalises
+    with it and computes no statistics of its own; and the checkpoint itself to the trainer's restore,
+    so that the file is not read again (:class:`ReadCheckpoint`)."""
+    if isinstance(task, SITSTask) and CHECKPOINT_KEY in checkpoint:
+        adopt_checkpoint_contract(task, datamodule, checkpoint, str(path))
+    trainer.strategy.checkpoint_io = ReadCheckpoint(trainer.strategy.checkpoint_io, path, checkpoint)
+
+
+class ReadCheckpoint(CheckpointIO):
+    """The trainer's checkpoint IO (``inner``), handing back ``checkpoint`` when the restore asks for
+    ``path``, once, instead of reading the file again; saves, removals and other loads go to ``inner``."""
+
+    def __init__(self, inner: CheckpointIO, path: str | Path, checkpoint: dict[str, Any]) -> None:
+        super().__init__()
+        self.inner, self.path, self.checkpoint = inner, Path(path).resolve(), checkpoint
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if self.checkpoint is not None and "://" not in str(path) and Path(path).resolve() == self.path:
+            checkpoint, self.checkpoint = self.checkpoint, None  # held no longer than the restore
+            return checkpoint
+        return self.inner.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        self.inner.save_checkpoint(checkpoint, path, storage_options)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        self.inner.remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        self.inner.teardown()
