@@ -216,7 +216,9 @@ def main(args: list[str] | None = None, prog: str = "cmap audit") -> pd.DataFram
     result = audit(series, class_names, probabilities, agreement)
     table = flagged_table(result, ids, class_names)
     flagged_rows = result.rows[result.flagged]
-    write_outputs(table, options.output, inputs, None if coordinates is None else coordinates[flagged_rows])
+    write_outputs(
+        table, options.output, inputs, None if coordinates is None else coordinates[flagged_rows], options.crs
+    )
     write_csv(class_table(result, class_names), options.output.with_name(f"{options.output.stem}_classes.csv"))
     print(class_table(result, class_names).to_string(index=False, float_format="%.3f"))
     print(f"cmap audit: {len(table)} of {len(result.rows)} labelled samples flagged -> {options.output}", flush=True)

@@ -73,8 +73,9 @@ def write_points(table: pd.DataFrame, coordinates: np.ndarray, path: Path, crs: 
     name, read back (feature count and ids), then renamed."""
     import fiona
 
+    types = pd.api.types
     columns = {
-        name: "float" if np.issubdtype(dtype, np.floating) else "int" if np.issubdtype(dtype, np.integer) else "str"
+        name: "float" if types.is_float_dtype(dtype) else "int" if types.is_integer_dtype(dtype) else "str"
         for name, dtype in table.dtypes.items()
     }
     schema = {"geometry": "Point", "properties": columns}
@@ -94,12 +95,14 @@ def write_points(table: pd.DataFrame, coordinates: np.ndarray, path: Path, crs: 
     return publish(temporary, path)
 
 
-def write_outputs(table: pd.DataFrame, output: Path, inputs: list, coordinates: np.ndarray | None) -> list[Path]:
+def write_outputs(
+    table: pd.DataFrame, output: Path, inputs: list, coordinates: np.ndarray | None, crs: str = "EPSG:4326"
+) -> list[Path]:
     """``output`` (.csv), and beside it a GeoPackage (.gpkg) when ``coordinates`` are given."""
     paths = [output] + ([output.with_suffix(".gpkg")] if coordinates is not None else [])
     check_outputs(paths, inputs, is_own_table, "sample table")
     if coordinates is not None:
         table = table.assign(longitude=coordinates[:, 0], latitude=coordinates[:, 1])
-        write_points(table, coordinates, paths[1])
+        write_points(table, coordinates, paths[1], crs)
     write_csv(table, output)
     return paths

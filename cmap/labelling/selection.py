@@ -1,0 +1,92 @@
+"""Which series to label next: uncertainty (as R sits' ``sits_uncertainty_sampling``: entropy,
+margin, least confidence) with diversity (a minimum distance between the chosen series, in the
+model's embedding or in space, so the N are not N pixels of one field), class-balanced on request.
+
+Greedy, most uncertain first: a candidate is taken unless it lies closer than ``min_distance`` to
+one already taken (or its predicted class has its share, with ``balanced``); when the constraints
+leave fewer than N, the distance and then the balance are relaxed, in that order, so N are always
+returned. Why greedy and not a clustering of the candidates (k-means, as some active-learning
+libraries): it keeps the most uncertain series first and costs N distance passes, at any store size.
+"""
+
+import numpy as np
+
+MEASURES = ("entropy", "margin", "least_confidence")
+
+
+def uncertainty(probabilities: np.ndarray, measure: str = "entropy") -> np.ndarray:
+    """(N,) higher = more uncertain: Shannon entropy (nats), 1 - (p1 - p2) (margin), or 1 - p1."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0)
+    if measure == "entropy":
+        return -(p * np.log(p)).sum(axis=1)
+    top = np.sort(p, axis=1)[:, ::-1]
+    if measure == "margin":
+        return 1.0 - (top[:, 0] - top[:, 1]) if p.shape[1] > 1 else 1.0 - top[:, 0]
+    if measure == "least_confidence":
+        return 1.0 - top[:, 0]
+    raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+
+
+def auto_distance(points: np.ndarray, scores: np.ndarray, n: int, seed: int = 0) -> float:
+    """A minimum distance from the data: the median distance from each of the 10 N most uncertain
+    candidates (at most 2,000) to its nearest neighbour among them: near-duplicates (one field's
+    pixels) fall under it, distinct fields above."""
+    pool = np.argsort(-scores, kind="stable")[: min(len(scores), max(10 * n, 20), 2000)]
+    x = points[pool].astype(np.float64)
+    squared = (x**2).sum(axis=1)
+    distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * x @ x.T, 0.0))
+    np.fill_diagonal(distances, np.inf)
+    return float(np.median(distances.min(axis=1))) if len(pool) > 1 else 0.0
+
+
+def select(
+    scores: np.ndarray,
+    n: int,
+    points: np.ndarray | None = None,
+    min_distance: float = 0.0,
+    predicted: np.ndarray | None = None,
+    num_classes: int | None = None,
+) -> np.ndarray:
+    """Indices of ``n`` candidates, most uncertain first, at least ``min_distance`` apart in
+    ``points`` (N, D); with ``predicted`` (N,) class indices, at most ceil(n / classes predicted) of
+    each predicted class (class-balanced)."""
+    if n > len(scores):
+        raise ValueError(f"{n} series asked for but only {len(scores)} candidates")
+    order = np.argsort(-scores, kind="stable")
+    share = None
+    if predicted is not None:
+        share = -(-n // len(np.unique(predicted)))
+        num_classes = num_classes or int(predicted.max()) + 1
+    for use_distance, use_share in ((True, True), (False, True), (False, False)):
+        chosen = _greedy(
+            order,
+            n,
+            points if use_distance else None,
+            min_distance,
+            predicted if use_share else None,
+            share,
+            num_classes,
+        )
+        if len(chosen) == n:
+            return np.array(chosen, dtype=np.int64)
+        order = np.concatenate([chosen, order[~np.isin(order, chosen)]])  # keep those taken, relax for the rest
+    raise AssertionError("unreachable: the last pass takes every candidate in order")
+
+
+def _greedy(order, n, points, min_distance, predicted, share, num_classes) -> list[int]:
+    chosen: list[int] = []
+    taken = np.zeros(num_classes or 1, dtype=np.int64)
+    nearest = np.full(len(order) if points is None else len(points), np.inf)  # distance to the closest chosen
+    for candidate in order:
+        if predicted is not None and taken[predicted[candidate]] >= share:
+            continue
+        if points is not None and min_distance > 0 and nearest[candidate] < min_distance:
+            continue
+        chosen.append(int(candidate))
+        if predicted is not None:
+            taken[predicted[candidate]] += 1
+        if points is not None and min_distance > 0:
+            nearest = np.minimum(nearest, np.sqrt(((points - points[candidate]) ** 2).sum(axis=1)))
+        if len(chosen) == n:
+            break
+    return chosen

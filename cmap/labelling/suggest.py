@@ -1,0 +1,151 @@
+"""``cmap suggest``: the N series of a store to label next, by a trained classifier (a ``cmap fit``
+checkpoint): the most uncertain (``--measure entropy|margin|least_confidence``, as R sits'
+``sits_uncertainty_sampling``), at least a minimum distance apart (``--space embedding``: the
+encoder's features averaged over the dates; ``--space coordinates``: longitude/latitude from
+``--coordinates``), and with ``--balanced`` at most N / classes of each predicted class
+(:mod:`cmap.labelling.selection`).
+
+Candidates: the store's unlabelled series (label -1), or every series of a store without labels.
+Outputs: ``OUTPUT`` (CSV: ``row``, ``sample_id``, ``rank``, ``predicted``, ``confidence``,
+``uncertainty``, the class probabilities, and ``longitude``/``latitude`` with ``--coordinates``) and
+a GeoPackage of points beside it with ``--coordinates``: ready for a field campaign or QGIS.
+
+::
+
+    cmap suggest run/checkpoints/last.ckpt data/area_pixels suggestions.csv --n 50 --balanced \\
+        --coordinates data/area_pixels_xy.csv
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cmap.labelling.selection import MEASURES, auto_distance, select, uncertainty
+from cmap.labelling.tables import read_coordinates, sample_ids, write_outputs
+from cmap.outputs import InputError, MissingInput
+
+
+def parse(args: list[str], prog: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description="the series to label next: uncertain and diverse")
+    parser.add_argument("checkpoint", type=Path, help="a cmap fit checkpoint of a Classifier")
+    parser.add_argument(
+        "store", type=Path, help="the candidate series (unlabelled ones, or all of an unlabelled store)"
+    )
+    parser.add_argument("output", type=Path, help="CSV of the suggestions (a .gpkg beside it with --coordinates)")
+    parser.add_argument("--n", type=int, default=50, help="how many series (default 50)")
+    parser.add_argument("--measure", choices=MEASURES, default="entropy", help="uncertainty (default entropy)")
+    parser.add_argument(
+        "--space", choices=["embedding", "coordinates"], default="embedding", help="where distances count"
+    )
+    parser.add_argument(
+        "--min_distance",
+        default="auto",
+        help="minimum distance between suggestions in --space; auto: from the data; 0: none",
+    )
+    parser.add_argument("--balanced", action="store_true", help="at most n / classes per predicted class")
+    parser.add_argument("--coordinates", type=Path, help="table of sample_id (or row), longitude, latitude")
+    parser.add_argument("--crs", default="EPSG:4326", help="CRS of the coordinates (default %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=256)
+    options = parser.parse_args(args)
+    if options.n < 1:
+        raise InputError(f"--n must be >= 1, got {options.n}")
+    if options.space == "coordinates" and options.coordinates is None:
+        raise InputError("--space coordinates needs --coordinates TABLE (sample_id or row, longitude, latitude)")
+    return options
+
+
+def check_inputs(model, metadata: dict, store: Path, checkpoint: Path) -> None:
+    """The store's bands and time axis must be the checkpoint's (its input contract)."""
+    from cmap.data.store import store_time_axis
+
+    contract = model.input_contract
+    if list(metadata["band_names"]) != list(contract.band_names):
+        raise InputError(
+            f"{store / 'metadata.json'}: field band_names: {metadata['band_names']}, expected the bands of "
+            f"{checkpoint}: {list(contract.band_names)}"
+        )
+    if store_time_axis(metadata) != contract.time_axis:
+        raise InputError(
+            f"{store / 'metadata.json'}: field time_axis: {store_time_axis(metadata).describe()}, expected the time "
+            f"axis of {checkpoint}: {contract.time_axis.describe()}"
+        )
+
+
+def predict(model, series, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (N, K) and embeddings (N, D: the encoder's features averaged over valid dates)."""
+    import torch
+
+    from cmap.data.series import SeriesDataset, batch_loader
+    from cmap.ml.decoders import masked_mean
+
+    loader = batch_loader(SeriesDataset(series, rows, model.input_contract), batch_size)
+    probabilities, embeddings = [], []
+    with torch.no_grad():
+        for batch in loader:
+            batch = model.on_before_batch_transfer(batch, 0)  # the date range check
+            features = model.encoder(batch["values"], batch["days"], batch["mask"])
+            logits = model.decoder.decode(features, batch["mask"], batch["days"])
+            probabilities.append(torch.softmax(logits.float(), dim=-1).numpy())
+            embeddings.append(masked_mean(features, batch["mask"]).float().numpy())
+    return np.concatenate(probabilities), np.concatenate(embeddings)
+
+
+def main(args: list[str] | None = None, prog: str = "cmap suggest") -> pd.DataFrame:
+    """Run ``cmap suggest``; returns the suggestions' table."""
+    from cmap.data.store import open_store
+    from cmap.predictions import load_classifier
+
+    options = parse(list(args or []), prog)
+    if not options.checkpoint.is_file():
+        raise MissingInput(f"{options.checkpoint}: checkpoint not found")
+    if not (options.store / "metadata.json").is_file():
+        raise MissingInput(f"{options.store}: not a store (no metadata.json); write one with cmap convert")
+    series, metadata = open_store(options.store)
+    model = load_classifier(options.checkpoint)
+    check_inputs(model, metadata, options.store, options.checkpoint)
+    rows = np.arange(len(series)) if series.labels is None else np.flatnonzero(series.labels < 0)
+    if options.n > len(rows):
+        raise InputError(
+            f"{options.store}: --n {options.n} but only {len(rows)} candidate series (unlabelled ones: label -1)"
+        )
+    ids = sample_ids(series)
+    coordinates = None if options.coordinates is None else read_coordinates(options.coordinates, ids)
+    probabilities, embeddings = predict(model, series, rows, options.batch_size)
+    scores = uncertainty(probabilities, options.measure)
+    points = embeddings if options.space == "embedding" else coordinates[rows]
+    if options.min_distance == "auto":
+        min_distance = auto_distance(points, scores, options.n)
+    else:
+        try:
+            min_distance = float(options.min_distance)
+        except ValueError:
+            raise InputError(f"--min_distance must be a number or auto, got {options.min_distance!r}") from None
+    predicted = probabilities.argmax(axis=1)
+    chosen = select(
+        scores, options.n, points, min_distance, predicted if options.balanced else None, probabilities.shape[1]
+    )
+    class_names = list(model.input_contract.class_names)
+    table = pd.DataFrame(
+        {
+            "row": rows[chosen],
+            "sample_id": ids[rows[chosen]],
+            "rank": np.arange(1, len(chosen) + 1),
+            "predicted": [class_names[k] for k in predicted[chosen]],
+            "confidence": probabilities[chosen].max(axis=1),
+            "uncertainty": scores[chosen],
+        }
+    )
+    for k, name in enumerate(class_names):
+        table[f"probability/{name}"] = probabilities[chosen, k]
+    inputs = [options.store, options.checkpoint] + ([options.coordinates] if options.coordinates else [])
+    write_outputs(
+        table, options.output, inputs, None if coordinates is None else coordinates[rows[chosen]], options.crs
+    )
+    print(
+        f"cmap suggest: {len(table)} of {len(rows)} candidates ({options.measure}, minimum {options.space} distance "
+        f"{min_distance:.4g}) -> {options.output}",
+        flush=True,
+    )
+    return table
