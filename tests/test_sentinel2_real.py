@@ -21,6 +21,7 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from cmap.data import s2_offset
 from cmap.data import sentinel2 as s2
 from cmap.data.stac import find_asset, read_items, stack_from_items
 from tests.conftest import SHARED_DATA, require
@@ -200,6 +201,22 @@ def test_collection_1_items_carry_the_offset_at_every_date(tmp_path):
     item = earth_search_v1(tmp_path, properties, collection="sentinel-2-c1-l2a")
     assert s2.boa_offset(item, item.assets["blue"]) == -1000
     assert read_value([item], "B02") == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    "fields, declared",
+    [
+        ({"raster:offset": -0.1, "raster:scale": 0.0001}, -1000),  # STAC 1.1, asset level (Copernicus Data Space)
+        ({"bands": [{"name": "B04", "raster:offset": -0.1, "raster:scale": 0.0001}]}, -1000),  # STAC 1.1, per band
+        ({"raster:bands": [{"offset": -0.1, "scale": 0.0001}]}, -1000),  # STAC 1.0 (Earth Search v1)
+        ({"raster:bands": [{"offset": 0.0, "scale": 0.0001}]}, 0),  # an explicit 0 is a declaration too
+        ({"raster:offset": -1000}, -1000),  # no scale: the raster extension's default, 1
+        ({"raster:bands": [{"nodata": 0, "data_type": "uint16"}]}, None),  # Planetary Computer: no offset
+        ({}, None),
+    ],
+)
+def test_asset_offsets_are_read_from_stac_1_0_and_1_1_fields(fields, declared):
+    assert s2_offset.asset_offset(pystac.Asset("B04.tif", extra_fields=fields)) == declared
 
 
 def cdse_item(folder: Path, item_id: str, properties: dict) -> dict:
