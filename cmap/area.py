@@ -24,6 +24,7 @@ import pandas as pd
 import rasterio
 from rasterio.warp import transform_geom
 
+from cmap.data.raster_files import open_raster
 from cmap.data.samples import read_labels
 from cmap.evaluation import AreaAccuracy, area_adjusted_accuracy, sample_counts
 from cmap.outputs import InputError, check_outputs, write_bytes_atomically
@@ -34,7 +35,7 @@ NODATA = 255
 def map_classes(path: Path) -> tuple[list[str], np.ndarray, float, str]:
     """The class names of a ``cmap map`` class map, its pixel count per class, the area of one pixel
     and the area's unit (hectares in a CRS of metres, else pixels)."""
-    with rasterio.open(path) as dataset:
+    with open_raster(path, " (a class map written by cmap map)") as dataset:
         tags = dataset.tags()
         if "class_names" not in tags:
             raise InputError(f"{path}: no class_names tag: not a class map written by cmap map")

@@ -35,6 +35,10 @@ class ConfigTooLarge(InputError):
     """A YAML document over cmap's limits: too large, too many values once aliases are expanded, too deep."""
 
 
+class NotYAML(InputError):
+    """A config file that is not valid YAML: its path, line and column, and what the parser expected."""
+
+
 def _where(path: Any) -> str:
     # jsonargparse gives a config file's base name, read from inside its folder: this is its full path.
     return f"{os.path.abspath(path)}: " if path else "YAML value: "
@@ -95,15 +99,30 @@ def check_yaml(text: str, path: Any = None) -> None:
         )
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: ``line 2, column 1: did not find expected ',' or ']'``."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error)
+    return where + " ".join(str(problem).split())
+
+
 def bounded_loader(load: Callable[[str], Any]) -> Callable[..., Any]:
     """``load`` (a jsonargparse YAML loader) behind :func:`check_yaml`.
 
-    jsonargparse passes ``path`` to loaders that accept it (a config file's path), so the refusal names it.
+    jsonargparse passes ``path`` to loaders that accept it (a config file's path), so the refusal names
+    it; a config file that is not YAML is then a :class:`NotYAML` naming it, its line and column (jsonargparse's
+    own message names neither the file nor the option).
     """
 
     def bounded_yaml_load(stream: str, path: Any = None) -> Any:
         check_yaml(stream, path)
-        return load(stream)
+        try:
+            return load(stream)
+        except yaml.YAMLError as error:
+            if not path:  # an option's value: jsonargparse takes text that is not YAML as a string
+                raise
+            raise NotYAML(f"{_where(path)}not valid YAML ({yaml_problem(error)})") from error
 
     bounded_yaml_load.bounds = load  # the loader it wraps: installing twice wraps once
     return bounded_yaml_load

@@ -40,6 +40,17 @@ from cmap.runtime import install
 PARSER_MODE = "yaml"
 
 
+def input_error_cause(error: BaseException) -> InputError | None:
+    """The first :class:`InputError` among ``error``'s causes (``raise ... from``), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, InputError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__
+    return None
+
+
 def namespace_dict(node: Any) -> Any:
     """A parsed config (jsonargparse Namespace) as plain dicts and lists."""
     return node.as_dict() if hasattr(node, "as_dict") else node
@@ -108,6 +119,18 @@ class CMapCLI(LightningCLI):
         # LightningCLI warns when ``args`` and sys.argv are both given; cmap's own entry point passes
         # sys.argv[1:] itself (after choosing the sub-command), which is not the mistake it warns about.
         self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
+
+    def instantiate_classes(self) -> None:
+        # jsonargparse builds the model and data module inside its type checks, which turn any error of
+        # their __init__ into "Does not validate against any of the Union subtypes ...": an input
+        # error of cmap's (a store that is not one, a missing file) is raised as itself, in one line.
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            cause = input_error_cause(error)
+            if cause is None:
+                raise
+            raise cause from error
 
     def before_instantiate_classes(self) -> None:
         threads = self.config[self.subcommand].get("threads") if self.subcommand else None

@@ -44,6 +44,10 @@ class OutputPathError(InputError):
     """An output path that would overwrite an input, or a file cmap did not write."""
 
 
+class ExistingOutput(OutputPathError, FileExistsError):
+    """An output name already held by something cmap does not replace (not its own output, or no --overwrite)."""
+
+
 def _same(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)

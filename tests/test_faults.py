@@ -355,8 +355,9 @@ def test_a_store_never_replaces_its_source_or_a_folder_holding_it(tmp_path, caps
     table = write_table(folder / "samples.csv", samples=10)
     (folder / "metadata.json").write_text(json.dumps({"format": "cmap-series"}))  # looks like a store
     before = table.read_bytes()
-    with pytest.raises((ValueError, FileExistsError), match=r"data"):
+    with pytest.raises(SystemExit) as stop:  # one line, no traceback
         cmap_main(["convert", "table", str(table), str(folder), "--bands", "NDVI", "--overwrite"])
+    assert stop.value.code == 1 and f"{folder} exists and is not a cmap series store" in capsys.readouterr().err
     assert table.read_bytes() == before
 
 

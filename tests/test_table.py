@@ -340,16 +340,16 @@ def test_overwrite_replaces_a_store_but_never_another_folder_or_a_file(tmp_path)
     folder.mkdir()
     (folder / "holiday.jpg").write_bytes(b"precious")
     message = r"photos exists and is not a cmap series store \(it holds \['holiday.jpg'\]\)"
-    with pytest.raises(FileExistsError, match=message):
+    with pytest.raises(InputError, match=message):
         convert(source, folder, "--overwrite")
     assert (folder / "holiday.jpg").read_bytes() == b"precious"
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileExistsError, match="not a cmap series store"):
+    with pytest.raises(InputError, match="not a cmap series store"):
         convert(source, empty, "--overwrite")
     file = tmp_path / "notes.txt"
     file.write_text("keep me")
-    with pytest.raises(FileExistsError, match="notes.txt exists and is not a folder"):
+    with pytest.raises(InputError, match="notes.txt exists and is not a folder"):
         convert(source, file, "--overwrite")
     assert file.read_text() == "keep me"
     before = sorted(p.name for p in tmp_path.iterdir())

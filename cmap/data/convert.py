@@ -17,7 +17,7 @@ from cmap.data.series import PixelSeries
 from cmap.data.store import write_store
 from cmap.data.time_axis import TimeAxis
 from cmap.data.ucr import UCR_CROP_CLASSES, read_ucr_crop
-from cmap.outputs import InputError
+from cmap.outputs import InputError, MissingInput
 
 VICTORIA_BANDS = ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
 #: lc_id 0..7 are the ranks of class_map.txt's values 1, 2, 3, 7, 8, 10, 12, 13 (the data's README).
@@ -67,14 +67,20 @@ class Converted:
 
 def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    return pd.read_csv(path, **kwargs)
+        raise MissingInput(f"{path}: no such file")
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a readable CSV table ({' '.join(str(error).split())})") from None
 
 
 def _date_major(path: Path, table: pd.DataFrame, num_dates: int, num_bands: int) -> np.ndarray:
-    values = table.to_numpy(np.float32)
+    try:
+        values = table.to_numpy(np.float32)
+    except ValueError as error:  # text where a number belongs
+        raise InputError(f"{path}: not a table of numbers after its id columns ({error})") from None
     if values.shape[1] != num_dates * num_bands:
-        raise ValueError(
+        raise InputError(
             f"{path}: {values.shape[1]} value columns, expected {num_dates} dates x {num_bands} bands = "
             f"{num_dates * num_bands}"
         )
@@ -91,7 +97,7 @@ def read_victoria(path: str | Path, step_days: int = 5) -> Converted:
     table = _read_csv(path)
     for column in ("lc_id", "objectid"):
         if column not in table:
-            raise ValueError(f"{path}: column {column!r} is missing")
+            raise InputError(f"{path}: column {column!r} is missing")
     values = _date_major(path, table.iloc[:, 2:], 73, len(VICTORIA_BANDS))
     days = np.broadcast_to(np.arange(73, dtype=np.int64) * step_days, values.shape[:2]).copy()
     series = PixelSeries(
@@ -120,12 +126,15 @@ def _read_rda_tibble(path: Path, name: str) -> pd.DataFrame:
     except ModuleNotFoundError:
         raise ModuleNotFoundError("reading R .rda files needs the rdata package: pip install rdata") from None
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInput(f"{path}: no such file")
     with warnings.catch_warnings():  # rdata warns about R classes it has no constructor for
         warnings.simplefilter("ignore")
-        content = rdata.read_rda(str(path))
+        try:
+            content = rdata.read_rda(str(path))
+        except Exception as error:  # rdata raises several types (NotImplementedError, ValueError...) for other files
+            raise InputError(f"{path}: not a readable R .rda file ({' '.join(str(error).split())})") from error
     if name not in content:
-        raise ValueError(f"{path}: no object {name!r} (found {list(content)})")
+        raise InputError(f"{path}: no object {name!r} (found {list(content)})")
     return content[name]
 
 
@@ -141,10 +150,10 @@ def read_sits_samples(path: str | Path, object_name: str, bands: Sequence[str]) 
     table = _read_rda_tibble(path, object_name)
     missing = [band for band in bands if band not in table["time_series"].iloc[0]]
     if missing:
-        raise ValueError(f"{path}: bands {missing} missing from time_series (has {list(table['time_series'].iloc[0])})")
+        raise InputError(f"{path}: bands {missing} missing from time_series (has {list(table['time_series'].iloc[0])})")
     lengths = {len(series) for series in table["time_series"]}
     if len(lengths) != 1:
-        raise ValueError(f"{path}: time_series have different numbers of dates {sorted(lengths)}")
+        raise InputError(f"{path}: time_series have different numbers of dates {sorted(lengths)}")
     values = np.stack([series[list(bands)].to_numpy(np.float32) for series in table["time_series"]])
     dates = np.stack([series["Index"].to_numpy(np.float64) for series in table["time_series"]])
     dates = (np.datetime64("1970-01-01", "D") + dates.round().astype(np.int64)).astype("datetime64[D]")

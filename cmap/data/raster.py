@@ -139,6 +139,7 @@ class RasterStack:
         if "date" not in regex.groupindex:
             raise InputError(f"pattern {pattern!r} needs a (?P<date>...) group")
         by_date: dict[datetime.date, dict[str, Layer]] = {}
+        other_bands: set[str] = set()  # in files that match the pattern, but not among ``bands``
         for path in sorted(folder.iterdir()):
             match = regex.search(path.name)
             if path.suffix.lower() not in RASTER_SUFFIXES or match is None:
@@ -156,6 +157,7 @@ class RasterStack:
                 names = {name: Layer(str(path), i + 1) for i, name in enumerate(descriptions)}
             if bands is not None:
                 # Other bands' files are skipped; a multi-band file still counts for its date.
+                other_bands.update(name for name in names if name not in bands)
                 names = {name: layer for name, layer in names.items() if name in bands}
                 if not names and "band" in regex.groupindex:
                     continue
@@ -168,6 +170,8 @@ class RasterStack:
                 if name in found:
                     raise InputError(f"{path}: band {name!r} at {date} is also in {found[name].href}")
                 found[name] = layer
+        if not by_date and other_bands:
+            raise InputError(f"{folder}: no file of the bands {list(bands)}; the files hold {sorted(other_bands)}")
         if not by_date:
             raise InputError(f"{folder}: no file ({', '.join(RASTER_SUFFIXES)}) matches the pattern {pattern!r}")
         dates = sorted(by_date)

@@ -7,6 +7,7 @@ seed give the same indices."""
 import numpy as np
 
 from cmap.data.series import PixelSeries
+from cmap.outputs import InputError
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +76,7 @@ def kfold_split(series: "PixelSeries", num_folds: int, fold: int, seed: int) -> 
     of a single series (or a single group) is in no fold (always trained on, never tested).
     """
     if not 0 <= fold < num_folds:
-        raise ValueError(f"fold must lie in [0, num_folds={num_folds}), got {fold}")
+        raise InputError(f"fold must lie in [0, num_folds={num_folds}), got {fold}")
     rng = np.random.default_rng(seed)
     assignment = np.empty(len(series), dtype=np.int64)
     if series.groups is not None:

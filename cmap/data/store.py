@@ -46,7 +46,7 @@ from cmap.data.contract import RawValues
 from cmap.data.rows import NpyRows, RelabelledRows
 from cmap.data.series import PixelSeries
 from cmap.data.time_axis import TimeAxis, resolve_time_axis, time_axis_arguments
-from cmap.outputs import check_outputs, fsync_path, remove_stale_partials
+from cmap.outputs import ExistingOutput, InputError, MissingInput, check_outputs, fsync_path, remove_stale_partials
 
 FORMAT = "cmap-series"
 VERSION = 1
@@ -58,7 +58,7 @@ STORE_FILES = {"metadata.json", "sample_ids.npy", *(f"{name}.npy" for name in AR
 def check_replaceable(folder: Path) -> None:
     """Raise unless ``folder`` is a cmap store that ``overwrite`` may replace (not another folder, not a file)."""
     if folder.is_symlink() or not folder.is_dir():
-        raise FileExistsError(
+        raise ExistingOutput(
             f"{folder} exists and is not a folder: overwrite replaces only a cmap series store; "
             "remove it yourself or choose another output"
         )
@@ -70,7 +70,7 @@ def check_replaceable(folder: Path) -> None:
         store_format = FORMAT  # a damaged store (only store files, see `others`) may be replaced
     if others or not metadata.is_file() or store_format != FORMAT:
         found = f"it holds {others[:5]}{' ...' if len(others) > 5 else ''}" if others else "no cmap metadata.json"
-        raise FileExistsError(
+        raise ExistingOutput(
             f"{folder} exists and is not a cmap series store ({found}): overwrite replaces only a store; "
             "remove it yourself or choose another output"
         )
@@ -123,10 +123,12 @@ def write_store(
                 f"{len(class_names)} classes {class_names}"
             )
     sample_ids = None if series.sample_ids is None else check_sample_ids(series.sample_ids, series.source)
-    if folder.exists() or folder.is_symlink():
+    # An empty folder (made ready for the output) holds nothing to lose: the store takes its place.
+    empty = folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())
+    if (folder.exists() or folder.is_symlink()) and not empty:
+        check_replaceable(folder)  # first: advice to overwrite only where overwrite would do it
         if not overwrite:
-            raise FileExistsError(f"{folder} exists: remove it or pass overwrite=True")
-        check_replaceable(folder)
+            raise ExistingOutput(f"{folder}: a cmap series store exists there; pass overwrite=True (--overwrite)")
     # Never the source itself, nor a folder holding it.
     check_outputs([folder], [series.source] if Path(series.source).exists() else [], lambda _: True, "store")
     remove_stale_partials(folder, (".tmp-", ".old-"))  # left by killed conversions
@@ -192,19 +194,19 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
     """The store's metadata, checked (format, version, required fields)."""
     path = Path(folder) / "metadata.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; {folder} is not a cmap series store")
+        raise MissingInput(f"{path}: not found; {folder} is not a cmap series store")
     try:
         metadata = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+        raise InputError(f"{path}: not valid JSON ({error})") from error
     if metadata.get("format") != FORMAT or metadata.get("version") != VERSION:
-        raise ValueError(
+        raise InputError(
             f"{path}: format {metadata.get('format')!r} version {metadata.get('version')!r}, "
             f"expected {FORMAT!r} version {VERSION}"
         )
     for key in ("band_names", "class_names", "num_series", "num_dates"):
         if key not in metadata:
-            raise ValueError(f"{path}: field {key!r} is missing")
+            raise InputError(f"{path}: field {key!r} is missing")
     return metadata
 
 

@@ -55,6 +55,8 @@ def _read_long_table(
         ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise InputError(f"{path}: not a readable CSV table ({error})") from None
+    except LookupError as error:  # codecs: no such encoding
+        raise InputError(f"--encoding {encoding!r}: {error}; e.g. utf-8, latin-1, cp1252") from None
     return table[~(table == "").all(axis=1)], True
 
 
