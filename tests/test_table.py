@@ -335,6 +335,8 @@ def test_predictions_of_a_streaming_store_carry_sample_ids(tmp_path):
 
 
 def test_overwrite_replaces_a_store_but_never_another_folder_or_a_file(tmp_path):
+    """Issue 30 item 9: each refusal is one line whose advice works (never "pass --overwrite" where
+    --overwrite would be refused); an empty folder is written into."""
     source = write_csv(tmp_path / "samples.csv", [("s", "2021-03-01", "0.1", "0.2", "m", "p")])
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -343,10 +345,13 @@ def test_overwrite_replaces_a_store_but_never_another_folder_or_a_file(tmp_path)
     with pytest.raises(InputError, match=message):
         convert(source, folder, "--overwrite")
     assert (folder / "holiday.jpg").read_bytes() == b"precious"
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(InputError, match="not a cmap series store"):
-        convert(source, empty, "--overwrite")
+    message = r"photos exists and is not a cmap series store .*: overwrite replaces only a store; remove it"
+    with pytest.raises(InputError, match=message):  # without --overwrite: the same advice, no circle
+        convert(source, folder)
+    for options in ((), ("--overwrite",)):  # an empty folder made ready for the output holds nothing to lose
+        empty = tmp_path / f"empty{len(options)}"
+        empty.mkdir()
+        assert len(convert(source, empty, *options)[0]) == 1
     file = tmp_path / "notes.txt"
     file.write_text("keep me")
     with pytest.raises(InputError, match="notes.txt exists and is not a folder"):
@@ -354,7 +359,9 @@ def test_overwrite_replaces_a_store_but_never_another_folder_or_a_file(tmp_path)
     assert file.read_text() == "keep me"
     before = sorted(p.name for p in tmp_path.iterdir())
     convert(source, tmp_path / "store")
-    series, _ = convert(source, tmp_path / "store", "--overwrite")  # a store is replaced
+    with pytest.raises(InputError, match=r"store: a cmap series store exists there; pass .*--overwrite"):
+        convert(source, tmp_path / "store")
+    series, _ = convert(source, tmp_path / "store", "--overwrite")  # the advice works: a store is replaced
     assert len(series) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "store"])  # no hidden temporary left
 
