@@ -54,7 +54,13 @@ def run_summary(run: Path, metrics: dict[str, Any], configs: Any, classifier: bo
     ]
     found = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda path: path.stat().st_mtime)
     checkpoint = next((path for path in found if path.name == "last.ckpt"), found[-1] if found else None)
-    config = f"--config {configs[0]}" if configs else "<your --config / --model --data>"
+    # The run's own configuration (LightningCLI's SaveConfigCallback writes it into the run folder):
+    # every --config, --model and --data of the fit merged, so `cmap test` gets the same data.
+    saved = run / "config.yaml"
+    if saved.is_file():
+        config = f"--config {saved}"
+    else:
+        config = f"--config {configs[0]}" if configs else "<your --config / --model --data>"
     lines = [
         "",
         "cmap fit finished: " + ("  ".join(shown) or "no metrics logged"),

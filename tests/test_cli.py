@@ -146,7 +146,7 @@ def test_fit_ends_with_a_summary_of_metrics_folder_and_next_commands(tmp_path, c
     summary = capsys.readouterr().out.split("cmap fit finished: ")[-1]
     assert summary.startswith("val/overall_accuracy ") and f"run folder   {checkpoint.parent.parent}" in summary
     assert f"tensorboard --logdir {checkpoint.parent.parent.parent}" in summary
-    assert f"cmap test --config {tmp_path / 'config.yaml'} --ckpt_path {checkpoint}" in summary
+    assert f"cmap test --config {checkpoint.parent.parent / 'config.yaml'} --ckpt_path {checkpoint}" in summary
 
 
 def test_a_pretraining_summary_suggests_fine_tuning_not_test_or_map(tmp_path):

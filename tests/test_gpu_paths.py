@@ -129,7 +129,7 @@ def test_fused_adamw_on_cuda_parameters_only():
     assert not fused_adamw_applies([cuda_parameter, torch.nn.Parameter(torch.ones(2))])
     assert not fused_adamw_applies([cuda_parameter, cuda_integer]) and not fused_adamw_applies([])
     model = tiny_classifier(len(CLASSES), class_names=CLASSES)
-    model.trainer = types.SimpleNamespace(estimated_stepping_batches=10)  # all that configure_optimizers reads
+    model.trainer = types.SimpleNamespace(estimated_stepping_batches=10, max_epochs=1, max_steps=-1)  # all it reads
     assert not model.configure_optimizers()["optimizer"].defaults["fused"]  # CPU: as before
     model.fused_optimizer = True
     assert model.configure_optimizers()["optimizer"].defaults["fused"]

@@ -17,6 +17,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -27,6 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from cmap.data import PixelSeries, write_store
 from cmap.data.synthetic import synthetic_series
+from cmap.ml.budget import one_cycle_schedule
 
 from .conftest import CONFIGS, tiny_classifier_config, tiny_encoder_config
 
@@ -105,7 +107,8 @@ def shortened(source: Path, folder: Path) -> Path:
     options |= {"path": stores["path"], "batch_size": 16, "val_fraction": 0.2}
     if "fold" not in options:  # cross-validation configs test on a fold of the store
         options["test_path"] = stores["test_path"]
-    if "unlabelled" in data.get("init_args", {}):  # consistency training: few labels, unlabelled batches
+    consistency = config.get("model", {}).get("init_args", {}).get("consistency")
+    if consistency or "unlabelled" in data.get("init_args", {}):  # few labels and unlabelled batches
         options |= {"unlabelled": stores["unlabelled"], "labels_per_class": 4, "batch_size": 8}
     config["data"] = {"class_path": "cmap.data.SeriesStore", "init_args": options}
     if "model" not in config:  # a trainer-only config (seed_gpu.yaml): a small model of the data's shape
@@ -154,3 +157,69 @@ def test_a_killed_run_of_the_config_resumes_to_the_uninterrupted_weights(source,
     assert expected.keys() == resumed.keys()
     for key, value in expected.items():
         assert torch.equal(resumed[key], value), key
+
+
+# ---------------------------------------------------------------------------------------------
+# Extending a finished run, a run with nothing to train, the printed next step
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_finished_run_extended_with_more_steps_continues_its_schedule_re_spanned(tmp_path):
+    config = shortened(CONFIGS / "default.yaml", tmp_path)
+    fit = ["fit", "--config", str(config), *QUIET, "--trainer.default_root_dir", str(tmp_path / "run")]
+    assert run_in_child([*fit, "--trainer.max_steps", "8"]) == 0
+    # Was: ValueError "Tried to step 9 times" (the restored 8-step one-cycle schedule), a 76-line traceback.
+    assert run_in_child([*fit, "--trainer.max_steps", "12", "--ckpt_path", "last"]) == 0
+    checkpoint = torch.load(
+        tmp_path / "run/lightning_logs/version_1/checkpoints/last.ckpt", weights_only=True
+    )  # fmt: skip
+    schedule = checkpoint["lr_schedulers"][0]
+    assert checkpoint["global_step"] == 12 and schedule["total_steps"] == 12 and schedule["last_epoch"] == 12
+    # The LR of a run configured for 12 steps from the start, at its end.
+    model = yaml.safe_load(config.read_text())["model"]["init_args"]
+    max_lrs = [group["max_lr"] for group in checkpoint["optimizer_states"][0]["param_groups"]]
+    optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in max_lrs])
+    trainer = SimpleNamespace(estimated_stepping_batches=12, max_epochs=1, max_steps=12, num_training_batches=8)
+    fresh = one_cycle_schedule(optimizer, max_lrs, model["min_lr"], model["max_lr"], trainer, 0.1)
+    for _ in range(12):
+        optimizer.step()
+        fresh.step()
+    assert schedule["_last_lr"] == pytest.approx(fresh.get_last_lr(), rel=1e-12)
+
+
+@pytest.mark.parametrize("option", ["--trainer.max_epochs", "--trainer.max_steps"])
+@pytest.mark.parametrize("recipe", ["default", "seed"])
+def test_a_fit_with_nothing_to_train_is_one_line_saying_so(recipe, option, seed_config, tmp_path, capfd):
+    # Was: the default recipe's budget raised max_epochs 0 to 1 and trained 2,002 steps; the seed
+    # model printed its untrained metrics as "cmap fit finished".
+    if recipe == "default":
+        config = ["--config", str(shortened(CONFIGS / "default.yaml", tmp_path))]
+    else:
+        config = ["--model", str(seed_config), "--data", str(CONFIGS / "seed_data_synthetic.yaml")]
+    root = tmp_path / "run"
+    status = run_in_child(["fit", *config, *QUIET, option, "0", "--trainer.default_root_dir", str(root)])
+    errors = capfd.readouterr().err
+    assert status == 1
+    assert "Traceback" not in errors and "cmap fit finished" not in errors
+    (line,) = [line for line in errors.splitlines() if line.startswith("cmap fit: error:")]
+    assert f"nothing to train ({option[2:]} 0: 0 optimizer steps)" in line and "max_epochs >= 1" in line
+    assert not list(root.rglob("*.ckpt"))
+
+
+def test_the_printed_next_step_is_the_runs_own_config_and_it_works(tmp_path, capfd):
+    # The README's own-data recipe: the model config and the data config given apart.
+    config = yaml.safe_load(shortened(CONFIGS / "default.yaml", tmp_path).read_text())
+    data = tmp_path / "my_data.yaml"
+    data.write_text(yaml.safe_dump(config.pop("data")))
+    (tmp_path / "default.yaml").write_text(yaml.safe_dump(config))
+    fit = ["fit", "--config", str(tmp_path / "default.yaml"), "--data", str(data), *QUIET]
+    assert run_in_child([*fit, "--trainer.max_steps", "4", "--trainer.default_root_dir", str(tmp_path / "run")]) == 0
+    (line,) = [line for line in capfd.readouterr().out.splitlines() if "next         cmap test" in line]
+    run = tmp_path / "run/lightning_logs/version_0"
+    assert (
+        line.split("next         ")[1]
+        == f"cmap test --config {run / 'config.yaml'} --ckpt_path {run}/checkpoints/last.ckpt"
+    )
+    # Was: `cmap test --config .../default.yaml`, which drops --data (`Classifier needs class_names`).
+    assert run_in_child([*line.split("next         cmap ")[1].split(), *QUIET]) == 0
+    assert "test/overall_accuracy" in capfd.readouterr().out

@@ -11,11 +11,11 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 from torch import Tensor, nn
 from torch.optim import AdamW
-from torch.optim.lr_scheduler import OneCycleLR
 from torchmetrics import MetricCollection
 
 from cmap.data.batch import Batch
 from cmap.data.contract import CHECKPOINT_KEY, InputContract
+from cmap.ml.budget import one_cycle_schedule
 from cmap.ml.decoders import Decoder
 from cmap.ml.embeddings.position import PositionalEncoding
 from cmap.ml.encoders import SeriesEncoder
@@ -261,23 +261,8 @@ class SITSTask(L.LightningModule):
             weight_decay=hp.weight_decay,
             fused=self.fused_optimizer if self.fused_optimizer is not None else fused_adamw_applies(self.parameters()),
         )
-        total_steps = self.trainer.estimated_stepping_batches
-        if total_steps == float("inf"):
-            raise ValueError("the LR schedule needs a finite training length: set trainer.max_epochs or max_steps")
-        total_steps = max(int(total_steps), 2)
-        # OneCycleLR divides by the length of each phase: keep both at least half a step long
-        # (a 10-step run with warmup_fraction 0.1 would otherwise have an empty warm-up).
-        warmup_fraction = min(max(hp.warmup_fraction, 1.5 / total_steps), 1 - 0.5 / total_steps)
-        scheduler = OneCycleLR(
-            optimizer,
-            max_lr=[hp.max_lr * factor for _, factor in groups],
-            total_steps=total_steps,
-            pct_start=warmup_fraction,
-            anneal_strategy="cos",
-            cycle_momentum=False,
-            div_factor=hp.max_lr / hp.min_lr,
-            final_div_factor=1.0,
-        )
+        max_lrs = [hp.max_lr * factor for _, factor in groups]
+        scheduler = one_cycle_schedule(optimizer, max_lrs, hp.min_lr, hp.max_lr, self.trainer, hp.warmup_fraction)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

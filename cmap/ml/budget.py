@@ -8,8 +8,14 @@ default recipe), 40 epochs of UCR Crop 2,000. :class:`TrainingBudget` (in
 """
 
 import math
+import warnings
+from typing import Any
 
 import lightning as L
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import OneCycleLR
+
+from cmap.outputs import InputError
 
 
 class TrainingBudget(L.Callback):
@@ -51,6 +57,8 @@ class TrainingBudget(L.Callback):
             batch_size = max(self.min_batch_size, min(batch_size, series // self.min_batches_per_epoch))
             data.batch_size = batch_size
         steps_per_epoch = max(1, series // batch_size // trainer.accumulate_grad_batches)  # full batches only
+        if trainer.max_epochs == 0 or trainer.max_steps == 0:
+            return  # no training asked for: the schedule (one_cycle_schedule) says so in one line
         configured = trainer.max_epochs or 1
         epochs = min(self.max_epochs, max(configured, math.ceil(self.min_steps / steps_per_epoch)))
         trainer.fit_loop.max_epochs = epochs
@@ -70,6 +78,65 @@ class TrainingBudget(L.Callback):
                 f"({epochs * steps_per_epoch} optimizer steps){raised}{calendar}",
                 flush=True,
             )
+
+
+class OneCycleSchedule(OneCycleLR):
+    """PyTorch's ``OneCycleLR`` that keeps the length of the run at hand when a checkpoint's state is loaded.
+
+    A killed run resumed with the same settings has the same length: nothing changes. A finished
+    run *extended* (``--ckpt_path last --trainer.max_steps 70`` after 60 steps, or more epochs)
+    would restore the old 60-step cycle and fail at step 61 (``Tried to step 61 times``); here the
+    cycle is re-spanned over the new length instead: warm-up and cosine decay as if the run had been
+    configured for 70 steps from the start, so the 10 extra steps continue at the LR the 70-step
+    cycle has at steps 61-70 (slightly above ``min_lr``, decaying to it) rather than at ``max_lr``.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        total_steps, phases = self.total_steps, self._schedule_phases
+        super().load_state_dict(state_dict)
+        if self.total_steps != total_steps:
+            message = f"LR schedule: the checkpoint's {self.total_steps}-step cycle re-spanned to {total_steps} steps"
+            warnings.warn(message, stacklevel=2)
+            self.total_steps, self._schedule_phases = total_steps, phases
+
+
+def one_cycle_schedule(
+    optimizer: Optimizer, max_lrs: list[float], min_lr: float, max_lr: float, trainer: L.Trainer, warmup_fraction: float
+) -> OneCycleSchedule:
+    """Linear warm-up from ``min_lr`` to ``max_lrs`` (per parameter group), cosine back, over the training.
+
+    The training's length is the trainer's ``estimated_stepping_batches`` (gradient accumulation,
+    ``max_epochs`` / ``max_steps`` and devices accounted for). No training (``trainer.max_epochs 0``,
+    ``max_steps 0``, or no full training batch) is an :class:`InputError`: a fit that trains nothing
+    would save and report an untrained model as if it were one (Lightning counts ``max_epochs 0`` as
+    one epoch's steps, then stops before the first).
+    """
+    total_steps = trainer.estimated_stepping_batches
+    if total_steps == float("inf"):
+        raise InputError("the LR schedule needs a finite training length: set trainer.max_epochs or max_steps")
+    if total_steps < 1 or trainer.max_epochs == 0 or trainer.max_steps == 0:
+        if trainer.max_epochs == 0 or trainer.max_steps == 0:
+            reason = "trainer.max_epochs 0" if trainer.max_epochs == 0 else "trainer.max_steps 0"
+        else:
+            reason = "no full training batch"
+        raise InputError(
+            f"nothing to train ({reason}: 0 optimizer steps); give trainer.max_epochs >= 1 (or max_steps), "
+            "or evaluate a checkpoint with cmap test / cmap validate"
+        )
+    total_steps = max(int(total_steps), 2)
+    # OneCycleLR divides by the length of each phase: keep both at least half a step long
+    # (a 10-step run with warmup_fraction 0.1 would otherwise have an empty warm-up).
+    warmup_fraction = min(max(warmup_fraction, 1.5 / total_steps), 1 - 0.5 / total_steps)
+    return OneCycleSchedule(
+        optimizer,
+        max_lr=max_lrs,
+        total_steps=total_steps,
+        pct_start=warmup_fraction,
+        anneal_strategy="cos",
+        cycle_momentum=False,
+        div_factor=max_lr / min_lr,
+        final_div_factor=1.0,
+    )
 
 
 def scaled_learning_rate(learning_rate: float, batch_size: int, reference_batch_size: int, rule: str = "sqrt") -> float:
