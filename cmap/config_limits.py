@@ -8,11 +8,13 @@ gigabytes until it was killed. :func:`bounded_yaml_load` composes the document's
 :data:`MAX_CONFIG_BYTES` or :data:`MAX_EXPANDED_NODES` is refused with an :class:`InputError` naming
 the file, before anything is built. :func:`cmap.runtime.install` makes it jsonargparse's YAML loader,
 so every config path (LightningCLI's ``--config``, ``--model``, ``--data``, ``--trainer.*`` files,
-``cmap map --config``, ``cmap area --config``) and every YAML option value goes through it.
+``cmap map --config``, ``cmap area --config``) and every YAML option value goes through it; YAML files
+cmap reads itself (``cmap cv --config``) go through :func:`load_yaml_file`.
 """
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -97,6 +99,16 @@ def check_yaml(text: str, path: Any = None) -> None:
             f"{where}YAML that stands for more than {MAX_EXPANDED_NODES:,} values once its aliases (*name) are "
             "expanded, the most cmap reads (an alias bomb?)"
         )
+
+
+def load_yaml_file(path: Path) -> Any:
+    """A YAML file cmap reads itself (not through jsonargparse), under the same bounds and errors."""
+    text = Path(path).read_text()
+    check_yaml(text, path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise NotYAML(f"{path}: not valid YAML ({yaml_problem(error)})") from error
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:

@@ -316,13 +316,29 @@ FIT_USAGE = [
 ]  # fmt: skip
 
 
+def alias_bomb(i: Inputs) -> Path:
+    """ "billion laughs": 9 levels of 10 aliases, 10**9 strings from 300 bytes."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 9)]
+    return i.text("bomb.yaml", "\n".join(lines) + "\n")
+
+
+CV = [
+    ("cv: a --config that is not YAML",
+     lambda i: (["cv", str(i.store), str(i.tmp / "cv"), "--config", str(i.text("run.yaml", "model: [unclosed\n"))],
+                ["run.yaml", "line 2, column 1"])),
+    ("cv: a --config alias bomb",
+     lambda i: (["cv", str(i.store), str(i.tmp / "cv"), "--config", str(alias_bomb(i))], ["bomb.yaml", "aliases"])),
+]  # fmt: skip
+
+
 def spoiled_stack(i: Inputs) -> Path:
     folder = raster_stack(i.tmp / "spoiled")
     (folder / "TILE_NDVI_2021-05-01.tif").write_bytes(b"II*\0garbage" * 10)
     return folder
 
 
-ONE_LINE = CONVERT + EXTRACT + AREA + MAP + FIT
+ONE_LINE = CONVERT + EXTRACT + AREA + MAP + FIT + CV
 USAGE = MAP_USAGE + FIT_USAGE
 
 
@@ -358,4 +374,4 @@ def test_the_walk_covers_at_least_40_distinct_mistakes_of_every_command():
     names = [name for name, _ in ONE_LINE + USAGE]
     assert len(set(names)) == len(names) >= 40
     commands = {name.split(":")[0] for name in names}
-    assert commands == {"convert", "extract", "area", "map", "fit", "test"}
+    assert commands == {"convert", "extract", "area", "map", "fit", "test", "cv"}

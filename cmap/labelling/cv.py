@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from cmap.config_limits import load_yaml_file
 from cmap.labelling.tables import sample_ids, write_csv
 from cmap.outputs import InputError, MissingInput, check_outputs
 
@@ -60,7 +60,7 @@ def parse(args: list[str], prog: str) -> argparse.Namespace:
 def fit_arguments(options: argparse.Namespace, fold: int, seed: int, root: Path) -> list[str]:
     """``cmap fit`` arguments of one fold: the config (with ``cmap.data.SeriesStore`` when it holds no
     data module, as the default recipe), the store, the fold, the seed and a quiet trainer."""
-    config = yaml.safe_load(options.config.read_text()) or {}
+    config = load_yaml_file(options.config) or {}  # bounded as every config cmap reads
     data = [] if config.get("data") else ["--data", "cmap.data.SeriesStore"]
     if ((config.get("data") or {}).get("init_args") or {}).get("test_path"):
         data += ["--data.init_args.test_path", "null"]
