@@ -239,3 +239,46 @@ def test_a_test_table_in_other_units_is_named(tmp_path):
         messages = [str(w.message) for w in caught if "another scale" in str(w.message)]
         assert len(messages) == expected
     assert "bands on another scale than the training series: 'B2' (mean 0." in messages[0]
+
+
+def test_test_classes_never_seen_in_training_are_reported_not_scored(tmp_path, capsys):
+    """Issue 30 item 6: a test store holding a class training never saw ('orge') is tested through the
+    command: a warning names the class and counts its series, the other series are scored. The
+    streaming module, which cannot leave series out, refuses in one line with advice that works."""
+    import yaml
+
+    from cmap.data import write_store
+
+    from .conftest import fit_tiny_classifier
+
+    rng = np.random.default_rng(0)
+
+    def store(name, labels, class_names):
+        series = PixelSeries(
+            rng.normal(size=(len(labels), 5, 2)).astype(np.float32), np.tile(np.arange(5) * 10, (len(labels), 1)),
+            np.asarray(labels), name,
+        )  # fmt: skip
+        return str(write_store(tmp_path / name, series, ["b1", "b2"], class_names))
+
+    train = store("train", np.arange(60) % 2, ["ble", "mais"])
+    test = store("test", [0] * 7 + [1] * 3, ["ble", "orge"])  # 7 'ble', 3 'orge'
+    data = {"class_path": "cmap.data.SeriesStore", "init_args": {"path": train, "test_path": test, "batch_size": 8}}
+    checkpoint = fit_tiny_classifier(tmp_path / "run", data, num_bands=2, num_classes=2, steps=2)
+    config = tmp_path / "run" / "config.yaml"
+    unseen = r"3 of 10 test series are of classes training never saw \('orge'; the model's classes: \['ble', 'mais'\]\)"
+    with pytest.warns(UserWarning, match=unseen + ": they are not scored"):
+        cmap_main(["test", "--config", str(config), "--ckpt_path", str(checkpoint)])
+    module = SeriesStore(train, test_path=test)
+    with pytest.warns(UserWarning, match=unseen):
+        module.setup("test")
+    assert module.datasets["test"].labels.tolist() == [0] * 7  # the 'ble' series, scored as 'ble'
+
+    streaming = yaml.safe_load(config.read_text())
+    streaming["data"]["class_path"] = "cmap.data.StreamingSeriesStore"
+    (tmp_path / "streaming.yaml").write_text(yaml.safe_dump(streaming))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cmap_main(["test", "--config", str(tmp_path / "streaming.yaml"), "--ckpt_path", str(checkpoint)])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 1 and len(error) == 1 and "Traceback" not in error[0]
+    assert "test classes ['orge'] were never seen in training" in error[0] and "test with SeriesStore" in error[0]

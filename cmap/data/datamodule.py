@@ -2,6 +2,7 @@
 (splits, statistics, class_map, labels_per_class)."""
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 from typing import Any
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from cmap.data.classes import ClassMapping
 from cmap.data.contract import InputContract, RawValues
 from cmap.data.perturbations import Augmentation
-from cmap.data.series import PixelSeries, SeriesDataset, batch_loader
+from cmap.data.series import UNSEEN_CLASS, PixelSeries, SeriesDataset, batch_loader
 from cmap.data.splits import holdout_split, per_class_subset
 from cmap.data.statistics import normalisation_statistics, training_date_grid, warn_other_scale
 from cmap.data.time_axis import TimeAxis
@@ -54,6 +55,8 @@ class SeriesDataModule(L.LightningDataModule):
     source_class_names: list[str]
     time_axis: TimeAxis = TimeAxis()
     raw_values: RawValues | None = None
+    #: Classes of the test series that training never saw (their series are reported, not scored).
+    unseen_test_classes: Sequence[str] = ()
     #: Why this module cannot draw by class weight (None: it can).
     balanced_sampling_problem: str | None = None
 
@@ -243,9 +246,23 @@ class SITSDataModule(SeriesDataModule):
             if needs:
                 raise ValueError(no_labels_problem(series.source))
             return series
-        if not needs and (series.labels == -1).any():
+        if not needs and (series.labels < 0).any():  # unlabelled, or of a class training never saw
             return replace(series, labels=None)
         return series
+
+    def _without_unseen_classes(self, series: PixelSeries) -> PixelSeries:
+        """The test series but those of classes training never saw (label ``UNSEEN_CLASS``), which
+        cannot be scored: a warning names their classes and counts them."""
+        unseen = np.zeros(len(series), dtype=bool) if series.labels is None else series.labels == UNSEEN_CLASS
+        if not unseen.any():
+            return series
+        warnings.warn(
+            f"{series.source}: {int(unseen.sum())} of {len(series)} test series are of classes training never saw "
+            f"({', '.join(map(repr, self.unseen_test_classes))}; the model's classes: {self.class_names}): they are "
+            "not scored; the metrics are those of the other series",
+            stacklevel=3,
+        )
+        return series.subset(np.flatnonzero(~unseen))
 
     def load_train(self) -> PixelSeries:
         """All labelled training series (validation is split off here)."""
@@ -280,7 +297,8 @@ class SITSDataModule(SeriesDataModule):
             self.datasets["val"] = SeriesDataset(train_all, val_index, contract)
             self.warn_unlearnt_classes(train_all.source, "val")
         if stage in ("test", "predict") and "test" not in self.datasets:
-            test = self._prepare(self._unlabelled(self.load_test(), stage))
+            test = self._unlabelled(self.load_test(), stage)
+            test = self._prepare(self._without_unseen_classes(test) if stage == "test" else test)
             if len(test) == 0:
                 raise ValueError(f"{test.source}: the test split is empty")
             self.datasets["test"] = SeriesDataset(test, np.arange(len(test)), self.input_contract)

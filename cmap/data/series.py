@@ -11,6 +11,10 @@ from cmap.data.batch import Batch
 from cmap.data.contract import InputContract
 from cmap.data.perturbations import Augmentation
 
+#: The label of a test series whose class training never saw (a test store's class the training store
+#: lacks, :func:`~cmap.data.store.relabel`): reported, not scored. -1 is an unlabelled series.
+UNSEEN_CLASS = -2
+
 
 @dataclass
 class PixelSeries:

@@ -44,7 +44,7 @@ import numpy as np
 
 from cmap.data.contract import RawValues
 from cmap.data.rows import NpyRows, RelabelledRows
-from cmap.data.series import PixelSeries
+from cmap.data.series import UNSEEN_CLASS, PixelSeries
 from cmap.data.time_axis import TimeAxis, resolve_time_axis, time_axis_arguments
 from cmap.outputs import ExistingOutput, InputError, MissingInput, check_outputs, fsync_path, remove_stale_partials
 
@@ -222,29 +222,21 @@ def store_raw_values(metadata: dict[str, Any]) -> RawValues | None:
     return None if content is None else RawValues.from_dict(content)
 
 
-def read_store_pair(path: str | Path, test_path: str | Path | None, class_subset: bool = False) -> dict[str, Any]:
-    """The metadata of a training store, checked against its test store's: same bands, time axis and
-    classes (or, with ``class_subset``, some of the training classes in any order). Errors say how
-    to convert the test table to match."""
+def read_store_pair(path: str | Path, test_path: str | Path | None) -> dict[str, Any]:
+    """The metadata of a training store, checked against its test store's: same bands and time axis
+    (errors say how to convert the test table to match). The test store's classes are matched by
+    name (:func:`relabel`): in any order, some of the training classes or others besides (their
+    series are reported, not scored: :func:`unseen_classes`)."""
     metadata = read_metadata(path)
     if test_path is not None:
         test_metadata = read_metadata(test_path)
         if test_metadata["band_names"] != metadata["band_names"]:
-            raise ValueError(
+            raise InputError(
                 f"{test_path}: band_names {test_metadata['band_names']} differ from {path}'s {metadata['band_names']}"
-            )
-        names, test_names = metadata["class_names"], test_metadata["class_names"]
-        # An unlabelled store (new samples to predict) has no classes.
-        if test_names and test_names != names and not (class_subset and set(test_names) <= set(names)):
-            unknown = [name for name in test_names if name not in names]
-            raise ValueError(
-                f"{test_path}: class_names {test_names} differ from {path}'s {names}"
-                + (f" (classes {unknown} are not training classes)" if unknown else "")
-                + f"; convert the test table with the training classes: --class_names {' '.join(map(repr, names))}"
             )
         axis = store_time_axis(metadata)
         if store_time_axis(test_metadata) != axis:
-            raise ValueError(
+            raise InputError(
                 f"{test_path}: time axis {store_time_axis(test_metadata).describe()} differs from {path}'s "
                 f"{axis.describe()}: convert the test table with the training store's time axis: "
                 f"{' '.join(time_axis_arguments(axis))}"
@@ -252,14 +244,22 @@ def read_store_pair(path: str | Path, test_path: str | Path | None, class_subset
     return metadata
 
 
+def unseen_classes(test_path: str | Path | None, class_names: list[str]) -> list[str]:
+    """The classes of the test store ``test_path`` that are not among the training ``class_names``."""
+    if test_path is None:
+        return []
+    return [name for name in read_metadata(test_path)["class_names"] if name not in class_names]
+
+
 def relabel(series: PixelSeries, names: list[str], class_names: list[str]) -> PixelSeries:
     """``series`` whose labels index ``names`` (a test store's classes), with labels indexing
-    ``class_names`` (the training store's, which hold every name) instead; -1 (unlabelled) stays.
+    ``class_names`` (the training store's) instead; -1 (unlabelled) stays, and a class that
+    ``class_names`` lacks becomes :data:`UNSEEN_CLASS`.
     Labels read on demand (:class:`~cmap.data.rows.NpyRows`, ``open_store(lazy=True)``) stay so: they are mapped
     as they are read (:class:`~cmap.data.rows.RelabelledRows`)."""
     if series.labels is None or not names or list(names) == list(class_names):
         return series
-    lookup = np.array([class_names.index(name) for name in names], dtype=np.int64)
+    lookup = np.array([class_names.index(name) if name in class_names else UNSEEN_CLASS for name in names])
     labels = RelabelledRows(series.labels, lookup, f"{series.source}/labels.npy")
     return replace(series, labels=labels if isinstance(series.labels, NpyRows) else labels[:])
 

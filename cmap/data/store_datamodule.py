@@ -21,6 +21,7 @@ from cmap.data.store import (
     read_store_pair,
     store_raw_values,
     store_time_axis,
+    unseen_classes,
 )  # fmt: skip
 
 
@@ -68,12 +69,13 @@ class StoreInputs:
         self.path = Path(path)
         self.test_path = None if test_path is None else Path(test_path)
         self.fold, self.num_folds = fold, num_folds
-        metadata = read_store_pair(self.path, self.test_path, class_subset=True)
+        metadata = read_store_pair(self.path, self.test_path)
         # The data's description comes from the store (the base class's defaults are for other modules).
         self.source_class_names: list[str] = metadata["class_names"]
         self.band_names: list[str] = metadata["band_names"]
         self.time_axis = store_time_axis(metadata)
         self.raw_values = store_raw_values(metadata)
+        self.unseen_test_classes = unseen_classes(self.test_path, self.source_class_names)
         self.use_unlabelled(unlabelled, unlabelled_ratio)
 
     def use_unlabelled(self, unlabelled: str | None, unlabelled_ratio: int) -> None:

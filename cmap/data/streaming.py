@@ -29,9 +29,10 @@ from torch.utils.data import DataLoader
 
 from cmap.data.datamodule import SeriesDataModule, no_labels_problem
 from cmap.data.sampling import CHUNK, RowDataset, RowPermutation, RowSampler, unit_hash
-from cmap.data.series import PixelSeries, pass_through
+from cmap.data.series import UNSEEN_CLASS, PixelSeries, pass_through
 from cmap.data.store import open_store, open_test_store
 from cmap.data.store_datamodule import StoreInputs
+from cmap.outputs import InputError
 
 
 class StreamingSeriesStore(StoreInputs, SeriesDataModule):
@@ -104,14 +105,15 @@ class StreamingSeriesStore(StoreInputs, SeriesDataModule):
             split = self.split_of(series, rows, in_test_store)
             labels = None if series.labels is None else series.labels[start : rows[-1] + 1]
             if labels is not None:
-                bad = (labels < -1) | (labels >= num_classes)
+                # A test store's class that training lacks is UNSEEN_CLASS (relabel): refused at setup("test").
+                bad = (labels < (UNSEEN_CLASS if in_test_store else -1)) | (labels >= num_classes)
                 if bad.any():
                     raise ValueError(
                         f"{series.source}/labels.npy: row {start + int(np.flatnonzero(bad)[0])} holds label "
                         f"{int(labels[bad][0])}, expected -1 (unlabelled) or a class index in [0, {num_classes})"
                     )
-                if first_unlabelled is None and (labels == -1).any():
-                    first_unlabelled = start + int(np.flatnonzero(labels == -1)[0])
+                if first_unlabelled is None and (labels < 0).any():
+                    first_unlabelled = start + int(np.flatnonzero(labels < 0)[0])
             for code, name in enumerate(("train", "val", "test")):
                 inside = split == code
                 self.sizes[name] = self.sizes.get(name, 0) + int(inside.sum())
@@ -139,6 +141,12 @@ class StreamingSeriesStore(StoreInputs, SeriesDataModule):
         return replace(series, labels=None), problem
 
     def setup(self, stage: str) -> None:
+        if stage == "test" and self.unseen_test_classes and self.labels_needed():
+            raise InputError(
+                f"{self.test_path}: test classes {list(self.unseen_test_classes)} were never seen in training "
+                f"({self.path}'s classes: {self.class_names}); StreamingSeriesStore cannot leave their series out of "
+                "the scores: test with SeriesStore (the same options), which reports them and scores the rest"
+            )
         if "train" not in self.datasets or (stage in ("test", "predict") and "test" not in self.datasets):
             self._setup_splits(stage)
         if stage == "test" and self._test_problem is not None and self.labels_needed():
