@@ -295,7 +295,7 @@ def test_ucr_crop_tempcnn_config_parses(capsys):
     model = config["model"]["init_args"]
     assert model["encoder"]["class_path"] == "cmap.ml.encoders.TempCNNEncoder"
     assert config["data"]["class_path"] == "cmap.data.UCRCrop"
-    assert any(c["init_args"].get("save_last") for c in config["trainer"]["callbacks"])
+    assert any(c["class_path"] == "cmap.ml.fault_tolerance.LastCheckpoint" for c in config["trainer"]["callbacks"])
 
 
 def test_ucr_crop_ltae_config_parses(capsys):
@@ -303,3 +303,20 @@ def test_ucr_crop_ltae_config_parses(capsys):
         CMapCLI(args=["fit", "--config", str(CONFIGS / "ucr_crop_ltae.yaml"), "--print_config"])
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["init_args"]["encoder"]["class_path"] == "cmap.ml.encoders.LTAEEncoder"
+
+
+@pytest.mark.parametrize("encoder", [TempCNNEncoder, LTAEEncoder, SeriesEncoder])
+def test_embeddings_default_to_the_encoders_width(encoder):
+    # A config states d_model once; the embeddings are built from it (date encoding over days 0-999,
+    # tau 1000; bands from the data).
+    built = encoder(d_model=32)
+    assert (built.position_encoder.d_model, built.position_encoder.tau, built.position_encoder.max_len) == (
+        32,
+        1000,
+        1000,
+    )
+    assert built.bands_encoder.sizes == [None, 32] and built.num_bands is None
+    built.bind_bands(3)
+    assert built.num_bands == 3 and built.bands_encoder.d_model == 32
+    with pytest.raises(ValueError, match="position_encoder produces width 16, expected d_model=32"):
+        encoder(d_model=32, position_encoder=PositionalEncoding(16))

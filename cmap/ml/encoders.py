@@ -22,20 +22,25 @@ class SeriesEncoder(nn.Module):
     Its arguments are every encoder's (subclasses take their own and pass these on, by keyword):
 
     Args:
-        position_encoder: date embedding, width ``d_model``.
-        bands_encoder: band embedding, output width ``d_model``.
+        position_encoder: date embedding, width ``d_model``; default: ``PositionalEncoding(d_model,
+            tau=1000, max_len=1000)``, days 0-999 (a season, or a year and its margins).
+        bands_encoder: band embedding, output width ``d_model``; default: ``PixelEncoding([null,
+            d_model])``, one linear layer from the data's bands (its count taken from the data).
         d_model: token width.
         dropout_p: dropout on the embedding (and, in the subclasses that say so, inside the layers).
     """
 
     def __init__(
         self,
-        position_encoder: PositionalEncoding,
-        bands_encoder: PixelEncoding,
+        position_encoder: PositionalEncoding | None = None,
+        bands_encoder: PixelEncoding | None = None,
         d_model: int = 256,
         dropout_p: float = 0.1,
     ) -> None:
         super().__init__()
+        # Sized by d_model when not given, so a config states the width once.
+        position_encoder = position_encoder or PositionalEncoding(d_model, tau=1000, max_len=1000)
+        bands_encoder = bands_encoder or PixelEncoding([None, d_model])
         for name, width in (("position_encoder", position_encoder.d_model), ("bands_encoder", bands_encoder.d_model)):
             if width != d_model:
                 raise ValueError(f"{type(self).__name__}: {name} produces width {width}, expected d_model={d_model}")
