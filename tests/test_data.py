@@ -149,3 +149,28 @@ def test_cmap_test_takes_the_checkpoint_contract_before_setup_and_reads_the_chec
     # The counters see a data module's own statistics when there is no checkpoint to take them from.
     getattr(__import__("cmap.data", fromlist=[module]), module)(str(store), fold=0).setup("fit")
     assert calls["statistics"] == 1 and calls["date_grid"] == 1
+
+
+def test_input_settings_resolve_explicit_then_checkpoint_then_default():
+    """One rule for every input setting (timm's resolve_data_config): an explicit option, else the
+    checkpoint's, else the default; a default function runs only when it is needed."""
+    from cmap.data.contract import InputContract, RawValues, contract_from_settings, resolve_input_settings
+    from cmap.data.time_axis import TimeAxis
+
+    checkpoint = InputContract(["b1"], [1.0], [2.0], TimeAxis.from_season_start("09-01"), ["a"], RawValues(1e-4))
+    called = []
+
+    def statistics():
+        called.append("statistics")
+        return np.array([9.0])
+
+    defaults = {"band_names": ["b1"], "mean": statistics, "std": statistics, "scale": 1.0, "offset": 0.0}
+    settings = resolve_input_settings({"time_axis": TimeAxis(), "offset": 0.5}, checkpoint, defaults)
+    assert settings["time_axis"] == TimeAxis() and settings["offset"] == 0.5  # explicit
+    assert settings["scale"] == 1e-4 and settings["mean"].tolist() == [1.0] and called == []  # the checkpoint's
+    contract = contract_from_settings(settings)
+    assert contract.raw_values == RawValues(1e-4, 0.5) and contract.class_names == ("a",)
+    settings = resolve_input_settings(defaults=defaults)  # no checkpoint: the defaults, computed
+    assert settings["mean"].tolist() == [9.0] and called == ["statistics", "statistics"] and settings["offset"] == 0.0
+    with pytest.raises(ValueError, match=r"unknown input settings \['scales'\]"):
+        resolve_input_settings({"scales": 1.0})

@@ -16,6 +16,7 @@ particular way; ``cmap predict`` and ``cmap map`` must do exactly the same to ne
   ``cmap map``'s ``--scale``, ``--offset`` and ``--valid_range``.
 """
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,3 +176,74 @@ class InputContract:
                 "with a cmap data module (or by a cmap version before the contract); retrain it"
             )
         return cls.from_dict(checkpoint[CHECKPOINT_KEY])
+
+
+#: Every input setting, flat (the raw-value convention as its three parts), in the order they are resolved.
+INPUT_SETTINGS = (
+    "band_names",
+    "class_names",
+    "mean",
+    "std",
+    "time_axis",
+    "scale",
+    "offset",
+    "valid_range",
+    "date_grid",
+)
+
+
+def contract_settings(contract: InputContract) -> dict[str, Any]:
+    """The input settings (:data:`INPUT_SETTINGS`) of ``contract``; None where it has none."""
+    return {
+        "band_names": contract.band_names, "class_names": contract.class_names, "mean": contract.mean,
+        "std": contract.std, "time_axis": contract.time_axis, **raw_value_settings(contract.raw_values),
+        "date_grid": contract.date_grid,
+    }  # fmt: skip
+
+
+def raw_value_settings(raw_values: RawValues | None) -> dict[str, Any]:
+    """The ``scale``, ``offset`` and ``valid_range`` settings of ``raw_values`` (None without them)."""
+    if raw_values is None:
+        return dict.fromkeys(("scale", "offset", "valid_range"))
+    return {"scale": raw_values.scale, "offset": raw_values.offset, "valid_range": raw_values.valid_range}
+
+
+def resolve_input_settings(
+    explicit: Mapping[str, Any] | None = None,
+    checkpoint: InputContract | None = None,
+    defaults: Mapping[str, Any | Callable[[], Any]] | None = None,
+) -> dict[str, Any]:
+    """Each input setting (:data:`INPUT_SETTINGS`) from the first source that gives it (not None):
+    an ``explicit`` option, else the ``checkpoint``'s contract, else ``defaults`` (the data's own, or a
+    command's), as timm's ``resolve_data_config`` does for a model's input size and normalisation.
+
+    A default may be a function, called only when neither an option nor the checkpoint gives the
+    setting: a data module's statistics are computed only when no checkpoint brings them.
+    """
+    explicit, defaults = dict(explicit or {}), dict(defaults or {})
+    unknown = sorted((explicit.keys() | defaults.keys()) - set(INPUT_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown input settings {unknown}; the settings are {list(INPUT_SETTINGS)}")
+    carried = {} if checkpoint is None else contract_settings(checkpoint)
+    resolved = {}
+    for name in INPUT_SETTINGS:
+        for value in (explicit.get(name), carried.get(name)):
+            if value is not None:
+                resolved[name] = value
+                break
+        else:
+            default = defaults.get(name)
+            resolved[name] = default() if callable(default) else default
+    return resolved
+
+
+def contract_from_settings(settings: Mapping[str, Any]) -> InputContract:
+    """The :class:`InputContract` of resolved input settings (:func:`resolve_input_settings`)."""
+    raw = [settings.get(name) for name in ("scale", "offset", "valid_range")]
+    raw_values = None if all(value is None for value in raw) else RawValues(
+        1.0 if raw[0] is None else raw[0], 0.0 if raw[1] is None else raw[1], raw[2]
+    )  # fmt: skip
+    return InputContract(
+        settings["band_names"], settings["mean"], settings["std"], settings["time_axis"], settings["class_names"],
+        raw_values, settings["date_grid"],
+    )  # fmt: skip

@@ -4,7 +4,7 @@
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 import lightning as L
@@ -13,7 +13,13 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from cmap.data.classes import ClassMapping
-from cmap.data.contract import InputContract, RawValues
+from cmap.data.contract import (
+    InputContract,
+    RawValues,
+    contract_from_settings,
+    raw_value_settings,
+    resolve_input_settings,
+)  # fmt: skip
 from cmap.data.perturbations import Augmentation
 from cmap.data.series import UNSEEN_CLASS, PixelSeries, SeriesDataset, batch_loader
 from cmap.data.splits import holdout_split, per_class_subset
@@ -105,18 +111,25 @@ class SeriesDataModule(L.LightningDataModule):
         return self.contract
 
     def make_contract(self, series: PixelSeries, train_index: np.ndarray) -> InputContract:
-        """The contract of this data from its training series ``train_index`` of ``series``:
-        per-band statistics and date grid (unless a contract was adopted)."""
+        """The contract of this data from its training series ``train_index`` of ``series``: per-band
+        statistics and date grid, computed only when no checkpoint's contract was adopted."""
         if self.contract is None:
-            mean, std = normalisation_statistics(series, train_index)
-            self.contract = InputContract(
-                self.band_names, mean, std, self.time_axis, self.class_names, self.raw_values,
-                training_date_grid(series, train_index),
-            )  # fmt: skip
+            statistics = cache(lambda: normalisation_statistics(series, train_index))
+            lazy = {
+                "mean": lambda: statistics()[0], "std": lambda: statistics()[1],
+                "date_grid": lambda: training_date_grid(series, train_index),
+            }  # fmt: skip
+            self.contract = contract_from_settings(resolve_input_settings(defaults={**self.data_settings(), **lazy}))
         return self.contract
 
+    def data_settings(self) -> dict[str, Any]:
+        """The input settings this data states itself (:data:`~cmap.data.contract.INPUT_SETTINGS`)."""
+        names = {"band_names": self.band_names, "class_names": self.class_names, "time_axis": self.time_axis}
+        return {**names, **raw_value_settings(self.raw_values)}
+
     def adopt(self, contract: InputContract, source: str) -> None:
-        """Use ``contract`` (from the checkpoint ``source``) instead of this data's own statistics.
+        """Use ``contract`` (from the checkpoint ``source``) instead of this data's own statistics: each
+        input setting the checkpoint's, else this data's (:func:`~cmap.data.contract.resolve_input_settings`).
 
         Bands, classes and time axis must agree: a model sees its inputs as it was trained to.
         """
@@ -132,9 +145,11 @@ class SeriesDataModule(L.LightningDataModule):
                 f"{source}: the model counts {contract.time_axis.describe()}, but {type(self).__name__}'s days "
                 f"are {self.time_axis.describe()}"
             )
-        self.contract = contract
+        self.contract = contract_from_settings(
+            resolve_input_settings(checkpoint=contract, defaults=self.data_settings())
+        )
         for dataset in self.datasets.values():
-            dataset.contract = contract
+            dataset.contract = self.contract
 
     def labels_needed(self) -> bool:
         """Whether the task being trained learns from labels (a task says it does not with
