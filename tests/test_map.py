@@ -177,7 +177,11 @@ def test_a_stack_starting_later_is_mapped_on_the_training_days(ndvi_checkpoint, 
     default = mapped("default.tif")
     np.testing.assert_array_equal(default, mapped("aligned.tif", reference_date="2013-09-13"))
     # Days counted from the stack's own first date (what the map did before) shift every date.
-    assert not np.array_equal(default, mapped("shifted.tif", reference_date="2013-10-16"))
+    shifted = mapped("shifted.tif", reference_date="2013-10-16")
+    assert not np.array_equal(default, shifted)
+    # cmap convert's other time-axis options: the checkpoint's season start, and the stack's first date.
+    np.testing.assert_array_equal(default, mapped("season.tif", season_start="09-13"))
+    np.testing.assert_array_equal(shifted, mapped("series.tif", time_axis="series_start"))
 
 
 def test_map_windows_do_not_change_the_result_and_nodata_marks_pixels_without_dates(ndvi_checkpoint, tmp_path):
