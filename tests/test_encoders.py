@@ -10,10 +10,10 @@ import yaml
 from cmap.cli import CMapCLI
 from cmap.data.contract import DateGrid
 from cmap.ml.classifiers import Classifier
-from cmap.ml.decoders import MultiClassClassification, masked_mean
+from cmap.ml.decoders import DateGridClassification, FlattenClassification, MultiClassClassification, masked_mean
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
 from cmap.ml.encoders import LTAEEncoder, SeriesEncoder, TempCNNEncoder
-from cmap.ml.tempcnn import DateGridClassification, FlattenClassification, MaskedBatchNorm1d
+from cmap.ml.layers import MaskedBatchNorm1d
 from cmap.ml.weights import load_encoder_weights
 
 from .conftest import synthetic_sits
@@ -249,7 +249,7 @@ def tiny_config(root: Path) -> Path:
                         "d_model": d_model, "n_layers": 2, "kernel_size": 3,
                     },
                 },
-                "decoder": {"class_path": "cmap.ml.tempcnn.FlattenClassification",
+                "decoder": {"class_path": "cmap.ml.decoders.FlattenClassification",
                             "init_args": {"num_dates": 10, "num_classes": 3, "hidden": 16}},
                 "max_lr": 0.001, "focal_gamma": 0.0,
             },

@@ -1,12 +1,22 @@
-"""Encoders, group-propagation block and decoders: shapes and masks."""
+"""Encoders, group-propagation block and decoders: shapes and masks. Layers (cmap.ml.layers) and heads
+(cmap.ml.decoders) in their homes; checkpoints that name the former module, ``cmap.ml.tempcnn``, still
+load (its names are aliases of the moved classes)."""
 
 import pytest
 import torch
+import yaml
 
+import cmap.ml.decoders as decoders
+import cmap.ml.layers as layers
+import cmap.ml.tempcnn as former
+from cmap.cli import main as cmap_main
 from cmap.ml.decoders import BandReconstruction, MultiClassClassification, masked_mean
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
 from cmap.ml.encoders import ExchangerEncoder, TransformerEncoder
 from cmap.ml.gp_block import GroupPropagationBlock
+from cmap.predictions import load_classifier
+
+from .conftest import CONFIGS
 
 D, C = 32, 3
 
@@ -118,3 +128,46 @@ def test_band_count_and_classes_left_to_the_data_are_bound_once_and_checked():
     assert head(torch.zeros(2, 3, 16), torch.ones(2, 3, dtype=torch.bool)).shape == (2, 3)
     with pytest.raises(ValueError, match=r"num_classes=3 outputs but the data has 2 classes: \['a', 'b'\]"):
         head.bind_classes(["a", "b"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers and heads moved out of cmap.ml.tempcnn
+# ---------------------------------------------------------------------------------------------
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def test_the_former_module_names_the_moved_classes_themselves():
+    for name in ("DateGridClassification", "FlattenClassification", "DenseTail"):
+        assert getattr(former, name) is getattr(decoders, name)
+    for name in ("BatchNorm1dAnyBatch", "MaskedBatchNorm1d", "MaskedConvBlock", "zero_masked"):
+        assert getattr(former, name) is getattr(layers, name)
+    for path in CONFIGS.glob("*.yaml"):  # the shipped configs name the new homes
+        assert "cmap.ml.tempcnn" not in path.read_text(), path.name
+
+
+def test_a_checkpoint_naming_cmap_ml_tempcnn_loads_and_tests(tmp_path, capsys):
+    """A run configured as before the move (its checkpoint's hyper-parameters say
+    ``cmap.ml.tempcnn.DateGridClassification``) loads for ``cmap map`` and ``cmap test``."""
+    init_args = {"class_names": ["a", "b"], "num_bands": 2, "num_dates": 8, "num_train": 48, "batch_size": 16}
+    config = {
+        "trainer": {"max_steps": 2, "default_root_dir": str(tmp_path), "limit_val_batches": 1},
+        "model": {
+            "class_path": "cmap.ml.classifiers.Classifier",
+            "init_args": {
+                "encoder": {"class_path": "cmap.ml.encoders.TempCNNEncoder", "init_args": {"d_model": 8}},
+                "decoder": {"class_path": "cmap.ml.tempcnn.DateGridClassification", "init_args": {"hidden": 8}},
+            },
+        },
+        "data": {"class_path": "cmap.data.SyntheticSITS", "init_args": init_args},
+    }
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(config))
+    cmap_main(["fit", "--config", str(tmp_path / "old.yaml"), *QUIET])
+    checkpoint = next(tmp_path.glob("lightning_logs/version_0/checkpoints/*.ckpt"))
+    hparams = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
+    assert "cmap.ml.tempcnn.DateGridClassification" in yaml.safe_dump(hparams)  # an old-style checkpoint
+    model = load_classifier(checkpoint)
+    assert type(model.decoder) is decoders.DateGridClassification
+    capsys.readouterr()
+    cmap_main(["test", "--config", str(tmp_path / "old.yaml"), "--ckpt_path", str(checkpoint), *QUIET])
+    assert "test/overall_accuracy" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
 from cmap.ml.gp_block import GroupPropagationBlock
-from cmap.ml.tempcnn import BatchNorm1dAnyBatch, MaskedConvBlock, zero_masked
+from cmap.ml.layers import BatchNorm1dAnyBatch, MaskedConvBlock, zero_masked
 
 
 class SeriesEncoder(nn.Module):
@@ -150,7 +150,7 @@ class TempCNNEncoder(SeriesEncoder):
     """TempCNN (Pelletier et al. 2019): 1-D convolutions over the date axis, per-date features out.
 
     Each block is a convolution of ``kernel_size`` dates ('same' padding, so T dates in, T out),
-    batch norm, ReLU and dropout (:class:`~cmap.ml.tempcnn.MaskedConvBlock`). Masked dates
+    batch norm, ReLU and dropout (:class:`~cmap.ml.layers.MaskedConvBlock`). Masked dates
     (padding, clouds, date dropout) are zeroed at the input of every block and in its output, and
     the batch norm's statistics count valid dates only, so features of valid dates never depend
     on the values of masked ones; masked dates' features are 0.
@@ -164,7 +164,7 @@ class TempCNNEncoder(SeriesEncoder):
     Decoder contract: like every encoder, per-date features (B, T, d_model). The pooling decoders
     (:class:`~cmap.ml.decoders.MultiClassClassification`) work on any series; TempCNN's own
     flatten + dense head, which keeps where in the series each feature is, is
-    :class:`~cmap.ml.tempcnn.FlattenClassification`, for data on a fixed date grid.
+    :class:`~cmap.ml.decoders.FlattenClassification`, for data on a fixed date grid.
 
     Args:
         n_layers: number of convolution blocks (Pelletier et al.: 3).
