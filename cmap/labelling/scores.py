@@ -160,7 +160,7 @@ def plot(matrix: np.ndarray, class_names: list[str], folds_table: pd.DataFrame, 
     left.set_xticklabels(class_names, rotation=60, ha="right", fontsize=7)
     left.set_yticklabels(class_names, fontsize=7)
     per_class = folds_table[folds_table["class"] != "all"]
-    right.boxplot([per_class[per_class["class"] == name]["f1"] for name in class_names], vert=False)
+    right.boxplot([per_class[per_class["class"] == name]["f1"] for name in class_names], orientation="horizontal")
     right.set(yticks=range(1, len(class_names) + 1), xlabel="F1 over folds and seeds", title="per-class F1")
     right.set_yticklabels(class_names, fontsize=7)
     figure.tight_layout()

@@ -1,0 +1,272 @@
+"""cmap cv, cmap audit and cmap suggest on a real subset of the Mato Grosso samples (300 labelled
+series with ids, 200 unlabelled ones, their coordinates), through the ``cmap`` command."""
+
+import hashlib
+
+import fiona
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cmap.cli import main as cmap_main
+from cmap.data.convert import _read_rda_tibble, read_mato_grosso
+from cmap.data.series import PixelSeries
+from cmap.data.splits import kfold_split
+from cmap.data.store import open_store, store_time_axis, write_store
+from cmap.labelling.audit import find_issues
+from cmap.labelling.peer import out_of_fold
+from cmap.labelling.selection import select, uncertainty
+
+from .conftest import SHARED_DATA, fit_tiny_classifier, require, tiny_classifier_config, tiny_encoder_config
+
+MATO_GROSSO = SHARED_DATA / "sits_matogrosso_mod13q1" / "br_mt_1_8K_9classes_6bands.rda"
+
+
+@pytest.fixture(scope="module")
+def mato(tmp_path_factory):
+    """Stores ``labelled`` (300 series) and ``unlabelled`` (200, label -1), ids ``mg-<row of the
+    .rda>``, and ``coordinates.csv`` (sample_id, longitude, latitude) of both."""
+    source = require(MATO_GROSSO)
+    converted = read_mato_grosso(source)
+    table = _read_rda_tibble(source, "br_mt_1_8K_9classes_6bands")
+    root = tmp_path_factory.mktemp("mato")
+    rows = np.random.default_rng(0).permutation(len(converted.series))[:500]
+    ids = np.array([f"mg-{row}" for row in rows])
+    series = converted.series
+    for name, part, labels in (("labelled", slice(0, 300), None), ("unlabelled", slice(300, 500), -1)):
+        chosen = rows[part]
+        labels = series.labels[chosen] if labels is None else np.full(len(chosen), -1)
+        subset = PixelSeries(series.values[chosen], series.days[chosen], labels, str(source), None, ids[part])
+        converted.__class__(subset, converted.band_names, converted.class_names, converted.time_axis).write(root / name)
+    coordinates = pd.DataFrame(
+        {
+            "sample_id": ids,
+            "longitude": table["longitude"].to_numpy()[rows],
+            "latitude": table["latitude"].to_numpy()[rows],
+        }
+    )
+    coordinates.to_csv(root / "coordinates.csv", index=False)
+    return root
+
+
+def digest(folder) -> dict:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())}
+
+
+def one_line_error(capsys, arguments: list[str]) -> str:
+    with pytest.raises(SystemExit) as stop:
+        cmap_main(arguments)
+    assert stop.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    return lines[0]
+
+
+def test_cv_reports_the_data_modules_folds_and_every_samples_out_of_fold_probabilities(mato, tmp_path, capsys):
+    config = {
+        "trainer": {"max_steps": 4, "limit_val_batches": 1, "enable_checkpointing": False},
+        "model": tiny_classifier_config(9, tiny_encoder_config(6, dim_feedforward=32), max_lr=0.001),
+        "data": {"class_path": "cmap.data.SeriesStore", "init_args": {"path": "elsewhere", "fold": 0}},
+        "attention_maps": {"first_epoch": 1000},
+        "embeddings": {"first_epoch": 1000},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    store, output = mato / "labelled", tmp_path / "cv"
+    arguments = [
+        "cv",
+        str(store),
+        str(output),
+        "--config",
+        str(tmp_path / "tiny.yaml"),
+        "--folds",
+        "3",
+        "--threads",
+        "1",
+    ]
+    before = digest(store)
+    cmap_main(arguments)
+    series = open_store(store)[0]
+    oof = pd.read_csv(output / "oof_probabilities.csv", dtype={"sample_id": str})
+    assert sorted(oof["row"]) == list(range(len(series)))  # every series held out once
+    assert (oof["sample_id"].to_numpy() == np.asarray(series.sample_ids[:])[oof["row"]]).all()
+    for fold in range(3):  # the folds of SeriesStore(fold=k, num_folds=3, seed=0)
+        assert set(oof[oof["fold"] == fold]["row"]) == set(kfold_split(series, 3, fold, 0)[1])
+    probabilities = oof.filter(like="probability/").to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    pooled = pd.read_csv(output / "cv_pooled.csv")
+    names = [column.split("/", 1)[1] for column in oof.filter(like="probability/").columns]
+    hits = np.array(names)[probabilities.argmax(axis=1)] == oof["label"].to_numpy()
+    assert pooled["overall_accuracy"].iloc[0] == pytest.approx(hits.mean())
+    scores = pd.read_csv(output / "cv_scores.csv")
+    assert set(scores[scores["class"] == "all"]["fold"]) == {0, 1, 2}
+    assert "Confusion matrix" in (output / "cv_report.md").read_text()
+    assert (output / "cv_report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert digest(store) == before
+    capsys.readouterr()
+    cmap_main(arguments)  # done before: read back, nothing trained again
+    assert capsys.readouterr().out.count("done before") == 3
+
+
+def noisy_store(mato, tmp_path, flips: int = 25) -> tuple:
+    """A copy of the labelled store with ``flips`` labels changed; the changed rows."""
+    series, metadata = open_store(mato / "labelled")
+    rng = np.random.default_rng(3)
+    flipped = rng.choice(len(series), flips, replace=False)
+    labels = series.labels.copy()
+    labels[flipped] = (labels[flipped] + rng.integers(1, 9, flips)) % 9
+    noisy = PixelSeries(series.values[:], series.days[:], labels, "noisy", None, np.asarray(series.sample_ids[:]))
+    write_store(tmp_path / "noisy", noisy, metadata["band_names"], metadata["class_names"], store_time_axis(metadata))
+    return tmp_path / "noisy", flipped
+
+
+def test_audit_flags_flipped_labels_and_writes_a_cleaned_store(mato, tmp_path):
+    store, flipped = noisy_store(mato, tmp_path)
+    before = digest(store)
+    output = tmp_path / "audit.csv"
+    cmap_main(
+        [
+            "audit",
+            str(store),
+            str(output),
+            "--coordinates",
+            str(mato / "coordinates.csv"),
+            "--clean_store",
+            str(tmp_path / "clean"),
+        ]
+    )
+    table = pd.read_csv(output, dtype={"sample_id": str})
+    series = open_store(store)[0]
+    assert (table["sample_id"].to_numpy() == np.asarray(series.sample_ids[:])[table["row"]]).all()
+    assert list(table["rank"]) == list(range(1, len(table) + 1))
+    precision = np.isin(table["row"], flipped).mean()
+    assert len(table) >= 10 and precision >= 0.5, (len(table), precision)
+    assert (table["label"] != table["suggested_label"]).all()
+    with fiona.open(output.with_suffix(".gpkg")) as layer:
+        features = list(layer)
+    coordinates = pd.read_csv(mato / "coordinates.csv").set_index("sample_id")
+    assert [f["properties"]["sample_id"] for f in features] == list(table["sample_id"])
+    for feature in features:
+        expected = coordinates.loc[feature["properties"]["sample_id"]]
+        assert feature["geometry"]["coordinates"] == pytest.approx((expected["longitude"], expected["latitude"]))
+    clean = open_store(tmp_path / "clean")[0]
+    assert len(clean) == len(series) - len(table)
+    assert not set(np.asarray(clean.sample_ids[:])) & set(table["sample_id"])
+    classes = pd.read_csv(tmp_path / "audit_classes.csv")
+    assert classes["flagged"].sum() == len(table) and (classes["estimated_noise"].between(0, 1)).all()
+    assert digest(store) == before  # the original store only read
+
+
+def test_audit_reads_cv_probabilities_and_checks_they_are_this_stores(mato, tmp_path, capsys):
+    store, _ = noisy_store(mato, tmp_path)
+    series, metadata = open_store(store)
+    probabilities, agreement, folds = out_of_fold(series, 9, 3, 0)
+    names = metadata["class_names"]
+    oof = pd.DataFrame(
+        {
+            "row": np.arange(len(series)),
+            "sample_id": np.asarray(series.sample_ids[:]),
+            "label": [names[k] for k in series.labels],
+            "agreement": agreement,
+        }
+    )
+    for k, name in enumerate(names):
+        oof[f"probability/{name}"] = probabilities[:, k]
+    oof.to_csv(tmp_path / "oof.csv", index=False)
+    cmap_main(["audit", str(store), str(tmp_path / "audit.csv"), "--probabilities", str(tmp_path / "oof.csv")])
+    table = pd.read_csv(tmp_path / "audit.csv")
+    assert list(table["row"]) == list(find_issues(series.labels, probabilities)[0])
+    oof.loc[5, "label"] = names[(series.labels[5] + 1) % 9]
+    oof.to_csv(tmp_path / "oof.csv", index=False)
+    message = one_line_error(
+        capsys, ["audit", str(store), str(tmp_path / "again.csv"), "--probabilities", str(tmp_path / "oof.csv")]
+    )
+    assert "oof.csv: row 5" in message and "label" in message
+
+
+def test_audit_of_a_store_without_labels_is_one_line(mato, tmp_path, capsys):
+    message = one_line_error(capsys, ["audit", str(mato / "unlabelled"), str(tmp_path / "audit.csv")])
+    assert "labels.npy" in message and "labels" in message
+    assert not (tmp_path / "audit.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(mato, tmp_path_factory):
+    data = {"class_path": "cmap.data.SeriesStore", "init_args": {"path": str(mato / "labelled"), "fold": 0}}
+    return fit_tiny_classifier(tmp_path_factory.mktemp("fit"), data, num_bands=6, num_classes=9)
+
+
+def test_suggest_picks_uncertain_diverse_unlabelled_series_with_coordinates(mato, checkpoint, tmp_path):
+    store, output = mato / "unlabelled", tmp_path / "next.csv"
+    before = digest(store)
+    cmap_main(
+        [
+            "suggest",
+            str(checkpoint),
+            str(store),
+            str(output),
+            "--n",
+            "18",
+            "--balanced",
+            "--coordinates",
+            str(mato / "coordinates.csv"),
+        ]
+    )
+    table = pd.read_csv(output, dtype={"sample_id": str})
+    series = open_store(store)[0]
+    assert len(table) == 18 and table["row"].is_unique
+    assert (table["sample_id"].to_numpy() == np.asarray(series.sample_ids[:])[table["row"]]).all()
+    assert table["uncertainty"].is_monotonic_decreasing or table["predicted"].nunique() > 1
+    coordinates = pd.read_csv(mato / "coordinates.csv").set_index("sample_id").loc[table["sample_id"]]
+    assert np.allclose(table[["longitude", "latitude"]].to_numpy(), coordinates.to_numpy())
+    with fiona.open(output.with_suffix(".gpkg")) as layer:
+        assert [f["properties"]["sample_id"] for f in layer] == list(table["sample_id"])
+    spread = tmp_path / "spread.csv"
+    cmap_main(
+        [
+            "suggest",
+            str(checkpoint),
+            str(store),
+            str(spread),
+            "--n",
+            "10",
+            "--space",
+            "coordinates",
+            "--min_distance",
+            "0.5",
+            "--coordinates",
+            str(mato / "coordinates.csv"),
+        ]
+    )
+    points = pd.read_csv(spread)[["longitude", "latitude"]].to_numpy()
+    distances = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1)) + np.eye(len(points)) * 99
+    assert distances.min() >= 0.5  # no two suggestions within 0.5 degrees: not one field
+    assert digest(store) == before
+
+
+def test_suggest_refuses_other_bands_and_too_many(mato, checkpoint, tmp_path, capsys):
+    series, metadata = open_store(mato / "unlabelled")
+    renamed = [f"b{k}" for k in range(6)]
+    write_store(tmp_path / "other", series, renamed, metadata["class_names"], store_time_axis(metadata))
+    message = one_line_error(capsys, ["suggest", str(checkpoint), str(tmp_path / "other"), str(tmp_path / "s.csv")])
+    assert "band_names" in message and "b0" in message and "NDVI" in message
+    message = one_line_error(
+        capsys, ["suggest", str(checkpoint), str(mato / "unlabelled"), str(tmp_path / "s.csv"), "--n", "201"]
+    )
+    assert "--n 201" in message and "200 candidate" in message
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_selection_keeps_its_distance_and_balance_and_relaxes_only_when_it_must():
+    probabilities = np.array([[0.34, 0.33, 0.33], [0.5, 0.5, 0.0], [0.9, 0.05, 0.05], [0.6, 0.4, 0.0]])
+    entropy = uncertainty(probabilities, "entropy")
+    assert entropy.argmax() == 0 and entropy.argmin() == 2
+    assert uncertainty(probabilities, "margin")[1] == pytest.approx(1.0)
+    scores = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    points = np.array([[0.0], [0.1], [5.0], [5.1], [10.0]])
+    assert list(select(scores, 3, points, 1.0)) == [0, 2, 4]  # 1 and 3 too close to 0 and 2
+    predicted = np.array([0, 0, 0, 1, 1])
+    assert list(select(scores, 2, None, 0.0, predicted, 2)) == [0, 3]
+    assert list(select(scores, 5, points, 100.0)) == [0, 1, 2, 3, 4]  # impossible distance: relaxed
+    with pytest.raises(ValueError, match="only 5 candidates"):
+        select(scores, 6)
