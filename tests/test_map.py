@@ -390,6 +390,21 @@ def test_extract_command_writes_a_store_of_the_labelled_pixels(tmp_path):
     assert series.labels.tolist() == [0, 1, 0] and np.asarray(series.days[[0]]).tolist() == [[0, 30, 61]]
     cube = RasterStack.from_folder(rasters, SINOP_PATTERN).read()
     np.testing.assert_array_equal(series.values[[0, 1, 2]][:, :, 0], cube[:, 0, [0, 1, 2], [0, 1, 2]].T)
+    # cmap convert's time-axis options.
+    command = ["extract", str(rasters), str(points), str(tmp_path / "other"), "--pattern", SINOP_PATTERN,
+               "--label_field", "crop", "--x_column", "x", "--y_column", "y", "--crs", "EPSG:32631",
+               "--overwrite"]  # fmt: skip
+    for options, axis, days in (
+        (["--season_start", "03-01"], {"rule": "season_start", "reference_date": None, "season_start": "03-01"}, 31),
+        (
+            ["--time_axis", "reference_date"],
+            {"rule": "reference_date", "reference_date": "2021-04-01", "season_start": None},
+            0,
+        ),  # fmt: skip
+    ):
+        cmap_main([*command, *options])
+        series, metadata = open_store(tmp_path / "other")
+        assert metadata["time_axis"] == axis and int(series.days[0][0]) == days
 
 
 def test_cmap_predict_writes_one_row_per_test_series(ndvi_checkpoint, mato_grosso_ndvi12, tmp_path):

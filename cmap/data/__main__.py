@@ -22,7 +22,7 @@ import yaml
 from cmap.data import convert, samples, stac
 from cmap.data import table as table_reader
 from cmap.data.contract import RawValues
-from cmap.data.time_axis import TimeAxis, add_time_axis_arguments
+from cmap.data.time_axis import add_time_axis_arguments, time_axis_from_arguments
 from cmap.raster_source import DEFAULT_PATTERN, RasterSource
 
 READERS = {
@@ -134,9 +134,7 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
     extract.add_argument("labels", help="CSV of points, or a vector file of points / polygons")
     extract.add_argument("output", help="the store folder to write")
     extract.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it is a cmap store")
-    extract.add_argument(
-        "--pattern", default=DEFAULT_PATTERN, help="file name regex with (?P<date>) [and (?P<band>)]"
-    )
+    extract.add_argument("--pattern", default=DEFAULT_PATTERN, help="file name regex with (?P<date>) [and (?P<band>)]")
     extract.add_argument(
         "--bands", nargs="+", default=None,
         help="bands to read, in order (default: all; Sentinel-2 L2A: B02 B03 B04 B05 B06 B07 B08 B8A B11 B12, "
@@ -173,10 +171,12 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
     extract.add_argument("--y_column", default="latitude", help="CSV only")
     extract.add_argument("--crs", default="EPSG:4326", help="CSV only: CRS of the coordinates")
     extract.add_argument("--class_names", nargs="+", default=None, help="class order (default: sorted)")
-    extract.add_argument(
-        "--season_start", default=None,
-        help="MM-DD: days count from the latest such day before each date (default: the month-day of the "
-        "stack's first date, so another year's stack, or this one without its first image, maps on the same days)",
+    add_time_axis_arguments(
+        extract.add_argument_group(
+            "time axis", "how dates become days, as in cmap convert; none given: days since the month-day of the "
+            "stack's first date (season_start), so another year's stack, or this one without its first image, maps "
+            "on the same days",
+        )
     )  # fmt: skip
     return parser
 
@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
     if args.command == "extract":
         stack = stac.open_stack(RasterSource.from_options(vars(args)), args.bands)
         raw_values = RawValues(stack.scale, stack.offset, stack.valid_range)
-        time_axis = stack.season() if args.season_start is None else TimeAxis.from_season_start(args.season_start)
+        first_dates = np.array(stack.dates, dtype="datetime64[D]")
+        time_axis = time_axis_from_arguments(args, first_dates, default=stack.season())
         shapes = samples.read_labels(args.labels, args.label_field, args.x_column, args.y_column, args.crs)
         series, class_names = samples.extract_samples(stack, shapes, args.class_names, time_axis)
         converted = convert.Converted(series, stack.band_names, class_names, time_axis, raw_values)
