@@ -149,6 +149,7 @@ commands:
 
 options:
   --debug    before COMMAND (or CMAP_DEBUG=1): show the full traceback of an error, not one line
+             (an option's usage error: JSONARGPARSE_DEBUG=true, jsonargparse's own switch)
 """
 
 #: The environment variable of ``--debug``: set (and not 0), errors keep their tracebacks.
@@ -166,8 +167,6 @@ def main(args: list[str] | None = None) -> None:
         if not args:
             sys.exit(2)
         return
-    if debug:
-        os.environ.setdefault("JSONARGPARSE_DEBUG", "true")  # jsonargparse's argument errors with their tracebacks too
     from cmap.runtime import install
 
     install()

@@ -285,10 +285,8 @@ def test_debug_shows_the_traceback_the_one_line_error_hides(seed_config, tmp_pat
     with pytest.raises(SystemExit):
         cmap_main(args)
     assert f"{missing}: no such checkpoint (--ckpt_path)" in one_error_line(capsys)
-    monkeypatch.delenv("JSONARGPARSE_DEBUG", raising=False)  # the test's own: restored (absent) when it ends
     with pytest.raises(MissingInput, match="no such checkpoint"):
         cmap_main(["--debug", *args])
-    monkeypatch.delenv("JSONARGPARSE_DEBUG")  # --debug set it (for jsonargparse's errors); undone after the test
     monkeypatch.setenv("CMAP_DEBUG", "1")
     with pytest.raises(MissingInput, match="no such checkpoint"):
         cmap_main(args)
