@@ -186,7 +186,7 @@ def test_the_season_config_is_the_default_recipe_plus_its_adaptation():
     assert len(added) == 1
     season["trainer"]["callbacks"].remove(added[0])
     consistency = season["model"]["init_args"].pop("consistency")
-    assert consistency == {"threshold": 0.8}
+    assert consistency == {"threshold": 0.8, "teacher_decay": 0.99}
     assert season["trainer"].pop("default_root_dir") == "runs/season"
     default["trainer"].pop("default_root_dir")
     assert season == default
