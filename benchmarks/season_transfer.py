@@ -108,7 +108,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         [*FIXMATCH, *CLASS_BALANCED, *adaptation_callback(batch_norm=False, shift_days=48, shift_step=8)],
     ),
     "adapted": (
-        f"the documented path: `{ADAPTATION_CONFIG}` with the target store",
+        f"the documented path: `{ADAPTATION_CONFIG}` with the target store (consistency, Mean Teacher)",
         ["--config", ADAPTATION_CONFIG, *TARGET],
     ),
 }
