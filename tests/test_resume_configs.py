@@ -109,7 +109,8 @@ def shortened(source: Path, folder: Path) -> Path:
         options["test_path"] = stores["test_path"]
     consistency = config.get("model", {}).get("init_args", {}).get("consistency")
     if consistency or "unlabelled" in data.get("init_args", {}):  # few labels and unlabelled batches
-        options |= {"unlabelled": stores["unlabelled"], "labels_per_class": 4, "batch_size": 8}
+        labels = max(4, -(-48 // classes))  # at least 48 labelled series: several batches an epoch
+        options |= {"unlabelled": stores["unlabelled"], "labels_per_class": labels, "batch_size": 8}
     config["data"] = {"class_path": "cmap.data.SeriesStore", "init_args": options}
     if "model" not in config:  # a trainer-only config (seed_gpu.yaml): a small model of the data's shape
         config["model"] = tiny_classifier_config(classes, tiny_encoder_config(bands))
@@ -159,6 +160,31 @@ def test_a_killed_run_of_the_config_resumes_to_the_uninterrupted_weights(source,
         assert torch.equal(resumed[key], value), key
 
 
+def test_within_long_epochs_last_ckpt_follows_every_n_train_steps_and_resumes(tmp_path):
+    config = shortened(CONFIGS / "default.yaml", tmp_path)  # 6 steps an epoch (the budget's batches of 8)
+    settings = yaml.safe_load(config.read_text())
+    (last,) = [c for c in settings["trainer"]["callbacks"] if c["class_path"].endswith("LastCheckpoint")]
+    last["init_args"] = {"every_n_train_steps": 2}
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    fit = [
+        "fit",
+        "--config",
+        str(config),
+        *QUIET,
+        "--trainer.max_steps",
+        "14",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
+    kill = {"class_path": "tests.test_resume_configs.KillAt", "init_args": {"epoch": 1, "batch": 4}}
+    assert run_in_child([*fit, f"--trainer.callbacks+={json.dumps(kill)}"]) == -signal.SIGKILL
+    # Saved at the end of epoch 0 (step 6), then at steps 8 and 10 within epoch 1: the kill came at step 10.
+    left = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert (left["epoch"], left["global_step"]) == (1, 10)
+    assert run_in_child([*fit, "--ckpt_path", "last"]) == 0
+    assert final_weights(tmp_path)[1] == 14
+
+
 # ---------------------------------------------------------------------------------------------
 # Extending a finished run, a run with nothing to train, the printed next step
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +202,7 @@ def test_a_finished_run_extended_with_more_steps_continues_its_schedule_re_spann
     schedule = checkpoint["lr_schedulers"][0]
     assert checkpoint["global_step"] == 12 and schedule["total_steps"] == 12 and schedule["last_epoch"] == 12
     # The LR of a run configured for 12 steps from the start, at its end.
-    model = yaml.safe_load(config.read_text())["model"]["init_args"]
+    model = checkpoint["hyper_parameters"]
     max_lrs = [group["max_lr"] for group in checkpoint["optimizer_states"][0]["param_groups"]]
     optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in max_lrs])
     trainer = SimpleNamespace(estimated_stepping_batches=12, max_epochs=1, max_steps=12, num_training_batches=8)

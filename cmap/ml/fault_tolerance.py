@@ -172,18 +172,18 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         if self.step_interval and trainer.global_step - self.saved_step >= self.step_interval:
-            self.save_last(trainer)
+            self.save_now(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.fast_dev_run:  # as ModelCheckpoint: a smoke test saves nothing (and has no dirpath)
             return
         if trainer.global_step != self.saved_step or not self.file_exists(self.last_path(), trainer):
-            self.save_last(trainer)
+            self.save_now(trainer)
 
     def last_path(self) -> str:
         return self.format_checkpoint_name({})
 
-    def save_last(self, trainer: L.Trainer) -> None:
+    def save_now(self, trainer: L.Trainer) -> None:
         if trainer.fast_dev_run:
             return
         trainer.save_checkpoint(self.last_path())
