@@ -9,9 +9,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from cmap.lightning_cli import CMapCLI
 from cmap.data.contract import CHECKPOINT_KEY
 from cmap.data.ucr import UCR_CROP_CLASSES
+from cmap.lightning_cli import CMapCLI
 from cmap.ml.classifiers import Classifier
 from cmap.ml.weights import encoder_state_dict, export_encoder
 
