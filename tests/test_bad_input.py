@@ -28,6 +28,7 @@ from .conftest import fit_tiny_classifier
 
 DATES = ("2021-04-01", "2021-05-01", "2021-06-01")
 PATTERN = r"_(?P<band>NDVI)_(?P<date>\d{4}-\d{2}-\d{2})"
+DATE_ONLY = r"(?P<date>\d{4}-\d{2}-\d{2})"  # multi-band files, bands named in the files
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 SHAPE = (24, 24)
 GRID = {"crs": "EPSG:32631", "transform": from_origin(500_000, 4_800_000, 10, 10)}
@@ -47,18 +48,20 @@ def write_table(path: Path, samples: int = 120) -> Path:
     return path
 
 
-def write_raster(path: Path, count: int = 1, dtype: str = "int16", **profile) -> Path:
+def write_raster(path: Path, count: int = 1, dtype: str = "int16", bands: tuple[str, ...] = (), **profile) -> Path:
+    """A raster of ``count`` bands on the module's grid; ``bands``: their names (descriptions)."""
     data = np.random.default_rng(0).integers(0, 100, (count, *SHAPE)).astype(dtype)
     with rasterio.open(path, "w", driver="GTiff", width=SHAPE[1], height=SHAPE[0], count=count, dtype=dtype,
                        **{**GRID, **profile}) as dataset:  # fmt: skip
         dataset.write(data)
+        dataset.descriptions = bands or dataset.descriptions
     return path
 
 
-def raster_stack(folder: Path, count: int = 1, names: str = "TILE_NDVI_{date}.tif") -> Path:
+def raster_stack(folder: Path, count: int = 1, names: str = "TILE_NDVI_{date}.tif", bands: tuple = ()) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for date in DATES:
-        write_raster(folder / names.format(date=date), count)
+        write_raster(folder / names.format(date=date), count, bands=bands)
     return folder
 
 
@@ -267,9 +270,12 @@ MAP = [
      lambda i: (map_(i.checkpoint, i.tmp / "nowhere", i.tmp / "m.tif"), ["nowhere"])),
     ("map: an empty raster folder",
      lambda i: (map_(i.checkpoint, empty_folder(i), i.tmp / "m.tif"), ["empty"])),
-    ("map: rasters of two bands for a one-band model",
+    ("map: two-band rasters whose bands have no names",
      lambda i: (map_(i.checkpoint, raster_stack(i.tmp / "r2", count=2, names="TILE_{date}.tif"), i.tmp / "m.tif",
-                     "--pattern", r"(?P<date>\d{4}-\d{2}-\d{2})"), ["r2"])),
+                     "--pattern", DATE_ONLY), ["r2", "TILE_2021-04-01.tif", "no descriptions"])),
+    ("map: rasters without the model's band",
+     lambda i: (map_(i.checkpoint, raster_stack(i.tmp / "r4", count=2, names="TILE_{date}.tif", bands=("B04", "B08")),
+                     i.tmp / "m.tif", "--pattern", DATE_ONLY), ["r4", "NDVI"])),
     ("map: rasters without dates in their names",
      lambda i: (map_(i.checkpoint, undated_stack(i.tmp / "r3"), i.tmp / "m.tif"), ["r3"])),
     ("map: a file that is not a raster among the dates",
