@@ -140,6 +140,8 @@ class CMapCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         # LightningCLI rebuilds the model from the hyper-parameters of a --ckpt_path file, whatever
         # the config says; name the settings it replaces, so another architecture is no surprise.
+        # A private method of LightningCLI (2.6), overridden: __init__ calls it right after parse_arguments
+        # to read the file; no public hook replaces that read (doing it in parse_arguments would read twice).
         subcommand = self.config.get("subcommand")
         before = self.config[subcommand].get("model") if subcommand else None
         before = before.clone() if hasattr(before, "clone") else before
