@@ -29,6 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 from cmap.data import PixelSeries, write_store
 from cmap.data.synthetic import synthetic_series
 from cmap.ml.budget import one_cycle_schedule
+from cmap.ml.callbacks import ConfusionMatrixLogger
 
 from .conftest import CONFIGS, tiny_classifier_config, tiny_encoder_config
 
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.slow
 
 RUN_CONFIGS = sorted(path for path in CONFIGS.glob("*.yaml") if "trainer" in yaml.safe_load(path.read_text()))
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+QUIET += ["--attention_maps.first_epoch", "1000", "--embeddings.first_epoch", "1000"]
 CHILD_TIMEOUT = 120  # seconds: a run that hangs fails the test
 
 
@@ -136,9 +138,11 @@ def final_weights(root: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(autouse=True)
 def _no_figures(monkeypatch) -> None:
-    # TensorBoard figures (confusion matrices, attention maps) are drawn by matplotlib, about a
-    # second each, and have nothing to do with checkpoints: the children (forks) skip them.
+    # TensorBoard figures (confusion matrices, class counts, attention maps) are built and drawn by
+    # matplotlib, about a second each, and have nothing to do with checkpoints: the children (forks)
+    # skip them (the attention maps and projector by their options, QUIET).
     monkeypatch.setattr(SummaryWriter, "add_figure", lambda *args, **kwargs: None)
+    monkeypatch.setattr(ConfusionMatrixLogger, "on_validation_epoch_end", lambda *args, **kwargs: None)
 
 
 @pytest.mark.parametrize("source", RUN_CONFIGS, ids=[path.stem for path in RUN_CONFIGS])
