@@ -43,7 +43,7 @@ class NotYAML(InputError):
 
 def _where(path: Any) -> str:
     # jsonargparse gives a config file's base name, read from inside its folder: this is its full path.
-    return f"{os.path.abspath(path)}: " if path else "YAML value: "
+    return f"{os.path.abspath(path)}: " if path else "an option's YAML (a file or a value): "
 
 
 def expanded_size(root: yaml.Node, limit: int = MAX_EXPANDED_NODES) -> int:
