@@ -296,6 +296,8 @@ MAP_USAGE = [
 FIT = [
     ("fit: a config that is not YAML",
      lambda i: (fit(i.text("run.yaml", "model: [unclosed\n")), ["run.yaml", "line 2, column 1"])),
+    ("fit: --trainer.max_epochs 0",
+     lambda i: (fit(i.config, "--trainer.max_steps", "-1", "--trainer.max_epochs", "0"), ["max_epochs 0"])),
     ("fit: the data store is missing",
      lambda i: (fit(i.run_config(spoil_data(path=str(i.tmp / "nostore")))), ["nostore"])),
     ("fit: a store folder that is not a store",
