@@ -282,3 +282,12 @@ def test_test_classes_never_seen_in_training_are_reported_not_scored(tmp_path, c
     error = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 1 and len(error) == 1 and "Traceback" not in error[0]
     assert "test classes ['orge'] were never seen in training" in error[0] and "test with SeriesStore" in error[0]
+
+    # Data whose bands are not the model's: one line naming both, before any setup.
+    other = write_store(tmp_path / "other", open_store(train)[0], ["c1", "c2"], ["ble", "mais"])
+    (tmp_path / "other.yaml").write_text(config.read_text().replace(train, str(other)).replace(test, str(other)))
+    with pytest.raises(SystemExit) as stop:
+        cmap_main(["test", "--config", str(tmp_path / "other.yaml"), "--ckpt_path", str(checkpoint)])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 1 and len(error) == 1
+    assert "band_names ['c1', 'c2'] differ from the model's ['b1', 'b2']" in error[0]

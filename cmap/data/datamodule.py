@@ -25,6 +25,7 @@ from cmap.data.series import UNSEEN_CLASS, PixelSeries, SeriesDataset, batch_loa
 from cmap.data.splits import holdout_split, per_class_subset
 from cmap.data.statistics import normalisation_statistics, training_date_grid, warn_other_scale
 from cmap.data.time_axis import TimeAxis
+from cmap.outputs import InputError
 
 
 def no_labels_problem(source: str) -> str:
@@ -136,12 +137,12 @@ class SeriesDataModule(L.LightningDataModule):
         for name, mine in (("band_names", self.band_names), ("class_names", self.class_names)):
             theirs = getattr(contract, name)
             if theirs is not None and tuple(theirs) != tuple(mine):
-                raise ValueError(
+                raise InputError(
                     f"{type(self).__name__} (data of {source}): {name} {list(mine)} differ from the model's "
                     f"{list(theirs)}"
                 )
         if contract.time_axis != self.time_axis:
-            raise ValueError(
+            raise InputError(
                 f"{source}: the model counts {contract.time_axis.describe()}, but {type(self).__name__}'s days "
                 f"are {self.time_axis.describe()}"
             )
