@@ -19,10 +19,12 @@ import argparse
 import numpy as np
 import yaml
 
-from cmap.data import convert, samples, stac
+from cmap.data import convert, samples, skipped_shapes, stac
 from cmap.data import table as table_reader
 from cmap.data.contract import RawValues
+from cmap.data.store import write_store
 from cmap.data.time_axis import add_time_axis_arguments, time_axis_from_arguments
+from cmap.outputs import InputError
 from cmap.raster_source import DEFAULT_PATTERN, RasterSource
 
 READERS = {
@@ -171,6 +173,11 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
     extract.add_argument("--y_column", default="latitude", help="CSV only")
     extract.add_argument("--crs", default="EPSG:4326", help="CSV only: CRS of the coordinates")
     extract.add_argument("--class_names", nargs="+", default=None, help="class order (default: sorted)")
+    extract.add_argument(
+        "--strict", action="store_true",
+        help="a point or polygon without any series (outside the grid, clouded or without data on every date) is an "
+        f"error naming them; default: skipped, listed with their reason in OUTPUT/{skipped_shapes.FILE_NAME}",
+    )  # fmt: skip
     add_time_axis_arguments(
         extract.add_argument_group(
             "time axis", "how dates become days, as in cmap convert; none given: days since the month-day of the "
@@ -185,14 +192,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.command == "extract":
-        stack = stac.open_stack(RasterSource.from_options(vars(args)), args.bands)
-        raw_values = RawValues(stack.scale, stack.offset, stack.valid_range)
-        first_dates = np.array(stack.dates, dtype="datetime64[D]")
-        time_axis = time_axis_from_arguments(args, first_dates, default=stack.season())
-        shapes = samples.read_labels(args.labels, args.label_field, args.x_column, args.y_column, args.crs)
-        series, class_names = samples.extract_samples(stack, shapes, args.class_names, time_axis)
-        converted = convert.Converted(series, stack.band_names, class_names, time_axis, raw_values)
-        _write(converted, args.output, args.overwrite)
+        _extract(args)
         return
     if args.dataset == "table":
         if not args.bands:
@@ -206,6 +206,29 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
     else:
         converted = READERS[args.dataset](args.source)
     _write(converted.select(args.keep_bands, args.date_step), args.output, args.overwrite)
+
+
+def _extract(args: argparse.Namespace) -> None:
+    """``cmap extract``: the store of the shapes' series, the shapes without any listed in it (or, ``--strict``,
+    an error naming them)."""
+    stack = stac.open_stack(RasterSource.from_options(vars(args)), args.bands)
+    raw_values = RawValues(stack.scale, stack.offset, stack.valid_range)
+    first_dates = np.array(stack.dates, dtype="datetime64[D]")
+    time_axis = time_axis_from_arguments(args, first_dates, default=stack.season())
+    shapes = samples.read_labels(args.labels, args.label_field, args.x_column, args.y_column, args.crs)
+    extraction = samples.extract_clear_samples(stack, shapes, args.class_names, time_axis)
+    skipped, total = extraction.skipped, len(shapes.geometries)
+    if args.strict and len(skipped):
+        raise InputError(skipped_shapes.strict_message(skipped, shapes.source, total))
+    extra_files = {skipped_shapes.FILE_NAME: skipped_shapes.table_bytes(skipped)} if len(skipped) else None
+    series = extraction.series
+    folder = write_store(
+        args.output, series, stack.band_names, extraction.class_names, time_axis, raw_values, args.overwrite,
+        extra_files,
+    )  # fmt: skip
+    print(f"{folder}: {series.values.shape[0]} series, {series.values.shape[1]} dates, bands {stack.band_names}")
+    if len(skipped) or extraction.dropped_pixels:
+        print(skipped_shapes.summary_line(skipped, shapes.source, total, str(folder), extraction.dropped_pixels))
 
 
 def _describe_days(converted: convert.Converted) -> str:

@@ -6,7 +6,7 @@ under them (``cmap extract``; ``cmap area`` reads its reference points with :fun
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from rasterio.errors import CRSError
 from rasterio.features import rasterize
 from rasterio.warp import transform, transform_geom
 
+from cmap.data import skipped_shapes
 from cmap.data.raster import RasterStack, pixel_series
 from cmap.data.raster_files import one_line
 from cmap.data.series import PixelSeries
@@ -33,6 +34,8 @@ class LabelledShapes:
     labels: list[str]
     crs: Any
     source: str
+    #: the names of the coordinates (a CSV's x and y columns), for lists of these shapes
+    coordinate_names: tuple[str, str] = ("x", "y")
 
 
 def read_labels(
@@ -75,7 +78,8 @@ def read_labels(
             {"type": "Point", "coordinates": (float(x), float(y))}
             for x, y in zip(coordinates[x_column], coordinates[y_column], strict=True)
         ]
-        return LabelledShapes(geometries, table[label_field].str.strip().tolist(), crs, str(path))
+        labels = table[label_field].str.strip().tolist()
+        return LabelledShapes(geometries, labels, crs, str(path), (x_column, y_column))
     import fiona
 
     try:
@@ -119,6 +123,20 @@ def check_coordinates(path: Path, xs: np.ndarray, ys: np.ndarray, crs: str, colu
         )
 
 
+@dataclass
+class Extraction:
+    """What :func:`extract_clear_samples` read: the series of the shapes it kept, and the shapes it skipped.
+
+    ``skipped``: one row per shape without any series (:func:`cmap.data.skipped_shapes.skipped_table`);
+    ``dropped_pixels``: pixels of kept polygons that had no valid date (left out of ``series``).
+    """
+
+    series: PixelSeries
+    class_names: list[str]
+    skipped: pd.DataFrame
+    dropped_pixels: int = 0
+
+
 def extract_samples(
     stack: RasterStack,
     shapes: LabelledShapes,
@@ -126,59 +144,126 @@ def extract_samples(
     time_axis: TimeAxis | None = None,
     window_size: int = 1024,
 ) -> tuple[PixelSeries, list[str]]:
-    """The pixel series of ``stack`` under ``shapes``: one per point, one per pixel of a polygon,
-    in the order of the shapes.
+    """The pixel series of ``stack`` under ``shapes`` (:func:`extract_clear_samples`), every shape required:
+    a shape without a series (outside the grid, clouded or without data on every date) is an
+    :class:`InputError` naming the shapes and why. Returns the series and the class names."""
+    extraction = extract_clear_samples(stack, shapes, class_names, time_axis, window_size)
+    if len(extraction.skipped):
+        raise InputError(skipped_shapes.strict_message(extraction.skipped, shapes.source, len(shapes.geometries)))
+    return extraction.series, extraction.class_names
 
-    Each series' group is its shape's index, so splits keep a polygon's pixels together. Shapes
-    outside the grid are an error (named). Returns the series and the class names (sorted names
-    of the labels unless ``class_names`` fixes the order). Days follow ``time_axis`` (default:
-    :meth:`RasterStack.season`).
+
+def extract_clear_samples(
+    stack: RasterStack,
+    shapes: LabelledShapes,
+    class_names: Sequence[str] | None = None,
+    time_axis: TimeAxis | None = None,
+    window_size: int = 1024,
+) -> Extraction:
+    """The pixel series of ``stack`` under ``shapes``: one per point, one per pixel of a polygon,
+    in the order of the shapes; series without any valid date left out, and the shapes left with
+    none listed with their reason (outside the grid, masked on every date, no data on every date).
+
+    Each series' group is its shape's index, so splits keep a polygon's pixels together. Class
+    names: the sorted names of every shape's label (kept or skipped) unless ``class_names`` fixes
+    the order. Days follow ``time_axis`` (default: :meth:`RasterStack.season`). No shape kept at
+    all is an :class:`InputError` naming the reasons.
     """
     names = sorted(set(shapes.labels)) if class_names is None else list(class_names)
     unknown = sorted(set(shapes.labels) - set(names))
     if unknown:
         raise InputError(f"{shapes.source}: labels {unknown} are not in the class names {names}")
     index = {name: i for i, name in enumerate(names)}
-    crs, transform = stack.profile["crs"], stack.profile["transform"]
-    geometries = [transform_geom(shapes.crs, crs, geometry) for geometry in shapes.geometries]
-    # Points take the pixel they fall in (one series each, even when two share a pixel); polygons
-    # every pixel whose centre they contain.
-    is_point = np.array([geometry["type"] == "Point" for geometry in geometries])
-    point_rows, point_cols = np.full(len(geometries), -1), np.full(len(geometries), -1)
-    if is_point.any():
-        xs, ys = zip(*(geometries[i]["coordinates"][:2] for i in np.flatnonzero(is_point)), strict=True)
-        rows, cols = rasterio.transform.rowcol(transform, xs, ys)
-        point_rows[is_point], point_cols[is_point] = rows, cols
-    values, shape_ids = [], []
-    with stack.open() as datasets:
-        for window in stack.windows(window_size):
-            height, width = int(window.height), int(window.width)
-            rows, cols = point_rows - int(window.row_off), point_cols - int(window.col_off)
-            points = np.flatnonzero(is_point & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width))
-            pixels, ids = [rows[points] * width + cols[points]], [points]
-            polygons = [(geometries[i], i + 1) for i in np.flatnonzero(~is_point)]
-            if polygons:
-                burned = rasterize(
-                    polygons, (height, width), transform=rasterio.windows.transform(window, transform), dtype="int32"
-                ).ravel()
-                inside = np.flatnonzero(burned)
-                pixels.append(inside)
-                ids.append(burned[inside] - 1)
-            pixels = np.concatenate(pixels)
-            if len(pixels) == 0:
-                continue
-            values.append(pixel_series(stack.read(window, datasets))[pixels])
-            shape_ids.append(np.concatenate(ids))
-    found = np.concatenate(shape_ids) if shape_ids else np.empty(0, dtype=np.int64)
-    outside = sorted(set(range(len(geometries))) - set(found.tolist()))
-    if outside:
-        raise InputError(
-            f"{shapes.source}: {len(outside)} shapes cover no pixel of the raster grid (outside it, or "
-            f"polygons smaller than a pixel), first at index {outside[0]}; remove them"
-        )
-    order = np.argsort(found, kind="stable")  # in the order of the shapes, then of the pixels
-    found, values = found[order], np.concatenate(values)[order]
+    grid = ShapesOnGrid.of(stack, shapes)
+    values, found = grid.series(stack, window_size)
+    clear = np.isfinite(values).all(axis=-1).any(axis=-1)  # a series with at least one valid date
+    reasons = {shape: "outside" for shape in sorted(set(range(len(shapes.geometries))) - set(found.tolist()))}
+    unclear = sorted(set(found[~clear].tolist()) - set(found[clear].tolist()))
+    if unclear:
+        reasons.update(zip(unclear, grid.why_no_valid_date(stack, unclear, window_size), strict=True))
+    skipped = skipped_shapes.skipped_table(shapes, dict(sorted(reasons.items())))
+    if not clear.any():
+        raise InputError(skipped_shapes.nothing_kept_message(skipped, shapes.source, len(shapes.geometries)))
+    found, values = found[clear], values[clear]
     days = np.broadcast_to(stack.days(time_axis or stack.season()), (len(found), len(stack.dates))).copy()
     labels = np.array([index[shapes.labels[i]] for i in found], dtype=np.int64)
     series = PixelSeries(values, days, labels, shapes.source, found.astype(np.int64))
-    return series, names
+    dropped = int((~clear).sum()) - len(unclear)
+    return Extraction(series, names, skipped, dropped)
+
+
+@dataclass
+class ShapesOnGrid:
+    """Shapes in the CRS of a stack's grid, and the pixel of each point (-1, -1 for polygons)."""
+
+    geometries: list[dict[str, Any]]
+    is_point: np.ndarray
+    point_rows: np.ndarray
+    point_cols: np.ndarray
+
+    @classmethod
+    def of(cls, stack: RasterStack, shapes: LabelledShapes) -> "ShapesOnGrid":
+        crs, transform = stack.profile["crs"], stack.profile["transform"]
+        geometries = [transform_geom(shapes.crs, crs, geometry) for geometry in shapes.geometries]
+        # Points take the pixel they fall in (one series each, even when two share a pixel); polygons
+        # every pixel whose centre they contain.
+        is_point = np.array([geometry["type"] == "Point" for geometry in geometries])
+        point_rows, point_cols = np.full(len(geometries), -1), np.full(len(geometries), -1)
+        if is_point.any():
+            xs, ys = zip(*(geometries[i]["coordinates"][:2] for i in np.flatnonzero(is_point)), strict=True)
+            rows, cols = rasterio.transform.rowcol(transform, xs, ys)
+            point_rows[is_point], point_cols[is_point] = rows, cols
+        return cls(geometries, is_point, point_rows, point_cols)
+
+    def series(
+        self, stack: RasterStack, window_size: int, wanted: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """float32 (N, T, C) series of ``stack`` under the shapes (``wanted``: only these, by index) and the
+        index of each one's shape (int64 (N,)), in the order of the shapes, then of the pixels."""
+        wanted = (
+            np.ones(len(self.geometries), dtype=bool)
+            if wanted is None
+            else np.isin(np.arange(len(self.geometries)), wanted)
+        )
+        transform = stack.profile["transform"]
+        values, shape_ids = [], []
+        polygons = [(self.geometries[i], i + 1) for i in np.flatnonzero(~self.is_point & wanted)]
+        with stack.open() as datasets:
+            for window in stack.windows(window_size):
+                height, width = int(window.height), int(window.width)
+                rows, cols = self.point_rows - int(window.row_off), self.point_cols - int(window.col_off)
+                inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+                points = np.flatnonzero(self.is_point & wanted & inside)
+                pixels, ids = [rows[points] * width + cols[points]], [points]
+                if polygons:
+                    window_transform = rasterio.windows.transform(window, transform)
+                    burned = rasterize(polygons, (height, width), transform=window_transform, dtype="int32").ravel()
+                    covered = np.flatnonzero(burned)
+                    pixels.append(covered)
+                    ids.append(burned[covered] - 1)
+                pixels = np.concatenate(pixels)
+                if len(pixels) == 0:
+                    continue
+                values.append(pixel_series(stack.read(window, datasets))[pixels])
+                shape_ids.append(np.concatenate(ids))
+        if not shape_ids:
+            return np.empty((0, len(stack.dates), len(stack.band_names)), np.float32), np.empty(0, np.int64)
+        found = np.concatenate(shape_ids).astype(np.int64)
+        order = np.argsort(found, kind="stable")
+        return np.concatenate(values)[order], found[order]
+
+    def why_no_valid_date(self, stack: RasterStack, shapes: list[int], window_size: int) -> list[str]:
+        """Why each of ``shapes`` (on the grid, every series without a valid date) has no series:
+        ``clouded`` when a date has values once the class masks (Sentinel-2's SCL) are lifted, else
+        ``no_data`` (nodata, out of the valid range, outside every granule's footprint)."""
+        if not any(granule.mask for granules in stack.granules for granule in granules):
+            return ["no_data"] * len(shapes)
+        unmasked = replace(
+            stack,
+            granules=[[replace(granule, mask=None, masked_classes=()) for granule in granules] for granules in
+                      stack.granules],
+            grid=stack.profile,
+        )  # fmt: skip
+        values, found = self.series(unmasked, window_size, np.array(shapes))
+        with_data = set(found[np.isfinite(values).all(axis=-1).any(axis=-1)].tolist())
+        return ["clouded" if shape in with_data else "no_data" for shape in shapes]

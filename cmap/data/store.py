@@ -52,7 +52,9 @@ FORMAT = "cmap-series"
 VERSION = 1
 ARRAYS = {"values": (np.float32, 3), "days": (np.int32, 2), "labels": (np.int64, 1), "groups": (np.int64, 1)}
 #: Every file a store may hold: ``overwrite`` replaces a folder of these only.
-STORE_FILES = {"metadata.json", "sample_ids.npy", *(f"{name}.npy" for name in ARRAYS)}
+#: Text files written with a store (``write_store``'s ``extra_files``): cmap extract's skipped shapes.
+EXTRA_FILES = ("skipped_points.csv",)
+STORE_FILES = {"metadata.json", "sample_ids.npy", *(f"{name}.npy" for name in ARRAYS), *EXTRA_FILES}
 
 
 def check_replaceable(folder: Path) -> None:
@@ -100,8 +102,11 @@ def write_store(
     time_axis: TimeAxis | None = None,
     raw_values: RawValues | None = None,
     overwrite: bool = False,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write ``series`` (labels, groups and sample ids included when present) as a store in ``folder``.
+
+    ``extra_files``: files (names of :data:`EXTRA_FILES`) written into the store with it, published together.
 
     ``time_axis``: how the series' ``days`` were counted (default: from each series' first date);
     ``raw_values``: the raw-value convention of the rasters the series came from, if any. Both
@@ -142,6 +147,10 @@ def write_store(
                 np.save(temporary / f"{name}.npy", np.ascontiguousarray(array, dtype=ARRAYS[name][0]))
         if sample_ids is not None:
             np.save(temporary / "sample_ids.npy", sample_ids)
+        for name, data in (extra_files or {}).items():
+            if name not in EXTRA_FILES:
+                raise ValueError(f"{folder}: {name!r} is not a file of a store ({EXTRA_FILES})")
+            (temporary / name).write_bytes(data)
         write_metadata(
             temporary, band_names, class_names, series.values.shape[:2], time_axis or TimeAxis(), raw_values,
             series.source,
