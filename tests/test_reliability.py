@@ -44,13 +44,13 @@ def tiny_model(num_bands: int, num_classes: int, **encoder_args) -> dict:
 
 
 def run_config(path: Path, data: dict, model: dict, max_epochs: int = 3) -> Path:
-    """A run config as the configs/ ones: seed, best + last checkpoints every epoch."""
+    """A run config as the configs/ ones: seed, best.ckpt and last.ckpt (LastCheckpoint) every epoch."""
     checkpoints = [
         {
             "class_path": "ModelCheckpoint",
             "init_args": {"monitor": "val/overall_accuracy", "mode": "max", "filename": "best"},
         },
-        {"class_path": "ModelCheckpoint", "init_args": {"save_last": True}},
+        {"class_path": "cmap.ml.fault_tolerance.LastCheckpoint"},
     ]
     config = {
         "seed_everything": 0,
@@ -181,7 +181,7 @@ def test_sigkill_mid_epoch_resumes_from_last_checkpoint_to_the_same_end(interrup
     assert status == -signal.SIGKILL
     # What the kill left: the end of epoch 0, complete (Lightning writes checkpoints atomically).
     checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
-    assert sorted(path.name for path in checkpoints.iterdir()) == ["best.ckpt", "epoch=0-step=8.ckpt", "last.ckpt"]
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
     for path in checkpoints.iterdir():
         assert torch.load(path, weights_only=True)["global_step"] == 8
     # `--ckpt_path last` finds it in the killed run's folder (the new run opens version_1).
