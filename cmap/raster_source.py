@@ -21,7 +21,7 @@ class RasterSource:
     Args:
         rasters: folder of rasters, one file per date (or per date and band), see ``pattern``; or STAC
             items (a JSON file or URL, a catalogue folder) or a folder of Sentinel-2 L2A products (SAFE
-            folders or COG folders): :mod:`cmap.data.stac`.
+            folders or COG folders): :mod:`cmap.data.stac`; or, with ``search``, a STAC API's URL.
         pattern: regular expression on file names with a ``date`` group, and a ``band`` group
             when each file holds one band (:mod:`cmap.data.raster`).
         scale: physical value = raw * scale + offset, as in the training data (default: a
@@ -37,6 +37,11 @@ class RasterSource:
         grid_crs: STAC: the CRS of the target grid (``EPSG:32631``; default: the first item's).
         bounds: STAC: ``[left, bottom, right, top]`` of the area to read, in the grid's CRS (default:
             every item), snapped outwards to the grid's pixels.
+        search: a STAC API search, ``rasters`` being the API's URL: ``pystac_client.Client.search``'s keywords
+            (``{collections: [sentinel-2-l2a], datetime: 2022-05-01/2022-09-30, bbox: [west, south, east,
+            north], max_cloud_cover: 20}``; default area: the labels' footprint, or ``bounds`` in ``grid_crs``).
+            The items found are saved beside the output (``<output>_stac_items.json``) and read from there:
+            :mod:`cmap.data.stac_search`.
     """
 
     rasters: str
@@ -49,6 +54,7 @@ class RasterSource:
     resampling: str = "nearest"
     grid_crs: str | None = None
     bounds: tuple[float, float, float, float] | None = None
+    search: dict[str, Any] | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "RasterSource":

@@ -19,7 +19,7 @@ import argparse
 import numpy as np
 import yaml
 
-from cmap.data import convert, samples, skipped_shapes, stac
+from cmap.data import convert, samples, skipped_shapes, stac, stac_search
 from cmap.data import table as table_reader
 from cmap.data.contract import RawValues
 from cmap.data.store import write_store
@@ -43,6 +43,20 @@ def value_range(text: str) -> tuple[float, float]:
     except (TypeError, ValueError, yaml.YAMLError):
         raise argparse.ArgumentTypeError(f"expected '[low, high]', e.g. '[-2000, 10000]', got {text!r}") from None
     return low, high
+
+
+def search_option(text: str) -> dict:
+    """``--search``: a YAML mapping (as jsonargparse reads ``cmap map --search``)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a YAML mapping of search keywords, e.g. '{{collections: [sentinel-2-l2a], datetime: "
+            f"2022-05-01/2022-09-30}}', got {text!r}"
+        )
+    return value
 
 
 class ListOption(argparse.Action):
@@ -131,7 +145,7 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
         "rasters",
         help="folder of rasters, one file per date (or per date and band); or STAC items (an ItemCollection, "
         "Catalog or Collection JSON file or URL, a folder with catalog.json) or a folder of Sentinel-2 L2A products "
-        "(SAFE folders or band COG folders)",
+        "(SAFE folders or band COG folders); or, with --search, a STAC API's URL",
     )
     extract.add_argument("labels", help="CSV of points, or a vector file of points / polygons")
     extract.add_argument("output", help="the store folder to write")
@@ -167,6 +181,12 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
         "--bounds", action=ListOption, kind=float, length=4, example="'[left, bottom, right, top]'", default=None,
         help="STAC: the area read, '[left, bottom, right, top]' in the grid's CRS, as in cmap map (or the 4 numbers "
         "one by one; default: every item)",
+    )  # fmt: skip
+    extract.add_argument(
+        "--search", type=search_option, default=None,
+        help="a STAC API search, RASTERS being the API's URL: pystac-client's search keywords as YAML, "
+        "'{collections: [sentinel-2-l2a], datetime: 2022-05-01/2022-09-30, max_cloud_cover: 20}' (bbox: default "
+        "the labels' footprint); the items are saved to OUTPUT_stac_items.json (cmap.data.stac_search)",
     )  # fmt: skip
     extract.add_argument("--label_field", default="label", help="the column / field holding class names")
     extract.add_argument("--x_column", default="longitude", help="CSV only")
@@ -211,11 +231,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
 def _extract(args: argparse.Namespace) -> None:
     """``cmap extract``: the store of the shapes' series, the shapes without any listed in it (or, ``--strict``,
     an error naming them)."""
-    stack = stac.open_stack(RasterSource.from_options(vars(args)), args.bands)
+    shapes = samples.read_labels(args.labels, args.label_field, args.x_column, args.y_column, args.crs)
+    source = RasterSource.from_options(vars(args))
+    area = samples.footprint(shapes) if source.search is not None else None  # of a STAC API search
+    stack = stac.open_stack(source, args.bands, items_path=stac_search.items_path(args.output), area=area)
     raw_values = RawValues(stack.scale, stack.offset, stack.valid_range)
     first_dates = np.array(stack.dates, dtype="datetime64[D]")
     time_axis = time_axis_from_arguments(args, first_dates, default=stack.season())
-    shapes = samples.read_labels(args.labels, args.label_field, args.x_column, args.y_column, args.crs)
     extraction = samples.extract_clear_samples(stack, shapes, args.class_names, time_axis)
     skipped, total = extraction.skipped, len(shapes.geometries)
     if args.strict and len(skipped):

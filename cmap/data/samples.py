@@ -97,6 +97,14 @@ def read_labels(
     )
 
 
+def footprint(shapes: LabelledShapes) -> list[float]:
+    """``[west, south, east, north]`` in degrees (EPSG:4326) of every shape: a STAC API search's bbox."""
+    lonlat = [transform_geom(shapes.crs, "EPSG:4326", geometry) for geometry in shapes.geometries]
+    points = [point for geometry in lonlat for point in skipped_shapes.flat_coordinates(geometry["coordinates"])]
+    xs, ys = zip(*points, strict=True)
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
 def check_coordinates(path: Path, xs: np.ndarray, ys: np.ndarray, crs: str, columns: tuple[str, str]) -> None:
     """Points ``xs``, ``ys`` of the file ``path`` (its ``columns``) inside the valid range of ``crs``: longitudes
     in [-180, 180] and latitudes in [-90, 90], of the points themselves (a geographic CRS) or of their

@@ -36,6 +36,7 @@ import datetime
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine, array_bounds
 from rasterio.warp import transform_bounds
 
-from cmap.data import sentinel2
+from cmap.data import sentinel2, stac_search
 from cmap.data.contract import RawValues
 from cmap.data.raster import Granule, Layer, RasterStack
 from cmap.data.raster_files import is_url, one_line, open_raster, raster_grid
@@ -320,12 +321,29 @@ def stack_from_stac(
     return stack_from_items(read_items(source, products), bands, source=str(source), **options)
 
 
-def open_stack(source: RasterSource, bands: Sequence[str] | None, raw_values: RawValues | None = None) -> RasterStack:
+def open_stack(
+    source: RasterSource,
+    bands: Sequence[str] | None,
+    raw_values: RawValues | None = None,
+    items_path: str | Path | None = None,
+    area: Sequence[float] | None = None,
+) -> RasterStack:
     """The stack ``cmap map`` and ``cmap extract`` read: STAC (:func:`stac_products`) or a folder of rasters.
 
     Raw values: explicit ``scale``, ``offset``, ``valid_range`` first, then ``raw_values`` (a
     checkpoint's convention), then the input's own (Sentinel-2 L2A: 1e-4), then 1, 0 and none.
+
+    A STAC API search (``source.search``) is run first and its items saved to ``items_path`` (where the
+    output's are, :func:`cmap.data.stac_search.items_path`), then read from there; ``area``: the search's
+    bbox in degrees when it names none (default: ``bounds`` in ``grid_crs``).
     """
+    if source.search is not None:
+        if items_path is None:
+            raise InputError(f"{source.rasters}: a STAC API search needs a file to save its items in")
+        if area is None and source.bounds is not None and source.grid_crs is not None:
+            area = transform_bounds(CRS.from_user_input(source.grid_crs), "EPSG:4326", *source.bounds)
+        saved = stac_search.save_search(source.rasters, dict(source.search), Path(items_path), area)
+        source = replace(source, rasters=str(saved), search=None)
     scale, offset, valid_range = source.scale, source.offset, source.valid_range
     if raw_values is not None:
         scale = raw_values.scale if scale is None else scale
@@ -345,6 +363,10 @@ def open_stack(source: RasterSource, bands: Sequence[str] | None, raw_values: Ra
             "are for STAC and Sentinel-2 inputs"
         )
     return RasterStack.from_folder(
-        source.rasters, source.pattern, bands, 1.0 if scale is None else scale, 0.0 if offset is None else offset,
+        source.rasters,
+        source.pattern,
+        bands,
+        1.0 if scale is None else scale,
+        0.0 if offset is None else offset,
         valid_range,
     )

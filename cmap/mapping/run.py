@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cmap.data.stac import open_stack
+from cmap.data.stac_search import items_path as stac_items_path
 from cmap.data.time_axis import time_axis_from_arguments
 from cmap.mapping.classifier import WindowClassifier
 from cmap.mapping.options import ComputeOptions, MapJob, SmoothingOptions
@@ -44,7 +45,7 @@ def make_map(job: MapJob) -> Path:
             f"{job.checkpoints[0]}: {len(model.class_names)} classes do not fit a uint8 map (max {MAX_CLASSES})"
         )
     contract = model.input_contract
-    stack = open_stack(job.source, list(contract.band_names), contract.raw_values)
+    stack = open_stack(job.source, list(contract.band_names), contract.raw_values, stac_items_path(output))
     check_map_outputs(output, products, stack, job.checkpoints, job.source.pattern)
     if products.parcels is not None:
         check_parcels_output(output, products, job.checkpoints)
