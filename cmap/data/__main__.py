@@ -134,6 +134,13 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
         "--allow_unlabelled", action="store_true",
         help="samples with an empty label are kept unlabelled (label -1, for pretraining stores) instead of an error",
     )  # fmt: skip
+    add_extract_command(commands)
+    return parser
+
+
+def add_extract_command(commands: argparse._SubParsersAction) -> None:
+    """The ``extract`` command's parser: rasters, labels, output, the raster source's options, the labels' columns,
+    ``--strict`` and the time axis."""
     extract = commands.add_parser(
         "extract",
         help="training series from rasters under labelled points / polygons",
@@ -205,7 +212,6 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
             "on the same days",
         )
     )  # fmt: skip
-    return parser
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> None:

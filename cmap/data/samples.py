@@ -1,8 +1,10 @@
 """Training samples from rasters: the pixel series of a raster stack under labelled points or polygons.
 
 :func:`read_labels` reads the labels (a CSV of points, or any vector file fiona reads), checking that
-the coordinates lie in their CRS's valid range; :func:`extract_samples` reads the stack's pixels
-under them (``cmap extract``; ``cmap area`` reads its reference points with :func:`read_labels`).
+the coordinates lie in their CRS's valid range; :func:`extract_clear_samples` reads the stack's pixels
+under them (``cmap extract``), keeping the series with a valid date and listing the shapes left
+without any, with their reason (:mod:`cmap.data.skipped_shapes`); :func:`extract_samples` requires
+every shape. ``cmap area`` reads its reference points with :func:`read_labels`.
 """
 
 from collections.abc import Sequence
