@@ -295,9 +295,17 @@ class DateGridClassification(DenseTail):
                 "DateGridClassification is built when it meets the data (classes and date grid from the input "
                 "contract): train it through a cmap data module, or give num_classes and date_grid"
             )
-        size, num_steps = features.shape[0], self.date_grid.num_steps
+        return self.tail(torch.flatten(self.grid_steps(features, mask, days), start_dim=1))
+
+    def step_of(self, days: Tensor) -> Tensor:
+        """The grid step of each day (any shape; steps outside ``[0, num_steps)`` are off the grid)."""
         # floor(days / step + 1/2) in integers: days in a bf16 model would lose precision above 256.
-        step = torch.div(2 * days.long() + self.date_grid.step, 2 * self.date_grid.step, rounding_mode="floor")
+        return torch.div(2 * days.long() + self.date_grid.step, 2 * self.date_grid.step, rounding_mode="floor")
+
+    def grid_steps(self, features: Tensor, mask: Tensor, days: Tensor) -> Tensor:
+        """The features on the grid's steps, empty steps filled: (B, num_steps, in_features)."""
+        size, num_steps = features.shape[0], self.date_grid.num_steps
+        step = self.step_of(days)
         on_grid = mask & (step >= 0) & (step < num_steps)
         step = step.clamp(0, num_steps - 1)
         weights = on_grid.to(features.dtype).unsqueeze(-1)
@@ -307,7 +315,7 @@ class DateGridClassification(DenseTail):
         binned = binned / count.clamp_min(1.0)
         if self.empty_steps == "interpolate":
             binned = interpolate_empty_steps(binned, count.squeeze(-1) > 0)
-        return self.tail(torch.flatten(binned, start_dim=1))
+        return binned
 
 
 def at_steps(steps: Tensor, index: Tensor) -> Tensor:
@@ -319,8 +327,19 @@ def interpolate_empty_steps(steps: Tensor, filled: Tensor) -> Tensor:
     """``steps`` (B, S, D) where ``filled`` (B, S) is False replaced by the linear interpolation, along
     S, of the nearest filled steps before and after (the nearest one's value where only one side has
     one; zeros in a series without any). Filled steps are returned unchanged."""
-    num_steps = steps.shape[1]
-    index = torch.arange(num_steps, device=steps.device).expand_as(filled)
+    before_at, after_at, share, any_filled = interpolation_sources(filled)
+    share = share.to(steps.dtype).unsqueeze(-1)
+    filled_in = torch.lerp(at_steps(steps, before_at), at_steps(steps, after_at), share)
+    any_filled = any_filled.unsqueeze(-1)
+    return torch.where(filled.unsqueeze(-1), steps, torch.where(any_filled, filled_in, torch.zeros_like(steps)))
+
+
+def interpolation_sources(filled: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For each step of ``filled`` (B, S): the filled steps it is interpolated from, ``before_at`` and
+    ``after_at`` (B, S; a filled step is its own source on both sides), the weight ``share`` of
+    ``after_at`` (B, S), and ``any_filled`` (B, S): whether its series has a filled step at all."""
+    num_steps = filled.shape[1]
+    index = torch.arange(num_steps, device=filled.device).expand_as(filled)
     # Nearest filled step at or before each step (-1: none), and at or after it (num_steps: none).
     before = torch.where(filled, index, -1).cummax(dim=1).values
     after = num_steps - 1 - torch.where(filled, num_steps - 1 - index, -1).flip(1).cummax(dim=1).values.flip(1)
@@ -328,7 +347,5 @@ def interpolate_empty_steps(steps: Tensor, filled: Tensor) -> Tensor:
     before_at = torch.where(has_before, before, torch.where(has_after, after, 0))
     after_at = torch.where(has_after, after, before_at)
     span = (after_at - before_at).clamp_min(1)
-    share = ((index - before_at).clamp_min(0) / span).clamp(0, 1).to(steps.dtype).unsqueeze(-1)  # weight of 'after'
-    filled_in = torch.lerp(at_steps(steps, before_at), at_steps(steps, after_at), share)
-    any_filled = (has_before | has_after).unsqueeze(-1)
-    return torch.where(filled.unsqueeze(-1), steps, torch.where(any_filled, filled_in, torch.zeros_like(steps)))
+    share = ((index - before_at).clamp_min(0) / span).clamp(0, 1)  # weight of 'after'
+    return before_at, after_at, share, has_before | has_after
