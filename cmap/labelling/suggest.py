@@ -1,5 +1,5 @@
 """``cmap suggest``: the N series of a store to label next, by a trained classifier (a ``cmap fit``
-checkpoint): the most uncertain (``--measure entropy|margin|least_confidence``, as R sits'
+checkpoint): the most uncertain (``--measure margin|entropy|least_confidence``, as R sits'
 ``sits_uncertainty_sampling``), at least a minimum distance apart (``--space embedding``: the
 encoder's features averaged over the dates; ``--space coordinates``: longitude/latitude from
 ``--coordinates``), and with ``--balanced`` at most N / classes of each predicted class
@@ -35,7 +35,7 @@ def parse(args: list[str], prog: str) -> argparse.Namespace:
     )
     parser.add_argument("output", type=Path, help="CSV of the suggestions (a .gpkg beside it with --coordinates)")
     parser.add_argument("--n", type=int, default=50, help="how many series (default 50)")
-    parser.add_argument("--measure", choices=MEASURES, default="entropy", help="uncertainty (default entropy)")
+    parser.add_argument("--measure", choices=MEASURES, default="margin", help="uncertainty (default margin)")
     parser.add_argument(
         "--space", choices=["embedding", "coordinates"], default="embedding", help="where distances count"
     )
