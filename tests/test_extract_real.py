@@ -11,6 +11,7 @@ point of the tile outside the area read (``--bounds``).
 
 from pathlib import Path
 
+import fiona
 import numpy as np
 import pandas as pd
 import pytest
@@ -35,28 +36,36 @@ def band_file(band: str, metres: int = 60) -> Path:
     return next((require(SAFE) / "GRANULE").glob(f"*/IMG_DATA/R{metres}m/*_{band}_{metres}m.jp2"))
 
 
-def pick_points() -> tuple[pd.DataFrame, dict]:
-    """Points at 60 m pixel centres of the area, by class (``PICKS``), mixed, and the 60 m grid."""
+def area_kinds() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What each 60 m pixel of the area is (20 x 20: ``clear``, ``clouded``, ``no_data`` as ``PICKS`` says,
+    or ``other``), and the x and y of the pixel centres."""
     with rasterio.open(band_file("B02")) as b02:
-        grid = {"transform": b02.transform, "crs": b02.crs}
-        dn = b02.read(1, window=AREA)
+        transform, dn = b02.transform, b02.read(1, window=AREA)
     rows, cols = np.mgrid[AREA.row_off : AREA.row_off + 20, AREA.col_off : AREA.col_off + 20]
-    xs, ys = xy(grid["transform"], rows.ravel(), cols.ravel())
+    xs, ys = (np.reshape(values, (20, 20)) for values in xy(transform, rows.ravel(), cols.ravel()))
     with rasterio.open(band_file("SCL", 20)) as scl:  # the 20 m pixel under each 60 m pixel's centre
-        classes = np.array([value[0] for value in scl.sample(zip(xs, ys, strict=True))])
-    dn = dn.ravel()
+        classes = np.array([value[0] for value in scl.sample(zip(xs.ravel(), ys.ravel(), strict=True))])
+    kinds = np.full(400, "other", dtype=object)
+    for kind, (scl_classes, _) in PICKS.items():
+        kinds[np.isin(classes, scl_classes) & ((dn.ravel() == 0) if kind == "no_data" else (dn.ravel() > 0))] = kind
+    return kinds.reshape(20, 20), xs, ys
+
+
+def pick_points() -> pd.DataFrame:
+    """Points at 60 m pixel centres of the area, by kind (``PICKS``), mixed, and one outside it."""
+    kinds, xs, ys = area_kinds()
     chosen = []
-    for kind, (scl_classes, count) in PICKS.items():
-        where = np.isin(classes, scl_classes) & ((dn == 0) if kind == "no_data" else (dn > 0))
+    for kind, (_, count) in PICKS.items():
+        where = (kinds == kind).ravel()
         spread = np.flatnonzero(where)[:: max(1, where.sum() // count)][:count]  # spread over the area
         assert len(spread) == count, (kind, where.sum())
-        chosen += [(xs[i], ys[i], kind) for i in spread]
+        chosen += [(xs.flat[i], ys.flat[i], kind) for i in spread]
     # One point of the tile 10 pixels east of the area read: outside the grid cmap reads.
-    chosen.append((xs[19] + 600, ys[19], "outside"))
+    chosen.append((xs[0, 19] + 600, ys[0, 19], "outside"))
     order = [0, 3, 6, 1, 4, 8, 7, 2, 5]  # clear, clouded, no data, ... mixed in the file
     points = pd.DataFrame([chosen[i] for i in order], columns=["x", "y", "kind"])
     points["crop"] = np.where(np.arange(len(points)) % 2, "grass", "other")
-    return points, grid
+    return points
 
 
 def extract_command(points: Path, output: Path, *options: str) -> list[str]:
@@ -68,7 +77,7 @@ def extract_command(points: Path, output: Path, *options: str) -> list[str]:
 
 
 def test_clouded_and_no_data_points_of_the_real_safe_are_skipped_and_listed(tmp_path, capsys):
-    points, _ = pick_points()
+    points = pick_points()
     labels = tmp_path / "points.csv"
     points[["x", "y", "crop"]].to_csv(labels, index=False)
     store = tmp_path / "store"
@@ -106,7 +115,7 @@ def test_clouded_and_no_data_points_of_the_real_safe_are_skipped_and_listed(tmp_
 
 
 def test_strict_makes_the_skipped_points_one_error_line_naming_them(tmp_path, capsys):
-    points, _ = pick_points()
+    points = pick_points()
     labels = tmp_path / "points.csv"
     points[["x", "y", "crop"]].to_csv(labels, index=False)
     with pytest.raises(SystemExit) as stop:
@@ -123,3 +132,35 @@ def test_strict_makes_the_skipped_points_one_error_line_naming_them(tmp_path, ca
     with pytest.raises(SystemExit):
         cmap_main(extract_command(labels, tmp_path / "store"))
     assert "none of the 1 shapes gives a series: 1 outside the raster grid" in capsys.readouterr().err
+
+
+def test_a_polygon_keeps_its_clear_pixels_and_one_without_any_is_listed(tmp_path, capsys):
+    """Two fields: one of 1 x 2 pixels, clear and DN 0 (the swath's edge), keeps its clear pixel; one of
+    2 x 2 pixels under clouds is listed, by its bounding box's centre."""
+    kinds, xs, ys = area_kinds()
+    edge = next((r, c) for r in range(20) for c in range(19) if [*kinds[r, c : c + 2]] == ["clear", "no_data"])
+    cloud = next((r, c) for r in range(19) for c in range(19) if (kinds[r : r + 2, c : c + 2] == "clouded").all())
+    labels = tmp_path / "fields.gpkg"
+    schema = {"geometry": "Polygon", "properties": {"crop": "str"}}
+    with fiona.open(labels, "w", driver="GPKG", crs=CRS, schema=schema) as layer:
+        for (row, col), height, crop in ((edge, 1, "grass"), (cloud, 2, "other")):
+            left, top, right, bottom = (
+                xs[row, col] - 30,
+                ys[row, col] + 30,
+                xs[row, col] + 90,
+                ys[row, col] + 30 - 60 * height,
+            )
+            ring = [(left, top), (right, top), (right, bottom), (left, bottom), (left, top)]
+            layer.write({"geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": {"crop": crop}})
+    store = tmp_path / "store"
+    command = extract_command(labels, store)
+    cmap_main(command[: command.index("--x_column")] + ["--crs", CRS])
+    series, metadata = open_store(store)
+    assert np.asarray(series.groups).tolist() == [0] and metadata["class_names"] == ["grass", "other"]
+    assert np.isfinite(np.asarray(series.values)).all()
+    skipped = pd.read_csv(store / "skipped_points.csv")
+    assert skipped[["index", "label", "reason"]].values.tolist() == [[1, "other", "clouded"]]
+    np.testing.assert_allclose(skipped[["x", "y"]].to_numpy()[0], (xs[cloud] + 30, ys[cloud] - 30))
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert "skipped 1 of 2 shapes: 1 masked on every date" in line
+    assert "; 1 pixels of kept polygons had no valid date and are left out" in line

@@ -194,11 +194,11 @@ def extract_clear_samples(
     skipped = skipped_shapes.skipped_table(shapes, dict(sorted(reasons.items())))
     if not clear.any():
         raise InputError(skipped_shapes.nothing_kept_message(skipped, shapes.source, len(shapes.geometries)))
+    dropped = int((~clear & ~np.isin(found, unclear)).sum())  # pixels of kept polygons without a valid date
     found, values = found[clear], values[clear]
     days = np.broadcast_to(stack.days(time_axis or stack.season()), (len(found), len(stack.dates))).copy()
     labels = np.array([index[shapes.labels[i]] for i in found], dtype=np.int64)
     series = PixelSeries(values, days, labels, shapes.source, found.astype(np.int64))
-    dropped = int((~clear).sum()) - len(unclear)
     return Extraction(series, names, skipped, dropped)
 
 
