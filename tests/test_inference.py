@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cmap.data.contract import DateGrid
+from cmap.mapping.classifier import WindowClassifier
 from cmap.ml.classifiers import Classifier
 from cmap.ml.decoders import DateGridClassification, FlattenClassification
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding
@@ -128,3 +129,24 @@ def test_days_out_of_range_are_refused_as_by_the_reference() -> None:
     values, day_values, mask = inputs()
     with pytest.raises(ValueError, match="max_len"):
         inference_form(classifier())(values, day_values + 2000, mask)
+
+
+def test_map_windows_get_the_reference_probabilities_from_the_fast_path() -> None:
+    """``cmap map``'s prediction module runs the inference form by default (``--inference reference``:
+    the model itself); class probabilities agree within 1e-5 and the classes are the same."""
+    height, width = 12, 10
+    values, day_values, mask = inputs(size=height * width - 20)
+    pixels = torch.randperm(height * width, generator=torch.Generator().manual_seed(0))[: len(values)]
+    item = {"values": values, "days": day_values, "mask": mask, "pixels": pixels, "window": torch.tensor(0),
+            "shape": torch.tensor([height, width]), "core": torch.tensor([1, 1, height - 2, width - 2])}  # fmt: skip
+    model = classifier()
+    fast, reference = WindowClassifier(model, batch_size=32), WindowClassifier(model, batch_size=32, fast=False)
+    assert isinstance(fast.inference, FoldedTempCNN) and reference.inference is None
+    with torch.inference_mode():
+        fast_out, reference_out = fast.predict_step(item, 0), reference.predict_step(item, 0)
+    assert torch.equal(fast_out["valid"], reference_out["valid"]) and not fast_out["valid"].all()
+    valid = reference_out["valid"]
+    torch.testing.assert_close(
+        fast_out["probabilities"][:, valid], reference_out["probabilities"][:, valid], **TOLERANCE
+    )
+    assert torch.equal(fast_out["probabilities"].argmax(0)[valid], reference_out["probabilities"].argmax(0)[valid])

@@ -5,21 +5,26 @@ from typing import Any
 import lightning as L
 import torch
 
+from cmap.ml.inference import inference_form
 from cmap.postprocessing import BayesianSmoothing
 
 
 class WindowClassifier(L.LightningModule):
     """Prediction only: class probabilities of a window's pixels, ``batch_size`` pixels at a time,
-    smoothed by ``smoothing`` (on the window read with its halo, then cut to the window)."""
+    smoothed by ``smoothing`` (on the window read with its halo, then cut to the window). With ``fast``,
+    the model's inference form (:func:`cmap.ml.inference.inference_form`) computes them where it has one."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int, smoothing: BayesianSmoothing | None = None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, batch_size: int, smoothing: BayesianSmoothing | None = None, fast: bool = True
+    ) -> None:
         super().__init__()
         self.model = model
         self.batch_size = batch_size
         self.smoothing = smoothing
+        self.inference = inference_form(model) if fast else None  # a submodule: it follows device and precision
 
     def forward(self, values: torch.Tensor, days: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.model(values, days, mask)
+        return (self.model if self.inference is None else self.inference)(values, days, mask)
 
     def on_predict_start(self) -> None:
         self.model.check_ensemble()  # an ensemble's other members join the model's device

@@ -7,7 +7,7 @@ without torch or Lightning. Each group is one typed object of :class:`MapJob`; t
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cmap.raster_source import RasterSource
 
@@ -79,6 +79,10 @@ class ComputeOptions:
         progress: show a progress bar (default: when the output is a terminal).
         threads: CPU threads of PyTorch (default: PyTorch's, one per core); the free cores when other
             jobs share the machine.
+        inference: ``fast``: a TempCNN classifier (the default recipe's) runs in its inference form,
+            batch norms folded into its layers (:mod:`cmap.ml.inference`; class probabilities within
+            1e-5 of the reference path's, figures in benchmarks/results/performance.md); other models
+            run as they are. ``reference``: every model runs as it was trained.
     """
 
     window_size: int = 256
@@ -92,6 +96,7 @@ class ComputeOptions:
     compile: bool = False
     progress: bool | None = None
     threads: int | None = None
+    inference: Literal["fast", "reference"] = "fast"
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,8 @@ def make_map(job: MapJob) -> Path:
     loader = DataLoader(windows, batch_size=None, sampler=sampler, num_workers=compute.num_workers)
     with warnings.catch_warnings():  # each item is a window, not a batch of dataset indices: nothing to infer
         warnings.filterwarnings("ignore", "Couldn't infer the batch indices")
-        trainer.predict(WindowClassifier(model, compute.batch_size, smoother), loader, return_predictions=False)
+        classifier = WindowClassifier(model, compute.batch_size, smoother, fast=compute.inference == "fast")
+        trainer.predict(classifier, loader, return_predictions=False)
     trainer.strategy.barrier("cmap map: every window written")  # then process 0 assembles the map
     if trainer.global_rank == 0:
         writer.assemble()
