@@ -39,7 +39,8 @@ class RasterSource:
             every item), snapped outwards to the grid's pixels.
         search: a STAC API search, ``rasters`` being the API's URL: ``pystac_client.Client.search``'s keywords
             (``{collections: [sentinel-2-l2a], datetime: 2022-05-01/2022-09-30, bbox: [west, south, east,
-            north], max_cloud_cover: 20}``; default area: the labels' footprint, or ``bounds`` in ``grid_crs``).
+            north], max_cloud_cover: 20}``; default area: the labels' or ``--parcels``' footprint, or ``bounds``
+            in ``grid_crs``).
             The items found are saved beside the output (``<output>_stac_items.json``) and read from there:
             :mod:`cmap.data.stac_search`.
     """

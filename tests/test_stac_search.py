@@ -15,6 +15,7 @@ import re
 import threading
 from pathlib import Path
 
+import fiona
 import numpy as np
 import pandas as pd
 import pytest
@@ -154,6 +155,17 @@ def points_table(path: Path) -> pd.DataFrame:
     return points
 
 
+def write_parcels(path: Path) -> Path:
+    """Two fields of the area, in the tiles' CRS; together they span x + 20..220 m, y - 200..-20 m of the origin."""
+    schema = {"geometry": "Polygon", "properties": {"name": "str"}}
+    with fiona.open(path, "w", driver="GPKG", crs=CRS, schema=schema) as layer:
+        for name, (x0, y0, x1, y1) in {"north": (20, -60, 120, -20), "south": (100, -200, 220, -120)}.items():
+            x0, x1, y0, y1 = ORIGIN[0] + x0, ORIGIN[0] + x1, ORIGIN[1] + y0, ORIGIN[1] + y1
+            ring = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+            layer.write({"geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": {"name": name}})
+    return path
+
+
 def test_a_search_follows_pages_saves_its_items_and_maps_as_the_saved_items_do(api, tmp_path, capsys):
     url, server = api
     points = points_table(tmp_path / "points.csv")
@@ -185,11 +197,15 @@ def test_a_search_follows_pages_saves_its_items_and_maps_as_the_saved_items_do(a
         np.argwhere(np.isnan(values).any(axis=-1)).tolist() == [[cloudy[0], 1]] and np.isnan(values[cloudy[0], 1]).all()
     )
     checkpoint = fit_checkpoint(store, tmp_path / "model", steps=3)
-    # cmap map through the search, then through its saved items with the API gone: the same map, byte for byte.
-    search = SEARCH.replace("}", f", bbox: {list(footprint)}}}")
+    # cmap map through the search (its area: the parcels' footprint), then through its saved items with the API
+    # gone: the same map, byte for byte.
+    parcels = write_parcels(tmp_path / "parcels.gpkg")
     common = ["--checkpoint", str(checkpoint), "--progress", "false", "--threads", "1", "--window_size", "16"]
-    cmap_main(["map", *common, "--rasters", url, "--search", search, "--output", str(tmp_path / "searched.tif")])
-    assert len(server.requests) == 4
+    searched = ["--rasters", url, "--search", SEARCH, "--parcels", str(parcels)]
+    cmap_main(["map", *common, *searched, "--output", str(tmp_path / "searched.tif")])
+    assert len(server.requests) == 4 and (tmp_path / "searched_parcels.gpkg").is_file()
+    area = transform_bounds(CRS, "EPSG:4326", ORIGIN[0] + 20, ORIGIN[1] - 200, ORIGIN[0] + 220, ORIGIN[1] - 20)
+    np.testing.assert_allclose(server.requests[2]["bbox"], area, atol=1e-9)
     items = tmp_path / "searched_stac_items.json"
     assert json.loads(items.read_text())["features"] == content["features"]
     server.shutdown()

@@ -14,8 +14,8 @@ Keywords (:data:`SEARCH_KEYS`): ``collections``, ``datetime`` (a range ``start/e
 ``filter`` and ``filter_lang`` (the Query and Filter extensions), ``ids``, ``limit`` (items per
 page), ``max_items``; and cmap's ``max_cloud_cover`` (percent, ``eo:cloud_cover <=``: the Query
 extension where the API has it, else a CQL2 filter). Without ``bbox`` or ``intersects`` the area is
-the footprint of what is read: ``cmap extract``'s points or polygons, ``cmap map``'s ``--bounds``
-in ``--grid_crs``. Every page is followed (``next`` links).
+the footprint of what is read: ``cmap extract``'s points or polygons, ``cmap map``'s ``--parcels``,
+or its ``--bounds`` in ``--grid_crs``. Every page is followed (``next`` links).
 
 The items found are written, before anything is read, to ``<output>_stac_items.json`` beside the
 output (:func:`items_path`; the search's URL and parameters in its ``cmap:search`` field), and the run
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cmap.data.raster_files import is_url, one_line
-from cmap.outputs import InputError, write_bytes_atomically
+from cmap.outputs import InputError, MissingInput, write_bytes_atomically
 
 #: ``pystac_client.Client.search``'s keywords that ``--search`` passes on, and cmap's own ``max_cloud_cover``.
 SEARCH_KEYS = (
@@ -43,6 +43,22 @@ def items_path(output: str | Path) -> Path:
     ``fields_stac_items.json`` beside the store ``fields``."""
     output = Path(output)
     return output.with_name(f"{output.stem}_stac_items.json")
+
+
+def vector_footprint(path: str | Path) -> list[float]:
+    """``[west, south, east, north]`` in degrees of a vector file's features (``cmap map --parcels``)."""
+    import fiona
+    from rasterio.warp import transform_bounds
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInput(f"{path}: no such vector file (the area of the STAC API search)")
+    try:
+        layer = fiona.open(path)
+    except fiona.errors.FionaError as error:
+        raise InputError(f"{path}: not a readable vector file ({one_line(error)})") from error
+    with layer:
+        return [float(value) for value in transform_bounds(layer.crs, "EPSG:4326", *layer.bounds)]
 
 
 def search_parameters(search: dict[str, Any], area: list[float] | None, conforms_to: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from cmap.data.stac import open_stack
 from cmap.data.stac_search import items_path as stac_items_path
+from cmap.data.stac_search import vector_footprint
 from cmap.data.time_axis import time_axis_from_arguments
 from cmap.mapping.classifier import WindowClassifier
 from cmap.mapping.options import ComputeOptions, MapJob, SmoothingOptions
@@ -45,7 +46,8 @@ def make_map(job: MapJob) -> Path:
             f"{job.checkpoints[0]}: {len(model.class_names)} classes do not fit a uint8 map (max {MAX_CLASSES})"
         )
     contract = model.input_contract
-    stack = open_stack(job.source, list(contract.band_names), contract.raw_values, stac_items_path(output))
+    area = vector_footprint(products.parcels) if job.source.search is not None and products.parcels else None
+    stack = open_stack(job.source, list(contract.band_names), contract.raw_values, stac_items_path(output), area)
     check_map_outputs(output, products, stack, job.checkpoints, job.source.pattern)
     if products.parcels is not None:
         check_parcels_output(output, products, job.checkpoints)
