@@ -20,11 +20,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+import yaml
 from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
 
 from cmap.cli import main as cmap_main
 from cmap.data import open_store
+from cmap.data.stac_search import search_parameters
+from cmap.outputs import InputError
 
 from .conftest import SHARED_DATA, require
 from .test_map import fit_checkpoint
@@ -250,3 +253,26 @@ def test_search_mistakes_are_one_line_each(api, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cmap_main(extract(url, "[sentinel-2-l2a]"))
     assert "expected a YAML mapping of search keywords" in capsys.readouterr().err
+
+
+def test_search_keywords_become_pystac_client_parameters():
+    """max_cloud_cover through the Query extension, else a CQL2 filter; YAML dates as ISO text; the area."""
+    both, query_only, filter_only = (lambda name: True), (lambda name: name == "QUERY"), (lambda name: name == "FILTER")
+    area = [-148.87, 61.32, -148.86, 61.33]
+    search = {"collections": ["sentinel-2-l2a"], "max_cloud_cover": 20, "query": {"s2:mgrs_tile": {"eq": "06VVN"}}}
+    parameters = search_parameters(search, area, query_only)
+    assert parameters == {"collections": ["sentinel-2-l2a"], "bbox": area,
+                          "query": {"s2:mgrs_tile": {"eq": "06VVN"}, "eo:cloud_cover": {"lte": 20}}}  # fmt: skip
+    assert search_parameters(search, area, both)["query"] == parameters["query"]
+    cql2 = search_parameters({"max_cloud_cover": 20, "bbox": [0, 0, 1, 1]}, None, filter_only)
+    assert cql2 == {"bbox": [0, 0, 1, 1], "filter_lang": "cql2-json",
+                    "filter": {"op": "<=", "args": [{"property": "eo:cloud_cover"}, 20]}}  # fmt: skip
+    with pytest.raises(InputError, match="give max_cloud_cover inside your filter"):
+        search_parameters({"max_cloud_cover": 20, "filter": {"op": "="}}, area, filter_only)
+    dates = yaml.safe_load("{datetime: [2022-05-01, 2022-09-30]}")
+    assert search_parameters(dates, area, both)["datetime"] == "2022-05-01/2022-09-30"
+    assert search_parameters({"intersects": {"type": "Point", "coordinates": [0, 0]}}, None, both) == {
+        "intersects": {"type": "Point", "coordinates": [0, 0]}
+    }
+    with pytest.raises(InputError, match=r"--search: no area: give its bbox .* or --bounds with --grid_crs"):
+        search_parameters({"collections": ["sentinel-2-l2a"]}, None, both)
