@@ -1,8 +1,9 @@
 """The documented commands parse: each ``cmap`` command of the bash blocks of the README and of the
 documentation pages (``docs/*.md``) is parsed as written.
 
-LightningCLI and ``cmap map`` commands get ``--print_config`` (parsed and resolved, nothing run);
-the argparse commands (``convert``, ``extract``, ``export``) are parsed and stopped before they run.
+LightningCLI commands and the jsonargparse ones (``cmap map``, ``cmap area``) get ``--print_config``
+(parsed and resolved, nothing run); the argparse commands (``convert``, ``extract``, ``export``, ``cv``,
+``audit``, ``suggest``, any other) are parsed and stopped before they run.
 """
 
 import argparse
@@ -25,12 +26,31 @@ def documented_commands(document: Path) -> list[list[str]]:
     blocks = re.findall(r"```bash\n(.*?)```", document.read_text(), flags=re.S)
     commands = []
     for block in blocks:
-        for line in block.replace("\\\n", " ").splitlines():
-            words = shlex.split(line, comments=True)
+        for words in shell_commands(block):
             starts = [i for i, word in enumerate(words) if word in ("cmap", "cmap.cli")]
             if starts:
                 commands.append(words[starts[0] + 1 :])
     return commands
+
+
+def shell_commands(block: str) -> list[list[str]]:
+    """The words of each command of a bash block: continuations joined, and a quoted value (a YAML
+    mapping) that runs over several lines kept whole, as bash reads it."""
+    commands, pending = [], ""
+    for line in block.replace("\\\n", " ").splitlines():
+        pending = f"{pending}\n{line}" if pending else line
+        try:
+            words = shlex.split(pending, comments=True)
+        except ValueError:  # a quote still open: the value goes on on the next line
+            continue
+        commands.append(words)
+        pending = ""
+    assert not pending, f"a quote is never closed in: {pending}"
+    return commands
+
+
+#: the commands parsed by LightningCLI or jsonargparse, which take ``--print_config``.
+PRINT_CONFIG_COMMANDS = ("fit", "validate", "test", "predict", "map", "area")
 
 
 class Parsed(Exception):
@@ -62,14 +82,16 @@ def test_the_readme_walks_the_main_path():
     ("document", "command"), COMMANDS, ids=[f"{document}: {' '.join(command)[:60]}" for document, command in COMMANDS]
 )
 def test_documented_command_parses(document, command, monkeypatch, capsys):
-    if command[0] in ("convert", "extract", "export"):
+    if command[0] not in PRINT_CONFIG_COMMANDS:
 
         def parse_only(parser, args=None, namespace=None):
-            raise Parsed(argparse.ArgumentParser.parse_known_args(parser, args, namespace))
+            raise Parsed(*argparse.ArgumentParser.parse_known_args(parser, args, namespace))
 
         monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
-        with pytest.raises(Parsed):
+        with pytest.raises(Parsed) as parsed:
             cmap_main(command)
+        _, unrecognised = parsed.value.args
+        assert unrecognised == [], f"{document}: cmap {' '.join(command)}: unrecognised {unrecognised}"
         return
     monkeypatch.chdir(REPO)  # configs/... paths are relative to the repository
     with pytest.raises(SystemExit) as exit:
