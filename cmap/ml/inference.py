@@ -39,6 +39,7 @@ from cmap.ml.encoders import TempCNNEncoder
 from cmap.ml.layers import MaskedConvBlock
 
 
+@torch.no_grad()
 def folded_norm(weight: Tensor, bias: Tensor | None, norm: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
     """The weight and bias of ``norm(layer(x))`` as one layer, for a layer of ``weight`` (out, ...) and
     ``bias`` and an eval-mode batch norm ``norm`` (running statistics): computed in float64."""
