@@ -12,6 +12,8 @@ import copy
 import http.server
 import json
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -276,3 +278,18 @@ def test_search_keywords_become_pystac_client_parameters():
     }
     with pytest.raises(InputError, match=r"--search: no area: give its bbox .* or --bounds with --grid_crs"):
         search_parameters({"collections": ["sentinel-2-l2a"]}, None, both)
+
+
+def test_cmap_map_help_lists_search_without_importing_the_stac_client():
+    """--search is one of cmap map's options, and its --help still imports neither pystac-client nor torch."""
+    script = (
+        "import sys, cmap.cli\n"
+        "try:\n"
+        "    cmap.cli.main(['map', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(name for name in ('pystac_client', 'pystac', 'torch', 'lightning') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "--search SEARCH" in result.stdout and "pystac_client.Client.search" in result.stdout
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout
