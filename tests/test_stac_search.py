@@ -233,7 +233,7 @@ def one_line_error(capsys, arguments: list[str]) -> str:
 
 
 def test_search_mistakes_are_one_line_each(api, tmp_path, capsys):
-    url, _ = api
+    url, server = api
     points_table(tmp_path / "points.csv")
 
     def extract(rasters: str, search: str) -> list[str]:
@@ -252,6 +252,13 @@ def test_search_mistakes_are_one_line_each(api, tmp_path, capsys):
         line = one_line_error(capsys, extract(rasters, search))
         assert line.startswith("cmap extract: error: ") and re.search(message, line), line
     assert not (tmp_path / "store").exists() and not (tmp_path / "store_stac_items.json").exists()
+    # An output that is not a store is refused before the search: the API is not asked, nothing is written.
+    requests = len(server.requests)
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "notes.txt").write_text("mine")
+    line = one_line_error(capsys, extract(url, "{collections: [sentinel-2-l2a]}"))
+    assert "store exists and is not a cmap series store" in line and len(server.requests) == requests
+    assert not (tmp_path / "store_stac_items.json").exists()
     with pytest.raises(SystemExit):
         cmap_main(extract(url, "[sentinel-2-l2a]"))
     assert "expected a YAML mapping of search keywords" in capsys.readouterr().err

@@ -15,6 +15,7 @@ Sentinel-2 L2A products under labelled points or polygons -> a store (see ``extr
 """
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -22,7 +23,7 @@ import yaml
 from cmap.data import convert, samples, skipped_shapes, stac, stac_search
 from cmap.data import table as table_reader
 from cmap.data.contract import RawValues
-from cmap.data.store import write_store
+from cmap.data.store import check_store_output, write_store
 from cmap.data.time_axis import add_time_axis_arguments, time_axis_from_arguments
 from cmap.outputs import InputError
 from cmap.raster_source import DEFAULT_PATTERN, RasterSource
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
 def _extract(args: argparse.Namespace) -> None:
     """``cmap extract``: the store of the shapes' series, the shapes without any listed in it (or, ``--strict``,
     an error naming them)."""
+    check_store_output(Path(args.output), args.overwrite)  # before minutes of reading, and a search's saved items
     shapes = samples.read_labels(args.labels, args.label_field, args.x_column, args.y_column, args.crs)
     source = RasterSource.from_options(vars(args))
     area = samples.footprint(shapes) if source.search is not None else None  # of a STAC API search

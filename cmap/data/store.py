@@ -78,6 +78,17 @@ def check_replaceable(folder: Path) -> None:
         )
 
 
+def check_store_output(folder: Path, overwrite: bool) -> None:
+    """Raise unless a store may be written to ``folder``: absent, empty, or a store that ``overwrite`` replaces
+    (``cmap extract`` asks before its reading, :func:`write_store` again when it writes)."""
+    # An empty folder (made ready for the output) holds nothing to lose: the store takes its place.
+    empty = folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())
+    if (folder.exists() or folder.is_symlink()) and not empty:
+        check_replaceable(folder)  # first: advice to overwrite only where overwrite would do it
+        if not overwrite:
+            raise ExistingOutput(f"{folder}: a cmap series store exists there; pass overwrite=True (--overwrite)")
+
+
 def check_sample_ids(sample_ids: np.ndarray, source: str) -> np.ndarray:
     """Sample ids as a fixed-width unicode array; empty or repeated ids are an error naming the row."""
     ids = np.asarray(sample_ids)
@@ -128,12 +139,7 @@ def write_store(
                 f"{len(class_names)} classes {class_names}"
             )
     sample_ids = None if series.sample_ids is None else check_sample_ids(series.sample_ids, series.source)
-    # An empty folder (made ready for the output) holds nothing to lose: the store takes its place.
-    empty = folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())
-    if (folder.exists() or folder.is_symlink()) and not empty:
-        check_replaceable(folder)  # first: advice to overwrite only where overwrite would do it
-        if not overwrite:
-            raise ExistingOutput(f"{folder}: a cmap series store exists there; pass overwrite=True (--overwrite)")
+    check_store_output(folder, overwrite)
     # Never the source itself, nor a folder holding it.
     check_outputs([folder], [series.source] if Path(series.source).exists() else [], lambda _: True, "store")
     remove_stale_partials(folder, (".tmp-", ".old-"))  # left by killed conversions
