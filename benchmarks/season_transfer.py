@@ -111,6 +111,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         f"the documented path: `{ADAPTATION_CONFIG}` with the target store (consistency, Mean Teacher)",
         ["--config", ADAPTATION_CONFIG, *TARGET],
     ),
+    "adapted_mu4": (
+        f"`{ADAPTATION_CONFIG}`, 4 target series per labelled one (unlabelled_ratio 4)",
+        ["--config", ADAPTATION_CONFIG, *TARGET[:3], "4"],
+    ),
 }
 
 
