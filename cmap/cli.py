@@ -15,7 +15,6 @@ import errno
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from cmap.outputs import INPUT_ERROR_STATUS, InputError
@@ -37,48 +36,6 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_MOVED[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def run_summary(run: Path, metrics: dict[str, Any], configs: Any, classifier: bool = True) -> str:
-    """What a fit in ``run`` leaves and what next: metrics, run folder, checkpoints, TensorBoard, next commands.
-
-    ``classifier``: the run trained a classifier (accuracy and macro F1; next: test it, map); else a
-    pretraining task (its loss; next: fine-tune a classifier from its encoder, ``init_encoder_from``).
-    """
-    names = ("overall_accuracy", "macro_f1") if classifier else ("loss",)
-    shown = [
-        f"{name} {float(metrics[name]):.4f}"
-        for stage in ("val", "test")
-        for name in (f"{stage}/{metric}" for metric in names)
-        if name in metrics
-    ]
-    found = sorted((run / "checkpoints").glob("*.ckpt"), key=lambda path: path.stat().st_mtime)
-    checkpoint = next((path for path in found if path.name == "last.ckpt"), found[-1] if found else None)
-    # The run's own configuration (LightningCLI's SaveConfigCallback writes it into the run folder):
-    # every --config, --model and --data of the fit merged, so `cmap test` gets the same data.
-    saved = run / "config.yaml"
-    if saved.is_file():
-        config = f"--config {saved}"
-    else:
-        config = f"--config {configs[0]}" if configs else "<your --config / --model --data>"
-    lines = [
-        "",
-        "cmap fit finished: " + ("  ".join(shown) or "no metrics logged"),
-        f"  run folder   {run}",
-        f"  checkpoints  {', '.join(path.name for path in found) or 'none'}",
-        f"  TensorBoard  tensorboard --logdir {run.parent}",
-    ]
-    if checkpoint is not None and classifier:
-        lines += [
-            f"  next         cmap test {config} --ckpt_path {checkpoint}",
-            f"               cmap map --checkpoint {checkpoint} --rasters FOLDER --output map.tif   (a crop map)",
-        ]
-    elif checkpoint is not None:  # pretraining: its encoder starts a classifier of the same encoder
-        lines += [
-            "  next         cmap fit --config <a Classifier config with this encoder> --test_after_fit true "
-            f"--model.init_args.init_encoder_from {checkpoint}   (fine-tune)",
-        ]
-    return "\n".join(lines)
 
 
 def _map(args: list[str]) -> None:

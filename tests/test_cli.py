@@ -152,7 +152,7 @@ def test_fit_ends_with_a_summary_of_metrics_folder_and_next_commands(tmp_path, c
 def test_a_pretraining_summary_suggests_fine_tuning_not_test_or_map(tmp_path):
     """After an AutoEncoder or ContrastivePretraining fit: its loss, and the README's next step,
     a classifier fine-tuned from its encoder (init_encoder_from); cmap test and cmap map need a classifier."""
-    from cmap.cli import run_summary
+    from cmap.lightning_cli import run_summary
 
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
     checkpoint.parent.mkdir()
