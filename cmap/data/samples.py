@@ -18,7 +18,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.features import rasterize
-from rasterio.warp import transform, transform_geom
+from rasterio.warp import transform, transform_bounds, transform_geom
 
 from cmap.data import skipped_shapes
 from cmap.data.raster import RasterStack, pixel_series
@@ -100,11 +100,13 @@ def read_labels(
 
 
 def footprint(shapes: LabelledShapes) -> list[float]:
-    """``[west, south, east, north]`` in degrees (EPSG:4326) of every shape: a STAC API search's bbox."""
-    lonlat = [transform_geom(shapes.crs, "EPSG:4326", geometry) for geometry in shapes.geometries]
-    points = [point for geometry in lonlat for point in skipped_shapes.flat_coordinates(geometry["coordinates"])]
+    """``[west, south, east, north]`` in degrees (EPSG:4326) holding every shape: a STAC API search's bbox (their
+    bounds in their own CRS, transformed with densified edges, so that edges curved in degrees stay inside)."""
+    points = [
+        point for geometry in shapes.geometries for point in skipped_shapes.flat_coordinates(geometry["coordinates"])
+    ]
     xs, ys = zip(*points, strict=True)
-    return [min(xs), min(ys), max(xs), max(ys)]
+    return [float(value) for value in transform_bounds(shapes.crs, "EPSG:4326", min(xs), min(ys), max(xs), max(ys))]
 
 
 def check_coordinates(path: Path, xs: np.ndarray, ys: np.ndarray, crs: str, columns: tuple[str, str]) -> None:

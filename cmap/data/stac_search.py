@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cmap.data.raster_files import is_url, one_line
-from cmap.outputs import InputError, MissingInput, write_bytes_atomically
+from cmap.outputs import InputError, write_bytes_atomically
 
 #: ``pystac_client.Client.search``'s keywords that ``--search`` passes on, and cmap's own ``max_cloud_cover``.
 SEARCH_KEYS = (
@@ -46,19 +46,14 @@ def items_path(output: str | Path) -> Path:
 
 
 def vector_footprint(path: str | Path) -> list[float]:
-    """``[west, south, east, north]`` in degrees of a vector file's features (``cmap map --parcels``)."""
-    import fiona
-    from rasterio.warp import transform_bounds
+    """``[west, south, east, north]`` in degrees of a file of polygons (``cmap map --parcels``, read and checked
+    as the parcel summary reads it)."""
+    from cmap.data.samples import LabelledShapes, footprint
+    from cmap.parcels import read_parcels
 
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInput(f"{path}: no such vector file (the area of the STAC API search)")
-    try:
-        layer = fiona.open(path)
-    except fiona.errors.FionaError as error:
-        raise InputError(f"{path}: not a readable vector file ({one_line(error)})") from error
-    with layer:
-        return [float(value) for value in transform_bounds(layer.crs, "EPSG:4326", *layer.bounds)]
+    parcels = read_parcels(path, ())
+    geometries = [dict(feature.geometry.__geo_interface__) for feature in parcels.features]
+    return footprint(LabelledShapes(geometries, [""] * len(geometries), parcels.crs, str(path)))
 
 
 def search_parameters(search: dict[str, Any], area: list[float] | None, conforms_to: Any) -> dict[str, Any]:
