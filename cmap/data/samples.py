@@ -82,13 +82,7 @@ def read_labels(
         ]
         labels = table[label_field].str.strip().tolist()
         return LabelledShapes(geometries, labels, crs, str(path), (x_column, y_column))
-    import fiona
-
-    try:
-        layer = fiona.open(path)
-    except fiona.errors.FionaError as error:
-        raise InputError(f"{path}: not a readable vector file of labels ({one_line(error)})") from error
-    with layer:
+    with open_vector(path, "labels") as layer:
         if label_field not in layer.schema["properties"]:
             raise InputError(f"{path}: no field {label_field!r} (fields: {list(layer.schema['properties'])})")
         features = list(layer)
@@ -97,6 +91,25 @@ def read_labels(
     return LabelledShapes(
         geometries, [str(feature.properties[label_field]) for feature in features], layer_crs, str(path)
     )
+
+
+def open_vector(path: Path, what: str) -> Any:
+    """The fiona layer of the vector file ``path`` of ``what`` (labels, parcels); else one error line naming it."""
+    import fiona
+
+    if not path.is_file():
+        raise MissingInput(f"{path}: no such file of {what}")
+    try:
+        return fiona.open(path)
+    except fiona.errors.FionaError as error:
+        raise InputError(f"{path}: not a readable vector file of {what} ({one_line(error)})") from error
+
+
+def vector_footprint(path: str | Path, what: str = "parcels") -> list[float]:
+    """``[west, south, east, north]`` in degrees holding every feature of a vector file (``cmap map --parcels``:
+    the area of a STAC API search), as :func:`footprint`."""
+    with open_vector(Path(path), what) as layer:
+        return [float(value) for value in transform_bounds(layer.crs, "EPSG:4326", *layer.bounds)]
 
 
 def footprint(shapes: LabelledShapes) -> list[float]:

@@ -45,17 +45,6 @@ def items_path(output: str | Path) -> Path:
     return output.with_name(f"{output.stem}_stac_items.json")
 
 
-def vector_footprint(path: str | Path) -> list[float]:
-    """``[west, south, east, north]`` in degrees of a file of polygons (``cmap map --parcels``, read and checked
-    as the parcel summary reads it)."""
-    from cmap.data.samples import LabelledShapes, footprint
-    from cmap.parcels import read_parcels
-
-    parcels = read_parcels(path, ())
-    geometries = [dict(feature.geometry.__geo_interface__) for feature in parcels.features]
-    return footprint(LabelledShapes(geometries, [""] * len(geometries), parcels.crs, str(path)))
-
-
 def search_parameters(search: dict[str, Any], area: list[float] | None, conforms_to: Any) -> dict[str, Any]:
     """``Client.search``'s keywords for ``search`` (``--search``): its own keys checked, ``max_cloud_cover`` as
     a query (or a CQL2 filter where ``conforms_to('QUERY')`` is false), ``area`` (degrees) as the bbox when

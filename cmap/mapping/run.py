@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from cmap.data.samples import vector_footprint
 from cmap.data.stac import open_stack
 from cmap.data.stac_search import items_path as stac_items_path
-from cmap.data.stac_search import vector_footprint
 from cmap.data.time_axis import time_axis_from_arguments
 from cmap.mapping.classifier import WindowClassifier
 from cmap.mapping.options import ComputeOptions, MapJob, SmoothingOptions
