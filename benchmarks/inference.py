@@ -283,10 +283,9 @@ def default_model_benchmark(args: argparse.Namespace) -> None:
     print(
         f"Matmul roofline ({s}^3), best of {args.repeats} interleaved rounds: fp32 **{best['matmul fp32']:.1f} "
         f"GFLOP/s**, bf16 {best['matmul bf16']:.1f} GFLOP/s (medians {statistics.median(rates['matmul fp32']):.1f}"
-        f", {statistics.median(rates['matmul bf16']):.1f}); the convolutions' product alone ({conv_shape[0]} x "
-        f"{conv_shape[1]} x {conv_shape[2]}, fp32, cache-resident) {best['matmul fp32, conv shape']:.1f} GFLOP/s. "
-        "On this shared machine the large product suffers more from the other jobs (its 48 MB stream through the "
-        "shared L3) than the model's small ones: read the per-round median ratios.\n"
+        f", {statistics.median(rates['matmul bf16']):.1f}); a chunk's convolution as one torch.mm ({conv_shape[0]} x "
+        f"{conv_shape[1]} x {conv_shape[2]}, fp32): {best['matmul fp32, conv shape']:.1f} GFLOP/s. On a shared "
+        "machine, read the per-round median ratios too (each round's arms ran within seconds of each other).\n"
     )
     print(
         "| path | pixels/s (best) | GFLOP/s | of fp32 roofline (best / median per round) | vs reference "

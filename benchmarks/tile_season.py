@@ -184,6 +184,7 @@ def main() -> None:
         "model: inference form, bf16": (lambda: forward(bf16, torch.bfloat16), batch_pixels),
         "cmap map end to end (num_workers 0)": (lambda: end_to_end(0, "map0"), pixels),
         "cmap map end to end (num_workers 1)": (lambda: end_to_end(1, "map1"), pixels),
+        "cmap map end to end, bf16-true (num_workers 0)": (lambda: end_to_end(0, "map0_bf16", "bf16-true"), pixels),
         "cmap map end to end, bf16-true (num_workers 1)": (lambda: end_to_end(1, "map1_bf16", "bf16-true"), pixels),
     }
     rates: dict[str, list[float]] = {name: [] for name in arms}
