@@ -94,25 +94,10 @@ def _estimate(value: float, ci: float, digits: int) -> str:
     return "undefined" if np.isnan(value) else f"{value:.{digits}f} ± {ci:.{digits}f}"
 
 
-def area_adjusted_accuracy(
-    counts: np.ndarray,
-    mapped_area: Sequence[float],
-    class_names: Sequence[str] | None = None,
-    confidence: float = 0.95,
-) -> AreaAccuracy:
-    """Accuracy and error-adjusted areas with confidence intervals (Olofsson et al. 2014).
-
-    Args:
-        counts: (K, K) sample counts n_ij, map class i (the stratum) in rows, reference class j in
-            columns (:func:`sample_counts` builds it from per-sample labels).
-        mapped_area: area of each class in the map (pixels, hectares: the result uses the same unit).
-        class_names: names of the K classes (default "0", "1", ...).
-        confidence: level of the normal-approximation confidence intervals.
-
-    Every map class with a non-zero area needs at least two samples (the variances divide by
-    n_i. - 1). Map classes of zero area may have no samples; they weigh nothing, and their user's
-    accuracy is undefined (NaN), as is the producer's accuracy of a class no sample belongs to.
-    """
+def checked_area_inputs(
+    counts: np.ndarray, mapped_area: Sequence[float], class_names: Sequence[str] | None, confidence: float
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """:func:`area_adjusted_accuracy`'s inputs as float arrays and names, or a ValueError saying what is wrong."""
     counts = np.asarray(counts, dtype=np.float64)
     area = np.asarray(mapped_area, dtype=np.float64)
     k = len(counts)
@@ -134,6 +119,31 @@ def area_adjusted_accuracy(
             f"map classes {short} have a mapped area but fewer than 2 reference samples of that map class (on "
             "pixels mapped as it): the estimators need at least 2 samples per stratum, the strata being the map classes"
         )
+    return counts, area, names
+
+
+def area_adjusted_accuracy(
+    counts: np.ndarray,
+    mapped_area: Sequence[float],
+    class_names: Sequence[str] | None = None,
+    confidence: float = 0.95,
+) -> AreaAccuracy:
+    """Accuracy and error-adjusted areas with confidence intervals (Olofsson et al. 2014).
+
+    Args:
+        counts: (K, K) sample counts n_ij, map class i (the stratum) in rows, reference class j in
+            columns (:func:`sample_counts` builds it from per-sample labels).
+        mapped_area: area of each class in the map (pixels, hectares: the result uses the same unit).
+        class_names: names of the K classes (default "0", "1", ...).
+        confidence: level of the normal-approximation confidence intervals.
+
+    Every map class with a non-zero area needs at least two samples (the variances divide by
+    n_i. - 1). Map classes of zero area may have no samples; they weigh nothing, and their user's
+    accuracy is undefined (NaN), as is the producer's accuracy of a class no sample belongs to.
+    """
+    counts, area, names = checked_area_inputs(counts, mapped_area, class_names, confidence)
+    k = len(counts)
+    n_map = counts.sum(axis=1)  # n_i.: samples in each stratum
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     total = area.sum()
     weight = area / total  # W_i
