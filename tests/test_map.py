@@ -369,7 +369,7 @@ def test_shapes_outside_the_grid_and_unknown_labels_are_errors(tmp_path):
     with pytest.raises(ValueError, match=r"points.csv: 1 shapes cover no pixel .* first at index 1"):
         extract_samples(stack, read_labels(points, x_column="x", y_column="y", crs="EPSG:32631"))
     with pytest.raises(ValueError, match=r"labels \['maize'\] are not in the class names \['wheat'\]"):
-        extract_samples(stack, read_labels(points, x_column="x", y_column="y", crs="EPSG:32631"), ["wheat"])
+        extract_samples(stack, read_labels(points, x_column="x", y_column="y", crs="EPSG:32631"), class_names=["wheat"])
     with pytest.raises(ValueError, match=r"points.csv: columns \['longitude', 'latitude'\] are missing"):
         read_labels(points)
 

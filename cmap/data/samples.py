@@ -162,17 +162,11 @@ class Extraction:
     dropped_pixels: int = 0
 
 
-def extract_samples(
-    stack: RasterStack,
-    shapes: LabelledShapes,
-    class_names: Sequence[str] | None = None,
-    time_axis: TimeAxis | None = None,
-    window_size: int = 1024,
-) -> tuple[PixelSeries, list[str]]:
-    """The pixel series of ``stack`` under ``shapes`` (:func:`extract_clear_samples`), every shape required:
-    a shape without a series (outside the grid, clouded or without data on every date) is an
-    :class:`InputError` naming the shapes and why. Returns the series and the class names."""
-    extraction = extract_clear_samples(stack, shapes, class_names, time_axis, window_size)
+def extract_samples(stack: RasterStack, shapes: LabelledShapes, **options: Any) -> tuple[PixelSeries, list[str]]:
+    """The pixel series of ``stack`` under ``shapes`` (:func:`extract_clear_samples`, whose keyword ``options``
+    it takes), every shape required: a shape without a series (outside the grid, clouded or without data on
+    every date) is an :class:`InputError` naming the shapes and why. Returns the series and the class names."""
+    extraction = extract_clear_samples(stack, shapes, **options)
     if len(extraction.skipped):
         raise InputError(skipped_shapes.strict_message(extraction.skipped, shapes.source, len(shapes.geometries)))
     return extraction.series, extraction.class_names
