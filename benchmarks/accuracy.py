@@ -4,7 +4,7 @@ For every dataset this script
 
 1. converts the original files into stores under ``--stores`` (once; :mod:`cmap.data.convert`),
 2. trains the dataset's config (``configs/``) for each seed through the ``cmap fit`` command,
-   in-process (:class:`cmap.cli.CMapCLI`, ``--test_after_fit true``: the model at the end of its
+   in-process (:class:`cmap.lightning_cli.CMapCLI`, ``--test_after_fit true``: the model at the end of its
    LR schedule is tested), once per cross-validation fold where the protocol is k-fold,
 3. predicts the test series with each trained model (per-series predictions give the subsets
    and the seed ensemble) and checks them against the logged ``test/overall_accuracy``,
@@ -60,11 +60,11 @@ from peers import AEON_PEERS, EXTRA_HINT, PEERS, TITLES, PeerRun, aeon_available
 from sklearn.metrics import accuracy_score, f1_score
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from cmap.cli import CMapCLI
 from cmap.data import convert
 from cmap.data.datamodule import SITSDataModule
 from cmap.data.series import PixelSeries
 from cmap.data.store import read_metadata
+from cmap.lightning_cli import CMapCLI
 
 #: The default recipe (``--recipe default``): a user's own data, nothing to tune.
 DEFAULT_RECIPE = "configs/default.yaml"

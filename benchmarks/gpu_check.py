@@ -360,7 +360,7 @@ class ProfileSteps(L.Callback):
 
 def ucr_cli(model: str, batch_size: int, args: argparse.Namespace, workdir: Path, device: torch.device, *extra: str):
     """The ``cmap fit`` objects of a UCR Crop config (model, data, trainer with cmap's callbacks), not yet run."""
-    from cmap.cli import CMapCLI
+    from cmap.lightning_cli import CMapCLI
 
     root = args.ucr_root or SHARED_DATA / "ucr_crop_formosat2"
     return CMapCLI(

@@ -16,7 +16,7 @@ for folder in /.whl/ /.devdata/; do
     grep -qxF "$folder" "$exclude" 2>/dev/null || echo "$folder" >> "$exclude"
 done
 
-# Imported by cmap (cmap.cli, cmap.map, cmap.data) and missing from the image: jsonargparse and what its
+# Imported by cmap (cmap.cli, cmap.mapping, cmap.data) and missing from the image: jsonargparse and what its
 # signatures extra needs, rasterio and its own needs, pystac (a meta-package of pystac-core and extensions).
 names="jsonargparse docstring-parser typeshed-client rasterio affine cligj click-plugins"
 pins=$(.venv/bin/python -m pip list --format=freeze 2>/dev/null \

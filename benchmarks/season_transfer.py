@@ -36,11 +36,11 @@ from common import REPO, SHARED_DATA, machine
 from peers import PEERS, TITLES, aeon_available, fit_predict
 from sklearn.metrics import accuracy_score, f1_score
 
-from cmap.cli import CMapCLI
 from cmap.data.convert import _read_rda_tibble, read_mato_grosso
 from cmap.data.series import PixelSeries, SeriesDataset, batch_loader
 from cmap.data.splits import kfold_split
 from cmap.data.store import open_store, write_store
+from cmap.lightning_cli import CMapCLI
 from cmap.ml.adaptation import (
     adapt_batch_norm,
     estimate_shift,

@@ -35,7 +35,7 @@ import lightning as L
 import torch
 from common import REPO, footer, header
 
-from cmap.cli import CMapCLI
+from cmap.lightning_cli import CMapCLI
 
 SEED_MODEL = REPO.parent / "shared" / "seed" / "classifier.yaml"
 SEED_DATA = REPO / "configs" / "seed_data_synthetic.yaml"

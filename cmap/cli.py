@@ -19,24 +19,6 @@ from typing import Any
 
 from cmap.outputs import INPUT_ERROR_STATUS, InputError
 
-#: Names that moved to :mod:`cmap.lightning_cli` and :mod:`cmap.runtime`, still importable from here
-#: (``from cmap.cli import CMapCLI``) without importing Lightning with ``cmap.cli``.
-_MOVED = {
-    "CMapCLI": "cmap.lightning_cli",
-    "PARSER_MODE": "cmap.lightning_cli",
-    "namespace_dict": "cmap.lightning_cli",
-    "replaced_keys": "cmap.lightning_cli",
-    "canonical_class_path": "cmap.runtime",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def _map(args: list[str]) -> None:
     from cmap.mapping.command import main as map_main

@@ -85,7 +85,7 @@ def test_every_config_trains_one_step(config, ucr_root, tmp_path):
 
 @pytest.mark.parametrize("pretraining", ["ucr_crop_autoencoder", "ucr_crop_contrastive"])
 def test_pretraining_configs_fine_tune_into_the_classifier_config(pretraining, ucr_root, tmp_path, capsys):
-    """README's pretraining commands: the pretrained encoder loads into configs/ucr_crop_transformer.yaml."""
+    """docs/pretraining.md commands: the pretrained encoder loads into configs/ucr_crop_transformer.yaml."""
     common = ["--data.init_args.root", str(ucr_root), "--trainer.default_root_dir", str(tmp_path), *QUIET]
     pretrain = CMapCLI(
         args=["fit", "--config", str(CONFIGS / f"{pretraining}.yaml"), "--trainer.fast_dev_run", "true", *common]
@@ -169,7 +169,7 @@ def test_a_pretraining_summary_suggests_fine_tuning_not_test_or_map(tmp_path):
 
 def test_lightnings_install_advertisements_are_silenced_wherever_a_cmap_task_runs():
     """Lightning's "💡 Tip: ... try installing [litmodels] / [litlogger]" lines are dropped once cmap's
-    tasks are imported (python -m cmap.map and Python use too, not only the cmap command); Lightning's
+    tasks are imported (python -m cmap.mapping and Python use too, not only the cmap command); Lightning's
     other messages, another tip included, still print."""
     script = (
         "import cmap.ml\n"
@@ -207,7 +207,7 @@ def test_importing_cmap_changes_nothing_process_wide_until_an_entry_point_runs()
         "    patterns = [f[1].pattern for f in warnings.filters if f[1]]\n"
         "    return [p for p in patterns if 'LeafSpec' in p or 'batch_transfer' in p]\n"
         "before = (get_loader('yaml'), _typehints.resolve_class_path_by_name)\n"
-        "import cmap.cli, cmap.lightning_cli, cmap.ml.base, cmap.ml.classifiers, cmap.map\n"
+        "import cmap.cli, cmap.lightning_cli, cmap.ml.base, cmap.ml.classifiers, cmap.mapping.run\n"
         "print(before == (get_loader('yaml'), _typehints.resolve_class_path_by_name), len(cmaps()))\n"
         "import cmap.runtime\n"
         "cmap.runtime.install()\n"

@@ -461,8 +461,8 @@ def test_cmap_fit_reads_consistency_and_the_unlabelled_store_from_a_config(store
 
 def test_the_few_labels_config_trains_on_ucr_crop_stores(ucr_root, tmp_path):
     """configs/few_labels_ucr_crop.yaml as written, on small stores of UCR Crop's training and test series."""
-    from cmap.cli import CMapCLI
     from cmap.data.convert import read_ucr
+    from cmap.lightning_cli import CMapCLI
 
     from .conftest import CONFIGS
 
@@ -493,7 +493,7 @@ class RecordRunningState(L.Callback):
 
 
 def consistency_fit(config, root, *extra: str):
-    from cmap.cli import CMapCLI
+    from cmap.lightning_cli import CMapCLI
 
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     record = "--trainer.callbacks+=" + json.dumps({"class_path": "tests.test_consistency.RecordRunningState"})

@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from cmap.cli import CMapCLI
 from cmap.data.contract import DateGrid
+from cmap.lightning_cli import CMapCLI
 from cmap.ml.classifiers import Classifier
 from cmap.ml.decoders import DateGridClassification, FlattenClassification, MultiClassClassification, masked_mean
 from cmap.ml.embeddings import PixelEncoding, PositionalEncoding

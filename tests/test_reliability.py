@@ -23,12 +23,12 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cmap.cli import CMapCLI
 from cmap.data import SeriesStore, UCRCrop
 from cmap.data.__main__ import main as convert_main
 from cmap.data.series import PixelSeries
 from cmap.data.store import open_store, write_store
 from cmap.data.ucr import UCR_CROP_CLASSES, read_ucr_crop
+from cmap.lightning_cli import CMapCLI
 from cmap.ml.fault_tolerance import INTERRUPTED
 
 from .conftest import REPO, SHARED_DATA, tiny_classifier_config, tiny_encoder_config

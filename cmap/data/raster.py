@@ -1,6 +1,6 @@
 """Raster time series: images of one area at several dates, read window by window as pixel series.
 
-A :class:`RasterStack` is the input of :mod:`cmap.map` (crop maps) and :func:`extract_samples`
+A :class:`RasterStack` is the input of :mod:`cmap.mapping` (crop maps) and :func:`extract_samples`
 (training series at labelled points or polygons). It knows, for each date, the granules acquired
 that day (one per tile or product: the rasters of its bands, an optional class mask such as
 Sentinel-2's SCL, a raw-value offset) and the target grid they are read on. Windows of that grid

@@ -13,7 +13,7 @@ class _NoInstallAdvertisements(logging.Filter):
         return not (message.startswith("💡 Tip:") and ("[litmodels]" in message or "[litlogger]" in message))
 
 
-# Here, not in the cmap command: every cmap task (cmap fit, cmap map, python -m cmap.map, a Trainer of
+# Here, not in the cmap command: every cmap task (cmap fit, cmap map, python -m cmap.mapping, a Trainer of
 # cmap's tasks in Python) imports this package. Lightning logs the tips through this logger
 # (rank_zero_info); the filter belongs to the logger, so importing Lightning later changes nothing.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoInstallAdvertisements())
