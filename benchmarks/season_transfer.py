@@ -288,12 +288,18 @@ def data_lines(summaries: dict[str, dict]) -> list[str]:
     return lines
 
 
-def report(records: list[dict], summaries: dict[str, dict]) -> str:
-    """The results table: one row per method, OA (macro F1) per direction, mean ± std over seeds."""
+#: The README's rows (the results file has every variant): the peers, the default recipe, the documented path.
+README_METHODS = (*PEERS, "baseline", "adapted")
+
+
+def report(records: list[dict], summaries: dict[str, dict], only: tuple[str, ...] | None = None) -> str:
+    """The results table: one row per method (those of ``only``, when given), OA (macro F1) per direction,
+    mean ± std over seeds."""
     methods = [("peer", peer, TITLES[peer]) for peer in PEERS]
     methods += [("cmap", variant, f"cmap: {title}") for variant, (title, _) in VARIANTS.items()]
     methods += [("cmap", name, f"cmap: {name}") for name in sorted({r["method"] for r in records if r["kind"] ==
                                                                     "cmap"} - set(VARIANTS))]  # fmt: skip
+    methods = [entry for entry in methods if only is None or entry[1] in only]
     directions = [d for d in DIRECTIONS if any(r["direction"] == d.name for r in records)]
     header = "| method | " + " | ".join(f"{d.title}: OA | macro F1 | seeds" for d in directions) + " |"
     lines = [header, "|---|" + "---|---|---|" * len(directions)]
@@ -312,13 +318,17 @@ def report(records: list[dict], summaries: dict[str, dict]) -> str:
     return "\n".join([*data_lines(summaries), "", *lines])
 
 
-def write_report(records: list[dict], summaries: dict[str, dict], output: Path) -> None:
-    """Rewrite the table between the report's markers (the rest of the file, the notes, stays)."""
+def write_report(records: list[dict], summaries: dict[str, dict], output: Path, readme: Path | None = None) -> None:
+    """Rewrite the table between the report's markers (the rest of the file, the notes, stays), and the
+    README's shorter table (:data:`README_METHODS`) between the same markers there."""
     start, end = "<!-- season-transfer-table:start -->", "<!-- season-transfer-table:end -->"
-    table = f"{start}\n{report(records, summaries)}\n\nMachine: {machine()}\n{end}"
     text = output.read_text() if output.is_file() else f"# Season transfer (issue 29)\n\n{start}\n{end}\n"
-    head, rest = text.split(start, 1)
-    output.write_text(head + table + rest.split(end, 1)[1])
+    targets = [(output, text, report(records, summaries))]
+    if readme is not None:
+        targets.append((readme, readme.read_text(), report(records, summaries, README_METHODS)))
+    for path, text, table in targets:
+        head, rest = text.split(start, 1)
+        path.write_text(f"{head}{start}\n{table}\n\nMachine: {machine()}\n{end}{rest.split(end, 1)[1]}")
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -330,6 +340,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--readme", default=str(REPO / "README.md"), help="the README of the short table ('': none)")
     parser.add_argument("--report_only", action="store_true")
     parser.add_argument(
         "--from_checkpoints", nargs="*", default=[],
@@ -354,7 +365,7 @@ def main() -> None:
             runs = args.workdir / "runs"
             checkpoint_records(direction, args.workdir / direction.name, runs, variant, scores_path)
     if args.report_only or args.from_checkpoints:
-        write_report(read_records(scores_path), summaries, args.output)
+        write_report(read_records(scores_path), summaries, args.output, Path(args.readme) if args.readme else None)
         return
     peers = [peer for peer in args.peers if peer == "forest" or aeon_available()]
     # The peers of every direction first (minutes), then the cmap trainings.
@@ -376,7 +387,7 @@ def main() -> None:
                   **scores(labels, predictions), "seconds": time.perf_counter() - started}  # fmt: skip
         append_record(scores_path, record)
         print(json.dumps(record), flush=True)
-        write_report(read_records(scores_path), summaries, args.output)
+        write_report(read_records(scores_path), summaries, args.output, Path(args.readme) if args.readme else None)
 
 
 if __name__ == "__main__":
