@@ -192,3 +192,22 @@ class LearningRates(L.Callback):
         groups = [group["lr"] for group in trainer.optimizers[0].param_groups]
         self.rates.append(groups[-1])
         self.groups.append(groups)
+
+
+def help_and_modules_loaded(command: list[str], modules: tuple[str, ...]) -> tuple[str, list[str]]:
+    """``cmap COMMAND --help`` in a fresh interpreter: its output, and which of ``modules`` it imported."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys, cmap.cli\n"
+        "try:\n"
+        f"    cmap.cli.main({[*command, '--help']!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(json.dumps(sorted(name for name in {modules!r} if name in sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    output, _, loaded = result.stdout.rstrip("\n").rpartition("\n")
+    return output, json.loads(loaded)

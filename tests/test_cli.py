@@ -13,7 +13,7 @@ from cmap.ml.classifiers import Classifier
 from cmap.ml.encoders import TransformerEncoder
 from cmap.runtime import canonical_class_path
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, help_and_modules_loaded
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -187,14 +187,9 @@ def test_lightnings_install_advertisements_are_silenced_wherever_a_cmap_task_run
 
 def test_help_imports_neither_torch_nor_lightning():
     """``cmap --help`` answers from the entry point alone (issue 33: it took 7-10 s importing Lightning)."""
-    script = (
-        "import sys, cmap.cli\n"
-        "cmap.cli.main(['--help'])\n"
-        "print(sorted(name for name in ('torch', 'lightning', 'jsonargparse') if name in sys.modules))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert "usage: cmap COMMAND" in result.stdout and "--debug" in result.stdout
-    assert result.stdout.splitlines()[-1] == "[]", result.stdout
+    output, loaded = help_and_modules_loaded([], ("torch", "lightning", "jsonargparse"))
+    assert "usage: cmap COMMAND" in output and "--debug" in output
+    assert loaded == [], output
 
 
 def test_importing_cmap_changes_nothing_process_wide_until_an_entry_point_runs():

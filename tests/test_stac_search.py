@@ -12,8 +12,6 @@ import copy
 import http.server
 import json
 import re
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from cmap.data import open_store
 from cmap.data.stac_search import search_parameters
 from cmap.outputs import InputError
 
-from .conftest import SHARED_DATA, require
+from .conftest import SHARED_DATA, help_and_modules_loaded, require
 from .test_map import fit_checkpoint
 
 REAL_ITEM = SHARED_DATA / "sentinel2_l2a_real" / "stac" / "S2B_MSIL2A_20190629T212529_R043_T06VVN_20201006T080531.json"
@@ -289,14 +287,6 @@ def test_search_keywords_become_pystac_client_parameters():
 
 def test_cmap_map_help_lists_search_without_importing_the_stac_client():
     """--search is one of cmap map's options, and its --help still imports neither pystac-client nor torch."""
-    script = (
-        "import sys, cmap.cli\n"
-        "try:\n"
-        "    cmap.cli.main(['map', '--help'])\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "print(sorted(name for name in ('pystac_client', 'pystac', 'torch', 'lightning') if name in sys.modules))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert "--search SEARCH" in result.stdout and "pystac_client.Client.search" in result.stdout
-    assert result.stdout.splitlines()[-1] == "[]", result.stdout
+    output, loaded = help_and_modules_loaded(["map"], ("pystac_client", "pystac", "torch", "lightning"))
+    assert "--search SEARCH" in output and "pystac_client.Client.search" in output
+    assert loaded == [], output
