@@ -218,6 +218,13 @@ def test_a_search_follows_pages_saves_its_items_and_maps_as_the_saved_items_do(a
         assert searched.read_bytes() == saved_map.read_bytes(), name
     with rasterio.open(tmp_path / "saved.tif") as classes:
         assert classes.crs == CRS and classes.transform == from_origin(*ORIGIN, 10, 10) and classes.shape == (24, 24)
+    # An output that is not a map is refused before the search (the API is down now: a search would fail
+    # differently), and no item list is written beside it.
+    (tmp_path / "notes.tif").write_text("mine")
+    with pytest.raises(SystemExit):
+        cmap_main(["map", *common, "--rasters", url, "--search", SEARCH, "--output", str(tmp_path / "notes.tif")])
+    assert "notes.tif: exists and is not a crop map written by cmap" in capsys.readouterr().err
+    assert not (tmp_path / "notes_stac_items.json").exists() and (tmp_path / "notes.tif").read_text() == "mine"
 
 
 def one_line_error(capsys, arguments: list[str]) -> str:

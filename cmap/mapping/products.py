@@ -73,19 +73,25 @@ def map_sidecars(output: Path) -> list[Path]:
     return [output.with_suffix(".qml"), attributes_path(output)]
 
 
+def check_map_output_names(output: Path, products: MapProducts, inputs: Sequence[Path]) -> None:
+    """Refuse outputs that are ``inputs`` or files cmap did not write (the map, its products and sidecars):
+    what can be checked before the rasters are found (a catalogue search saves its items beside the map)."""
+    if output.suffix.lower() == ".qml":  # the style beside the map would replace the map itself
+        raise OutputPathError(f"{output}: the crop map is a GeoTIFF (.tif), and its QGIS style goes to the .qml name")
+    check_outputs(map_rasters_of(output, products), inputs, is_cmap_raster, "crop map")
+    style, attributes = map_sidecars(output)
+    check_outputs([style], inputs, is_cmap_style, "crop map's QGIS style")
+    check_outputs([attributes], inputs, is_gdal_sidecar, "crop map's GDAL attributes (.aux.xml)")
+
+
 def check_map_outputs(
     output: Path, products: MapProducts, stack: RasterStack, checkpoints: Sequence[str], pattern: str
 ) -> None:
     """Refuse outputs that are inputs (rasters, checkpoints), other files, or files a later run would read as dates."""
     targets = map_rasters_of(output, products)
-    if output.suffix.lower() == ".qml":  # the style beside the map would replace the map itself
-        raise OutputPathError(f"{output}: the crop map is a GeoTIFF (.tif), and its QGIS style goes to the .qml name")
     rasters = list(dict.fromkeys(path for paths in stack.paths for path in paths))
     inputs = [*map(Path, checkpoints), *rasters]
-    check_outputs(targets, inputs, is_cmap_raster, "crop map")
-    style, attributes = map_sidecars(output)
-    check_outputs([style], inputs, is_cmap_style, "crop map's QGIS style")
-    check_outputs([attributes], inputs, is_gdal_sidecar, "crop map's GDAL attributes (.aux.xml)")
+    check_map_output_names(output, products, inputs)
     folders = {Path(os.path.abspath(path.parent)).resolve() for path in rasters}
     regex = re.compile(pattern)
     for target in targets:

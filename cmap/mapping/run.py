@@ -23,7 +23,13 @@ from cmap.data.time_axis import time_axis_from_arguments
 from cmap.mapping.classifier import WindowClassifier
 from cmap.mapping.options import ComputeOptions, MapJob, SmoothingOptions
 from cmap.mapping.parts import MapParts, parts_key
-from cmap.mapping.products import check_map_outputs, check_parcels_output, parcels_layer_path, probabilities_path
+from cmap.mapping.products import (
+    check_map_output_names,
+    check_map_outputs,
+    check_parcels_output,
+    parcels_layer_path,
+    probabilities_path,
+)
 from cmap.mapping.windows import StackWindows, WindowsToDo
 from cmap.mapping.writer import MapWriter
 from cmap.ml.compile import CompileModel
@@ -46,6 +52,8 @@ def make_map(job: MapJob) -> Path:
             f"{job.checkpoints[0]}: {len(model.class_names)} classes do not fit a uint8 map (max {MAX_CLASSES})"
         )
     contract = model.input_contract
+    if job.source.search is not None:  # the search saves its items beside the output: refuse a foreign one first
+        check_map_output_names(output, products, list(map(Path, job.checkpoints)))
     area = vector_footprint(products.parcels) if job.source.search is not None and products.parcels else None
     stack = open_stack(job.source, list(contract.band_names), contract.raw_values, stac_items_path(output), area)
     check_map_outputs(output, products, stack, job.checkpoints, job.source.pattern)
