@@ -128,6 +128,18 @@ def season_of_each_sample(path: Path, season_start_days: np.ndarray) -> np.ndarr
     return anchors.astype("datetime64[Y]").astype(np.int64) + 1970
 
 
+def direction_rows(direction: Direction, series: PixelSeries) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks over the converted samples: the direction's source (labelled training) series, its target
+    series and the target series scored (those of classes seen in training)."""
+    seasons = season_of_each_sample(RDA, series.days[:, 0])
+    first, last = direction.source_seasons
+    source, target = (seasons >= first) & (seasons <= last), seasons == direction.target_season
+    if direction.random_fold is not None:
+        target = np.isin(np.arange(len(series)), kfold_split(series, 5, direction.random_fold, 0)[1])
+        source = ~target
+    return source, target, target & np.isin(series.labels, sorted(set(series.labels[source].tolist())))
+
+
 def write_stores(direction: Direction, folder: Path) -> dict:
     """The direction's training, target (unlabelled) and test stores (unless written already), and
     their counts."""
@@ -136,14 +148,8 @@ def write_stores(direction: Direction, folder: Path) -> dict:
         return json.loads(summary_path.read_text())
     converted = read_mato_grosso(RDA)
     series, names = converted.series, converted.class_names
-    seasons = season_of_each_sample(RDA, series.days[:, 0])
-    first, last = direction.source_seasons
-    source, target = (seasons >= first) & (seasons <= last), seasons == direction.target_season
-    if direction.random_fold is not None:
-        target = np.isin(np.arange(len(series)), kfold_split(series, 5, direction.random_fold, 0)[1])
-        source = ~target
+    source, target, scored = direction_rows(direction, series)
     seen = sorted(set(series.labels[source].tolist()))
-    scored = target & np.isin(series.labels, seen)
     train_names = [names[label] for label in seen]  # the source's classes only: the model's outputs
     relabel = np.full(len(names), -1)
     relabel[seen] = np.arange(len(seen))
@@ -331,6 +337,68 @@ def write_report(records: list[dict], summaries: dict[str, dict], output: Path, 
         path.write_text(f"{head}{start}\n{table}\n\nMachine: {machine()}\n{end}{rest.split(end, 1)[1]}")
 
 
+def in_season_predictions(cv_folder: Path, workdir: Path, peers: list[str]) -> dict[str, np.ndarray]:
+    """Out-of-fold predictions of every sample under the README's random split (5 stratified folds,
+    seed 0: labels of every season, each sample's own season included): cmap's per seed, read from a
+    ``cmap cv`` of the default recipe on the Mato Grosso store (``runs/seed{S}_fold{K}/oof.npz``), and
+    each peer's, fitted here on the same folds (cached in ``workdir/in_season``)."""
+    series = read_mato_grosso(RDA).series
+    predictions = {}
+    for saved in sorted(cv_folder.glob("runs/seed*_fold*/oof.npz")):
+        run = np.load(saved)
+        if not np.array_equal(run["labels"], series.labels[run["rows"]]):
+            raise ValueError(f"{saved}: its rows are not those of {RDA}'s samples in order")
+        seed = saved.parent.name.split("_")[0]
+        table = predictions.setdefault(f"cmap {seed}", np.full(len(series), -1))
+        table[run["rows"]] = run["probabilities"].argmax(axis=1)
+    for peer in peers:
+        cache = workdir / "in_season" / f"{peer}.npy"
+        if not cache.is_file():
+            table = np.full(len(series), -1)
+            for fold in range(5):
+                train, test = kfold_split(series, 5, fold, 0)
+                subset = [PixelSeries(series.values[rows], series.days[rows], series.labels[rows], str(RDA))
+                          for rows in (train, test)]  # fmt: skip
+                table[test] = fit_predict(peer, *subset, seed=0).predictions
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, table)
+        predictions[peer] = np.load(cache)
+    return {name: table for name, table in predictions.items() if (table >= 0).all()}
+
+
+def in_season_report(directions: list[Direction], cv_folder: Path, workdir: Path, records: list[dict]) -> str:
+    """What the target season's own labels give on each direction's test series: OA of the random
+    split's out-of-fold predictions (:func:`in_season_predictions`) over those series, beside the
+    season-transfer figures; and how many of them every method misclassifies."""
+    predictions = in_season_predictions(cv_folder, workdir, ["multirocket", "hydra"])
+    cmap_runs = [name for name in predictions if name.startswith("cmap")]
+    converted = read_mato_grosso(RDA)
+    lines = ["| direction | scored series | cmap default recipe, random split (seeds) | MultiRocket, random split | "
+             "MultiRocket-Hydra, random split | best peer, season transfer | documented path, season transfer | "
+             "target (best peer + 3.0) | wrong for every method |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for direction in directions:
+        rows = np.flatnonzero(direction_rows(direction, converted.series)[2])
+        truth = converted.series.labels[rows]
+        oa = {name: float((table[rows] == truth).mean()) for name, table in predictions.items()}
+        found = [r for r in records if r["direction"] == direction.name]
+        best_peer = max((r["oa"] for r in found if r["kind"] == "peer"), default=float("nan"))
+        adapted = [r["oa"] for r in found if r["method"] == "adapted"]
+        # Misclassified by every model: each random-split cmap seed and peer, each season-transfer peer.
+        folder = workdir / direction.name
+        test_labels = open_store(folder / "test")[0].labels
+        wrong = [table[rows] != truth for table in predictions.values()]
+        wrong += [np.load(path) != test_labels for path in sorted((folder / "peers").glob("*.npy"))]
+        cmap_oa = [oa[name] for name in cmap_runs]
+        lines.append(
+            f"| {direction.title} | {len(rows)} | {mean_std(cmap_oa)} ({len(cmap_oa)}) "
+            f"| {oa.get('multirocket', 0):.4f} | {oa.get('hydra', 0):.4f} | {best_peer:.4f} "
+            f"| {mean_std(adapted) if adapted else ''} "
+            f"| {best_peer + 0.03:.4f} | {int(np.logical_and.reduce(wrong).sum())} of {len(rows)} |"
+        )
+    return "\n".join(lines)
+
+
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "season_transfer")
@@ -342,6 +410,11 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--readme", default=str(REPO / "README.md"), help="the README of the short table ('': none)")
     parser.add_argument("--report_only", action="store_true")
+    parser.add_argument(
+        "--in_season", type=Path, default=None,
+        help="a `cmap cv` output of the default recipe on the Mato Grosso store: report what random-split labels "
+             "(the target season's own included) give on each direction's test series",
+    )  # fmt: skip
     parser.add_argument(
         "--from_checkpoints", nargs="*", default=[],
         help="variants whose trained runs are scored again with AdaBN and TimeMatch's shift (no training)",
@@ -364,6 +437,13 @@ def main() -> None:
         for direction in directions:
             runs = args.workdir / "runs"
             checkpoint_records(direction, args.workdir / direction.name, runs, variant, scores_path)
+    if args.in_season is not None:
+        table = in_season_report(directions, args.in_season, args.workdir, read_records(scores_path))
+        start, end = "<!-- in-season:start -->", "<!-- in-season:end -->"
+        head, rest = args.output.read_text().split(start, 1)
+        args.output.write_text(f"{head}{start}\n{table}\n{end}{rest.split(end, 1)[1]}")
+        print(table)
+        return
     if args.report_only or args.from_checkpoints:
         write_report(read_records(scores_path), summaries, args.output, Path(args.readme) if args.readme else None)
         return
