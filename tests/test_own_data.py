@@ -10,7 +10,7 @@ import pytest
 
 from cmap.cli import main as cmap_main
 from cmap.data import SeriesStore, open_store
-from cmap.data.convert import read_victoria
+from cmap.data.convert import MATO_GROSSO_BANDS, _read_rda_tibble, read_mato_grosso, read_victoria
 from cmap.data.series import PixelSeries
 from cmap.data.splits import group_split, kfold_split, stratified_split
 from cmap.data.table import read_table
@@ -41,6 +41,80 @@ def victoria_table(per_class=6, keep=(0.4, 0.8), marker=None, seed=0):
             frame[kept] if marker is None else frame.where(kept[:, None] | ~frame.columns.isin(BANDS), marker)
         )
     return pd.concat(frames, ignore_index=True)
+
+
+def mato_grosso_table(locations=12, shared=10, singles=30):
+    """Mato Grosso's samples as the long table a user exports from sits (one row per sample and date, the
+    seasons 2000-2015): the samples of the first ``locations`` places observed in several seasons, of
+    ``shared`` places that share their longitude with another place, and of ``singles`` other places of
+    one season; columns sample_id,
+    longitude, latitude, start_date (text), date, the six bands, label, cube. Also the .rda's row of each
+    sample, in table order."""
+    source = require(SHARED_DATA / "sits_matogrosso_mod13q1" / "br_mt_1_8K_9classes_6bands.rda")
+    tibble = _read_rda_tibble(source, "br_mt_1_8K_9classes_6bands").reset_index(drop=True)
+    place = tibble.groupby(["longitude", "latitude"]).ngroup().to_numpy()
+    counts = np.bincount(place)
+    shared_longitude = tibble.groupby("longitude")["latitude"].transform("nunique").to_numpy() > 1
+    chosen = [
+        np.unique(place[counts[place] > 1])[:locations],
+        np.unique(place[shared_longitude])[:shared],
+        np.unique(place[(counts[place] == 1) & ~shared_longitude])[:singles],
+    ]
+    rows = np.flatnonzero(np.isin(place, np.concatenate(chosen)))
+    frames = []
+    for row in rows:
+        sample = tibble.iloc[row]
+        series = sample["time_series"]
+        dates = np.datetime64("1970-01-01", "D") + series["Index"].to_numpy(np.float64).round().astype(np.int64)
+        frame = series[MATO_GROSSO_BANDS].copy()
+        frame.insert(0, "date", dates.astype(str))
+        frame.insert(0, "start_date", str(dates[0]))
+        frame.insert(0, "latitude", sample["latitude"])
+        frame.insert(0, "longitude", sample["longitude"])
+        frame.insert(0, "sample_id", f"mg-{row}")
+        frames.append(frame.assign(label=str(sample["label"]), cube=str(sample["cube"])))
+    return pd.concat(frames, ignore_index=True), rows
+
+
+def test_a_multi_year_table_without_bands_grouped_by_location_with_a_fitted_season(tmp_path, capsys):
+    """Issue 34, the table path: Mato Grosso's samples (16 seasons) as a user's long table, converted with
+    neither --bands (the numeric columns are the bands, listed) nor --season_start (fitted: 09-13, printed),
+    grouped by location (--group_column longitude latitude): a place's other seasons never straddle a split,
+    where longitude alone would merge places. The store equals the .rda converter's series."""
+    table, rows = mato_grosso_table()
+    table.to_csv(tmp_path / "mato_grosso.csv", index=False)
+    location = ["--group_column", "longitude", "latitude"]
+    cmap_main(["convert", "table", str(tmp_path / "mato_grosso.csv"), str(tmp_path / "store"), "--time_axis",
+               "season_start", *location])  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        "cmap convert: bands (from the numeric columns): BLUE, RED, NIR, MIR, EVI, NDVI; not numbers, left out: "
+        f"start_date ('{table['start_date'][0]}' row 0), cube ('{table['cube'][0]}' row 0)"
+    )
+    assert out[1].startswith("time axis: days since each series' latest 09-13 (season start fitted to the samples' ")
+    store, metadata = open_store(tmp_path / "store")
+    assert metadata["band_names"] == MATO_GROSSO_BANDS and metadata["time_axis"]["season_start"] == "09-13"
+    expected = read_mato_grosso(SHARED_DATA / "sits_matogrosso_mod13q1" / "br_mt_1_8K_9classes_6bands.rda").series
+    np.testing.assert_array_equal(np.asarray(store.values), expected.values[rows])
+    np.testing.assert_array_equal(np.asarray(store.days), expected.days[rows])
+
+    samples = table.drop_duplicates("sample_id")
+    places = samples.groupby(["longitude", "latitude"], sort=False).ngroup().to_numpy()
+    groups = np.asarray(store.groups)
+    assert len(rows) >= len(np.unique(places)) + 12  # places seen in several seasons
+    assert (pd.crosstab(groups, places).to_numpy() > 0).sum(axis=1).tolist() == [1] * len(np.unique(places))
+    assert (pd.crosstab(places, groups).to_numpy() > 0).sum(axis=1).tolist() == [1] * len(np.unique(places))
+    for fold in range(5):
+        rest, test = kfold_split(store, 5, fold, seed=0)
+        assert not set(places[rest]) & set(places[test])  # no place on both sides
+    by_longitude = convert_without_bands(tmp_path, "--group_column", "longitude")
+    assert len(np.unique(by_longitude.groups)) < len(np.unique(places))  # distinct places merged
+
+
+def convert_without_bands(tmp_path, *options):
+    cmap_main(["convert", "table", str(tmp_path / "mato_grosso.csv"), str(tmp_path / "other"), "--overwrite",
+               "--time_axis", "season_start", *options])  # fmt: skip
+    return open_store(tmp_path / "other")[0]
 
 
 def convert(source, output, *options):

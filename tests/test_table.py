@@ -46,13 +46,15 @@ def write_csv(path, rows, header=HEADER, encoding="utf-8", delimiter=","):
     return path
 
 
-def convert(source, output, *options):
-    """``cmap convert table`` through the command; a bad input's one line on stderr (exit status 1, no
-    traceback) comes back as the :class:`InputError` it names, for ``pytest.raises(ValueError, match=...)``."""
+def convert(source, output, *options, bands=("B4", "B8")):
+    """``cmap convert table`` through the command (``bands=None``: no --bands); a bad input's one line on stderr
+    (exit status 1, no traceback) comes back as the :class:`InputError` it names, for
+    ``pytest.raises(ValueError, match=...)``."""
     stderr = io.StringIO()
+    band_options = ["--bands", *bands] if bands else []
     try:
         with contextlib.redirect_stderr(stderr):
-            cmap_main(["convert", "table", str(source), str(output), "--bands", "B4", "B8", *options])
+            cmap_main(["convert", "table", str(source), str(output), *band_options, *options])
     except SystemExit as exit_:
         line, prefix = stderr.getvalue(), "cmap convert: error: "
         assert exit_.code == 1 and line.startswith(prefix) and line.count("\n") == 1, line
@@ -91,8 +93,13 @@ def test_multi_year_table_needs_a_time_axis_choice_instead_of_days_in_the_thousa
     span = r"samples.csv: dates span 2010-09-\d\d to 2022-.* more than one season"
     with pytest.raises(ValueError, match=span) as error:
         convert(source, tmp_path / "store")
-    assert "--time_axis season_start --season_start" in str(error.value)
-    assert not (tmp_path / "store").exists()
+    fitted = re.search(r"--time_axis season_start \(days since each sample's season start, fitted to the first "
+                       r"dates: (\d\d-\d\d) here; --season_start MM-DD sets another\)", str(error.value))  # fmt: skip
+    assert fitted and not (tmp_path / "store").exists()
+    # The option as suggested, alone, gives that season start.
+    assert convert(source, tmp_path / "fitted", "--time_axis", "season_start")[1]["time_axis"]["season_start"] == (
+        fitted.group(1)
+    )
     # An explicit reference date keeps the old behaviour, and the fit-time error names the option that fixes it.
     series, metadata = convert(source, tmp_path / "store", "--reference_date", "2010-09-01")
     assert metadata["time_axis"] == {"rule": "reference_date", "reference_date": "2010-09-01", "season_start": None}
@@ -140,10 +147,14 @@ def test_series_start_and_fitted_season(tmp_path, capsys):
     source = write_csv(tmp_path / "samples.csv", multi_year_rows(12))
     series, metadata = convert(source, tmp_path / "a", "--time_axis", "series_start")
     assert metadata["time_axis"]["rule"] == "series_start" and np.asarray(series.days)[:, 0].tolist() == [0] * 12
+    assert "(season start fitted" not in capsys.readouterr().out
     series, metadata = convert(source, tmp_path / "b", "--time_axis", "season_start")
     assert metadata["time_axis"]["rule"] == "season_start"
     fitted = metadata["time_axis"]["season_start"]
     assert "08-" in fitted or "09-" in fitted
+    assert f"time axis: days since each series' latest {fitted} (season start fitted to the samples' first dates)" in (
+        capsys.readouterr().out
+    )
     assert np.asarray(series.days)[np.isfinite(np.asarray(series.values)).all(-1)].max() < 366
     with pytest.raises(ValueError, match="time axis 'series_start' takes no reference_date"):
         convert(source, tmp_path / "c", "--time_axis", "series_start", "--reference_date", "2010-01-01")
@@ -161,6 +172,61 @@ def test_a_sample_reaching_past_one_season_is_named_when_converted(tmp_path, cap
 # ---------------------------------------------------------------------------------------------
 # Explicit parsing
 # ---------------------------------------------------------------------------------------------
+
+
+def test_without_bands_the_numeric_columns_other_than_id_date_label_and_group_are_the_bands(tmp_path, capsys):
+    """Numeric ids, crop codes as labels and numeric parcels are not bands; a column with a text cell, one
+    without a number and a written index are left out, each named with why; the store is the one of --bands."""
+    header = ["", "sample_id", "date", "B4", "note", "B8", "label", "parcel", "clouds"]
+    rows = [(i, 10 + i // 2, f"2021-03-0{1 + i % 2}", 0.1 * i, "ok" if i else "sunny", 0.2, 7 + i // 2, i // 4, "")
+            for i in range(8)]  # fmt: skip
+    source = write_csv(tmp_path / "samples.csv", rows, header)
+    series, metadata = convert(source, tmp_path / "store", "--group_column", "parcel", bands=None)
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "cmap convert: bands (from the numeric columns): B4, B8; not numbers, left out: note ('sunny' row 0), "
+        "clouds (no number), Unnamed: 0 (no header: a written index?)"
+    )
+    expected, expected_metadata = convert(source, tmp_path / "explicit", "--group_column", "parcel")
+    assert metadata == expected_metadata and metadata["band_names"] == ["B4", "B8"]
+    np.testing.assert_array_equal(np.asarray(series.values), np.asarray(expected.values))
+    assert metadata["class_names"] == ["7", "8", "9", "10"] and series.groups.tolist() == [0, 0, 1, 1]
+    parquet = tmp_path / "samples.parquet"
+    pd.read_csv(source).drop(columns="Unnamed: 0").to_parquet(parquet)  # typed columns: the same bands
+    from_parquet = convert(parquet, tmp_path / "parquet", "--group_column", "parcel", bands=None)
+    assert from_parquet[1]["band_names"] == ["B4", "B8"] and from_parquet[1]["class_names"] == metadata["class_names"]
+    np.testing.assert_array_equal(np.asarray(from_parquet[0].values), np.asarray(expected.values))
+
+
+def test_a_table_without_a_numeric_band_column_is_one_error_naming_its_columns(tmp_path):
+    rows = [("s", "2021-03-01", "cloud", "", "m", "p"), ("t", "2021-03-02", "0.3", "", "m", "p")]
+    source = write_csv(tmp_path / "samples.csv", rows)
+    message = (
+        r"samples.csv: no numeric column to read as bands: the columns are \['sample_id', 'date', 'B4', 'B8', "
+        r"'label', 'parcel'\], of which \['sample_id', 'date', 'label'\] are the id, date, label or group columns "
+        r"and the others are not numbers \(B4 \('cloud' row 0\), B8 \(no number\), parcel \('p' row 0\)\); name "
+        r"the band columns with --bands"
+    )
+    with pytest.raises(ValueError, match=message):
+        convert(source, tmp_path / "store", bands=None)
+    assert not (tmp_path / "store").exists()
+
+
+def test_several_group_columns_make_one_group_per_combination(tmp_path):
+    """--group_column longitude latitude: a place's seasons in one group, places sharing a longitude apart;
+    a sample whose latitude changes between rows is an error naming the column."""
+    header = ["sample_id", "date", "B4", "B8", "label", "longitude", "latitude"]
+    places = [("-55.1", "-12.0"), ("-55.1", "-12.5"), ("-56.0", "-12.0"), ("-55.1", "-12.0")]
+    rows = [(f"s{i}", date, "0.1", "0.2", "soy", *place) for i, place in enumerate(places)
+            for date in (f"{2014 + i}-10-01", f"{2014 + i}-11-01")]  # fmt: skip
+    source = write_csv(tmp_path / "samples.csv", rows, header)
+    axis = ["--time_axis", "season_start"]
+    series, _ = convert(source, tmp_path / "store", *axis, "--group_column", "longitude", "latitude")
+    assert series.groups.tolist() == [0, 1, 2, 0]
+    assert convert(source, tmp_path / "one", *axis, "--group_column", "longitude")[0].groups.tolist() == [0, 0, 1, 0]
+    rows[1] = (*rows[1][:6], "-12.1")
+    message = r"sample 's0' has group column 'latitude' '-12.0' \(row 0\) and '-12.1' \(row 1\)"
+    with pytest.raises(ValueError, match=message):
+        convert(write_csv(source, rows, header), tmp_path / "store", *axis, "--group_column", "longitude", "latitude")
 
 
 def test_class_names_that_pandas_reads_as_missing_are_class_names(tmp_path):

@@ -6,7 +6,7 @@ Datasets (SOURCE is the original file, read in place):
   tempcnn         TempCNN example train_dataset.csv or test_dataset.csv
   mato_grosso     br_mt_1_8K_9classes_6bands.rda
   sinop_samples   samples_modis_ndvi.rda
-  table           your own long CSV / Parquet table (one row per sample and date), with --bands ...
+  table           your own long CSV / Parquet table (one row per sample and date)
 
 ``cmap extract RASTERS LABELS OUTPUT``: the pixel series of a folder of rasters, STAC items or
 Sentinel-2 L2A products under labelled points or polygons -> a store (see ``extract --help``).
@@ -108,11 +108,19 @@ def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
     command.add_argument("--keep_bands", nargs="+", default=None, help="write only these bands, in this order")
     command.add_argument("--date_step", type=int, default=1, help="write every n-th date only")
     table = command.add_argument_group("table options")
-    table.add_argument("--bands", nargs="+", help="band columns, in order")
+    table.add_argument(
+        "--bands", nargs="+",
+        help="band columns, in order (default: every numeric column other than the id, date, label and group "
+        "columns, printed)",
+    )  # fmt: skip
     table.add_argument("--sample_column", default="sample_id", help="the column naming each sample")
     table.add_argument("--date_column", default="date", help="the column of acquisition dates")
     table.add_argument("--label_column", default="label", help="'' for unlabelled data")
-    table.add_argument("--group_column", default=None, help="parcel / polygon ids: splits keep a group together")
+    table.add_argument(
+        "--group_column", nargs="+", default=None,
+        help="parcel / polygon ids: splits keep a group together; several columns: one group per combination "
+        "(--group_column longitude latitude: one per location, a field's seasons in one split)",
+    )  # fmt: skip
     table.add_argument(
         "--class_names", nargs="+", default=None,
         help="class order (default: sorted; by number when every label is an integer)",
@@ -222,14 +230,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m cmap.data") -> No
         _extract(args)
         return
     if args.dataset == "table":
-        if not args.bands:
-            parser.error("table needs --bands")
         converted = table_reader.read_table(
             args.source, args.bands, args.sample_column, args.date_column, args.label_column or None,
             args.group_column, args.class_names, args.reference_date, args.time_axis, args.season_start,
             args.date_format, args.encoding, args.missing_values, args.delimiter, args.decimal, args.allow_unlabelled,
+            report=lambda line: print(f"{prog} convert: {line}"),
         )  # fmt: skip
-        print(_describe_days(converted))
+        print(_describe_days(converted, fitted=args.season_start is None))
     else:
         converted = READERS[args.dataset](args.source)
     _write(converted.select(args.keep_bands, args.date_step), args.output, args.overwrite)
@@ -261,11 +268,14 @@ def _extract(args: argparse.Namespace) -> None:
         print(skipped_shapes.summary_line(skipped, shapes.source, total, str(folder), extraction.dropped_pixels))
 
 
-def _describe_days(converted: convert.Converted) -> str:
-    """The time axis and the range of days it gives, with a note when a sample spans more than a season."""
+def _describe_days(converted: convert.Converted, fitted: bool = False) -> str:
+    """The time axis and the range of days it gives (``fitted``: no --season_start was given, so a season start
+    is the one fitted to the samples' first dates), with a note when a sample spans more than a season."""
     series = converted.series
     days = np.where(series.valid_dates, series.days, -1)
-    text = f"time axis: {converted.time_axis.describe()}; days 0 to {int(days.max())}"
+    axis = converted.time_axis
+    how = " (season start fitted to the samples' first dates)" if fitted and axis.rule == "season_start" else ""
+    text = f"time axis: {axis.describe()}{how}; days 0 to {int(days.max())}"
     late = np.flatnonzero(days.max(axis=1) >= table_reader.ONE_SEASON_DAYS)
     if len(late):
         first = late[0] if series.sample_ids is None else repr(str(series.sample_ids[late[0]]))

@@ -7,7 +7,7 @@ checks what one sample must agree on (label, group, one row per date).
 
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import pandas as pd
 
 from cmap.data.convert import Converted
 from cmap.data.series import PixelSeries
-from cmap.data.table_cells import MISSING_VALUES, TableCells, as_text, parse_dates, parse_numbers
+from cmap.data.table_cells import MISSING_VALUES, TableCells, as_text, numeric_columns, parse_dates, parse_numbers
 from cmap.data.time_axis import TimeAxis, resolve_time_axis
 from cmap.outputs import InputError, MissingInput
 
@@ -122,11 +122,11 @@ def class_order(labels) -> list[str]:
 
 def read_table(
     path: str | Path,
-    bands: Sequence[str],
+    bands: Sequence[str] | None,
     sample_column: str = "sample_id",
     date_column: str = "date",
     label_column: str | None = "label",
-    group_column: str | None = None,
+    group_column: str | Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     reference_date: str | None = None,
     time_axis: TimeAxis | str | None = None,
@@ -137,13 +137,20 @@ def read_table(
     delimiter: str = ",",
     decimal: str = ".",
     allow_unlabelled: bool = False,
+    report: Callable[[str], object] | None = None,
 ) -> Converted:
     """The user's own long table, one row per (sample, date): CSV or Parquet.
 
     Columns: ``sample_column`` (any text: the id is kept in the store and written beside each
     prediction), ``date_column``, one column per band, optionally ``label_column`` (class names)
-    and ``group_column`` (parcel / polygon id). Samples keep the order of their first rows; dates
-    are sorted within each sample; samples have any number of dates (padded with missing dates).
+    and ``group_column`` (parcel / polygon id; several columns: one group per distinct combination,
+    e.g. ``["longitude", "latitude"]``, one group per location, so a field's seasons stay in one
+    split). Samples keep the order of their first rows; dates are sorted within each sample;
+    samples have any number of dates (padded with missing dates).
+
+    ``bands=None``: the bands are every numeric column (every cell a number or a missing-value
+    marker) other than the id, date, label and group columns, in table order; ``report`` is
+    called with the line naming them (and the other columns, left out). No such column is an error.
 
     Parsing is explicit. CSV cells are read as text: a label or id is never a missing value
     (``NA`` or ``None`` are class names like any other). Dates: ``date_format`` (strftime codes,
@@ -168,8 +175,11 @@ def read_table(
     ``class_names`` fixes the class order (default: :func:`class_order`).
     """
     path = Path(path)
-    required = [sample_column, date_column, *bands] + [c for c in (label_column, group_column) if c]
-    table, cells = _read_columns(path, required, encoding, delimiter)
+    groups_by = [group_column] if isinstance(group_column, str) else list(group_column or [])
+    named = [sample_column, date_column, *([label_column] if label_column else []), *groups_by]
+    table, cells = _read_columns(path, named + list(bands or []), encoding, delimiter, every_column=bands is None)
+    if bands is None:
+        bands = _numeric_bands(path, table, named, missing_values, decimal, report)
     rows = table.index.to_numpy()
     codes, ids = _sample_codes(cells, table[sample_column], sample_column, rows)
     dates = parse_dates(cells, date_column, table[date_column], date_format)
@@ -192,16 +202,17 @@ def read_table(
     if label_column:
         labels, names = _sample_labels(cells, table[label_column], label_column, codes, ids, rows, class_names,
                                        allow_unlabelled)  # fmt: skip
-    groups = None
-    if group_column:
-        groups = _sample_groups(cells, table[group_column], group_column, codes, ids, rows)
+    groups = _sample_groups(cells, table, groups_by, codes, ids, rows) if groups_by else None
     series = PixelSeries(series_values, series_days, labels, str(path), groups, ids)
     return Converted(series, list(bands), names, axis)
 
 
-def _read_columns(path: Path, required: list[str], encoding: str, delimiter: str) -> tuple[pd.DataFrame, TableCells]:
-    """The ``required`` columns of the table (an error naming those missing), and its cells' error namer."""
-    table, csv = _read_long_table(path, encoding, delimiter, required)
+def _read_columns(
+    path: Path, required: list[str], encoding: str, delimiter: str, every_column: bool = False
+) -> tuple[pd.DataFrame, TableCells]:
+    """The ``required`` columns of the table (an error naming those missing), or with ``every_column`` all of
+    them, and its cells' error namer."""
+    table, csv = _read_long_table(path, encoding, delimiter, None if every_column else required)
     missing = [column for column in required if column not in table]
     if missing:
         found = list(_read_long_table(path, encoding, delimiter)[0].columns)
@@ -209,6 +220,31 @@ def _read_columns(path: Path, required: list[str], encoding: str, delimiter: str
     if len(table) == 0:
         raise InputError(f"{path}: no rows")
     return table, TableCells(path, csv)
+
+
+def _numeric_bands(
+    path: Path, table: pd.DataFrame, named: list[str], missing_values: Sequence[str], decimal: str,
+    report: Callable[[str], object] | None,
+) -> list[str]:  # fmt: skip
+    """The band columns of a table given without bands: its numeric columns other than ``named``
+    (:func:`~cmap.data.table_cells.numeric_columns`); none is an error naming the columns seen."""
+    headerless = [column for column in table.columns if re.fullmatch(r"Unnamed: \d+", str(column))]  # pandas' name
+    candidates = [column for column in table.columns if column not in named and column not in headerless]
+    bands, others = numeric_columns(table, candidates, missing_values, decimal)
+    others.update({column: "no header: a written index?" for column in headerless})
+    left_out = ", ".join(f"{column} ({why})" for column, why in others.items())
+    if not bands:
+        raise InputError(
+            f"{path}: no numeric column to read as bands: the columns are {list(table.columns)}, of which "
+            f"{named} are the id, date, label or group columns and the others are not numbers"
+            f"{f' ({left_out})' if left_out else ''}; name the band columns with --bands"
+        )
+    if report is not None:
+        report(
+            f"bands (from the numeric columns): {', '.join(bands)}"
+            + (f"; not numbers, left out: {left_out}" if left_out else "")
+        )
+    return bands
 
 
 def _sample_codes(cells: TableCells, column: pd.Series, name: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -241,9 +277,10 @@ def _table_time_axis(
         raise InputError(
             f"{path}: dates span {dates.min()} to {dates.max()}, more than one season: counted from one reference "
             f"date, days would reach {int((dates.max() - dates.min()).astype(np.int64))} and a model would learn the "
-            f"calendar year. Choose the time axis: --time_axis season_start --season_start {suggested} (days since "
-            "each sample's season start; the fitted one shown), --time_axis series_start (days since each sample's "
-            "first date), or --reference_date YYYY-MM-DD to keep one reference date"
+            f"calendar year. Choose the time axis: --time_axis season_start (days since each sample's season "
+            f"start, fitted to the first dates: {suggested} here; --season_start MM-DD sets another), --time_axis "
+            "series_start (days since each sample's first date), or --reference_date YYYY-MM-DD to keep one "
+            "reference date"
         )
     return axis
 
@@ -313,12 +350,18 @@ def _sample_labels(
 
 
 def _sample_groups(
-    cells: TableCells, column: pd.Series, name: str, codes: np.ndarray, ids: np.ndarray, rows: np.ndarray
+    cells: TableCells, table: pd.DataFrame, names: list[str], codes: np.ndarray, ids: np.ndarray, rows: np.ndarray
 ) -> np.ndarray:
-    """The group index of each sample (one group per sample; an empty group is an error)."""
-    group_text = np.array(as_text(column).tolist(), dtype=object)
-    empty = np.flatnonzero([not group.strip() for group in group_text])
-    if len(empty):
-        raise cells.error(name, int(rows[empty[0]]), "empty group")
-    sample_groups, _ = _one_per_sample(cells, "group", group_text, codes, ids, rows)
-    return pd.factorize(sample_groups)[0].astype(np.int64)
+    """The group index of each sample: one group per distinct value of the ``names`` columns (per
+    combination, with several), numbered in sample order; every row of a sample has its sample's
+    values, and an empty cell is an error."""
+    per_column = []
+    for name in names:
+        group_text = np.array(as_text(table[name]).tolist(), dtype=object)
+        empty = np.flatnonzero([not group.strip() for group in group_text])
+        if len(empty):
+            raise cells.error(name, int(rows[empty[0]]), "empty group")
+        what = "group" if len(names) == 1 else f"group column {name!r}"
+        per_column.append(_one_per_sample(cells, what, group_text, codes, ids, rows)[0])
+    keys = per_column[0] if len(names) == 1 else pd.MultiIndex.from_arrays(per_column)
+    return pd.factorize(keys)[0].astype(np.int64)

@@ -143,25 +143,63 @@ def parse_numbers(
     value) are NaN (a missing date). An undeclared nodata value (:data:`NODATA_SENTINELS`) outside
     the column's other values is an error."""
     markers = _numeric_markers(missing_values, decimal)
-    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
-        parsed = values.to_numpy(np.float64, na_value=np.nan, copy=True)
-    else:
-        text = as_text(values).str.strip()
-        missing = text.isin(list(missing_values)).to_numpy()
-        numbers = text.str.replace(decimal, ".", regex=False) if decimal != "." else text
-        parsed = pd.to_numeric(numbers.where(~missing, "nan"), errors="coerce").to_numpy(np.float64, copy=True)
-        bad = np.isnan(parsed) & ~missing
-        if bad.any():
-            row = int(values.index[np.flatnonzero(bad)[0]])
-            raise cells.error(
-                column,
-                row,
-                f"{text.loc[row]!r} is not a number (decimal {decimal!r}) nor a missing-value marker "
-                f"{list(missing_values)}; mark missing values with --missing_values, decimal commas with --decimal ,",
-            )
+    parsed, bad = _cell_numbers(values, missing_values, decimal)
+    if bad.any():
+        row = int(values.index[np.flatnonzero(bad)[0]])
+        raise cells.error(
+            column,
+            row,
+            f"{as_text(values).loc[row].strip()!r} is not a number (decimal {decimal!r}) nor a missing-value marker "
+            f"{list(missing_values)}; mark missing values with --missing_values, decimal commas with --decimal ,",
+        )
     parsed[np.isin(parsed, markers)] = np.nan
     _check_sentinels(cells, column, values.index, parsed, missing_values)
     return parsed.astype(np.float32)
+
+
+def _is_number_column(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
+
+
+def _cell_numbers(values: pd.Series, missing_values: Sequence[str], decimal: str) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 of each cell, NaN for a missing-value marker or an empty Parquet cell; True where a cell is
+    neither a number nor a marker). Numeric markers (``-9999``) are left as numbers here."""
+    if _is_number_column(values):
+        parsed = values.to_numpy(np.float64, na_value=np.nan, copy=True)
+        return parsed, np.zeros(len(parsed), dtype=bool)
+    text = as_text(values).str.strip()
+    missing = text.isin(list(missing_values)).to_numpy()
+    numbers = text.str.replace(decimal, ".", regex=False) if decimal != "." else text
+    parsed = pd.to_numeric(numbers.where(~missing, "nan"), errors="coerce").to_numpy(np.float64, copy=True)
+    return parsed, np.isnan(parsed) & ~missing
+
+
+#: Band detection tries this many cells of a column first: a text column (names, geometries) is
+#: then rejected without parsing all of its cells.
+_FIRST_CELLS = 1000
+
+
+def numeric_columns(
+    table: pd.DataFrame, candidates: Sequence[str], missing_values: Sequence[str], decimal: str
+) -> tuple[list[str], dict[str, str]]:
+    """The ``candidates`` whose every cell is a number (``decimal`` mark) or a missing-value marker, with
+    one number at least, in table order; and why each other candidate is not (its first cell that is
+    not a number, with its row, or "no number")."""
+    numeric, others = [], {}
+    for column in candidates:
+        values = table[column]
+        for part in (values.iloc[:_FIRST_CELLS], values):
+            parsed, bad = _cell_numbers(part, missing_values, decimal)
+            if bad.any():
+                row = int(part.index[np.flatnonzero(bad)[0]])
+                others[column] = f"{as_text(part).loc[row].strip()[:40]!r} row {row}"
+                break
+        else:
+            if np.isfinite(parsed).any():
+                numeric.append(column)
+            else:
+                others[column] = "no number"
+    return numeric, others
 
 
 def _check_sentinels(cells: TableCells, column: str, rows: pd.Index, parsed: np.ndarray, missing_values) -> None:
