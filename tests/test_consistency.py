@@ -19,6 +19,7 @@ from torch.utils.data import DistributedSampler
 
 from cmap.data import SeriesStore, StreamingSeriesStore, open_store, write_store
 from cmap.data.convert import read_mato_grosso
+from cmap.data.perturbations import Augmentation, SeriesViews, time_stretched
 from cmap.data.sampling import RowDataset, RowStream
 from cmap.ml.consistency import RUNNING_MEANS, Consistency, Teacher, concat_batches
 
@@ -137,6 +138,124 @@ def test_the_shifted_view_moves_values_and_masks_what_comes_in():
     assert moved >= 10  # 24 in 25 draws of two series move at least one
     with pytest.raises(ValueError, match="max_shift >= 0"):
         Consistency(max_shift=-1)
+
+
+def linear_batch(num_series: int = 64) -> dict[str, torch.Tensor]:
+    """Series whose two bands are their day and twice it (days 16 apart, from day 5 on), with padding,
+    clouds, a leading cloud and valid dates out of day order: linear interpolation of them is exact."""
+    days = 5 + 16 * torch.arange(10).expand(num_series, 10).clone()
+    days[1::4] = days[1::4].flip(1)  # valid dates need not be in day order
+    values = torch.stack([days, 2 * days], dim=-1).float()
+    _, mask = padded_batch(num_series)  # dates 7-9 padding, date 2 of every third series a cloud
+    mask[1::4] = mask[1::4].flip(1)
+    mask[2::4, 0] = False
+    return {"values": values.masked_fill(~mask.unsqueeze(-1), 0.0), "days": days, "mask": mask}
+
+
+def test_the_time_stretch_resamples_each_season_faster_or_slower_around_its_middle_days_unmoved():
+    batch, stretch = linear_batch(), 0.3
+    values, mask = time_stretched(batch["values"], batch["mask"], batch["days"], stretch)
+    assert not (mask & ~batch["mask"]).any() and mask.any(dim=1).all()  # no cloud or padding comes in
+    assert (values[~mask] == 0).all()
+    factors = []
+    for series in range(len(mask)):
+        valid_days = batch["days"][series, batch["mask"][series]].float()
+        pivot = (valid_days.min() + valid_days.max()) / 2
+        day = batch["days"][series, mask[series]].float()
+        source = values[series, mask[series], 0]  # a linear series: its value is the day it was read at
+        assert torch.allclose(values[series, mask[series], 1], 2 * source)  # the bands move together
+        assert (source >= valid_days.min() - 1e-3).all() and (source <= valid_days.max() + 1e-3).all()
+        farthest = (day - pivot).abs().argmax()
+        factor = (source[farthest] - pivot) / (day[farthest] - pivot)
+        assert torch.allclose(source - pivot, factor * (day - pivot), atol=1e-3), series  # one factor per series
+        assert 1 - stretch - 1e-4 <= factor <= 1 + stretch + 1e-4
+        factors.append(factor.item())
+        if factor > 1.01:  # a faster season: its first and last valid dates read outside it, masked
+            assert mask[series].sum() < batch["mask"][series].sum()
+        if factor < 1:  # a slower one: every valid date reads inside it
+            assert torch.equal(mask[series], batch["mask"][series])
+    assert min(factors) < 0.85 and max(factors) > 1.15
+
+
+def test_the_time_stretch_keeps_one_date_of_every_series_and_masks_empty_ones():
+    days = torch.tensor([[0, 10, 20], [0, 10, 20], [0, 10, 20]])
+    values = torch.tensor([[1.0, 2.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 0.0]]).unsqueeze(-1)
+    mask = torch.tensor([[True, True, False], [False, True, False], [False, False, False]])
+    for _ in range(20):  # two dates read outside whenever the season runs faster: the first stays
+        stretched, kept = time_stretched(values, mask, days, 0.5)
+        assert kept[0, 0] and not kept[0, 2] and kept[1].tolist() == [False, True, False] and not kept[2].any()
+        assert stretched[1, 1, 0] == 5.0 and stretched[0, 0, 0] >= 1.0 and (stretched[2] == 0).all()
+
+
+def test_the_time_stretch_option_changes_nothing_by_default_and_checks_its_range():
+    batch = linear_batch()
+    plain = Augmentation()(batch)  # the default: the same tensors, bit for bit
+    assert not Augmentation().active and all(torch.equal(plain[key], batch[key]) for key in batch)
+    torch.manual_seed(1)
+    noisy = Augmentation(band_noise=0.1)(batch)  # no random draw of its own: the same noise as before
+    torch.manual_seed(1)
+    expected = batch["values"] + 0.1 * torch.randn_like(batch["values"]) * batch["mask"].unsqueeze(-1)
+    assert torch.equal(noisy["values"], expected) and torch.equal(noisy["mask"], batch["mask"])
+    torch.manual_seed(2)
+    strong = Consistency().strong(batch)
+    torch.manual_seed(2)
+    values, mask = SeriesViews(min_crop=1.0, date_dropout=0.1, band_noise=0.05)(batch["values"], batch["mask"])
+    values = values * (1 + 0.1 * (2 * torch.rand(len(values), 1, 1) - 1))
+    assert torch.equal(strong["values"], values) and torch.equal(strong["mask"], mask)
+
+    stretched = Augmentation(time_stretch=0.2)
+    assert stretched.active
+    view = stretched(batch)
+    assert not torch.equal(view["values"], batch["values"]) and torch.equal(view["days"], batch["days"])
+    assert not (view["mask"] & ~batch["mask"]).any()
+    strong = Consistency(time_stretch=0.2, date_dropout=0.0, band_noise=0.0, scale=0.0).strong(batch)
+    assert not torch.equal(strong["values"], batch["values"]) and torch.equal(strong["days"], batch["days"])
+    assert not (strong["mask"] & ~batch["mask"]).any()
+    with pytest.raises(ValueError, match="time_stretch"):
+        Augmentation(time_stretch=1.0)
+    with pytest.raises(ValueError, match="time_stretch"):
+        Consistency(time_stretch=-0.1)
+
+
+def test_estimated_alignment_follows_the_target_proportions_over_the_source_ones():
+    """Source: class 2 common (60 %), target: class 2 absent. Uniform alignment pushes pseudo-labels
+    onto class 2 (rare in the predictions); the estimated prior over the source prior does not."""
+    labels = torch.tensor([0, 1, 2, 2, 2])  # 20 %, 20 %, 60 %
+    weak = torch.log(torch.tensor([[0.6, 0.3, 0.1]] * 6 + [[0.3, 0.6, 0.1]] * 2 + [[0.45, 0.1, 0.45]] * 2))
+    probabilities = torch.softmax(weak, dim=-1)
+    uniform = Consistency(distribution_alignment="uniform").aligned(probabilities, labels)
+    assert torch.equal(uniform, Consistency(distribution_alignment=True).aligned(probabilities, None))
+    assert (uniform.argmax(dim=-1) == 2).sum() == 2  # the two undecided series become class 2
+    estimated = Consistency(distribution_alignment="estimated")
+    aligned = estimated.aligned(probabilities, labels)
+    target, source = probabilities.mean(dim=0), (torch.full((3,), 1 / 3) + torch.tensor([0.2, 0.2, 0.6])) / 2
+    expected = probabilities * target / source  # Saerens et al.'s correction, a uniform prior as the first batch
+    torch.testing.assert_close(aligned, expected / expected.sum(dim=-1, keepdim=True))
+    assert (aligned.argmax(dim=-1) == 2).sum() == 0 and (aligned.argmax(dim=-1)[:8] == weak.argmax(dim=-1)[:8]).all()
+    for _ in range(98):  # the source prior: the mean frequency over the batches, the uniform prior's share shrinking
+        estimated.aligned(probabilities, labels)
+    torch.testing.assert_close(
+        estimated.source_class_mean, (torch.full((3,), 1 / 3) + 99 * labels.bincount() / 5) / 100
+    )
+    assert estimated.source_batches.item() == 100
+    with pytest.raises(ValueError, match="labels"):
+        estimated.loss(weak, torch.zeros(10, 3))
+    with pytest.raises(ValueError, match="distribution_alignment"):
+        Consistency(distribution_alignment="em")
+
+
+def test_the_adaptation_options_parse_from_the_command_line():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(Consistency, "consistency")
+    parser.add_class_arguments(Augmentation, "augmentation")
+    for given, expected in [("estimated", "estimated"), ("uniform", "uniform"), ("true", True), ("false", False)]:
+        parsed = parser.parse_args(["--consistency.distribution_alignment", given, "--consistency.time_stretch", "0.1"])
+        assert parsed.consistency.distribution_alignment == expected and parsed.consistency.time_stretch == 0.1
+    assert parser.parse_args(["--augmentation.time_stretch", "0.1"]).augmentation.time_stretch == 0.1
+    with pytest.raises(Exception, match="distribution_alignment"):
+        parser.parse_args(["--consistency.distribution_alignment", "em"])
 
 
 def test_concatenated_batches_pad_the_shorter_with_masked_dates():
@@ -277,26 +396,29 @@ class TwoProcessGroup:
 
 
 def test_the_running_means_follow_every_process_batch(monkeypatch):
-    """With a process group (DDP), distribution alignment's and the adaptive thresholds' running means
-    follow the mean over every process's batch: every process holds the same state, the one-process
-    state of the whole global batch (so rank 0's checkpoint holds every process's state)."""
+    """With a process group (DDP), distribution alignment's (the labelled batches' class frequencies
+    too) and the adaptive thresholds' running means follow the mean over every process's batch: every
+    process holds the same state, the one-process state of the whole global batch (so rank 0's
+    checkpoint holds every process's state)."""
     generator = torch.Generator().manual_seed(0)
     logits = [torch.randn(8, 5, generator=generator) * 3 for _ in range(3)]
-    for step in logits:
+    labels = [torch.randint(5, (6,), generator=generator) for _ in range(3)]
+    for step, classes in zip(logits, labels, strict=True):
         step[:4, 0] += 5  # process 0's half of each step: class 0 over and again; process 1's: any class
+        classes[:3] = 0  # process 0's labelled half: class 0 only
 
     def settings() -> Consistency:
-        return Consistency(threshold=0.0, distribution_alignment=True, adaptive_threshold="freematch")
+        return Consistency(threshold=0.0, distribution_alignment="estimated", adaptive_threshold="freematch")
 
     def fit(rank: int) -> dict[str, torch.Tensor]:
         consistency = settings()
-        for step in logits:
-            consistency.loss(step[rank * 4 : (rank + 1) * 4], torch.zeros(4, 5))
+        for step, classes in zip(logits, labels, strict=True):
+            consistency.loss(step[rank * 4 : (rank + 1) * 4], torch.zeros(4, 5), classes[rank * 3 : (rank + 1) * 3])
         return consistency.state_dict()
 
     alone, whole = fit(0), settings()  # no process group: its own batches' means; the global batch's
-    for step in logits:
-        whole.loss(step, torch.zeros(8, 5))
+    for step, classes in zip(logits, labels, strict=True):
+        whole.loss(step, torch.zeros(8, 5), classes)
     group = TwoProcessGroup()
     group.install(monkeypatch)
     first, second = group.run(fit)
@@ -304,7 +426,8 @@ def test_the_running_means_follow_every_process_batch(monkeypatch):
     for name, value in whole.state_dict().items():
         assert torch.equal(first[name], second[name]), name
         torch.testing.assert_close(first[name], value, rtol=0, atol=1e-6, msg=name)
-        assert not torch.allclose(alone[name], value, atol=1e-3), name
+        if name != "source_batches":  # a count of steps, the same in one process or two
+            assert not torch.allclose(alone[name], value, atol=1e-3), name
 
 
 class RecordShares(L.Callback):
@@ -343,7 +466,7 @@ def test_a_two_process_fit_takes_every_labelled_series_and_its_unlabelled_share(
     ``RandomSampler(num_samples=...)`` gave each process 946 unlabelled series an epoch, 3 steps,
     where the ``CombinedLoader`` stopped: 30 % of the labelled series; and each process its own means.)"""
     labelled, area, class_names = stores
-    consistency = {"threshold": 0.0, "distribution_alignment": True, "adaptive_threshold": "freematch"}
+    consistency = {"threshold": 0.0, "distribution_alignment": "estimated", "adaptive_threshold": "freematch"}
     model = tiny_classifier_config(
         len(class_names), tiny_encoder_config(BANDS, max_len=400, dim_feedforward=32), consistency=consistency
     )
@@ -516,7 +639,8 @@ def test_a_resumed_consistency_fit_restores_its_teacher_and_running_means(stores
     from cmap.ml.classifiers import CONSISTENCY_KEY
 
     labelled, area, class_names = stores
-    consistency = {"teacher_decay": 0.9, "distribution_alignment": True, "adaptive_threshold": "freematch"}
+    alignment = "estimated" if module == "SeriesStore" else True  # the labelled classes' running state too
+    consistency = {"teacher_decay": 0.9, "distribution_alignment": alignment, "adaptive_threshold": "freematch"}
     model = tiny_classifier_config(
         len(class_names), tiny_encoder_config(BANDS, max_len=400, dim_feedforward=32), max_lr=0.01,
         consistency=consistency,
@@ -542,7 +666,8 @@ def test_a_resumed_consistency_fit_restores_its_teacher_and_running_means(stores
     checkpoint_path = tmp_path / "uninterrupted/lightning_logs/version_0/checkpoints/epoch=0-step=4.ckpt"
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)  # plain tensors
     saved = checkpoint[CONSISTENCY_KEY]
-    assert set(saved) == {"class_mean", "adaptive_level", "adaptive_class_mean", "teacher"}
+    source_prior = {"source_class_mean", "source_batches"} if alignment == "estimated" else set()
+    assert set(saved) == {"class_mean", "adaptive_level", "adaptive_class_mean", "teacher"} | source_prior
     assert not any("teacher" in key for key in checkpoint["state_dict"])  # the weights are a Classifier's
 
     resumed = consistency_fit(tmp_path / "config.yaml", tmp_path / "resumed", "--ckpt_path", str(checkpoint_path))

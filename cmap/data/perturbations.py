@@ -11,7 +11,8 @@ dates) and follows one rule set:
 
 Four uses:
 
-- :class:`Augmentation` (data modules, training split): date dropout, band noise, day shift;
+- :class:`Augmentation` (data modules, training split): date dropout, band noise, day shift,
+  phenology stretch (:func:`time_stretched`);
 - :class:`SeriesMixing` (:class:`~cmap.ml.classifiers.Classifier`): mixup or CutMix of series;
 - :class:`SeriesViews` (:class:`~cmap.ml.contrastive.ContrastivePretraining`): two random views per
   series;
@@ -150,6 +151,42 @@ class NoiseContamination(MaskingStrategy):
         return Corruption(values=contaminated, visible=mask, target=target)
 
 
+def time_stretched(values: Tensor, mask: Tensor, days: Tensor, stretch: float) -> tuple[Tensor, Tensor]:
+    """Each series' values resampled as if its season ran a factor ``s`` faster or slower, ``s`` drawn
+    uniformly in [1 - stretch, 1 + stretch] per series; the days stay where they are.
+
+    A valid date on day ``d`` takes the series' value on day ``pivot + (d - pivot) * s`` (``pivot``: the
+    middle of the series' first and last valid days), linearly interpolated between the two valid
+    dates around it: ``s`` > 1 draws the season's events towards the pivot (a faster season), ``s`` < 1
+    spreads them out. A date whose source day falls outside the series' valid days is masked (and
+    zeroed), as are the dates that were not valid; a series keeps at least its first valid date
+    (:func:`keep_one_visible`, its value then read at the nearest valid day). Vectorised over series;
+    valid dates need not be in day order. Returns ``(values, mask)``.
+    """
+    factor = 1 + stretch * (2 * torch.rand(mask.shape[0], 1, device=mask.device) - 1)
+    day = days.to(torch.float32)  # exact for whole days up to 2**24
+    valid_days, order = torch.where(mask, day, torch.inf).sort(dim=1, stable=True)  # valid dates first, in order
+    valid_values = values.gather(1, order.unsqueeze(-1).expand_as(values))
+    count = mask.sum(dim=1, keepdim=True)
+    first, last = valid_days[:, :1], torch.where(mask, day, -torch.inf).amax(dim=1, keepdim=True)
+    pivot = ((first + last) / 2).nan_to_num(0.0)  # NaN only for a series without valid dates (all masked)
+    source = pivot + (day - pivot) * factor
+    hidden = keep_one_visible(mask, mask & ((source < first) | (source > last)))
+    source = torch.minimum(torch.maximum(source, first), last).nan_to_num(0.0)  # the kept date's nearest valid day
+    # The valid dates on or before (left) and after (right) each source day; equal where it is the last.
+    top = (count - 1).clamp_min(0)
+    left = torch.minimum((torch.searchsorted(valid_days, source.contiguous(), right=True) - 1).clamp_min(0), top)
+    right = torch.minimum(left + 1, top)
+    left_day, right_day = valid_days.gather(1, left), valid_days.gather(1, right)
+    span = right_day - left_day
+    weight = torch.where(span > 0, (source - left_day) / span.clamp_min(1e-6), 0.0).nan_to_num(0.0)
+    left_values = valid_values.gather(1, left.unsqueeze(-1).expand_as(values))
+    right_values = valid_values.gather(1, right.unsqueeze(-1).expand_as(values))
+    resampled = torch.lerp(left_values, right_values, weight.unsqueeze(-1).to(values.dtype))
+    mask = mask & ~hidden
+    return resampled.masked_fill(~mask.unsqueeze(-1), 0.0), mask
+
+
 @dataclass
 class Augmentation:
     """Random perturbations of training batches; the defaults change nothing.
@@ -162,6 +199,10 @@ class Augmentation:
         day_shift: each series' days move by one whole number of days drawn uniformly in
             [-day_shift, day_shift] (a later or earlier season; days stay >= 0). A shift of days,
             not of date indices: it acts through the date encoding.
+        time_stretch: each series' values resampled along time as if its season ran a factor drawn
+            uniformly in [1 - time_stretch, 1 + time_stretch] faster or slower around the middle of its
+            valid dates, the days staying where they are (:func:`time_stretched`; a phenology that
+            moves continuously, where ``day_shift`` moves the calendar). Applied first.
 
     Each series of a batch (B, T, C) is drawn independently.
     """
@@ -169,6 +210,7 @@ class Augmentation:
     date_dropout: float = 0.0
     band_noise: float = 0.0
     day_shift: int = 0
+    time_stretch: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.date_dropout < 1:
@@ -177,13 +219,17 @@ class Augmentation:
             raise ValueError(f"augmentation.band_noise must be >= 0, got {self.band_noise}")
         if self.day_shift < 0:
             raise ValueError(f"augmentation.day_shift must be >= 0, got {self.day_shift}")
+        if not 0 <= self.time_stretch < 1:
+            raise ValueError(f"augmentation.time_stretch must lie in [0, 1), got {self.time_stretch}")
 
     @property
     def active(self) -> bool:
-        return self.date_dropout > 0 or self.band_noise > 0 or self.day_shift > 0
+        return self.date_dropout > 0 or self.band_noise > 0 or self.day_shift > 0 or self.time_stretch > 0
 
     def __call__(self, item: Batch) -> Batch:
         values, mask = item["values"], item["mask"]
+        if self.time_stretch:  # first: it reads the series' own valid dates and days
+            values, mask = time_stretched(values, mask, item["days"], self.time_stretch)
         if self.date_dropout:
             hidden = keep_one_visible(mask, mask & (torch.rand(mask.shape) < self.date_dropout))
             mask = mask & ~hidden

@@ -262,7 +262,7 @@ class Classifier(SITSTask):
         logits = self(both["values"], both["days"], both["mask"])
         size = len(labelled["label"])
         supervised = self.criterion(logits[:size], labelled["label"])
-        unsupervised, kept = self.consistency.loss(weak_logits, logits[size:])
+        unsupervised, kept = self.consistency.loss(weak_logits, logits[size:], labelled["label"])
         self.train_metrics.update(logits[:size], labelled["label"])
         self.log_loss("train", supervised, size)
         logged = {"consistency_loss": unsupervised, "pseudo_label_fraction": kept}

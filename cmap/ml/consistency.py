@@ -19,6 +19,7 @@ In a multi-process fit (DDP) the running means follow the statistics of every pr
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -26,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmap.data.batch import Batch
-from cmap.data.perturbations import Augmentation, SeriesViews
+from cmap.data.perturbations import Augmentation, SeriesViews, time_stretched
 
 #: :class:`Consistency`'s running state, saved in a Classifier's checkpoints.
-RUNNING_MEANS = ("class_mean", "adaptive_level", "adaptive_class_mean")
+RUNNING_MEANS = ("class_mean", "adaptive_level", "adaptive_class_mean", "source_class_mean", "source_batches")
 
 
 @dataclass
@@ -55,13 +56,23 @@ class Consistency:
         max_shift: the strong view's values move by a whole number of date positions drawn
             uniformly in [-max_shift, max_shift] per series, the days staying where they are: a
             season earlier or later (dates shifted out are dropped, those shifted in are masked).
+        time_stretch: the strong view's values resampled as if the season ran a factor drawn uniformly in
+            [1 - time_stretch, 1 + time_stretch] faster or slower around the middle of the valid dates,
+            the days staying where they are (:func:`~cmap.data.perturbations.time_stretched`; 0: none).
         teacher_decay: when > 0, the pseudo-labels come from a teacher whose weights are the
             exponential moving average of the model's (Mean Teacher, Tarvainen & Valpola 2017) with
             this decay per step, in eval mode; 0: from the model itself, in training mode (FixMatch).
-        distribution_alignment: the weak view's probabilities are divided by their running mean over
-            the unlabelled batches (of every process, in a multi-process fit; momentum 0.99) and
-            renormalised before the pseudo-label is taken (ReMixMatch, Berthelot et al. 2020, with a
-            uniform class prior): classes the model over-predicts lose confidence, rare predictions gain it.
+        distribution_alignment: ``false``: none. ``true`` or ``"uniform"``: the weak view's probabilities
+            are divided by their running mean over the unlabelled batches (of every process, in a
+            multi-process fit; momentum 0.99) and renormalised before the pseudo-label is taken
+            (ReMixMatch, Berthelot et al. 2020, with a uniform class prior): classes the model
+            over-predicts lose confidence, rare predictions gain it. ``"estimated"``: towards the
+            unlabelled series' own class proportions instead of uniform ones: the probabilities are
+            multiplied by that running mean (the target's estimated prior) over the labelled batches'
+            running class frequencies (the source prior) and renormalised: Saerens et al. 2002's
+            prior-shift correction (one EM step): the pseudo-labels follow the proportions the model
+            predicts on the unlabelled series, freed of the training classes' imbalance, and classes
+            the unlabelled series lack are not pushed onto them.
         adaptive_threshold: None: the fixed ``threshold``. ``"global"``: the threshold follows the
             model's confidence on the area, the running mean (momentum ``adaptive_momentum``) of the
             weak views' top probability (over every process's batch, in a multi-process fit),
@@ -88,15 +99,21 @@ class Consistency:
     band_noise: float = 0.05
     scale: float = 0.1
     max_shift: int = 0
+    time_stretch: float = 0.0
     teacher_decay: float = 0.0
-    distribution_alignment: bool = False
+    distribution_alignment: bool | Literal["uniform", "estimated"] = False
     adaptive_threshold: str | None = None
     adaptive_momentum: float = 0.99
     temperature: float = 0.0
 
     def __post_init__(self) -> None:
         valid = 0 <= self.threshold < 1 and self.weight >= 0 and self.weak_noise >= 0 and 0 <= self.scale < 1
-        valid = valid and 0 <= self.temperature <= 1 and self.max_shift >= 0
+        valid = valid and 0 <= self.temperature <= 1 and self.max_shift >= 0 and 0 <= self.time_stretch < 1
+        if self.distribution_alignment not in (False, True, "uniform", "estimated"):
+            raise ValueError(
+                "distribution_alignment must be false, true (= 'uniform') or 'estimated', "
+                f"got {self.distribution_alignment!r}"
+            )
         if self.adaptive_threshold not in (None, "global", "freematch"):
             raise ValueError(
                 f"adaptive_threshold must be None, 'global' or 'freematch', got {self.adaptive_threshold!r}"
@@ -104,9 +121,10 @@ class Consistency:
         if not valid or not 0 <= self.teacher_decay < 1 or not 0 <= self.adaptive_momentum < 1:
             raise ValueError(
                 "consistency needs 0 <= threshold < 1, weight >= 0, weak_noise >= 0, 0 <= scale < 1, "
-                "0 <= temperature <= 1, max_shift >= 0, 0 <= teacher_decay < 1 and 0 <= adaptive_momentum < 1, "
-                f"got {self.threshold}, {self.weight}, {self.weak_noise}, {self.scale}, {self.temperature}, "
-                f"{self.max_shift}, {self.teacher_decay}, {self.adaptive_momentum}"
+                "0 <= temperature <= 1, max_shift >= 0, 0 <= time_stretch < 1, 0 <= teacher_decay < 1 and "
+                f"0 <= adaptive_momentum < 1, got {self.threshold}, {self.weight}, {self.weak_noise}, {self.scale}, "
+                f"{self.temperature}, {self.max_shift}, {self.time_stretch}, {self.teacher_decay}, "
+                f"{self.adaptive_momentum}"
             )
         self.weak_view = Augmentation(band_noise=self.weak_noise)  # the training augmentation's band noise
         self.strong_views = SeriesViews(self.min_crop, self.date_dropout, self.band_noise)
@@ -116,6 +134,10 @@ class Consistency:
         self.class_mean: Tensor | None = None
         self.adaptive_class_mean: Tensor | None = None
         self.adaptive_level: Tensor | None = None
+        # The labelled batches' class frequencies, averaged over the batches seen (a uniform prior counted
+        # as the first batch, so no class starts at 0), and that count (distribution_alignment "estimated").
+        self.source_class_mean: Tensor | None = None
+        self.source_batches: Tensor | None = None
         # Days added to the weak view's dates (TimeMatch's shift-corrected pseudo-labels), set during a fit by
         # cmap.ml.adaptation.SeasonAdaptation once it has estimated the target's shift; 0: none.
         self.weak_day_shift = 0
@@ -136,7 +158,10 @@ class Consistency:
         return self.weak_view(batch)
 
     def strong(self, batch: Batch) -> Batch:
-        values, mask = self.strong_views(batch["values"], batch["mask"])
+        values, mask = batch["values"], batch["mask"]
+        if self.time_stretch:  # first: it reads the series' own valid dates and days
+            values, mask = time_stretched(values, mask, batch["days"], self.time_stretch)
+        values, mask = self.strong_views(values, mask)
         if self.scale:
             factor = 1 + self.scale * (2 * torch.rand(len(values), 1, 1, device=values.device) - 1)
             values = values * factor
@@ -144,14 +169,12 @@ class Consistency:
             values, mask = shifted(values, mask, self.max_shift)
         return {**batch, "values": values, "mask": mask}
 
-    def loss(self, weak_logits: Tensor, strong_logits: Tensor) -> tuple[Tensor, Tensor]:
-        """The unlabelled loss and the fraction of the batch whose pseudo-label was kept."""
+    def loss(self, weak_logits: Tensor, strong_logits: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The unlabelled loss and the fraction of the batch whose pseudo-label was kept; ``labels``: the
+        step's labelled batch's classes (read by distribution alignment ``"estimated"`` only)."""
         probabilities = torch.softmax(weak_logits.detach().float(), dim=-1)
         if self.distribution_alignment:
-            mean = process_mean(probabilities)
-            self.class_mean = mean if self.class_mean is None else torch.lerp(self.class_mean, mean, 0.01)
-            probabilities = probabilities / self.class_mean.clamp_min(1e-6)
-            probabilities = probabilities / probabilities.sum(dim=-1, keepdim=True)
+            probabilities = self.aligned(probabilities, labels)
         confidence, pseudo = probabilities.max(dim=-1)
         threshold = self.adaptive_thresholds(probabilities)[pseudo] if self.adaptive_threshold else self.threshold
         kept = (confidence >= threshold).to(strong_logits.dtype)
@@ -162,6 +185,32 @@ class Consistency:
             target = pseudo
         loss = (F.cross_entropy(strong_logits, target, reduction="none") * kept).mean()
         return self.weight * loss, kept.mean()
+
+    def aligned(self, probabilities: Tensor, labels: Tensor | None) -> Tensor:
+        """``probabilities`` reweighted by ``distribution_alignment`` after this batch's update of the
+        running means, renormalised."""
+        mean = process_mean(probabilities)
+        self.class_mean = mean if self.class_mean is None else torch.lerp(self.class_mean, mean, 0.01)
+        weights = 1 / self.class_mean.clamp_min(1e-6)
+        if self.distribution_alignment == "estimated":
+            weights = self.class_mean / self.source_prior(labels, probabilities.shape[-1])
+        probabilities = probabilities * weights
+        return probabilities / probabilities.sum(dim=-1, keepdim=True)
+
+    def source_prior(self, labels: Tensor | None, num_classes: int) -> Tensor:
+        """The labelled series' class frequencies after this batch (``labels``, of every process in a
+        multi-process fit): the mean over the batches so far, a uniform prior counted as the first. A
+        mean, not a moving one: the labelled series do not change during a fit."""
+        if labels is None:
+            raise ValueError("distribution_alignment 'estimated' needs the labelled batch's labels: loss(..., labels)")
+        one_hot = torch.zeros(len(labels), num_classes, device=labels.device)
+        frequencies = process_mean(one_hot.scatter_(1, labels.long().unsqueeze(1), 1.0))  # F.one_hot reads the host
+        if self.source_class_mean is None:
+            self.source_class_mean = frequencies.new_full((num_classes,), 1 / num_classes)
+            self.source_batches = frequencies.new_tensor(1.0)
+        self.source_batches = self.source_batches + 1
+        self.source_class_mean = torch.lerp(self.source_class_mean, frequencies, 1 / self.source_batches)
+        return self.source_class_mean
 
     def adaptive_thresholds(self, probabilities: Tensor) -> Tensor:
         """Each class's threshold after this batch's update (``adaptive_threshold``)."""
