@@ -639,14 +639,16 @@ def test_a_resumed_consistency_fit_restores_its_teacher_and_running_means(stores
     from cmap.ml.classifiers import CONSISTENCY_KEY
 
     labelled, area, class_names = stores
-    alignment = "estimated" if module == "SeriesStore" else True  # the labelled classes' running state too
-    consistency = {"teacher_decay": 0.9, "distribution_alignment": alignment, "adaptive_threshold": "freematch"}
+    # SeriesStore: issue 29's options too (the labelled classes' running state, random phenology stretches)
+    alignment, stretch = ("estimated", 0.1) if module == "SeriesStore" else (True, 0.0)
+    consistency = {"teacher_decay": 0.9, "distribution_alignment": alignment, "adaptive_threshold": "freematch",
+                   "time_stretch": stretch}  # fmt: skip
     model = tiny_classifier_config(
         len(class_names), tiny_encoder_config(BANDS, max_len=400, dim_feedforward=32), max_lr=0.01,
         consistency=consistency,
     )  # fmt: skip
     init_args = {"path": str(labelled), "fold": 0, "batch_size": 8, "unlabelled": str(area), "unlabelled_ratio": 2,
-                 "augmentation": {"band_noise": 0.05}}  # fmt: skip
+                 "augmentation": {"band_noise": 0.05, "time_stretch": stretch}}  # fmt: skip
     if module == "SeriesStore":
         init_args["labels_per_class"] = 4  # 36 labelled series in batches of 8: 4 steps an epoch
     trainer = {"max_epochs": 2, "limit_train_batches": 4, "limit_val_batches": 1, "deterministic": True}
