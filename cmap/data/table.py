@@ -111,6 +111,16 @@ def _check_zero_rows(cells: TableCells, date_column: str, rows: np.ndarray, band
         warnings.warn(str(cells.error(date_column, int(rows[zeros[0]]), problem)), stacklevel=3)
 
 
+def _check_valid_dates(path: Path, series_values: np.ndarray, ids: np.ndarray) -> None:
+    """A series without any date whose every band has a value is an error naming the first one."""
+    no_valid = np.flatnonzero(~np.isfinite(series_values).all(axis=-1).any(axis=1))
+    if len(no_valid):
+        raise InputError(
+            f"{path}: {len(no_valid)} series have no valid date (every date has a missing band value), first at "
+            f"sample index {int(no_valid[0])} (sample_id {str(ids[no_valid[0]])!r}); remove them"
+        )
+
+
 def class_order(labels) -> list[str]:
     """Class names in label order: by number when every label is an integer (``2`` before ``10``, as
     a table of crop codes means), sorted text otherwise."""
@@ -192,12 +202,7 @@ def read_table(
     series_values, series_days = _series_arrays(cells, date_column, rows, codes, ids, dates, first_dates, values, axis)
     _check_band_gaps(path, bands, ~np.isfinite(values))
     _check_zero_rows(cells, date_column, rows, bands, values)
-    no_valid = np.flatnonzero(~np.isfinite(series_values).all(axis=-1).any(axis=1))
-    if len(no_valid):
-        raise InputError(
-            f"{path}: {len(no_valid)} series have no valid date (every date has a missing band value), first at "
-            f"sample index {int(no_valid[0])} (sample_id {str(ids[no_valid[0]])!r}); remove them"
-        )
+    _check_valid_dates(path, series_values, ids)
     labels, names = None, []
     if label_column:
         labels, names = _sample_labels(cells, table[label_column], label_column, codes, ids, rows, class_names,
