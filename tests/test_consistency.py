@@ -19,7 +19,7 @@ from torch.utils.data import DistributedSampler
 
 from cmap.data import SeriesStore, StreamingSeriesStore, open_store, write_store
 from cmap.data.convert import read_mato_grosso
-from cmap.data.perturbations import Augmentation, SeriesViews, time_stretched
+from cmap.data.perturbations import Augmentation, SeriesViews, season_resampled, time_stretched
 from cmap.data.sampling import RowDataset, RowStream
 from cmap.ml.consistency import RUNNING_MEANS, Consistency, Teacher, concat_batches
 
@@ -175,6 +175,22 @@ def test_the_time_stretch_resamples_each_season_faster_or_slower_around_its_midd
         if factor < 1:  # a slower one: every valid date reads inside it
             assert torch.equal(mask[series], batch["mask"][series])
     assert min(factors) < 0.85 and max(factors) > 1.15
+
+
+def test_a_season_resampled_by_a_given_factor_is_read_around_its_middle_and_unchanged_by_one():
+    batch = linear_batch()
+    same_values, same_mask = season_resampled(batch["values"], batch["mask"], batch["days"], 1.0)
+    assert torch.equal(same_values, batch["values"]) and torch.equal(same_mask, batch["mask"])
+    factor = torch.where(torch.arange(len(same_mask)) % 2 == 0, 0.5, 2.0).unsqueeze(1)  # slower, faster
+    values, mask = season_resampled(batch["values"], batch["mask"], batch["days"], factor)
+    valid_days = (
+        torch.where(batch["mask"], batch["days"], 10**6).amin(1),
+        torch.where(batch["mask"], batch["days"], -1).amax(1),
+    )
+    pivot = ((valid_days[0] + valid_days[1]) / 2).unsqueeze(1)
+    expected = pivot + (batch["days"] - pivot) * factor
+    torch.testing.assert_close(values[..., 0][mask], expected[mask])
+    assert torch.equal(mask[::2], batch["mask"][::2]) and (mask[1::2].sum(1) < batch["mask"][1::2].sum(1)).all()
 
 
 def test_the_time_stretch_keeps_one_date_of_every_series_and_masks_empty_ones():

@@ -152,18 +152,24 @@ class NoiseContamination(MaskingStrategy):
 
 
 def time_stretched(values: Tensor, mask: Tensor, days: Tensor, stretch: float) -> tuple[Tensor, Tensor]:
-    """Each series' values resampled as if its season ran a factor ``s`` faster or slower, ``s`` drawn
-    uniformly in [1 - stretch, 1 + stretch] per series; the days stay where they are.
+    """Each series resampled by :func:`season_resampled` as if its season ran a factor drawn uniformly in
+    [1 - stretch, 1 + stretch] faster or slower (one factor per series). Returns ``(values, mask)``."""
+    factor = 1 + stretch * (2 * torch.rand(mask.shape[0], 1, device=mask.device) - 1)
+    return season_resampled(values, mask, days, factor)
 
-    A valid date on day ``d`` takes the series' value on day ``pivot + (d - pivot) * s`` (``pivot``: the
-    middle of the series' first and last valid days), linearly interpolated between the two valid
-    dates around it: ``s`` > 1 draws the season's events towards the pivot (a faster season), ``s`` < 1
+
+def season_resampled(values: Tensor, mask: Tensor, days: Tensor, factor: float | Tensor) -> tuple[Tensor, Tensor]:
+    """Each series' values resampled along time as if its season ran ``factor`` (a number, or (B, 1): one per
+    series) times faster; the days stay where they are.
+
+    A valid date on day ``d`` takes the series' value on day ``pivot + (d - pivot) * factor`` (``pivot``:
+    the middle of the series' first and last valid days), linearly interpolated between the two valid
+    dates around it: a factor > 1 draws the season's events towards the pivot (a faster season), < 1
     spreads them out. A date whose source day falls outside the series' valid days is masked (and
     zeroed), as are the dates that were not valid; a series keeps at least its first valid date
     (:func:`keep_one_visible`, its value then read at the nearest valid day). Vectorised over series;
     valid dates need not be in day order. Returns ``(values, mask)``.
     """
-    factor = 1 + stretch * (2 * torch.rand(mask.shape[0], 1, device=mask.device) - 1)
     day = days.to(torch.float32)  # exact for whole days up to 2**24
     valid_days, order = torch.where(mask, day, torch.inf).sort(dim=1, stable=True)  # valid dates first, in order
     valid_values = values.gather(1, order.unsqueeze(-1).expand_as(values))
