@@ -193,6 +193,16 @@ def test_a_season_resampled_by_a_given_factor_is_read_around_its_middle_and_unch
     assert torch.equal(mask[::2], batch["mask"][::2]) and (mask[1::2].sum(1) < batch["mask"][1::2].sum(1)).all()
 
 
+def test_the_weak_view_reads_the_season_at_the_speed_it_is_given():
+    batch, consistency = linear_batch(), Consistency(weak_noise=0.0)
+    assert all(torch.equal(consistency.weak(batch)[key], batch[key]) for key in batch)  # by default: unchanged
+    consistency.weak_stretch = 0.9
+    weak = consistency.weak(batch)
+    expected = season_resampled(batch["values"], batch["mask"], batch["days"], 0.9)
+    assert torch.equal(weak["values"], expected[0]) and torch.equal(weak["mask"], expected[1])
+    assert torch.equal(weak["days"], batch["days"]) and not torch.equal(weak["values"], batch["values"])
+
+
 def test_the_time_stretch_keeps_one_date_of_every_series_and_masks_empty_ones():
     days = torch.tensor([[0, 10, 20], [0, 10, 20], [0, 10, 20]])
     values = torch.tensor([[1.0, 2.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 0.0]]).unsqueeze(-1)

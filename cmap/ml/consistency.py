@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmap.data.batch import Batch
-from cmap.data.perturbations import Augmentation, SeriesViews, time_stretched
+from cmap.data.perturbations import Augmentation, SeriesViews, season_resampled, time_stretched
 
 #: :class:`Consistency`'s running state, saved in a Classifier's checkpoints.
 RUNNING_MEANS = ("class_mean", "adaptive_level", "adaptive_class_mean", "source_class_mean", "source_batches")
@@ -141,6 +141,10 @@ class Consistency:
         # Days added to the weak view's dates (TimeMatch's shift-corrected pseudo-labels), set during a fit by
         # cmap.ml.adaptation.SeasonAdaptation once it has estimated the target's shift; 0: none.
         self.weak_day_shift = 0
+        # The same for the target's speed: the weak view resampled as if its season ran this factor faster
+        # (cmap.data.perturbations.season_resampled), for pseudo-labels of a season that runs faster or slower
+        # than the labelled ones, set by whoever estimated it; 1: none.
+        self.weak_stretch = 1.0
 
     def state_dict(self) -> dict[str, Tensor]:
         """The running means started so far (none before the first step), for a checkpoint."""
@@ -155,6 +159,9 @@ class Consistency:
     def weak(self, batch: Batch) -> Batch:
         if self.weak_day_shift:
             batch = {**batch, "days": (batch["days"] + self.weak_day_shift).clamp_min(0)}
+        if self.weak_stretch != 1:
+            values, mask = season_resampled(batch["values"], batch["mask"], batch["days"], self.weak_stretch)
+            batch = {**batch, "values": values, "mask": mask}
         return self.weak_view(batch)
 
     def strong(self, batch: Batch) -> Batch:
