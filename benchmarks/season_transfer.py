@@ -111,6 +111,22 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         f"the documented path: `{ADAPTATION_CONFIG}` with the target store (consistency, Mean Teacher)",
         ["--config", ADAPTATION_CONFIG, *TARGET],
     ),
+    "adapted_stretch_train": (
+        f"`{ADAPTATION_CONFIG}` + phenology stretch of the training series (+-10 %)",
+        ["--config", ADAPTATION_CONFIG, *TARGET, "--data.init_args.augmentation.time_stretch", "0.1"],
+    ),
+    "adapted_stretch_strong": (
+        f"`{ADAPTATION_CONFIG}` + phenology stretch of the target's strong views (+-10 %)",
+        ["--config", ADAPTATION_CONFIG, *TARGET, "--model.init_args.consistency.time_stretch", "0.1"],
+    ),
+    "adapted_estimated": (
+        f"`{ADAPTATION_CONFIG}`, pseudo-labels towards the target's estimated class proportions",
+        ["--config", ADAPTATION_CONFIG, *TARGET, "--model.init_args.consistency.distribution_alignment", "estimated"],
+    ),
+    "stretch_train": (
+        "default recipe + phenology stretch of the training series (+-10 %)",
+        ["--data.init_args.augmentation.time_stretch", "0.1"],
+    ),
     "adapted_mu4": (
         f"`{ADAPTATION_CONFIG}`, 4 target series per labelled one (unlabelled_ratio 4)",
         ["--config", ADAPTATION_CONFIG, *TARGET[:3], "4"],
