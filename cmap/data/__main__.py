@@ -18,7 +18,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from cmap.data import convert, samples, skipped_shapes, stac, stac_search
 from cmap.data import table as table_reader
@@ -26,7 +25,7 @@ from cmap.data.contract import RawValues
 from cmap.data.store import check_store_output, write_store
 from cmap.data.time_axis import add_time_axis_arguments, time_axis_from_arguments
 from cmap.outputs import InputError
-from cmap.raster_source import DEFAULT_PATTERN, RasterSource
+from cmap.raster_source import RasterSource, add_raster_source_arguments
 
 READERS = {
     "ucr_crop": convert.read_ucr,
@@ -35,62 +34,6 @@ READERS = {
     "mato_grosso": convert.read_mato_grosso,
     "sinop_samples": convert.read_sinop_samples,
 }
-
-
-def value_range(text: str) -> tuple[float, float]:
-    """``'[low, high]'`` (YAML, as jsonargparse reads ``cmap map --valid_range``) -> (low, high)."""
-    try:
-        low, high = (float(value) for value in yaml.safe_load(text))
-    except (TypeError, ValueError, yaml.YAMLError):
-        raise argparse.ArgumentTypeError(f"expected '[low, high]', e.g. '[-2000, 10000]', got {text!r}") from None
-    return low, high
-
-
-def search_option(text: str) -> dict:
-    """``--search``: a YAML mapping (as jsonargparse reads ``cmap map --search``)."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(
-            f"expected a YAML mapping of search keywords, e.g. '{{collections: [sentinel-2-l2a], datetime: "
-            f"2022-05-01/2022-09-30}}', got {text!r}"
-        )
-    return value
-
-
-class ListOption(argparse.Action):
-    """A list option spelled as ``cmap map``'s (jsonargparse's YAML): ``'[0, 1, 3]'``, ``'[]'`` for an
-    empty list; the values one by one (``0 1 3``) are read too. No value at all is an error, not an
-    empty list (a forgotten value must not silently switch the cloud mask off).
-
-    ``kind``: ``int`` or ``float``; ``length``: the number of values, when fixed.
-    """
-
-    def __init__(self, option_strings, dest, kind: type = int, length: int | None = None, example: str = "", **kwargs):
-        super().__init__(option_strings, dest, nargs="*", **kwargs)
-        self.kind, self.length, self.example = kind, length, example
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        what = f"{'' if self.length is None else f'{self.length} '}{'integers' if self.kind is int else 'numbers'}"
-        spelling = f"a list of {what}, e.g. {option_string} {self.example}"
-        if not values:
-            parser.error(f"argument {option_string}: expected {spelling}")
-        items = []
-        for text in values:
-            try:
-                value = yaml.safe_load(text)
-            except yaml.YAMLError:
-                value = text
-            for item in value if isinstance(value, list) else [value]:
-                number = isinstance(item, (int, float)) and not isinstance(item, bool)
-                if not number or (self.kind is int and not isinstance(item, int)):
-                    parser.error(f"argument {option_string}: expected {spelling}, got {text!r}")
-                items.append(self.kind(item))
-        if self.length is not None and len(items) != self.length:
-            parser.error(f"argument {option_string}: expected {spelling}, got {len(items)} values")
-        setattr(namespace, self.dest, items)
 
 
 def build_parser(prog: str = "python -m cmap.data") -> argparse.ArgumentParser:
@@ -157,52 +100,15 @@ def add_extract_command(commands: argparse._SubParsersAction) -> None:
         "L2A: cmap.data.stac) under labelled points (CSV) or polygons (GeoPackage, Shapefile, GeoJSON): one series "
         "per point, one per polygon pixel, grouped by polygon.",
     )
-    extract.add_argument(
-        "rasters",
-        help="folder of rasters, one file per date (or per date and band); or STAC items (an ItemCollection, "
-        "Catalog or Collection JSON file or URL, a folder with catalog.json) or a folder of Sentinel-2 L2A products "
-        "(SAFE folders or band COG folders); or, with --search, a STAC API's URL",
-    )
+    # RASTERS is the first positional argument; --pattern ... --search are cmap map's, from one declaration.
+    add_raster_source_arguments(extract.add_argument_group("raster source", "the rasters and how they are read"))
     extract.add_argument("labels", help="CSV of points, or a vector file of points / polygons")
     extract.add_argument("output", help="the store folder to write")
     extract.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it is a cmap store")
-    extract.add_argument("--pattern", default=DEFAULT_PATTERN, help="file name regex with (?P<date>) [and (?P<band>)]")
     extract.add_argument(
         "--bands", nargs="+", default=None,
         help="bands to read, in order (default: all; Sentinel-2 L2A: B02 B03 B04 B05 B06 B07 B08 B8A B11 B12, "
         "any spelling: blue, B2, B02_10m...)",
-    )  # fmt: skip
-    extract.add_argument(
-        "--scale", type=float, default=None,
-        help="physical value = raw * scale + offset (default: 1e-4 for Sentinel-2 L2A, else 1)",
-    )  # fmt: skip
-    extract.add_argument("--offset", type=float, default=None, help="see --scale (default: 0)")
-    extract.add_argument(
-        "--valid_range", type=value_range, default=None,
-        help="'[low, high]': raw values outside are missing (the same syntax as cmap map --valid_range)",
-    )  # fmt: skip
-    extract.add_argument(
-        "--resolution", type=float, default=None,
-        help="STAC: pixel size of the grid read, in its CRS's units (default: the finest band's)",
-    )  # fmt: skip
-    extract.add_argument(
-        "--masked_classes", action=ListOption, kind=int, example="'[0, 1, 3, 8, 9, 10]' ('[]': no mask)", default=None,
-        help="Sentinel-2: SCL classes that make a date missing, as in cmap map: '[0, 1, 3, 8, 9, 10]' (or 0 1 3 8 "
-        "9 10); '[]': no mask (default: '[0, 1, 3, 8, 9, 10, 11]': no data, saturated, cloud shadows, clouds, "
-        "cirrus, snow)",
-    )  # fmt: skip
-    extract.add_argument("--resampling", default="nearest", help="STAC: resampling of bands off the grid")
-    extract.add_argument("--grid_crs", default=None, help="STAC: CRS of the grid read (default: the first item's)")
-    extract.add_argument(
-        "--bounds", action=ListOption, kind=float, length=4, example="'[left, bottom, right, top]'", default=None,
-        help="STAC: the area read, '[left, bottom, right, top]' in the grid's CRS, as in cmap map (or the 4 numbers "
-        "one by one; default: every item)",
-    )  # fmt: skip
-    extract.add_argument(
-        "--search", type=search_option, default=None,
-        help="a STAC API search, RASTERS being the API's URL: pystac-client's search keywords as YAML, "
-        "'{collections: [sentinel-2-l2a], datetime: 2022-05-01/2022-09-30, max_cloud_cover: 20}' (bbox: default "
-        "the labels' footprint); the items are saved to OUTPUT_stac_items.json (cmap.data.stac_search)",
     )  # fmt: skip
     extract.add_argument("--label_field", default="label", help="the column / field holding class names")
     extract.add_argument("--x_column", default="longitude", help="CSV only")
