@@ -123,6 +123,16 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         f"`{ADAPTATION_CONFIG}`, pseudo-labels towards the target's estimated class proportions",
         ["--config", ADAPTATION_CONFIG, *TARGET, "--model.init_args.consistency.distribution_alignment", "estimated"],
     ),
+    "adapted_speed": (
+        f"`{ADAPTATION_CONFIG}` + the target's season speed estimated (TimeMatch-style, factors 0.8-1.2) for its "
+        "pseudo-labels",
+        [
+            "--config",
+            ADAPTATION_CONFIG,
+            *TARGET,
+            *adaptation_callback(batch_norm=False, report=False, speed=0.2, speed_step=0.05),
+        ],
+    ),
     "stretch_train": (
         "default recipe + phenology stretch of the training series (+-10 %)",
         ["--data.init_args.augmentation.time_stretch", "0.1"],

@@ -4,7 +4,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmap.ml.adaptation import adapt_batch_norm, batch_norms, class_proportions, estimate_shift, proportions_table
+from cmap.ml.adaptation import (
+    SeasonAdaptation,
+    adapt_batch_norm,
+    batch_norms,
+    class_proportions,
+    estimate_shift,
+    estimate_speed,
+    proportions_table,
+)
 from cmap.ml.consistency import Consistency
 
 
@@ -84,6 +92,32 @@ def test_the_shift_estimate_recovers_a_known_shift_of_the_target():
     assert estimate_shift(model, [source], range(-48, 49, 8))[0] == 0
 
 
+def test_the_speed_estimate_recovers_a_known_season_speed_of_the_target():
+    days = torch.arange(0, 360, 2)  # a fine grid, so the model sees a bump's day to within 2 days
+    pivot = (days[0] + days[-1]) / 2  # the resampling's pivot: the middle of the valid days
+    source_peaks = [100, 200] * 8
+    speed = 0.8  # the target's season is compressed towards its middle: its events at pivot + (day - pivot) * 0.8
+    target = bump_series([float(pivot + (peak - pivot) * speed) for peak in source_peaks], days.float())
+    batches = [batch(target, days.expand(len(source_peaks), len(days)))]
+    model = PeakTiming()
+    speeds = [round(0.7 + 0.05 * k, 2) for k in range(13)]
+    best, entropies = estimate_speed(model, batches, speeds)
+    assert best == speed and entropies[speed] < entropies[1.0] - 0.1
+    source = batch(bump_series(source_peaks, days.float()), days.expand(len(source_peaks), len(days)))
+    assert estimate_speed(model, [source], speeds)[0] == 1.0
+
+
+def test_season_adaptation_keeps_its_estimates_in_checkpoints_and_gives_them_to_the_weak_views():
+    adaptation = SeasonAdaptation(batch_norm=False, shift_days=16, speed=0.1)
+    adaptation.shift, adaptation.speed = -8, 0.95
+    restored = SeasonAdaptation(batch_norm=False, shift_days=16, speed=0.1)
+    restored.load_state_dict(adaptation.state_dict())
+    model = nn.Module()
+    model.consistency = Consistency()
+    restored.on_train_start(None, model)  # a resumed fit: the estimates go to the consistency again
+    assert (model.consistency.weak_day_shift, model.consistency.weak_stretch) == (-8, 0.95)
+
+
 def test_class_proportions_and_their_table():
     np.testing.assert_allclose(class_proportions(np.array([0, 0, 1, 3]), 4), [0.5, 0.25, 0.0, 0.25])
     table = proportions_table(["wheat", "maize"], np.array([0.8, 0.2]), np.array([0.5, 0.5]))
@@ -125,7 +159,7 @@ def test_the_season_config_trains_with_the_new_seasons_store_and_prints_the_clas
     target = write_series_store(tmp_path / "new_season", 64, labelled=False, offset=2.0)
     adaptation = (
         '{"class_path": "cmap.ml.adaptation.SeasonAdaptation", "init_args": {"batch_norm": true, '
-        + '"shift_days": 32, "shift_step": 16, "shift_after": 0.5}}'
+        + '"shift_days": 32, "shift_step": 16, "shift_after": 0.5, "speed": 0.1, "speed_step": 0.05}}'
     )
     cmap_main([
         "fit", "--config", "configs/season_transfer.yaml", "--data", "cmap.data.SeriesStore",
@@ -138,6 +172,10 @@ def test_the_season_config_trains_with_the_new_seasons_store_and_prints_the_clas
     # TimeMatch's estimate at half the steps: one of the 5 shifts tried, each with its mean entropy.
     shift_line = next(line for line in printed.splitlines() if line.startswith("TimeMatch shift of the target"))
     assert shift_line.count(": ") == 1 + 5 and any(f"{k:+d} days" in shift_line for k in (-32, -16, 0, 16, 32))
+    speed_line = next(line for line in printed.splitlines() if line.startswith("Season speed of the target"))
+    assert speed_line.count(": ") == 1 + 5 and any(
+        f"series: {k:.2f} (" in speed_line for k in (0.9, 0.95, 1, 1.05, 1.1)
+    )
     table = printed.split("as predicted:\n", 1)[1].splitlines()[1:4]
     assert sorted(line.split()[0] for line in table) == sorted(CLASSES)
     for column in (1, 2):  # the source's shares, the target's predicted shares

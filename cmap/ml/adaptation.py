@@ -15,6 +15,7 @@ what each costs or gains on Mato Grosso's season transfer is in ``benchmarks/res
 """
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from cmap.data.batch import Batch
+from cmap.data.perturbations import season_resampled
 from cmap.data.series import SeriesDataset, batch_loader
 
 #: Batch size of the passes over the target series (no gradient).
@@ -68,14 +70,17 @@ def adapt_batch_norm(model: nn.Module, batches: Iterable[Batch]) -> int:
 
 
 @torch.no_grad()
-def mean_entropy(model: nn.Module, batches: Sequence[Batch], day_shift: int = 0) -> float:
+def mean_entropy(model: nn.Module, batches: Sequence[Batch], day_shift: int = 0, speed: float = 1.0) -> float:
     """The mean entropy of ``model``'s class probabilities over ``batches``, with every date's day moved
-    by ``day_shift`` (days stay >= 0)."""
+    by ``day_shift`` (days stay >= 0) and each series' values resampled as if its season ran ``speed``
+    times faster (:func:`~cmap.data.perturbations.season_resampled`; 1: as they are)."""
     total, count = 0.0, 0
     for batch in batches:
-        days = (batch["days"] + day_shift).clamp_min(0)
+        days, values, mask = (batch["days"] + day_shift).clamp_min(0), batch["values"], batch["mask"]
+        if speed != 1:
+            values, mask = season_resampled(values, mask, batch["days"], speed)
         device = device_of(model)
-        logits = model(batch["values"].to(device), days.to(device), batch["mask"].to(device))
+        logits = model(values.to(device), days.to(device), mask.to(device))
         probabilities = torch.softmax(logits.float(), dim=-1)
         total += float(-(probabilities * probabilities.clamp_min(1e-12).log()).sum(-1).sum())
         count += len(probabilities)
@@ -92,6 +97,22 @@ def estimate_shift(model: nn.Module, batches: Sequence[Batch], shifts: Sequence[
     finally:
         model.train(training)
     best = min(entropies, key=lambda shift: (round(entropies[shift], 6), abs(shift)))
+    return best, entropies
+
+
+def estimate_speed(
+    model: nn.Module, batches: Sequence[Batch], speeds: Sequence[float]
+) -> tuple[float, dict[float, float]]:
+    """TimeMatch's estimate with a season speed instead of a day shift: the factor of ``speeds`` whose
+    resampled target series (:func:`~cmap.data.perturbations.season_resampled`) the model predicts with
+    the lowest mean entropy, and each factor's mean entropy. Ties go to the factor nearest 1."""
+    training = model.training
+    model.eval()
+    try:
+        entropies = {float(speed): mean_entropy(model, batches, speed=float(speed)) for speed in speeds}
+    finally:
+        model.train(training)
+    best = min(entropies, key=lambda speed: (round(entropies[speed], 6), abs(speed - 1)))
     return best, entropies
 
 
@@ -166,24 +187,56 @@ class SeasonAdaptation(L.Callback):
     [-shift_days, shift_days]) is estimated when ``shift_after`` of the training steps are done and is
     given to the model's :class:`~cmap.ml.consistency.Consistency` (``weak_day_shift``): pseudo-labels
     then come from the shift-corrected target series. A fit without an ``unlabelled`` store is left
-    as it is.
+    as it is. With ``speed``, the same is done for the target season's speed (:func:`estimate_speed`,
+    factors every ``speed_step`` in [1 - speed, 1 + speed]), given to ``Consistency.weak_stretch``. The
+    estimates are saved in checkpoints (the callback's state): a resumed fit keeps them.
 
     Args:
         batch_norm: re-estimate batch-norm statistics on the target when training ends (AdaBN).
         shift_days: largest shift tried (0: no shift estimation).
         shift_step: spacing of the shifts tried, in days.
-        shift_after: fraction of the training's steps after which the shift is estimated.
+        shift_after: fraction of the training's steps after which the shift and speed are estimated.
         report: print the class proportions when training ends.
+        speed: largest change of the season's speed tried (0: no speed estimation; 0.2: factors 0.8 to 1.2).
+        speed_step: spacing of the factors tried.
     """
 
     def __init__(self, batch_norm: bool = True, shift_days: int = 0, shift_step: int = 8, shift_after: float = 0.3,
-                 report: bool = True) -> None:  # fmt: skip
-        if shift_days < 0 or shift_step < 1 or not 0 <= shift_after < 1:
-            raise ValueError(f"SeasonAdaptation needs shift_days >= 0, shift_step >= 1, 0 <= shift_after < 1, got "
-                             f"{shift_days}, {shift_step}, {shift_after}")  # fmt: skip
+                 report: bool = True, speed: float = 0.0, speed_step: float = 0.05) -> None:  # fmt: skip
+        if shift_days < 0 or shift_step < 1 or not 0 <= shift_after < 1 or not 0 <= speed < 1 or speed_step <= 0:
+            raise ValueError(f"SeasonAdaptation needs shift_days >= 0, shift_step >= 1, 0 <= shift_after < 1, "
+                             f"0 <= speed < 1, speed_step > 0, got {shift_days}, {shift_step}, {shift_after}, "
+                             f"{speed}, {speed_step}")  # fmt: skip
         self.batch_norm, self.report = batch_norm, report
         self.shift_days, self.shift_step, self.shift_after = shift_days, shift_step, shift_after
+        self.speed_range, self.speed_step = speed, speed_step
         self.shift: int | None = None
+        self.speed: float | None = None
+
+    @property
+    def state_key(self) -> str:  # several of them in one fit (e.g. one reporting, one estimating): one state each
+        return self._generate_state_key(
+            batch_norm=self.batch_norm, shift_days=self.shift_days, speed=self.speed_range, report=self.report
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shift": self.shift, "speed": self.speed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.shift, self.speed = state_dict.get("shift"), state_dict.get("speed")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.apply(pl_module)  # estimates restored from a checkpoint
+
+    def apply(self, pl_module: L.LightningModule) -> None:
+        """Give the estimates made so far to the model's consistency (its weak views)."""
+        consistency = getattr(pl_module, "consistency", None)
+        if consistency is None:
+            return
+        if self.shift is not None:
+            consistency.weak_day_shift = self.shift
+        if self.speed is not None:
+            consistency.weak_stretch = self.speed
 
     @staticmethod
     def target(trainer: L.Trainer) -> SeriesDataset | None:
@@ -195,19 +248,28 @@ class SeasonAdaptation(L.Callback):
         return list(batch_loader(dataset, PASS_BATCH_SIZE))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if not self.shift_days or self.shift is not None or self.target(trainer) is None:
+        wanted = (self.shift_days and self.shift is None) or (self.speed_range and self.speed is None)
+        if not wanted or self.target(trainer) is None:
             return
         if trainer.global_step < self.shift_after * trainer.estimated_stepping_batches:
             return
-        shifts = range(-self.shift_days, self.shift_days + 1, self.shift_step)
-        self.shift, entropies = estimate_shift(pl_module, self.batches(self.target(trainer)), shifts)
-        consistency = getattr(pl_module, "consistency", None)
-        if consistency is not None:
-            consistency.weak_day_shift = self.shift
-        pl_module.log("adaptation/day_shift", float(self.shift), sync_dist=True)
-        if trainer.is_global_zero:
+        batches, messages = self.batches(self.target(trainer)), []
+        if self.shift_days and self.shift is None:
+            shifts = range(-self.shift_days, self.shift_days + 1, self.shift_step)
+            self.shift, entropies = estimate_shift(pl_module, batches, shifts)
+            pl_module.log("adaptation/day_shift", float(self.shift), sync_dist=True)
             listed = ", ".join(f"{shift:+d}: {entropy:.3f}" for shift, entropy in entropies.items())
-            print(f"TimeMatch shift of the target series: {self.shift:+d} days (mean entropy {listed})", flush=True)
+            messages.append(f"TimeMatch shift of the target series: {self.shift:+d} days (mean entropy {listed})")
+        if self.speed_range and self.speed is None:
+            steps = int(round(self.speed_range / self.speed_step))
+            speeds = [round(1 + k * self.speed_step, 6) for k in range(-steps, steps + 1)]
+            self.speed, entropies = estimate_speed(pl_module, batches, speeds)
+            pl_module.log("adaptation/season_speed", float(self.speed), sync_dist=True)
+            listed = ", ".join(f"{speed:.2f}: {entropy:.3f}" for speed, entropy in entropies.items())
+            messages.append(f"Season speed of the target series: {self.speed:.2f} (mean entropy {listed})")
+        self.apply(pl_module)
+        if trainer.is_global_zero:
+            print("\n".join(messages), flush=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dataset = self.target(trainer)
