@@ -16,7 +16,8 @@ from cmap.data.splits import kfold_split
 from cmap.data.store import open_store, store_time_axis, write_store
 from cmap.labelling.audit import find_issues
 from cmap.labelling.peer import out_of_fold
-from cmap.labelling.selection import select, uncertainty
+from cmap.labelling.selection import cluster_select, select, uncertainty
+from cmap.labelling.som import som_issues
 
 from .conftest import SHARED_DATA, fit_tiny_classifier, require, tiny_classifier_config, tiny_encoder_config
 
@@ -120,7 +121,8 @@ def noisy_store(mato, tmp_path, flips: int = 25) -> tuple:
     return tmp_path / "noisy", flipped
 
 
-def test_audit_flags_flipped_labels_and_writes_a_cleaned_store(mato, tmp_path):
+@pytest.mark.parametrize("method", ["som", "confident_learning"])
+def test_audit_flags_flipped_labels_and_writes_a_cleaned_store(mato, tmp_path, method):
     store, flipped = noisy_store(mato, tmp_path)
     before = digest(store)
     output = tmp_path / "audit.csv"
@@ -133,6 +135,8 @@ def test_audit_flags_flipped_labels_and_writes_a_cleaned_store(mato, tmp_path):
             str(mato / "coordinates.csv"),
             "--clean_store",
             str(tmp_path / "clean"),
+            "--method",
+            method,
         ]
     )
     table = pd.read_csv(output, dtype={"sample_id": str})
@@ -188,6 +192,9 @@ def test_audit_of_a_store_without_labels_is_one_line(mato, tmp_path, capsys):
     message = one_line_error(capsys, ["audit", str(mato / "unlabelled"), str(tmp_path / "audit.csv")])
     assert "labels.npy" in message and "labels" in message
     assert not (tmp_path / "audit.csv").exists()
+    arguments = ["audit", str(mato / "labelled"), str(tmp_path / "audit.csv"), "--method", "som"]
+    message = one_line_error(capsys, [*arguments, "--probabilities", str(tmp_path / "oof.csv")])
+    assert "--probabilities" in message and "--method confident_learning" in message
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +214,8 @@ def test_suggest_picks_uncertain_diverse_unlabelled_series_with_coordinates(mato
             str(output),
             "--n",
             "18",
+            "--diversity",
+            "distance",
             "--balanced",
             "--coordinates",
             str(mato / "coordinates.csv"),
@@ -232,6 +241,8 @@ def test_suggest_picks_uncertain_diverse_unlabelled_series_with_coordinates(mato
             "10",
             "--space",
             "coordinates",
+            "--diversity",
+            "distance",
             "--min_distance",
             "0.5",
             "--coordinates",
@@ -241,6 +252,10 @@ def test_suggest_picks_uncertain_diverse_unlabelled_series_with_coordinates(mato
     points = pd.read_csv(spread)[["longitude", "latitude"]].to_numpy()
     distances = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1)) + np.eye(len(points)) * 99
     assert distances.min() >= 0.5  # no two suggestions within 0.5 degrees: not one field
+    clustered = tmp_path / "clustered.csv"
+    cmap_main(["suggest", str(checkpoint), str(store), str(clustered), "--n", "12"])  # the default: clusters
+    table = pd.read_csv(clustered)
+    assert len(table) == 12 and table["row"].is_unique and table["uncertainty"].is_monotonic_decreasing
     assert digest(store) == before
 
 
@@ -254,6 +269,10 @@ def test_suggest_refuses_other_bands_and_too_many(mato, checkpoint, tmp_path, ca
         capsys, ["suggest", str(checkpoint), str(mato / "unlabelled"), str(tmp_path / "s.csv"), "--n", "201"]
     )
     assert "--n 201" in message and "200 candidate" in message
+    message = one_line_error(
+        capsys, ["suggest", str(checkpoint), str(mato / "unlabelled"), str(tmp_path / "s.csv"), "--balanced"]
+    )
+    assert "--balanced" in message and "--diversity distance" in message
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -270,3 +289,29 @@ def test_selection_keeps_its_distance_and_balance_and_relaxes_only_when_it_must(
     assert list(select(scores, 5, points, 100.0)) == [0, 1, 2, 3, 4]  # impossible distance: relaxed
     with pytest.raises(ValueError, match="only 5 candidates"):
         select(scores, 6)
+
+
+def test_cluster_selection_takes_the_most_uncertain_of_each_group():
+    points = np.array([[0.0], [0.1], [0.2], [10.0], [10.1], [20.0], [20.2], [20.1]])
+    scores = np.array([0.2, 0.9, 0.5, 0.3, 0.4, 0.1, 0.8, 0.6])
+    assert list(cluster_select(scores, 3, points)) == [1, 6, 4]  # one per group, the most uncertain first
+    with pytest.warns(UserWarning, match="distinct clusters"):  # scikit-learn's ConvergenceWarning
+        identical = cluster_select(scores, 8, np.zeros((8, 1)))
+    assert sorted(identical) == list(range(8))  # one cluster: the rest fills in
+    with pytest.raises(ValueError, match="only 8 candidates"):
+        cluster_select(scores, 9, points)
+
+
+def test_som_flags_the_labels_that_differ_from_their_neighbourhood():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [5.0, 5.0], [0.0, 5.0]])
+    labels = np.repeat([0, 1, 2], 60)
+    points = centres[labels] + rng.normal(0, 0.3, (len(labels), 2))
+    noisy = labels.copy()
+    flipped = np.array([3, 70, 150])
+    noisy[flipped] = (labels[flipped] + 1) % 3
+    flagged, shares, own = som_issues(points, noisy, 3)
+    found = np.intersect1d(flipped, flagged)
+    assert len(found) >= 2 and len(found) / len(flagged) >= 2 / 3  # a flip alone on its neuron may escape
+    assert (shares[found].argmax(axis=1) == labels[found]).all()  # the suggestion: the true label
+    assert np.allclose(shares.sum(axis=1), 1) and np.allclose(own.sum(axis=1), 1)

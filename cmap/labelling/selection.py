@@ -2,11 +2,16 @@
 margin, least confidence) with diversity (a minimum distance between the chosen series, in the
 model's embedding or in space, so the N are not N pixels of one field), class-balanced on request.
 
-Greedy, most uncertain first: a candidate is taken unless it lies closer than ``min_distance`` to
-one already taken (or its predicted class has its share, with ``balanced``); when the constraints
-leave fewer than N, the distance and then the balance are relaxed, in that order, so N are always
-returned. Why greedy and not a clustering of the candidates (k-means, as some active-learning
-libraries): it keeps the most uncertain series first and costs N distance passes, at any store size.
+Two ways to keep the N diverse:
+
+- :func:`cluster_select` (the default of ``cmap suggest`` and of ``benchmarks/samples.py``): the
+  10 N most uncertain candidates are grouped into N clusters by k-means weighted by uncertainty, and
+  each cluster gives its most uncertain series ("diverse mini-batch active learning", Zhdanov
+  2019). It measured better than the distance rule below on UCR Crop (``benchmarks/results/samples.md``).
+- :func:`select`: greedy, most uncertain first: a candidate is taken unless it lies closer than
+  ``min_distance`` to one already taken (or its predicted class has its share, with ``balanced``);
+  when the constraints leave fewer than N, the distance and then the balance are relaxed, in that
+  order, so N are always returned. It keeps a distance the user can state (metres, degrees).
 """
 
 import numpy as np
@@ -37,6 +42,24 @@ def auto_distance(points: np.ndarray, scores: np.ndarray, n: int, seed: int = 0)
     distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * x @ x.T, 0.0))
     np.fill_diagonal(distances, np.inf)
     return float(np.median(distances.min(axis=1))) if len(pool) > 1 else 0.0
+
+
+def cluster_select(scores: np.ndarray, n: int, points: np.ndarray, pool_factor: int = 10, seed: int = 0) -> np.ndarray:
+    """Indices of ``n`` candidates, most uncertain first: the most uncertain of each of n k-means
+    clusters (weighted by ``scores``) of the ``pool_factor`` n most uncertain ``points`` (N, D); when
+    clusters are fewer than n (duplicate points), the next most uncertain fill the rest."""
+    from sklearn.cluster import KMeans
+
+    if n > len(scores):
+        raise ValueError(f"{n} series asked for but only {len(scores)} candidates")
+    pool = np.argsort(-scores, kind="stable")[: min(len(scores), pool_factor * n)]
+    weights = np.asarray(scores, dtype=np.float64)[pool] + 1e-9  # k-means needs a positive weight
+    clusters = KMeans(n, n_init=1, random_state=seed).fit(points[pool], sample_weight=weights).labels_
+    _, first = np.unique(clusters, return_index=True)  # pool is sorted: a cluster's first is its most uncertain
+    taken = np.zeros(len(pool), dtype=bool)
+    taken[first] = True
+    taken[np.flatnonzero(~taken)[: n - taken.sum()]] = True
+    return pool[taken]
 
 
 def select(

@@ -1,9 +1,11 @@
 """``cmap suggest``: the N series of a store to label next, by a trained classifier (a ``cmap fit``
 checkpoint): the most uncertain (``--measure margin|entropy|least_confidence``, as R sits'
-``sits_uncertainty_sampling``), at least a minimum distance apart (``--space embedding``: the
-encoder's features averaged over the dates; ``--space coordinates``: longitude/latitude from
-``--coordinates``), and with ``--balanced`` at most N / classes of each predicted class
-(:mod:`cmap.labelling.selection`).
+``sits_uncertainty_sampling``), kept diverse in ``--space embedding`` (the encoder's features
+averaged over the dates) or ``--space coordinates`` (longitude/latitude from ``--coordinates``):
+``--diversity clusters`` (the default: the most uncertain of each of N k-means clusters of the
+10 N most uncertain, as measured in ``benchmarks/samples.py``) or ``--diversity distance`` (at
+least ``--min_distance`` apart, and with ``--balanced`` at most N / classes of each predicted
+class): :mod:`cmap.labelling.selection`.
 
 Candidates: the store's unlabelled series (label -1), or every series of a store without labels.
 Outputs: ``OUTPUT`` (CSV: ``row``, ``sample_id``, ``rank``, ``predicted``, ``confidence``,
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cmap.labelling.selection import MEASURES, auto_distance, select, uncertainty
+from cmap.labelling.selection import MEASURES, auto_distance, cluster_select, select, uncertainty
 from cmap.labelling.tables import read_coordinates, sample_ids, write_outputs
 from cmap.outputs import InputError, MissingInput
 
@@ -40,17 +42,27 @@ def parse(args: list[str], prog: str) -> argparse.Namespace:
         "--space", choices=["embedding", "coordinates"], default="embedding", help="where distances count"
     )
     parser.add_argument(
+        "--diversity",
+        choices=["clusters", "distance"],
+        default="clusters",
+        help="clusters: one per k-means cluster of the uncertain (default); distance: --min_distance apart",
+    )
+    parser.add_argument(
         "--min_distance",
         default="auto",
-        help="minimum distance between suggestions in --space; auto: from the data; 0: none",
+        help="with --diversity distance: minimum distance between suggestions in --space; auto: from the data",
     )
-    parser.add_argument("--balanced", action="store_true", help="at most n / classes per predicted class")
+    parser.add_argument(
+        "--balanced", action="store_true", help="with --diversity distance: at most n / classes per predicted class"
+    )
     parser.add_argument("--coordinates", type=Path, help="table of sample_id (or row), longitude, latitude")
     parser.add_argument("--crs", default="EPSG:4326", help="CRS of the coordinates (default %(default)s)")
     parser.add_argument("--batch_size", type=int, default=256)
     options = parser.parse_args(args)
     if options.n < 1:
         raise InputError(f"--n must be >= 1, got {options.n}")
+    if options.diversity == "clusters" and (options.balanced or options.min_distance != "auto"):
+        raise InputError("--balanced and --min_distance apply to --diversity distance, not to --diversity clusters")
     if options.space == "coordinates" and options.coordinates is None:
         raise InputError("--space coordinates needs --coordinates TABLE (sample_id or row, longitude, latitude)")
     return options
@@ -71,6 +83,16 @@ def check_inputs(model, metadata: dict, store: Path, checkpoint: Path) -> None:
             f"{store / 'metadata.json'}: field time_axis: {store_time_axis(metadata).describe()}, expected the time "
             f"axis of {checkpoint}: {contract.time_axis.describe()}"
         )
+
+
+def minimum_distance(option: str, points: np.ndarray, scores: np.ndarray, n: int) -> float:
+    """``--min_distance``: a number, or ``auto`` (from the data: :func:`~cmap.labelling.selection.auto_distance`)."""
+    if option == "auto":
+        return auto_distance(points, scores, n)
+    try:
+        return float(option)
+    except ValueError:
+        raise InputError(f"--min_distance must be a number or auto, got {option!r}") from None
 
 
 def predict(model, series, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,17 +137,14 @@ def main(args: list[str] | None = None, prog: str = "cmap suggest") -> pd.DataFr
     probabilities, embeddings = predict(model, series, rows, options.batch_size)
     scores = uncertainty(probabilities, options.measure)
     points = embeddings if options.space == "embedding" else coordinates[rows]
-    if options.min_distance == "auto":
-        min_distance = auto_distance(points, scores, options.n)
-    else:
-        try:
-            min_distance = float(options.min_distance)
-        except ValueError:
-            raise InputError(f"--min_distance must be a number or auto, got {options.min_distance!r}") from None
     predicted = probabilities.argmax(axis=1)
-    chosen = select(
-        scores, options.n, points, min_distance, predicted if options.balanced else None, probabilities.shape[1]
-    )
+    if options.diversity == "clusters":
+        chosen, rule = cluster_select(scores, options.n, points), f"one per k-means cluster in {options.space}"
+    else:
+        min_distance = minimum_distance(options.min_distance, points, scores, options.n)
+        balance = predicted if options.balanced else None
+        chosen = select(scores, options.n, points, min_distance, balance, probabilities.shape[1])
+        rule = f"minimum {options.space} distance {min_distance:.4g}"
     class_names = list(model.input_contract.class_names)
     table = pd.DataFrame(
         {
@@ -144,8 +163,7 @@ def main(args: list[str] | None = None, prog: str = "cmap suggest") -> pd.DataFr
         table, options.output, inputs, None if coordinates is None else coordinates[rows[chosen]], options.crs
     )
     print(
-        f"cmap suggest: {len(table)} of {len(rows)} candidates ({options.measure}, minimum {options.space} distance "
-        f"{min_distance:.4g}) -> {options.output}",
+        f"cmap suggest: {len(table)} of {len(rows)} candidates ({options.measure}, {rule}) -> {options.output}",
         flush=True,
     )
     return table
