@@ -82,6 +82,31 @@ def write_split(split: Split, folder: Path) -> None:
     write_store(folder / "target", unlabelled, test.band_names, [], test.time_axis, test.raw_values)
 
 
+def unseen_group_records(split: Split, folder: Path, runs: Path) -> list[dict]:
+    """Victoria's second row of the accuracy table: OA over the test series whose polygon (group) has no
+    training series, for every trained run of the split (its last checkpoint's predictions of the test store)."""
+    from cmap.data.series import SeriesDataset, batch_loader
+    from cmap.ml.adaptation import predicted_classes
+    from cmap.ml.classifiers import Classifier
+
+    train, test = open_store(folder / "train")[0], open_store(folder / "test")[0]
+    if train.groups is None or test.groups is None:
+        return []
+    unseen = ~np.isin(test.groups, train.groups)
+    records = []
+    for method in METHODS:
+        for checkpoint in sorted(
+            (runs / split.name / method).glob("seed*/lightning_logs/version_*/checkpoints/last.ckpt")
+        ):
+            model = Classifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+            loader = batch_loader(SeriesDataset(test, np.arange(len(test)), model.input_contract), 512)
+            predictions = predicted_classes(model, loader).numpy()
+            seed = int(checkpoint.parents[3].name.removeprefix("seed"))
+            records.append({"kind": "cmap", "method": method, "direction": f"{split.name}_unseen", "seed": seed,
+                            **scores(test.labels[unseen], predictions[unseen])})  # fmt: skip
+    return records
+
+
 def report(records: list[dict]) -> str:
     """Per split and seed: both methods' OA (macro F1) and the difference; then the mean over splits."""
     lines = [
@@ -89,7 +114,8 @@ def report(records: list[dict]) -> str:
         "|---|---|---|---|---|",
     ]
     differences = []
-    for split in SPLITS:
+    titled = [*SPLITS, Split("victoria_unseen", "Sentinel-2 Victoria, test pixels of unseen polygons")]
+    for split in titled:
         for seed in sorted({r["seed"] for r in records if r["direction"] == split.name}):
             found = {r["method"]: r for r in records if r["direction"] == split.name and r["seed"] == seed}
             cells = [f"{found[m]['oa']:.4f} ({found[m]['macro_f1']:.4f})" if m in found else "" for m in METHODS]
@@ -143,7 +169,11 @@ def main() -> None:
                 append_record(scores_path, record)
                 print(json.dumps(record), flush=True)
                 write_report(read_records(scores_path), args.output)
-    write_report(read_records(scores_path), args.output)
+    records = read_records(scores_path)
+    victoria = next(split for split in SPLITS if split.name == "victoria")
+    if (args.workdir / "victoria" / "test").is_dir():
+        records += unseen_group_records(victoria, args.workdir / "victoria", args.workdir / "runs")
+    write_report(records, args.output)
 
 
 if __name__ == "__main__":
