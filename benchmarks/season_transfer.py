@@ -363,7 +363,9 @@ def write_report(records: list[dict], summaries: dict[str, dict], output: Path, 
         path.write_text(f"{head}{start}\n{table}\n\nMachine: {machine()}\n{end}{rest.split(end, 1)[1]}")
 
 
-def in_season_predictions(cv_folder: Path, workdir: Path, peers: list[str]) -> dict[str, np.ndarray]:
+def in_season_predictions(
+    series: PixelSeries, cv_folder: Path, workdir: Path, peers: list[str]
+) -> dict[str, np.ndarray]:
     """Out-of-fold predictions of every sample under the README's random split (5 stratified folds,
     seed 0: labels of every season, each sample's own season included): cmap's per seed, read from a
     ``cmap cv`` of the default recipe on the Mato Grosso store (``runs/seed{S}_fold{K}/oof.npz``), and
@@ -396,9 +398,9 @@ def in_season_report(directions: list[Direction], cv_folder: Path, workdir: Path
     """What the target season's own labels give on each direction's test series: OA of the random
     split's out-of-fold predictions (:func:`in_season_predictions`) over those series, beside the
     season-transfer figures; and how many of them every method misclassifies."""
-    predictions = in_season_predictions(cv_folder, workdir, ["multirocket", "hydra"])
-    cmap_runs = [name for name in predictions if name.startswith("cmap")]
     converted = read_mato_grosso(RDA)
+    predictions = in_season_predictions(converted.series, cv_folder, workdir, ["multirocket", "hydra"])
+    cmap_runs = [name for name in predictions if name.startswith("cmap")]
     lines = ["| direction | scored series | cmap default recipe, random split (seeds) | MultiRocket, random split | "
              "MultiRocket-Hydra, random split | best peer, season transfer | documented path, season transfer | "
              "target (best peer + 3.0) | wrong for every method |",

@@ -87,17 +87,26 @@ def mean_entropy(model: nn.Module, batches: Sequence[Batch], day_shift: int = 0,
     return total / count
 
 
-def estimate_shift(model: nn.Module, batches: Sequence[Batch], shifts: Sequence[int]) -> tuple[int, dict[int, float]]:
-    """TimeMatch's estimate: the day shift of ``shifts`` whose shifted target series the model predicts
-    with the lowest mean entropy, and each shift's mean entropy. Ties go to the smallest shift."""
+def lowest_entropy(
+    model: nn.Module, batches: Sequence[Batch], candidates: dict[Any, dict[str, Any]], neutral: float
+) -> tuple[Any, dict[Any, float]]:
+    """The candidate (a key of ``candidates``: :func:`mean_entropy`'s keyword arguments) whose transformed
+    target series the model, in eval mode, predicts with the lowest mean entropy, and each one's mean
+    entropy. Ties go to the candidate nearest ``neutral`` (no change)."""
     training = model.training
     model.eval()
     try:
-        entropies = {int(shift): mean_entropy(model, batches, int(shift)) for shift in shifts}
+        entropies = {key: mean_entropy(model, batches, **options) for key, options in candidates.items()}
     finally:
         model.train(training)
-    best = min(entropies, key=lambda shift: (round(entropies[shift], 6), abs(shift)))
+    best = min(entropies, key=lambda key: (round(entropies[key], 6), abs(key - neutral)))
     return best, entropies
+
+
+def estimate_shift(model: nn.Module, batches: Sequence[Batch], shifts: Sequence[int]) -> tuple[int, dict[int, float]]:
+    """TimeMatch's estimate: the day shift of ``shifts`` whose shifted target series the model predicts
+    with the lowest mean entropy, and each shift's mean entropy. Ties go to the smallest shift."""
+    return lowest_entropy(model, batches, {int(shift): {"day_shift": int(shift)} for shift in shifts}, 0)
 
 
 def estimate_speed(
@@ -106,14 +115,7 @@ def estimate_speed(
     """TimeMatch's estimate with a season speed instead of a day shift: the factor of ``speeds`` whose
     resampled target series (:func:`~cmap.data.perturbations.season_resampled`) the model predicts with
     the lowest mean entropy, and each factor's mean entropy. Ties go to the factor nearest 1."""
-    training = model.training
-    model.eval()
-    try:
-        entropies = {float(speed): mean_entropy(model, batches, speed=float(speed)) for speed in speeds}
-    finally:
-        model.train(training)
-    best = min(entropies, key=lambda speed: (round(entropies[speed], 6), abs(speed - 1)))
-    return best, entropies
+    return lowest_entropy(model, batches, {float(speed): {"speed": float(speed)} for speed in speeds}, 1.0)
 
 
 @torch.no_grad()
