@@ -85,7 +85,7 @@ def write_split(split: Split, folder: Path) -> None:
 def unseen_group_records(split: Split, folder: Path, runs: Path) -> list[dict]:
     """Victoria's second row of the accuracy table: OA over the test series whose polygon (group) has no
     training series, for every trained run of the split (its last checkpoint's predictions of the test store)."""
-    from cmap.data.series import SeriesDataset, batch_loader
+    from cmap.data.dataset import SeriesDataset, batch_loader
     from cmap.ml.adaptation import predicted_classes
     from cmap.ml.classifiers import Classifier
 

@@ -45,7 +45,7 @@ from peers import estimator, interpolated
 from torch import Tensor, nn
 
 from cmap.data.batch import Batch
-from cmap.data.series import SeriesDataset, batch_loader
+from cmap.data.dataset import SeriesDataset, batch_loader
 from cmap.ml.classifiers import Classifier
 from cmap.ml.consistency import Consistency, concat_batches
 from cmap.ml.tempcnn import FlattenClassification

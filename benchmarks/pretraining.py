@@ -57,8 +57,9 @@ from torch.utils.data import DataLoader, RandomSampler
 from cmap.data import UCRCrop
 from cmap.data.contract import InputContract
 from cmap.data.convert import read_mato_grosso
+from cmap.data.dataset import SeriesDataset, batch_loader
 from cmap.data.perturbations import Augmentation, ContiguousDates, NoiseContamination, RandomDates
-from cmap.data.series import PixelSeries, SeriesDataset, batch_loader
+from cmap.data.series import PixelSeries
 from cmap.data.splits import kfold_split, per_class_subset
 from cmap.data.statistics import normalisation_statistics
 from cmap.ml.autoencoders import AutoEncoder

@@ -37,7 +37,8 @@ from peers import PEERS, TITLES, aeon_available, fit_predict
 from sklearn.metrics import accuracy_score, f1_score
 
 from cmap.data.convert import _read_rda_tibble, read_mato_grosso
-from cmap.data.series import PixelSeries, SeriesDataset, batch_loader
+from cmap.data.dataset import SeriesDataset, batch_loader
+from cmap.data.series import PixelSeries
 from cmap.data.splits import kfold_split
 from cmap.data.store import open_store, write_store
 from cmap.lightning_cli import CMapCLI

@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from cmap.data.contract import InputContract
-from cmap.data.series import SeriesDataset
+from cmap.data.dataset import SeriesDataset
 from cmap.ml.classifiers import Classifier
 from cmap.ml.weights import read_checkpoint
 from cmap.outputs import InputError, check_outputs, write_bytes_atomically

@@ -185,7 +185,7 @@ def test_the_season_config_trains_with_the_new_seasons_store_and_prints_the_clas
     assert model.consistency is not None and model.consistency.threshold == 0.8
     # AdaBN: the first batch norm's running mean is the target's features' mean, not the source's.
     from cmap.data import SeriesDataset, open_store
-    from cmap.data.series import batch_loader
+    from cmap.data.dataset import batch_loader
 
     norm = batch_norms(model)[0]
     stats = norm.running_mean.clone()

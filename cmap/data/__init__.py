@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 _HOMES = {
     "Batch": "cmap.data.batch", "PixelSeries": "cmap.data.series", "SITSDataModule": "cmap.data.datamodule",
-    "SeriesDataset": "cmap.data.series", "SeriesStore": "cmap.data.store_datamodule",
+    "SeriesDataset": "cmap.data.dataset", "SeriesStore": "cmap.data.store_datamodule",
     "StreamingSeriesStore": "cmap.data.streaming", "SyntheticSITS": "cmap.data.synthetic",
     "UCRCrop": "cmap.data.ucr_datamodule",
     "open_store": "cmap.data.store", "write_store": "cmap.data.store",
@@ -22,7 +22,8 @@ __all__ = [
 if TYPE_CHECKING:
     from cmap.data.batch import Batch
     from cmap.data.datamodule import SITSDataModule
-    from cmap.data.series import PixelSeries, SeriesDataset
+    from cmap.data.dataset import SeriesDataset
+    from cmap.data.series import PixelSeries
     from cmap.data.store import open_store, write_store
     from cmap.data.store_datamodule import SeriesStore
     from cmap.data.streaming import StreamingSeriesStore

@@ -20,8 +20,9 @@ from cmap.data.contract import (
     raw_value_settings,
     resolve_input_settings,
 )  # fmt: skip
+from cmap.data.dataset import SeriesDataset, batch_loader
 from cmap.data.perturbations import Augmentation
-from cmap.data.series import UNSEEN_CLASS, PixelSeries, SeriesDataset, batch_loader
+from cmap.data.series import UNSEEN_CLASS, PixelSeries
 from cmap.data.splits import holdout_split, per_class_subset
 from cmap.data.statistics import normalisation_statistics, training_date_grid, warn_other_scale
 from cmap.data.time_axis import TimeAxis

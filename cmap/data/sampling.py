@@ -10,7 +10,7 @@ import numpy as np
 from torch.utils.data import DistributedSampler, Sampler
 
 from cmap.data.contract import InputContract
-from cmap.data.series import SeriesDataset
+from cmap.data.dataset import SeriesDataset
 
 CHUNK = 1 << 16
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -1,15 +1,11 @@
-"""Pixel series in memory or on disk, and the dataset that normalises them into batches (no Lightning)."""
+"""Pixel series in memory or on disk (numpy only: every reader, converter and the store format uses them).
+
+The torch dataset that normalises them into batches is :mod:`cmap.data.dataset`.
+"""
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
-
-from cmap.data.batch import Batch
-from cmap.data.contract import InputContract
-from cmap.data.perturbations import Augmentation
 
 #: The label of a test series whose class training never saw (a test store's class the training store
 #: lacks, :func:`~cmap.data.store.relabel`): reported, not scored. -1 is an unlabelled series.
@@ -102,65 +98,3 @@ def sort_dates(values: np.ndarray, days: np.ndarray, mask: np.ndarray) -> tuple[
         np.take_along_axis(days, order, axis=1),
         np.take_along_axis(mask, order, axis=1),
     )
-
-
-class SeriesDataset(Dataset):
-    """The series ``index`` of a :class:`PixelSeries`, normalised on the fly by ``contract``
-    (:meth:`~cmap.data.contract.InputContract.model_inputs`); batches follow :class:`Batch`.
-
-    Rows are read only when a batch asks for them (``__getitems__``), so a store (:mod:`cmap.data.store`)
-    larger than memory trains with flat memory. Use :func:`batch_loader` (or any DataLoader whose
-    ``collate_fn`` passes batches through): each fetch already returns a whole batch.
-    """
-
-    def __init__(
-        self,
-        series: PixelSeries,
-        index: np.ndarray,
-        contract: InputContract,
-        augmentation: Augmentation | None = None,
-    ) -> None:
-        self.series = series
-        self.index = np.asarray(index, dtype=np.int64)
-        self.contract = contract
-        self.augmentation = augmentation if augmentation is not None and augmentation.active else None
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    @property
-    def labels(self) -> np.ndarray | None:
-        return None if self.series.labels is None else self.series.labels[self.index]
-
-    def __getitems__(self, positions: list[int]) -> Batch:
-        rows = self.index[np.asarray(positions, dtype=np.int64)]
-        order = np.argsort(rows, kind="stable")  # read a store in file order
-        values = np.empty((len(rows),) + self.series.values.shape[1:], dtype=np.float32)
-        values[order] = self.series.values[rows[order]]
-        days = np.empty((len(rows),) + self.series.days.shape[1:], dtype=np.int64)
-        days[order] = self.series.days[rows[order]]
-        # A date with any NaN or infinite band value is masked, like a cloud.
-        values, mask = self.contract.model_inputs(values)
-        check_series(mask, self.series.source, rows)  # stores are read here first, not when opened
-        values, days, mask = sort_dates(values, days, mask)
-        batch = Batch(
-            values=torch.from_numpy(values),
-            days=torch.from_numpy(days),
-            mask=torch.from_numpy(mask),
-        )
-        if self.series.labels is not None:
-            batch["label"] = torch.from_numpy(self.series.labels[rows].astype(np.int64))
-        return self.augmentation(batch) if self.augmentation is not None else batch
-
-    def __getitem__(self, position: int) -> Batch:
-        return {key: value[0] for key, value in self.__getitems__([position]).items()}
-
-
-def pass_through(batch: Batch) -> Batch:
-    """``collate_fn`` for :class:`SeriesDataset`, whose fetches are already batches."""
-    return batch
-
-
-def batch_loader(dataset: SeriesDataset, batch_size: int, shuffle: bool = False, **kwargs: Any) -> DataLoader:
-    """A DataLoader over a :class:`SeriesDataset` (one fetch per batch)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=pass_through, **kwargs)

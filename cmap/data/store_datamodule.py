@@ -11,8 +11,9 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import Sampler
 
 from cmap.data.datamodule import SITSDataModule
+from cmap.data.dataset import SeriesDataset, batch_loader
 from cmap.data.sampling import RowStream
-from cmap.data.series import PixelSeries, SeriesDataset, batch_loader
+from cmap.data.series import PixelSeries
 from cmap.data.splits import kfold_split
 from cmap.data.store import (
     open_store,

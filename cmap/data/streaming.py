@@ -28,8 +28,9 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from cmap.data.datamodule import SeriesDataModule, no_labels_problem
+from cmap.data.dataset import pass_through
 from cmap.data.sampling import CHUNK, RowDataset, RowPermutation, RowSampler, unit_hash
-from cmap.data.series import UNSEEN_CLASS, PixelSeries, pass_through
+from cmap.data.series import UNSEEN_CLASS, PixelSeries
 from cmap.data.store import open_store, open_test_store
 from cmap.data.store_datamodule import StoreInputs
 from cmap.outputs import InputError

@@ -99,7 +99,7 @@ def predict(model, series, rows: np.ndarray, batch_size: int) -> tuple[np.ndarra
     """Class probabilities (N, K) and embeddings (N, D: the encoder's features averaged over valid dates)."""
     import torch
 
-    from cmap.data.series import SeriesDataset, batch_loader
+    from cmap.data.dataset import SeriesDataset, batch_loader
     from cmap.ml.decoders import masked_mean
 
     loader = batch_loader(SeriesDataset(series, rows, model.input_contract), batch_size)

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from cmap.data.batch import Batch
+from cmap.data.dataset import SeriesDataset, batch_loader
 from cmap.data.perturbations import season_resampled
-from cmap.data.series import SeriesDataset, batch_loader
 
 #: Batch size of the passes over the target series (no gradient).
 PASS_BATCH_SIZE = 512
