@@ -1,7 +1,8 @@
 """The package's layering holds: import-linter's contracts of pyproject.toml ([tool.importlinter]).
 
 Entry point > commands > mapping > ml > data > helpers, no import cycle inside any package, and the
-readers and converters free of Lightning; a change that ties two modules the wrong way fails here.
+readers, converters and cmap convert / extract free of torch and Lightning; a change that ties two
+modules the wrong way fails here.
 """
 
 import subprocess
