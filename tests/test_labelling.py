@@ -16,7 +16,7 @@ from cmap.data.splits import kfold_split
 from cmap.data.store import open_store, store_time_axis, write_store
 from cmap.labelling.audit import find_issues
 from cmap.labelling.peer import out_of_fold
-from cmap.labelling.selection import cluster_select, select, uncertainty
+from cmap.labelling.selection import cluster_select, gradient_select, select, uncertainty
 from cmap.labelling.som import som_issues
 
 from .conftest import SHARED_DATA, fit_tiny_classifier, require, tiny_classifier_config, tiny_encoder_config
@@ -253,9 +253,15 @@ def test_suggest_picks_uncertain_diverse_unlabelled_series_with_coordinates(mato
     distances = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1)) + np.eye(len(points)) * 99
     assert distances.min() >= 0.5  # no two suggestions within 0.5 degrees: not one field
     clustered = tmp_path / "clustered.csv"
-    cmap_main(["suggest", str(checkpoint), str(store), str(clustered), "--n", "12"])  # the default: clusters
+    cmap_main(["suggest", str(checkpoint), str(store), str(clustered), "--n", "12", "--diversity", "clusters"])
     table = pd.read_csv(clustered)
     assert len(table) == 12 and table["row"].is_unique and table["uncertainty"].is_monotonic_decreasing
+    gradients = tmp_path / "gradients.csv"
+    cmap_main(["suggest", str(checkpoint), str(store), str(gradients), "--n", "12"])  # the default: gradients
+    table = pd.read_csv(gradients)
+    assert len(table) == 12 and table["row"].is_unique and (table["rank"] == np.arange(1, 13)).all()
+    probabilities = table.filter(like="probability/").to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5) and table["row"].isin(np.arange(200)).all()
     assert digest(store) == before
 
 
@@ -273,6 +279,11 @@ def test_suggest_refuses_other_bands_and_too_many(mato, checkpoint, tmp_path, ca
         capsys, ["suggest", str(checkpoint), str(mato / "unlabelled"), str(tmp_path / "s.csv"), "--balanced"]
     )
     assert "--balanced" in message and "--diversity distance" in message
+    message = one_line_error(
+        capsys,
+        ["suggest", str(checkpoint), str(mato / "unlabelled"), str(tmp_path / "s.csv"), "--space", "coordinates"],
+    )
+    assert "--space coordinates" in message and "gradients" in message
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -300,6 +311,35 @@ def test_cluster_selection_takes_the_most_uncertain_of_each_group():
     assert sorted(identical) == list(range(8))  # one cluster: the rest fills in
     with pytest.raises(ValueError, match="only 8 candidates"):
         cluster_select(scores, 9, points)
+
+
+def test_gradient_selection_is_k_means_plus_plus_in_the_explicit_gradient_embedding():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(4) * 0.5, size=60)
+    features = rng.normal(size=(60, 5))
+    chosen = gradient_select(probabilities, features, 10, seed=3)
+    # The same seeding on the (60, 4 x 5) outer products, built explicitly.
+    a = probabilities.copy()
+    a[np.arange(60), a.argmax(axis=1)] -= 1
+    embedding = (a[:, :, None] * features[:, None, :]).reshape(60, -1)
+    explicit, draw = [int(np.argmax((embedding**2).sum(axis=1)))], np.random.default_rng(3)
+    nearest = ((embedding - embedding[explicit[0]]) ** 2).sum(axis=1)
+    while len(explicit) < 10:
+        explicit.append(int(draw.choice(60, p=nearest / nearest.sum())))
+        nearest = np.minimum(nearest, ((embedding - embedding[explicit[-1]]) ** 2).sum(axis=1))
+    assert list(chosen) == explicit and len(set(chosen)) == 10
+
+
+def test_gradient_selection_never_takes_a_duplicate_of_a_chosen_series_while_others_are_left():
+    features = np.repeat(np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]), 5, axis=0)  # 3 groups of 5 duplicates
+    probabilities = np.tile([[0.6, 0.4]], (15, 1))
+    probabilities[10:] = [0.9, 0.1]  # the third group is surer: a smaller gradient, never the first
+    for seed in range(5):
+        chosen = gradient_select(probabilities, features, 3, seed)
+        assert chosen[0] < 10 and sorted(chosen // 5) == [0, 1, 2]  # one of each group
+    assert sorted(gradient_select(probabilities, features, 15)) == list(range(15))  # duplicates fill in, once each
+    with pytest.raises(ValueError, match="only 15 candidates"):
+        gradient_select(probabilities, features, 16)
 
 
 def test_som_flags_the_labels_that_differ_from_their_neighbourhood():

@@ -2,8 +2,13 @@
 margin, least confidence) with diversity (a minimum distance between the chosen series, in the
 model's embedding or in space, so the N are not N pixels of one field), class-balanced on request.
 
-Two ways to keep the N diverse:
+Three ways to keep the N diverse:
 
+- :func:`gradient_select` (BADGE, Ash et al., ICLR 2020): k-means++ seeding in the gradient embedding
+  of the classifier's last layer, (p - onehot(predicted)) x the layer's input features: a series far
+  from those taken *and* uncertain (a large gradient) is likely to be taken, with no uncertainty
+  measure or pool size to choose. It measured best on UCR Crop and Mato Grosso
+  (``benchmarks/results/samples.md``).
 - :func:`cluster_select` (the default of ``cmap suggest`` and of ``benchmarks/samples.py``): the
   10 N most uncertain candidates are grouped into N clusters by k-means weighted by uncertainty, and
   each cluster gives its most uncertain series ("diverse mini-batch active learning", Zhdanov
@@ -42,6 +47,41 @@ def auto_distance(points: np.ndarray, scores: np.ndarray, n: int, seed: int = 0)
     distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * x @ x.T, 0.0))
     np.fill_diagonal(distances, np.inf)
     return float(np.median(distances.min(axis=1))) if len(pool) > 1 else 0.0
+
+
+def gradient_select(
+    probabilities: np.ndarray, features: np.ndarray, n: int, seed: int | np.random.Generator = 0
+) -> np.ndarray:
+    """Indices of ``n`` candidates by k-means++ seeding (the first: the largest gradient; each next drawn
+    with probability proportional to its squared distance to the nearest taken) in the gradient
+    embedding g = (p - onehot(argmax p)) (K,) x ``features`` (D,) of the last layer's cross-entropy at
+    the predicted label. ``probabilities`` (N, K), ``features`` (N, D): the last linear layer's inputs;
+    ``seed``: a number or a generator to draw from. The (N, K*D) embedding is never built: the inner
+    product of two outer products is (a_i . a_j)(h_i . h_j)."""
+    if n > len(probabilities):
+        raise ValueError(f"{n} series asked for but only {len(probabilities)} candidates")
+    a = np.array(probabilities, dtype=np.float64)
+    a[np.arange(len(a)), a.argmax(axis=1)] -= 1.0
+    h = np.asarray(features, dtype=np.float64)
+    squared_norm = (a**2).sum(axis=1) * (h**2).sum(axis=1)
+
+    def squared_distance(row: int) -> np.ndarray:
+        return np.maximum(squared_norm + squared_norm[row] - 2.0 * (a @ a[row]) * (h @ h[row]), 0.0)
+
+    rng = np.random.default_rng(seed)
+    chosen = [int(np.argmax(squared_norm))]
+    nearest = squared_distance(chosen[0])
+    while len(chosen) < n:
+        total = nearest.sum()
+        if total > 0:
+            row = int(rng.choice(len(nearest), p=nearest / total))
+        else:  # every candidate left duplicates one taken: the largest gradients fill the rest
+            left = np.setdiff1d(np.arange(len(nearest)), chosen)
+            row = int(left[np.argmax(squared_norm[left])])
+        chosen.append(row)
+        nearest = np.minimum(nearest, squared_distance(row))
+        nearest[chosen] = 0.0
+    return np.array(chosen, dtype=np.int64)
 
 
 def cluster_select(scores: np.ndarray, n: int, points: np.ndarray, pool_factor: int = 10, seed: int = 0) -> np.ndarray:

@@ -1,11 +1,15 @@
 """``cmap suggest``: the N series of a store to label next, by a trained classifier (a ``cmap fit``
-checkpoint): the most uncertain (``--measure margin|entropy|least_confidence``, as R sits'
-``sits_uncertainty_sampling``), kept diverse in ``--space embedding`` (the encoder's features
-averaged over the dates) or ``--space coordinates`` (longitude/latitude from ``--coordinates``):
-``--diversity clusters`` (the default: the most uncertain of each of N k-means clusters of the
-10 N most uncertain, as measured in ``benchmarks/samples.py``) or ``--diversity distance`` (at
-least ``--min_distance`` apart, and with ``--balanced`` at most N / classes of each predicted
-class): :mod:`cmap.labelling.selection`.
+checkpoint), chosen uncertain and diverse (:mod:`cmap.labelling.selection`):
+
+- ``--diversity gradients`` (the default; BADGE): k-means++ seeding in the gradient embedding of the
+  classifier's last layer, uncertainty and diversity in one rule (measured best in
+  ``benchmarks/samples.py``);
+- ``--diversity clusters``: the most uncertain (``--measure margin|entropy|least_confidence``, as R
+  sits' ``sits_uncertainty_sampling``) of each of N k-means clusters of the 10 N most uncertain, in
+  ``--space embedding`` (the encoder's features averaged over the dates) or ``--space coordinates``
+  (longitude/latitude from ``--coordinates``);
+- ``--diversity distance``: the most uncertain at least ``--min_distance`` apart in ``--space``, and
+  with ``--balanced`` at most N / classes of each predicted class.
 
 Candidates: the store's unlabelled series (label -1), or every series of a store without labels.
 Outputs: ``OUTPUT`` (CSV: ``row``, ``sample_id``, ``rank``, ``predicted``, ``confidence``,
@@ -14,7 +18,7 @@ a GeoPackage of points beside it with ``--coordinates``: ready for a field campa
 
 ::
 
-    cmap suggest run/checkpoints/last.ckpt data/area_pixels suggestions.csv --n 50 --balanced \\
+    cmap suggest run/checkpoints/last.ckpt data/area_pixels suggestions.csv --n 50 \\
         --coordinates data/area_pixels_xy.csv
 """
 
@@ -24,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cmap.labelling.selection import MEASURES, auto_distance, cluster_select, select, uncertainty
+from cmap.labelling.selection import MEASURES, auto_distance, cluster_select, gradient_select, select, uncertainty
 from cmap.labelling.tables import read_coordinates, sample_ids, write_outputs
 from cmap.outputs import InputError, MissingInput
 
@@ -37,15 +41,21 @@ def parse(args: list[str], prog: str) -> argparse.Namespace:
     )
     parser.add_argument("output", type=Path, help="CSV of the suggestions (a .gpkg beside it with --coordinates)")
     parser.add_argument("--n", type=int, default=50, help="how many series (default 50)")
-    parser.add_argument("--measure", choices=MEASURES, default="margin", help="uncertainty (default margin)")
-    parser.add_argument(
-        "--space", choices=["embedding", "coordinates"], default="embedding", help="where distances count"
-    )
     parser.add_argument(
         "--diversity",
-        choices=["clusters", "distance"],
-        default="clusters",
-        help="clusters: one per k-means cluster of the uncertain (default); distance: --min_distance apart",
+        choices=["gradients", "clusters", "distance"],
+        default="gradients",
+        help="gradients: k-means++ in the last layer's gradient embedding (BADGE, default); clusters: the most "
+        "uncertain of each k-means cluster of the uncertain; distance: the most uncertain, --min_distance apart",
+    )
+    parser.add_argument(
+        "--measure", choices=MEASURES, default="margin", help="uncertainty of clusters and distance (default margin)"
+    )
+    parser.add_argument(
+        "--space",
+        choices=["embedding", "coordinates"],
+        default="embedding",
+        help="where clusters and distances count (default embedding)",
     )
     parser.add_argument(
         "--min_distance",
@@ -61,8 +71,12 @@ def parse(args: list[str], prog: str) -> argparse.Namespace:
     options = parser.parse_args(args)
     if options.n < 1:
         raise InputError(f"--n must be >= 1, got {options.n}")
-    if options.diversity == "clusters" and (options.balanced or options.min_distance != "auto"):
-        raise InputError("--balanced and --min_distance apply to --diversity distance, not to --diversity clusters")
+    if options.diversity != "distance" and (options.balanced or options.min_distance != "auto"):
+        raise InputError(
+            f"--balanced and --min_distance apply to --diversity distance, not to --diversity {options.diversity}"
+        )
+    if options.diversity == "gradients" and options.space == "coordinates":
+        raise InputError("--space coordinates applies to --diversity clusters or distance, not to gradients")
     if options.space == "coordinates" and options.coordinates is None:
         raise InputError("--space coordinates needs --coordinates TABLE (sample_id or row, longitude, latitude)")
     return options
@@ -95,23 +109,31 @@ def minimum_distance(option: str, points: np.ndarray, scores: np.ndarray, n: int
         raise InputError(f"--min_distance must be a number or auto, got {option!r}") from None
 
 
-def predict(model, series, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (N, K) and embeddings (N, D: the encoder's features averaged over valid dates)."""
+def predict(model, series, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class probabilities (N, K), embeddings (N, D: the encoder's features averaged over valid dates)
+    and the last layer's inputs (N, H: what the decoder's final ``linear`` layer reads)."""
     import torch
 
     from cmap.data.dataset import SeriesDataset, batch_loader
     from cmap.ml.decoders import masked_mean
 
+    last_layer = getattr(model.decoder, "linear", None)
+    if not isinstance(last_layer, torch.nn.Linear):
+        raise InputError(f"{type(model.decoder).__name__} has no final linear layer: use --diversity clusters")
     loader = batch_loader(SeriesDataset(series, rows, model.input_contract), batch_size)
-    probabilities, embeddings = [], []
-    with torch.no_grad():
-        for batch in loader:
-            batch = model.on_before_batch_transfer(batch, 0)  # the date range check
-            features = model.encoder(batch["values"], batch["days"], batch["mask"])
-            logits = model.decoder.decode(features, batch["mask"], batch["days"])
-            probabilities.append(torch.softmax(logits.float(), dim=-1).numpy())
-            embeddings.append(masked_mean(features, batch["mask"]).float().numpy())
-    return np.concatenate(probabilities), np.concatenate(embeddings)
+    probabilities, embeddings, last_inputs = [], [], []
+    hook = last_layer.register_forward_hook(lambda _, inputs, __: last_inputs.append(inputs[0].float().numpy()))
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                batch = model.on_before_batch_transfer(batch, 0)  # the date range check
+                features = model.encoder(batch["values"], batch["days"], batch["mask"])
+                logits = model.decoder.decode(features, batch["mask"], batch["days"])
+                probabilities.append(torch.softmax(logits.float(), dim=-1).numpy())
+                embeddings.append(masked_mean(features, batch["mask"]).float().numpy())
+    finally:
+        hook.remove()
+    return np.concatenate(probabilities), np.concatenate(embeddings), np.concatenate(last_inputs)
 
 
 def main(args: list[str] | None = None, prog: str = "cmap suggest") -> pd.DataFrame:
@@ -134,11 +156,13 @@ def main(args: list[str] | None = None, prog: str = "cmap suggest") -> pd.DataFr
         )
     ids = sample_ids(series)
     coordinates = None if options.coordinates is None else read_coordinates(options.coordinates, ids)
-    probabilities, embeddings = predict(model, series, rows, options.batch_size)
+    probabilities, embeddings, last_inputs = predict(model, series, rows, options.batch_size)
     scores = uncertainty(probabilities, options.measure)
     points = embeddings if options.space == "embedding" else coordinates[rows]
     predicted = probabilities.argmax(axis=1)
-    if options.diversity == "clusters":
+    if options.diversity == "gradients":
+        chosen, rule = gradient_select(probabilities, last_inputs, options.n), "k-means++ in the gradient embedding"
+    elif options.diversity == "clusters":
         chosen, rule = cluster_select(scores, options.n, points), f"one per k-means cluster in {options.space}"
     else:
         min_distance = minimum_distance(options.min_distance, points, scores, options.n)
