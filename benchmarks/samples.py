@@ -21,7 +21,7 @@ from samples_data import REPO, prepare
 from samples_noise import noise_experiment, noise_report
 
 METHODS = ("confident learning, prune_by_noise_rate", "confident learning, confident_learning", "SOM")
-DEFAULT_METHOD, DEFAULT_STRATEGY = "SOM", "margin + clusters"  # cmap audit's and cmap suggest's defaults
+DEFAULT_METHOD, DEFAULT_STRATEGY = "SOM", "gradients"  # cmap audit's and cmap suggest's defaults
 WRITTEN = ("## Label noise", "## Active learning", "## Targets")  # the sections this script writes
 
 
