@@ -7,7 +7,7 @@ write, such as the ``cmap cv`` run), its picture, and the per-draw figures in ``
 (``--from_json``: the report again from them, without measuring).
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/samples.py [--draws 3] [--parts noise learning]
-[--methods ...] [--strategies ...] [--output benchmarks/results/samples.md] [--from_json]``
+[--methods ...] [--strategies ...] [--components 64] [--output benchmarks/results/samples.md] [--from_json]``
 """
 
 import argparse
@@ -37,7 +37,7 @@ def measure(options) -> dict:
     if "learning" in options.parts:
         for name in ("UCR Crop", "Mato Grosso"):
             data[name] = data.get(name) or prepare(name)
-            result = active_learning(data[name], options.draws, options.strategies)
+            result = active_learning(data[name], options.draws, options.strategies, components=options.components)
             measured["learning"].append(result | {"curves": {s: c.tolist() for s, c in result["curves"].items()}})
         seconds["learning"] = time.perf_counter() - started
     return measured | {"seconds": seconds}
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--rates", nargs="+", type=float, default=[0.1, 0.2], help="shares of labels flipped")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="audit methods (noise part)")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--components", type=int, default=64, help="principal components of the embedding")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/samples.md")
     parser.add_argument("--from_json", action="store_true", help="the report from samples.json, measuring nothing")
     options = parser.parse_args()

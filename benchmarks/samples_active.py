@@ -43,12 +43,15 @@ def choose(strategy: str, probabilities: np.ndarray, embedding: np.ndarray, n: i
     return np.argsort(-scores, kind="stable")[:n]
 
 
-def active_learning(data: Prepared, draws: int, strategies, rounds: int = 5, start: int = 10, step: int = 5) -> dict:
-    """OA per round (draws x rounds+1) of each strategy."""
+def active_learning(
+    data: Prepared, draws: int, strategies, rounds: int = 5, start: int = 10, step: int = 5, components: int = 64
+) -> dict:
+    """OA per round (draws x rounds+1) of each strategy; diversity counted in ``components`` principal
+    components of the classifier's features."""
     from sklearn.decomposition import PCA
 
     k, pool = data.num_classes, data.labels
-    embedding = PCA(64, random_state=0).fit_transform(data.rocket)  # the pool's own, no labels used
+    embedding = PCA(components, random_state=0).fit_transform(data.rocket)  # the pool's own, no labels used
     curves = {s: [] for s in strategies}
     for draw in range(draws):
         first = per_class_subset(pool, start, draw)
