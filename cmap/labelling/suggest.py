@@ -11,6 +11,9 @@ checkpoint), chosen uncertain and diverse (:mod:`cmap.labelling.selection`):
 - ``--diversity distance``: the most uncertain at least ``--min_distance`` apart in ``--space``, and
   with ``--balanced`` at most N / classes of each predicted class.
 
+``cmap suggest --map MAP.tif OUTPUT``: the pixels of a crop map instead, from the class probabilities
+beside it (:mod:`cmap.labelling.map_candidates`).
+
 Candidates: the store's unlabelled series (label -1), or every series of a store without labels.
 Outputs: ``OUTPUT`` (CSV: ``row``, ``sample_id``, ``rank``, ``predicted``, ``confidence``,
 ``uncertainty``, the class probabilities, and ``longitude``/``latitude`` with ``--coordinates``) and
@@ -33,20 +36,16 @@ from cmap.labelling.tables import read_coordinates, sample_ids, write_outputs
 from cmap.outputs import InputError, MissingInput
 
 
-def parse(args: list[str], prog: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog, description="the series to label next: uncertain and diverse")
-    parser.add_argument("checkpoint", type=Path, help="a cmap fit checkpoint of a Classifier")
-    parser.add_argument(
-        "store", type=Path, help="the candidate series (unlabelled ones, or all of an unlabelled store)"
-    )
-    parser.add_argument("output", type=Path, help="CSV of the suggestions (a .gpkg beside it with --coordinates)")
-    parser.add_argument("--n", type=int, default=50, help="how many series (default 50)")
+def add_selection_arguments(parser: argparse.ArgumentParser, diversity: str, space: str) -> None:
+    """The options of both paths: how many, and how uncertain and diverse (``diversity``, ``space``: defaults)."""
+    parser.add_argument("--n", type=int, default=50, help="how many series or pixels (default 50)")
     parser.add_argument(
         "--diversity",
         choices=["gradients", "clusters", "distance"],
-        default="gradients",
-        help="gradients: k-means++ in the last layer's gradient embedding (BADGE, default); clusters: the most "
-        "uncertain of each k-means cluster of the uncertain; distance: the most uncertain, --min_distance apart",
+        default=diversity,
+        help="gradients: k-means++ in the last layer's gradient embedding (BADGE); clusters: the most "
+        "uncertain of each k-means cluster of the uncertain; distance: the most uncertain, --min_distance apart "
+        f"(default {diversity})",
     )
     parser.add_argument(
         "--measure", choices=MEASURES, default="margin", help="uncertainty of clusters and distance (default margin)"
@@ -54,8 +53,8 @@ def parse(args: list[str], prog: str) -> argparse.Namespace:
     parser.add_argument(
         "--space",
         choices=["embedding", "coordinates"],
-        default="embedding",
-        help="where clusters and distances count (default embedding)",
+        default=space,
+        help=f"where clusters and distances count (default {space})",
     )
     parser.add_argument(
         "--min_distance",
@@ -65,21 +64,78 @@ def parse(args: list[str], prog: str) -> argparse.Namespace:
     parser.add_argument(
         "--balanced", action="store_true", help="with --diversity distance: at most n / classes per predicted class"
     )
+
+
+def parse(args: list[str], prog: str) -> argparse.Namespace:
+    if any(arg == "--map" or arg.startswith("--map=") for arg in args):
+        return parse_map(args, prog)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="the series to label next: uncertain and diverse; or, with --map MAP.tif OUTPUT, the pixels of a "
+        "crop map",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a cmap fit checkpoint of a Classifier")
+    parser.add_argument(
+        "store", type=Path, help="the candidate series (unlabelled ones, or all of an unlabelled store)"
+    )
+    parser.add_argument("output", type=Path, help="CSV of the suggestions (a .gpkg beside it with --coordinates)")
+    parser.add_argument(
+        "--map", type=Path, help="instead of CHECKPOINT STORE: the pixels of a cmap map (its MAP_probs.tif beside it)"
+    )
+    add_selection_arguments(parser, "gradients", "embedding")
     parser.add_argument("--coordinates", type=Path, help="table of sample_id (or row), longitude, latitude")
     parser.add_argument("--crs", default="EPSG:4326", help="CRS of the coordinates (default %(default)s)")
     parser.add_argument("--batch_size", type=int, default=256)
     options = parser.parse_args(args)
+    if options.map is not None:  # an abbreviation of --map (--ma): not with CHECKPOINT STORE
+        raise InputError(f"with --map, only OUTPUT is positional (no CHECKPOINT STORE), got {options.checkpoint}")
+    check_selection(options)
+    if options.diversity == "gradients" and options.space == "coordinates":
+        raise InputError("--space coordinates applies to --diversity clusters or distance, not to gradients")
+    if options.space == "coordinates" and options.coordinates is None:
+        raise InputError("--space coordinates needs --coordinates TABLE (sample_id or row, longitude, latitude)")
+    return options
+
+
+def parse_map(args: list[str], prog: str) -> argparse.Namespace:
+    """``cmap suggest --map MAP.tif OUTPUT``: only OUTPUT is positional; the options that need the network's
+    features or a store are one error line each."""
+    parser = argparse.ArgumentParser(
+        prog=prog, usage="%(prog)s --map MAP.tif OUTPUT [options]", description="the pixels of a crop map to label next"
+    )
+    parser.add_argument("output", type=Path, nargs="+", help="CSV of the suggestions (and a .gpkg beside it)")
+    parser.add_argument("--map", type=Path, required=True, help="a cmap map (its class probabilities beside it)")
+    add_selection_arguments(parser, "clusters", "coordinates")
+    for store_only in ("--coordinates", "--crs", "--batch_size"):  # refused below, in one line
+        parser.add_argument(store_only, help=argparse.SUPPRESS)
+    options = parser.parse_args(args)
+    if len(options.output) != 1:
+        paths = " ".join(map(str, options.output))
+        raise InputError(f"with --map, only OUTPUT is positional (no CHECKPOINT STORE), got {paths}")
+    options.output = options.output[0]
+    check_selection(options)
+    given = [name for name in ("coordinates", "crs", "batch_size") if getattr(options, name) is not None]
+    if given:
+        raise InputError(f"--{given[0]} applies to CHECKPOINT STORE OUTPUT, not to --map (pixels have coordinates)")
+    if options.diversity == "gradients" or options.space == "embedding":
+        wrong = "--diversity gradients" if options.diversity == "gradients" else "--space embedding"
+        raise InputError(
+            f"{wrong} needs the network's features, which a map does not keep: with --map use --diversity clusters "
+            "or distance, in the map's coordinates (or CHECKPOINT STORE OUTPUT)"
+        )
+    if options.min_distance != "auto":
+        options.min_distance = minimum_distance(options.min_distance, np.zeros((0, 2)), np.zeros(0), options.n)
+    return options
+
+
+def check_selection(options: argparse.Namespace) -> None:
+    """The checks both paths share: --n, and the options of --diversity distance."""
     if options.n < 1:
         raise InputError(f"--n must be >= 1, got {options.n}")
     if options.diversity != "distance" and (options.balanced or options.min_distance != "auto"):
         raise InputError(
             f"--balanced and --min_distance apply to --diversity distance, not to --diversity {options.diversity}"
         )
-    if options.diversity == "gradients" and options.space == "coordinates":
-        raise InputError("--space coordinates applies to --diversity clusters or distance, not to gradients")
-    if options.space == "coordinates" and options.coordinates is None:
-        raise InputError("--space coordinates needs --coordinates TABLE (sample_id or row, longitude, latitude)")
-    return options
 
 
 def check_inputs(model, metadata: dict, store: Path, checkpoint: Path) -> None:
@@ -142,6 +198,13 @@ def main(args: list[str] | None = None, prog: str = "cmap suggest") -> pd.DataFr
     from cmap.predictions import load_classifier
 
     options = parse(list(args or []), prog)
+    if options.map is not None:
+        from cmap.labelling.map_candidates import suggest_from_map
+
+        min_distance = None if options.min_distance == "auto" else options.min_distance
+        return suggest_from_map(
+            options.map, options.output, options.n, options.measure, options.diversity, min_distance, options.balanced
+        )
     if not options.checkpoint.is_file():
         raise MissingInput(f"{options.checkpoint}: checkpoint not found")
     if not (options.store / "metadata.json").is_file():
