@@ -139,12 +139,12 @@ def test_suggest_from_a_real_map_gives_uncertain_spread_pixels_that_cmap_extract
     assert digest(sinop_map.parent) == before  # the map's files are only read
 
 
-def test_nodata_and_empty_pixels_are_no_candidates_and_strips_do_not_change_the_choice(tmp_path, monkeypatch, capsys):
+def test_nodata_and_empty_pixels_are_no_candidates_and_windows_do_not_change_the_choice(tmp_path, monkeypatch, capsys):
     percent = random_percent()
     percent[:, :10, :] = 255  # nodata
     percent[:, 10:, :5] = 0  # no probabilities at all
     map_path = tmp_path / "map.tif"
-    write_probabilities(map_path, percent)
+    write_probabilities(map_path, percent, tiled=True, blockxsize=16, blockysize=16)  # as cmap map: tiled
     candidates = 20 * 35
 
     def suggested(name: str, *options: str) -> pd.DataFrame:
@@ -162,11 +162,16 @@ def test_nodata_and_empty_pixels_are_no_candidates_and_strips_do_not_change_the_
     assert (whole["balanced"]["predicted"].value_counts() <= 8).all()
     auto = pairwise(whole["distance"][["x", "y"]].to_numpy()).min()
     assert auto >= 10.0  # the auto distance: at least one pixel apart
-    # One row of pixels per read: the pool is merged strip by strip, and gives the same pixels.
+    # One 16 x 16 block per read (6 windows, across rows and columns): merged window by window, the pool
+    # gives the same pixels as the whole raster in one read.
     monkeypatch.setattr(map_candidates, "READ_BYTES", 1)
-    assert suggested("strips.csv", "--n", "25").equals(whole["clusters"])
-    strips = suggested("strips_distance.csv", "--n", "25", "--diversity", "distance", "--measure", "entropy")
-    assert strips.equals(whole["distance"])
+    with rasterio.open(probabilities_path(map_path)) as dataset:
+        assert [(w.col_off, w.row_off) for w in map_candidates.read_windows(dataset)] == [
+            (0, 0), (16, 0), (32, 0), (0, 16), (16, 16), (32, 16)
+        ]  # fmt: skip
+    assert suggested("windows.csv", "--n", "25").equals(whole["clusters"])
+    windows = suggested("windows_distance.csv", "--n", "25", "--diversity", "distance", "--measure", "entropy")
+    assert windows.equals(whole["distance"])
     pool = map_candidates.read_pool(probabilities_path(map_path), "margin", 50)
     assert pool.candidates == candidates and len(pool.scores) == 50
     scores = uncertainty(percent.reshape(3, -1).T / 100, "margin")

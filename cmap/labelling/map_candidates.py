@@ -3,11 +3,11 @@ probabilities ``cmap map`` wrote beside it (``MAP_probs.tif``: one uint8 band pe
 GDAL's scale 0.01, bands named by class, nodata 255; :mod:`cmap.mapping.products`).
 
 The candidates are the pixels with valid probabilities (no nodata band, not all zero). The raster is
-read once, in strips of rows, and only the most uncertain pixels are kept (:func:`read_pool`), so a big
+read once, in windows of whole blocks, and only the most uncertain pixels are kept (:func:`read_pool`), so a big
 map never needs its K x H x W probabilities in memory: the ``10 N`` most uncertain for
 ``--diversity clusters`` (what :func:`~cmap.labelling.selection.cluster_select` clusters anyway), the
 :data:`DISTANCE_POOL` most uncertain for ``--diversity distance``. Ties keep the raster's order
-(row by row), so the result does not depend on the strips. Diversity counts in the pixel centres'
+(row by row), so the result does not depend on the windows. Diversity counts in the pixel centres'
 coordinates, in the map's CRS units. The outputs are those of the store path (:mod:`cmap.labelling.tables`)
 with ``pixel_row``, ``pixel_column`` for ``row``, the centres' ``x``, ``y`` (map CRS) and ``longitude``,
 ``latitude`` (EPSG:4326), and an empty ``label`` column for the field campaign to fill, so that
@@ -27,7 +27,7 @@ from cmap.outputs import InputError, MissingInput, check_outputs
 
 #: How many of the most uncertain pixels ``--diversity distance`` chooses among (at least 10 N).
 DISTANCE_POOL = 100_000
-#: The uint8 probabilities read at once (bytes): strips of whole rows of about this size.
+#: The uint8 probabilities read at once (bytes): windows of whole blocks of about this size.
 READ_BYTES = 1 << 22
 #: The first columns of the CSV this module writes (what marks an existing output as its own).
 HEADER = "pixel_row,pixel_column,sample_id"
@@ -79,38 +79,52 @@ def open_probabilities(map_path: Path) -> tuple[Path, list[str]]:
     return path, [str(name) for name in class_names]
 
 
-def read_pool(path: Path, measure: str, size: int) -> PixelPool:
-    """One pass over the raster ``path`` in strips of rows: the ``size`` most uncertain valid pixels."""
-    import rasterio
+def read_windows(dataset) -> list:
+    """Windows of whole blocks covering the raster, each about :data:`READ_BYTES` of probabilities."""
     from rasterio.windows import Window
 
+    block_rows, block_columns = dataset.block_shapes[0]
+    per_row = READ_BYTES // max(1, dataset.count * block_rows)  # pixels of a block row that fit
+    columns = min(dataset.width, max(block_columns, per_row // block_columns * block_columns))
+    rows = max(block_rows, READ_BYTES // max(1, dataset.count * columns) // block_rows * block_rows)
+    return [
+        Window(left, top, min(columns, dataset.width - left), min(rows, dataset.height - top))
+        for top in range(0, dataset.height, rows)
+        for left in range(0, dataset.width, columns)
+    ]
+
+
+def read_pool(path: Path, measure: str, size: int) -> PixelPool:
+    """One pass over the raster ``path``, window by window: the ``size`` most uncertain valid pixels."""
+    import rasterio
+
     with rasterio.open(path) as dataset:
-        height, width, nodata = dataset.height, dataset.width, dataset.nodata
-        block = dataset.block_shapes[0][0]
-        rows = max(block, READ_BYTES // max(1, dataset.count * width) // block * block)
+        width, nodata = dataset.width, dataset.nodata
         pool = PixelPool(np.zeros(0, np.int64), np.zeros((0, dataset.count), np.uint8), np.zeros(0), 0, width)
-        for top in range(0, height, rows):
-            strip = dataset.read(window=Window(0, top, width, min(rows, height - top)))  # (K, h, w) uint8
-            percent = strip.reshape(dataset.count, -1).T
+        for window in read_windows(dataset):
+            percent = dataset.read(window=window).reshape(dataset.count, -1).T  # (h * w, K) uint8
             invalid = (percent == nodata).any(axis=1) if nodata is not None else np.zeros(len(percent), bool)
             valid = np.flatnonzero(~invalid & (percent.max(axis=1) > 0))
-            if (percent[valid] > 100).any():
-                pixel, band = np.argwhere(percent[valid] > 100)[0]
-                row, column = divmod(top * width + int(valid[pixel]), width)
+            rows, columns = np.divmod(valid, window.width)
+            index = (window.row_off + rows) * width + window.col_off + columns
+            percent = percent[valid]
+            if (percent > 100).any():
+                pixel, band = np.argwhere(percent > 100)[0]
+                row, column = divmod(int(index[pixel]), width)
                 raise InputError(
-                    f"{path}: band {band + 1} row {row} column {column} holds {percent[valid][pixel, band]}, "
+                    f"{path}: band {band + 1} row {row} column {column} holds {percent[pixel, band]}, "
                     f"expected a percent (0..100) or nodata ({nodata})"
                 )
-            pool = merge(pool, top * width + valid, percent[valid], uncertainty(percent[valid] / 100.0, measure), size)
+            pool = merge(pool, index, percent, uncertainty(percent / 100.0, measure), size)
     return pool
 
 
 def merge(pool: PixelPool, index: np.ndarray, percent: np.ndarray, scores: np.ndarray, size: int) -> PixelPool:
-    """The ``size`` most uncertain of ``pool`` and a later strip's pixels, most uncertain first; a tie goes
-    to the earlier pixel (the pool's, whose indices are all smaller)."""
+    """The ``size`` most uncertain of ``pool`` and a window's pixels, most uncertain first; among ties, the
+    first in raster order (row by row), whatever the windows."""
     candidates = pool.candidates + len(index)
-    if len(pool.scores) >= size:  # a strip's pixel must beat the pool's least uncertain to enter
-        keep = scores > pool.scores[-1]
+    if len(pool.scores) >= size:  # a window's pixel must at least tie with the pool's least uncertain to enter
+        keep = scores >= pool.scores[-1]
         index, percent, scores = index[keep], percent[keep], scores[keep]
     index = np.concatenate([pool.index, index])
     scores = np.concatenate([pool.scores, scores])
