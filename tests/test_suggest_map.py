@@ -3,7 +3,6 @@ beside it. A real ``cmap map`` of the Sinop MODIS cube (a tiny classifier fitted
 read back by ``cmap extract`` after a "field campaign" fills the label column; and small probability
 rasters written in the map product's exact format for the selection's edge cases and bad inputs."""
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from cmap.mapping import map_rasters
 from cmap.mapping.products import probabilities_path
 
 from .conftest import SHARED_DATA, require
+from .test_labelling import digest, one_line_error
 from .test_map import SINOP, SINOP_PATTERN, fit_checkpoint
 
 CLASSES = ["maize", "soy", "wheat"]
@@ -65,19 +65,6 @@ def random_percent(shape=(30, 40), seed=0) -> np.ndarray:
     first = rng.integers(0, 101, shape)
     second = (rng.random(shape) * (100 - first)).astype(int)
     return np.stack([first, second, 100 - first - second]).astype(np.uint8)
-
-
-def digest(folder) -> dict:
-    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())}
-
-
-def one_line_error(capsys, arguments: list[str]) -> str:
-    with pytest.raises(SystemExit) as stop:
-        cmap_main(arguments)
-    assert stop.value.code == 1
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in lines[0], lines
-    return lines[0]
 
 
 def pairwise(points: np.ndarray) -> np.ndarray:
@@ -136,6 +123,13 @@ def test_suggest_from_a_real_map_gives_uncertain_spread_pixels_that_cmap_extract
     values = np.asarray(series.values[np.arange(20)])[:, :, 0]
     expected = cube[:, 0, pixels[:, 0], pixels[:, 1]].T
     assert np.array_equal(np.where(np.isnan(values), 0, values), np.where(np.isnan(expected), 0, expected))
+    # The CSV too, by its longitude / latitude (EPSG:4326): the same pixels, the same series.
+    table.assign(label=table["predicted"]).to_csv(tmp_path / "visited.csv", index=False)
+    cmap_main(["extract", str(SINOP), str(tmp_path / "visited.csv"), str(tmp_path / "from_csv"), "--pattern",
+               SINOP_PATTERN])  # fmt: skip
+    from_csv = open_store(tmp_path / "from_csv")[0]
+    assert np.array_equal(np.asarray(from_csv.values[np.arange(20)]), np.asarray(series.values[np.arange(20)]),
+                          equal_nan=True)  # fmt: skip
     assert digest(sinop_map.parent) == before  # the map's files are only read
 
 

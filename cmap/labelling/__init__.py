@@ -4,5 +4,6 @@
 Files: ``cv.py`` (the ``cmap cv`` command, one LightningCLI fit per fold and seed), ``scores.py``
 (metrics of out-of-fold predictions: Markdown, CSV, picture), ``peer.py`` (cheap out-of-fold
 probabilities: a random forest), ``audit.py`` (``cmap audit``: confident learning with cleanlab),
-``selection.py`` (uncertainty with diversity), ``suggest.py`` (``cmap suggest``), ``tables.py``
-(sample ids, coordinates, CSV and GeoPackage outputs)."""
+``selection.py`` (uncertainty with diversity), ``suggest.py`` (``cmap suggest``), ``map_candidates.py``
+(``cmap suggest --map``: a crop map's pixels, from its probability raster), ``tables.py`` (sample ids,
+coordinates, CSV and GeoPackage outputs)."""
