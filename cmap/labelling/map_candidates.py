@@ -28,7 +28,7 @@ from cmap.outputs import InputError, MissingInput, check_outputs
 #: How many of the most uncertain pixels ``--diversity distance`` chooses among (at least 10 N).
 DISTANCE_POOL = 100_000
 #: The uint8 probabilities read at once (bytes): windows of whole blocks of about this size.
-READ_BYTES = 1 << 22
+READ_BYTES = 1 << 20
 #: The first columns of the CSV this module writes (what marks an existing output as its own).
 HEADER = "pixel_row,pixel_column,sample_id"
 

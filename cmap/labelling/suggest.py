@@ -194,17 +194,17 @@ def predict(model, series, rows: np.ndarray, batch_size: int) -> tuple[np.ndarra
 
 def main(args: list[str] | None = None, prog: str = "cmap suggest") -> pd.DataFrame:
     """Run ``cmap suggest``; returns the suggestions' table."""
-    from cmap.data.store import open_store
-    from cmap.predictions import load_classifier
-
     options = parse(list(args or []), prog)
-    if options.map is not None:
+    if options.map is not None:  # no network: torch and Lightning are not imported
         from cmap.labelling.map_candidates import suggest_from_map
 
         min_distance = None if options.min_distance == "auto" else options.min_distance
         return suggest_from_map(
             options.map, options.output, options.n, options.measure, options.diversity, min_distance, options.balanced
         )
+    from cmap.data.store import open_store
+    from cmap.predictions import load_classifier
+
     if not options.checkpoint.is_file():
         raise MissingInput(f"{options.checkpoint}: checkpoint not found")
     if not (options.store / "metadata.json").is_file():
