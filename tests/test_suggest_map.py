@@ -4,6 +4,8 @@ read back by ``cmap extract`` after a "field campaign" fills the label column; a
 rasters written in the map product's exact format for the selection's edge cases and bad inputs."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import fiona
@@ -232,3 +234,16 @@ def test_a_missing_or_foreign_probability_raster_is_named(tmp_path, capsys):
     message = one_line_error(capsys, ["suggest", "--map", str(tmp_path / "corrupt.tif"), str(output)])
     assert "corrupt_probs.tif" in message and "band 2 row 3 column 4 holds 180" in message
     assert not output.parent.exists() or not any(output.parent.iterdir())
+
+
+def test_the_map_path_imports_neither_torch_nor_lightning(tmp_path):
+    """No network runs: a fresh ``cmap suggest --map`` leaves torch and Lightning unloaded (fast, light)."""
+    map_path = tmp_path / "map.tif"
+    write_probabilities(map_path, random_percent())
+    script = (
+        "import sys, cmap.cli\n"
+        f"cmap.cli.main(['suggest', '--map', {str(map_path)!r}, {str(tmp_path / 'next.csv')!r}, '--n', '5'])\n"
+        "print(sorted(name for name in ('torch', 'lightning') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-1] == "[]" and len(pd.read_csv(tmp_path / "next.csv")) == 5
