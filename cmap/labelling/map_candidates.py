@@ -29,6 +29,8 @@ from cmap.outputs import InputError, MissingInput, check_outputs
 DISTANCE_POOL = 100_000
 #: The uint8 probabilities read at once (bytes): windows of whole blocks of about this size.
 READ_BYTES = 1 << 20
+#: GDAL's block cache while the probabilities are read (bytes).
+CACHE_BYTES = 16 << 20
 #: The first columns of the CSV this module writes (what marks an existing output as its own).
 HEADER = "pixel_row,pixel_column,sample_id"
 
@@ -98,7 +100,8 @@ def read_pool(path: Path, measure: str, size: int) -> PixelPool:
     """One pass over the raster ``path``, window by window: the ``size`` most uncertain valid pixels."""
     import rasterio
 
-    with rasterio.open(path) as dataset:
+    # Each block is read once: GDAL's block cache (by default 5 % of the memory) would only keep dead blocks.
+    with rasterio.Env(GDAL_CACHEMAX=CACHE_BYTES), rasterio.open(path) as dataset:
         width, nodata = dataset.width, dataset.nodata
         pool = PixelPool(np.zeros(0, np.int64), np.zeros((0, dataset.count), np.uint8), np.zeros(0), 0, width)
         for window in read_windows(dataset):
