@@ -195,22 +195,23 @@ def test_outputs_replace_their_own_but_not_other_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("arguments", "expected"),
+    ("output", "arguments", "expected"),
     [
-        (["--diversity", "gradients"], ["--diversity gradients", "features", "--map"]),
-        (["--space", "embedding"], ["--space embedding", "features"]),
-        (["--balanced"], ["--balanced", "--diversity distance"]),
-        (["--diversity", "distance", "--min_distance", "far"], ["--min_distance", "far"]),
-        (["--coordinates", "xy.csv"], ["--coordinates", "--map"]),
-        (["--n", "0"], ["--n must be >= 1"]),
-        (["extra.csv"], ["only OUTPUT is positional"]),
+        ("next.csv", ["--diversity", "gradients"], ["--diversity gradients", "features", "--map"]),
+        ("next.csv", ["--space", "embedding"], ["--space embedding", "features"]),
+        ("next.csv", ["--balanced"], ["--balanced", "--diversity distance"]),
+        ("next.csv", ["--diversity", "distance", "--min_distance", "far"], ["--min_distance", "far"]),
+        ("next.csv", ["--coordinates", "xy.csv"], ["--coordinates", "--map"]),
+        ("next.csv", ["--n", "0"], ["--n must be >= 1"]),
+        ("next.csv", ["extra.csv"], ["only OUTPUT is positional"]),
+        ("next.gpkg", [], ["next.gpkg", "OUTPUT is the CSV"]),
     ],
 )
-def test_wrong_combinations_are_one_error_line_and_write_nothing(tmp_path, capsys, arguments, expected):
+def test_wrong_combinations_are_one_error_line_and_write_nothing(tmp_path, capsys, output, arguments, expected):
     map_path = tmp_path / "map.tif"
     write_probabilities(map_path, random_percent())
     before = digest(tmp_path)
-    message = one_line_error(capsys, ["suggest", "--map", str(map_path), str(tmp_path / "next.csv"), *arguments])
+    message = one_line_error(capsys, ["suggest", "--map", str(map_path), str(tmp_path / output), *arguments])
     assert all(part in message for part in expected), message
     assert digest(tmp_path) == before
 

@@ -172,6 +172,8 @@ def suggest_from_map(
 ) -> pd.DataFrame:
     """``n`` pixels of the map to label next (``diversity`` ``clusters`` or ``distance``; ``min_distance``
     in map units, None: from the data), written to ``output`` (CSV) and a GeoPackage beside it; the table."""
+    if output.suffix.lower() == ".gpkg":  # the CSV would replace the GeoPackage written under its name
+        raise InputError(f"{output}: OUTPUT is the CSV table (e.g. next.csv); the GeoPackage is written beside it")
     path, class_names = open_probabilities(map_path)
     outputs = [output, output.with_suffix(".gpkg")]
     inputs = [map_path, path]
