@@ -284,6 +284,11 @@ def test_suggest_refuses_other_bands_and_too_many(mato, checkpoint, tmp_path, ca
         ["suggest", str(checkpoint), str(mato / "unlabelled"), str(tmp_path / "s.csv"), "--space", "coordinates"],
     )
     assert "--space coordinates" in message and "gradients" in message
+    gpkg = tmp_path / "next.gpkg"  # the CSV would replace the GeoPackage written under that name
+    message = one_line_error(capsys, ["suggest", str(checkpoint), str(mato / "unlabelled"), str(gpkg)])
+    assert "OUTPUT is the CSV table" in message and not gpkg.exists()
+    message = one_line_error(capsys, ["audit", str(mato / "labelled"), str(gpkg)])
+    assert "OUTPUT is the CSV table" in message and not gpkg.exists()
     assert not (tmp_path / "s.csv").exists()
 
 

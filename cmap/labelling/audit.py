@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cmap.labelling.tables import read_coordinates, sample_ids, write_csv, write_outputs
+from cmap.labelling.tables import check_table_output, read_coordinates, sample_ids, write_csv, write_outputs
 from cmap.outputs import InputError, MissingInput, check_outputs
 
 
@@ -73,6 +73,7 @@ def parse(args: list[str], prog: str) -> argparse.Namespace:
     parser.add_argument("--clean_store", type=Path, help="write a cleaned copy of the store here")
     parser.add_argument("--action", choices=["remove", "relabel"], default="remove", help="for --clean_store")
     options = parser.parse_args(args)
+    check_table_output(options.output)  # before the folds run
     if options.method == "som" and options.probabilities:
         raise InputError("--probabilities is read by --method confident_learning, not by --method som")
     options.method = options.method or ("confident_learning" if options.probabilities else "som")

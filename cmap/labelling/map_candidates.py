@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cmap.labelling.selection import auto_distance, cluster_select, select, uncertainty
-from cmap.labelling.tables import is_own_table, write_csv, write_points
+from cmap.labelling.tables import check_table_output, is_own_table, write_csv, write_points
 from cmap.outputs import InputError, MissingInput, check_outputs
 
 #: How many of the most uncertain pixels ``--diversity distance`` chooses among (at least 10 N).
@@ -172,8 +172,7 @@ def suggest_from_map(
 ) -> pd.DataFrame:
     """``n`` pixels of the map to label next (``diversity`` ``clusters`` or ``distance``; ``min_distance``
     in map units, None: from the data), written to ``output`` (CSV) and a GeoPackage beside it; the table."""
-    if output.suffix.lower() == ".gpkg":  # the CSV would replace the GeoPackage written under its name
-        raise InputError(f"{output}: OUTPUT is the CSV table (e.g. next.csv); the GeoPackage is written beside it")
+    check_table_output(output)
     path, class_names = open_probabilities(map_path)
     outputs = [output, output.with_suffix(".gpkg")]
     inputs = [map_path, path]

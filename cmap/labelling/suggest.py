@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from cmap.labelling.selection import MEASURES, auto_distance, cluster_select, gradient_select, select, uncertainty
-from cmap.labelling.tables import read_coordinates, sample_ids, write_outputs
+from cmap.labelling.tables import check_table_output, read_coordinates, sample_ids, write_outputs
 from cmap.outputs import InputError, MissingInput
 
 
@@ -87,6 +87,7 @@ def parse(args: list[str], prog: str) -> argparse.Namespace:
     parser.add_argument("--crs", default="EPSG:4326", help="CRS of the coordinates (default %(default)s)")
     parser.add_argument("--batch_size", type=int, default=256)
     options = parser.parse_args(args)
+    check_table_output(options.output)  # before the model runs
     if options.map is not None:  # an abbreviation of --map (--ma): not with CHECKPOINT STORE
         raise InputError(f"with --map, only OUTPUT is positional (no CHECKPOINT STORE), got {options.checkpoint}")
     check_selection(options)

@@ -95,10 +95,18 @@ def write_points(table: pd.DataFrame, coordinates: np.ndarray, path: Path, crs: 
     return publish(temporary, path)
 
 
+def check_table_output(output: Path) -> None:
+    """``output`` names the CSV table: the GeoPackage beside it takes the same name with ``.gpkg``, so an
+    ``output`` named ``.gpkg`` would be overwritten by the CSV."""
+    if output.suffix.lower() == ".gpkg":
+        raise InputError(f"{output}: OUTPUT is the CSV table (e.g. next.csv); the GeoPackage is written beside it")
+
+
 def write_outputs(
     table: pd.DataFrame, output: Path, inputs: list, coordinates: np.ndarray | None, crs: str = "EPSG:4326"
 ) -> list[Path]:
     """``output`` (.csv), and beside it a GeoPackage (.gpkg) when ``coordinates`` are given."""
+    check_table_output(output)
     paths = [output] + ([output.with_suffix(".gpkg")] if coordinates is not None else [])
     check_outputs(paths, inputs, is_own_table, "sample table")
     if coordinates is not None:
