@@ -6,12 +6,14 @@ against a self-organising map, as R sits) and active learning against random sel
 write, such as the ``cmap cv`` run), its picture, and the per-draw figures in ``samples.json``
 (``--from_json``: the report again from them, without measuring).
 
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/samples.py [--draws 3] [--parts noise learning]
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/samples.py [--draws 3] [--first_draw 0] [--parts noise learning]
 [--methods ...] [--strategies ...] [--components 64] [--output benchmarks/results/samples.md] [--from_json]``
 """
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from samples_noise import noise_experiment, noise_report
 
 METHODS = ("confident learning, prune_by_noise_rate", "confident learning, confident_learning", "SOM")
 DEFAULT_METHOD, DEFAULT_STRATEGY = "SOM", "gradients"  # cmap audit's and cmap suggest's defaults
+COMMAND = "python benchmarks/samples.py"  # what wrote a results file that does not record its command
 WRITTEN = ("## Label noise", "## Active learning", "## Targets")  # the sections this script writes
 
 
@@ -37,7 +40,8 @@ def measure(options) -> dict:
     if "learning" in options.parts:
         for name in ("UCR Crop", "Mato Grosso"):
             data[name] = data.get(name) or prepare(name)
-            result = active_learning(data[name], options.draws, options.strategies, components=options.components)
+            draws = range(options.first_draw, options.first_draw + options.draws)
+            result = active_learning(data[name], draws, options.strategies, components=options.components)
             measured["learning"].append(result | {"curves": {s: c.tolist() for s, c in result["curves"].items()}})
         seconds["learning"] = time.perf_counter() - started
     return measured | {"seconds": seconds}
@@ -48,6 +52,10 @@ def targets(measured: dict) -> list[str]:
     import pandas as pd
 
     lines = ["## Targets (issue 34)", ""]
+    draws = sorted({draw for result in measured["learning"] for draw in result.get("draws", range(3))})
+    if draws != [0, 1, 2]:
+        seeds = ", ".join(map(str, draws))
+        lines += [f"Draws {seeds}, beside the issue's 0, 1, 2 (in `samples.md`): a check of the spread.", ""]
     if measured["noise"]:
         table = pd.DataFrame(measured["noise"])
         table = table[(table["rate"] == 0.2) & (table["method"] == DEFAULT_METHOD)]
@@ -88,6 +96,7 @@ def kept_sections(path: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--first_draw", type=int, default=0, help="active learning: the first draw's seed")
     parser.add_argument("--parts", nargs="+", default=["noise", "learning"], choices=["noise", "learning"])
     parser.add_argument("--rates", nargs="+", type=float, default=[0.1, 0.2], help="shares of labels flipped")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="audit methods (noise part)")
@@ -102,7 +111,11 @@ def main() -> None:
         measured = before
     else:  # the parts not measured now are kept from before
         now = measure(options)
-        measured = before | {part: now[part] for part in options.parts}
+        measured = (
+            before
+            | {part: now[part] for part in options.parts}
+            | {"command": shlex.join(["python", "benchmarks/samples.py", *sys.argv[1:]])}
+        )
         measured["seconds"] = before["seconds"] | now["seconds"]
         figures.write_text(json.dumps(measured, indent=1, default=float) + "\n")
     lines = [
@@ -110,7 +123,7 @@ def main() -> None:
         "",
         "Classifier: a logistic regression (scikit-learn, C = 0.1) on standardised MiniRocket features (aeon, "
         "10,000 kernels fitted on the training series or pool), one thread: `cmap.labelling.peer`'s "
-        "`rocket_features` and `logistic`. Command: `OMP_NUM_THREADS=1 python benchmarks/samples.py` "
+        f"`rocket_features` and `logistic`. Command: `OMP_NUM_THREADS=1 {measured.get('command', COMMAND)}` "
         f"({sum(measured['seconds'].values()) / 60:.0f} min on a 2-core CPU shared with other jobs, the parts run "
         "separately); per-draw figures in "
         f"`{figures.name}`. The classifier before (a 100-tree random forest on the band values) lost only 0.35 "
@@ -123,7 +136,7 @@ def main() -> None:
         lines += noise_report(measured["noise"])
     if measured["learning"]:
         results = [r | {"curves": {s: np.array(c) for s, c in r["curves"].items()}} for r in measured["learning"]]
-        lines += learning_report(results, options.output.with_name("samples_active_learning.png"))
+        lines += learning_report(results, options.output.with_name(f"{options.output.stem}_active_learning.png"))
     lines += kept_sections(options.output)
     options.output.write_text("\n".join(lines))
     print("\n".join(lines))

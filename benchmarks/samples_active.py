@@ -44,16 +44,16 @@ def choose(strategy: str, probabilities: np.ndarray, embedding: np.ndarray, n: i
 
 
 def active_learning(
-    data: Prepared, draws: int, strategies, rounds: int = 5, start: int = 10, step: int = 5, components: int = 64
+    data: Prepared, draws, strategies, rounds: int = 5, start: int = 10, step: int = 5, components: int = 64
 ) -> dict:
-    """OA per round (draws x rounds+1) of each strategy; diversity counted in ``components`` principal
-    components of the classifier's features."""
+    """OA per round (draws x rounds+1) of each strategy over the ``draws`` (seeds); diversity counted in
+    ``components`` principal components of the classifier's features."""
     from sklearn.decomposition import PCA
 
     k, pool = data.num_classes, data.labels
     embedding = PCA(components, random_state=0).fit_transform(data.rocket)  # the pool's own, no labels used
     curves = {s: [] for s in strategies}
-    for draw in range(draws):
+    for draw in draws:
         first = per_class_subset(pool, start, draw)
         for strategy, curve in curves.items():
             rng, labelled, scores = np.random.default_rng(draw), first.copy(), []
@@ -73,6 +73,7 @@ def active_learning(
             )
     return {
         "name": data.name,
+        "draws": list(draws),
         "classes": k,
         "start": start,
         "step": step,
@@ -97,8 +98,9 @@ def learning_report(results: list[dict], picture) -> list[str]:
     for axis, result in zip(np.atleast_1d(axes), results, strict=True):
         budget = [result["start"] * result["classes"] + i * result["step"] * result["classes"] for i in range(6)]
         random_final = result["curves"]["random"][:, -1]
+        seeds = ", ".join(str(d) for d in result.get("draws", range(len(random_final))))
         lines += [
-            f"**{result['name']}** ({result['classes']} classes)",
+            f"**{result['name']}** ({result['classes']} classes; draws {seeds})",
             "",
             "| strategy | " + " | ".join(f"{n} labels" for n in budget) + " | final gain (per draw) |",
             "|---" * 8 + "|",
