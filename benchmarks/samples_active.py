@@ -15,7 +15,7 @@ against +2.62, and 128 components worse on UCR Crop, +1.32 against +2.04):
   data, at most N / classes per predicted class (``--diversity distance --balanced``);
 - ``margin``, ``entropy``: the N most uncertain alone.
 
-Mean of 3 draws (the draw seeds the first labels, random's and the gradients' draws, and k-means).
+Mean of the draws, 3 by default (the draw seeds the first labels, random's and the gradients' draws, and k-means).
 """
 
 import numpy as np

@@ -2,8 +2,7 @@
 checkpoint), chosen uncertain and diverse (:mod:`cmap.labelling.selection`):
 
 - ``--diversity gradients`` (the default; BADGE): k-means++ seeding in the gradient embedding of the
-  classifier's last layer, uncertainty and diversity in one rule (measured best in
-  ``benchmarks/samples.py``);
+  classifier's last layer, uncertainty and diversity in one rule (``benchmarks/samples.py``);
 - ``--diversity clusters``: the most uncertain (``--measure margin|entropy|least_confidence``, as R
   sits' ``sits_uncertainty_sampling``) of each of N k-means clusters of the 10 N most uncertain, in
   ``--space embedding`` (the encoder's features averaged over the dates) or ``--space coordinates``
