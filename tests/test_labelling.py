@@ -292,6 +292,25 @@ def test_suggest_refuses_other_bands_and_too_many(mato, checkpoint, tmp_path, ca
     assert not (tmp_path / "s.csv").exists()
 
 
+def test_suggest_without_a_final_linear_layer_refuses_gradients_only(mato, checkpoint, tmp_path, capsys, monkeypatch):
+    import torch
+
+    import cmap.predictions
+
+    load = cmap.predictions.load_classifier
+
+    def wrapped_head(path):  # the same head, its last layer no longer an nn.Linear
+        model = load(path)
+        model.decoder.linear = torch.nn.Sequential(model.decoder.linear)
+        return model
+
+    monkeypatch.setattr(cmap.predictions, "load_classifier", wrapped_head)
+    arguments = ["suggest", str(checkpoint), str(mato / "unlabelled"), str(tmp_path / "s.csv"), "--n", "5"]
+    assert "no final linear layer" in one_line_error(capsys, arguments)
+    cmap_main([*arguments, "--diversity", "clusters"])
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 5
+
+
 def test_selection_keeps_its_distance_and_balance_and_relaxes_only_when_it_must():
     probabilities = np.array([[0.34, 0.33, 0.33], [0.5, 0.5, 0.0], [0.9, 0.05, 0.05], [0.6, 0.4, 0.0]])
     entropy = uncertainty(probabilities, "entropy")

@@ -165,21 +165,24 @@ def minimum_distance(option: str, points: np.ndarray, scores: np.ndarray, n: int
         raise InputError(f"--min_distance must be a number or auto, got {option!r}") from None
 
 
-def predict(model, series, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(model, series, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Class probabilities (N, K), embeddings (N, D: the encoder's features averaged over valid dates)
-    and the last layer's inputs (N, H: what the decoder's final ``linear`` layer reads)."""
+    and the last layer's inputs (N, H: what the decoder's final ``linear`` layer reads; None for a
+    decoder without one)."""
+    import contextlib
+
     import torch
 
     from cmap.data.dataset import SeriesDataset, batch_loader
     from cmap.ml.decoders import masked_mean
 
-    last_layer = getattr(model.decoder, "linear", None)
-    if not isinstance(last_layer, torch.nn.Linear):
-        raise InputError(f"{type(model.decoder).__name__} has no final linear layer: use --diversity clusters")
     loader = batch_loader(SeriesDataset(series, rows, model.input_contract), batch_size)
     probabilities, embeddings, last_inputs = [], [], []
-    hook = last_layer.register_forward_hook(lambda _, inputs, __: last_inputs.append(inputs[0].float().numpy()))
-    try:
+    last_layer = getattr(model.decoder, "linear", None)
+    hook = contextlib.nullcontext()
+    if isinstance(last_layer, torch.nn.Linear):
+        hook = last_layer.register_forward_hook(lambda _, inputs, __: last_inputs.append(inputs[0].float().numpy()))
+    with hook:  # a hook handle removes itself on exit
         with torch.no_grad():
             for batch in loader:
                 batch = model.on_before_batch_transfer(batch, 0)  # the date range check
@@ -187,9 +190,11 @@ def predict(model, series, rows: np.ndarray, batch_size: int) -> tuple[np.ndarra
                 logits = model.decoder.decode(features, batch["mask"], batch["days"])
                 probabilities.append(torch.softmax(logits.float(), dim=-1).numpy())
                 embeddings.append(masked_mean(features, batch["mask"]).float().numpy())
-    finally:
-        hook.remove()
-    return np.concatenate(probabilities), np.concatenate(embeddings), np.concatenate(last_inputs)
+    return (
+        np.concatenate(probabilities),
+        np.concatenate(embeddings),
+        np.concatenate(last_inputs) if last_inputs else None,
+    )
 
 
 def main(args: list[str] | None = None, prog: str = "cmap suggest") -> pd.DataFrame:
@@ -224,6 +229,8 @@ def main(args: list[str] | None = None, prog: str = "cmap suggest") -> pd.DataFr
     points = embeddings if options.space == "embedding" else coordinates[rows]
     predicted = probabilities.argmax(axis=1)
     if options.diversity == "gradients":
+        if last_inputs is None:
+            raise InputError(f"{options.checkpoint}: its decoder has no final linear layer: use --diversity clusters")
         chosen, rule = gradient_select(probabilities, last_inputs, options.n), "k-means++ in the gradient embedding"
     elif options.diversity == "clusters":
         chosen, rule = cluster_select(scores, options.n, points), f"one per k-means cluster in {options.space}"
