@@ -30,9 +30,9 @@ from cmap.data.store import write_store
 STRATEGIES = ("random", "cmap suggest", "cmap suggest --diversity clusters")
 
 
-def fit_and_score(train: Path, test: Path, test_labels: np.ndarray, root: Path, seed: int, threads: int):
-    """``cmap fit`` of the default recipe on ``train``; its last checkpoint and test OA."""
-    from cmap.data.store import open_store
+def fit_and_score(train: Path, test: Path, test_series, root: Path, seed: int, threads: int):
+    """``cmap fit`` of the default recipe on ``train`` (``test``: the store of ``test_series``); its last
+    checkpoint and test OA."""
     from cmap.labelling.suggest import predict
     from cmap.lightning_cli import CMapCLI
 
@@ -41,10 +41,9 @@ def fit_and_score(train: Path, test: Path, test_labels: np.ndarray, root: Path, 
                  "--seed_everything", str(seed), "--trainer.default_root_dir", str(root), "--threads", str(threads),
                  "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]  # fmt: skip
     cli = CMapCLI(args=arguments)
-    test_series = open_store(test)[0]
     probabilities = predict(cli.model.eval(), test_series, np.arange(len(test_series)), 256)[0]
     checkpoint = next(root.rglob("last.ckpt"))
-    return checkpoint, float((probabilities.argmax(axis=1) == test_labels).mean())
+    return checkpoint, float((probabilities.argmax(axis=1) == test_series.labels).mean())
 
 
 def one_draw(draw: int, strategy: str, data: convert.Converted, rows, work: Path, threads: int) -> list[float]:
@@ -64,7 +63,7 @@ def one_draw(draw: int, strategy: str, data: convert.Converted, rows, work: Path
     for round_ in range(6):
         step = work / f"{strategy.replace(' ', '_').replace('-', '')}_draw{draw}_round{round_}"
         train_store = write(step / "train", pool.subset(labelled))
-        checkpoint, accuracy = fit_and_score(train_store, test_store, test.labels, step / "run", draw, threads)
+        checkpoint, accuracy = fit_and_score(train_store, test_store, test, step / "run", draw, threads)
         scores.append(accuracy)
         print(f"Mato Grosso, network: {strategy} draw {draw} round {round_}: {len(labelled)} labels, OA {accuracy:.4f}")
         if round_ == 5:

@@ -31,8 +31,6 @@ DISTANCE_POOL = 100_000
 READ_BYTES = 1 << 20
 #: GDAL's block cache while the probabilities are read (bytes).
 CACHE_BYTES = 16 << 20
-#: The first columns of the CSV this module writes (what marks an existing output as its own).
-HEADER = "pixel_row,pixel_column,sample_id"
 
 
 @dataclass
@@ -149,18 +147,6 @@ def pixel_centres(path: Path, rows: np.ndarray, columns: np.ndarray) -> tuple[np
     return points, np.column_stack([longitudes, latitudes]).reshape(-1, 2), crs.to_wkt()
 
 
-def is_own_output(path: Path) -> bool:
-    """An output of ``cmap suggest`` (the map path's CSV, or any of the labelling commands' tables)."""
-    if path.suffix != ".gpkg":
-        try:
-            with open(path, encoding="utf-8") as file:
-                if file.readline().startswith(HEADER):
-                    return True
-        except (OSError, UnicodeDecodeError):
-            return False
-    return is_own_table(path)
-
-
 def suggest_from_map(
     map_path: Path,
     output: Path,
@@ -176,7 +162,7 @@ def suggest_from_map(
     path, class_names = open_probabilities(map_path)
     outputs = [output, output.with_suffix(".gpkg")]
     inputs = [map_path, path]
-    check_outputs(outputs, inputs, is_own_output, "sample table")
+    check_outputs(outputs, inputs, is_own_table, "sample table")
     pool = read_pool(path, measure, 10 * n if diversity == "clusters" else max(10 * n, DISTANCE_POOL))
     if n > pool.candidates:
         raise InputError(

@@ -123,19 +123,25 @@ def parse_map(args: list[str], prog: str) -> argparse.Namespace:
             f"{wrong} needs the network's features, which a map does not keep: with --map use --diversity clusters "
             "or distance, in the map's coordinates (or CHECKPOINT STORE OUTPUT)"
         )
-    if options.min_distance != "auto":
-        options.min_distance = minimum_distance(options.min_distance, np.zeros((0, 2)), np.zeros(0), options.n)
     return options
 
 
 def check_selection(options: argparse.Namespace) -> None:
-    """The checks both paths share: --n, and the options of --diversity distance."""
+    """The checks both paths share: --n, and the options of --diversity distance; ``min_distance``
+    becomes a number, or None for ``auto`` (from the data: :func:`~cmap.labelling.selection.auto_distance`)."""
     if options.n < 1:
         raise InputError(f"--n must be >= 1, got {options.n}")
     if options.diversity != "distance" and (options.balanced or options.min_distance != "auto"):
         raise InputError(
             f"--balanced and --min_distance apply to --diversity distance, not to --diversity {options.diversity}"
         )
+    if options.min_distance == "auto":
+        options.min_distance = None
+        return
+    try:
+        options.min_distance = float(options.min_distance)
+    except ValueError:
+        raise InputError(f"--min_distance must be a number or auto, got {options.min_distance!r}") from None
 
 
 def check_inputs(model, metadata: dict, store: Path, checkpoint: Path) -> None:
@@ -153,16 +159,6 @@ def check_inputs(model, metadata: dict, store: Path, checkpoint: Path) -> None:
             f"{store / 'metadata.json'}: field time_axis: {store_time_axis(metadata).describe()}, expected the time "
             f"axis of {checkpoint}: {contract.time_axis.describe()}"
         )
-
-
-def minimum_distance(option: str, points: np.ndarray, scores: np.ndarray, n: int) -> float:
-    """``--min_distance``: a number, or ``auto`` (from the data: :func:`~cmap.labelling.selection.auto_distance`)."""
-    if option == "auto":
-        return auto_distance(points, scores, n)
-    try:
-        return float(option)
-    except ValueError:
-        raise InputError(f"--min_distance must be a number or auto, got {option!r}") from None
 
 
 def predict(model, series, rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -203,9 +199,14 @@ def main(args: list[str] | None = None, prog: str = "cmap suggest") -> pd.DataFr
     if options.map is not None:  # no network: torch and Lightning are not imported
         from cmap.labelling.map_candidates import suggest_from_map
 
-        min_distance = None if options.min_distance == "auto" else options.min_distance
         return suggest_from_map(
-            options.map, options.output, options.n, options.measure, options.diversity, min_distance, options.balanced
+            options.map,
+            options.output,
+            options.n,
+            options.measure,
+            options.diversity,
+            options.min_distance,
+            options.balanced,
         )
     from cmap.data.store import open_store
     from cmap.predictions import load_classifier
@@ -235,7 +236,9 @@ def main(args: list[str] | None = None, prog: str = "cmap suggest") -> pd.DataFr
     elif options.diversity == "clusters":
         chosen, rule = cluster_select(scores, options.n, points), f"one per k-means cluster in {options.space}"
     else:
-        min_distance = minimum_distance(options.min_distance, points, scores, options.n)
+        min_distance = options.min_distance
+        if min_distance is None:
+            min_distance = auto_distance(points, scores, options.n)
         balance = predicted if options.balanced else None
         chosen = select(scores, options.n, points, min_distance, balance, probabilities.shape[1])
         rule = f"minimum {options.space} distance {min_distance:.4g}"

@@ -50,13 +50,17 @@ def read_coordinates(
     return coordinates
 
 
+#: The first columns of these commands' tables: a store's samples, and a map's pixels (``cmap suggest --map``).
+OWN_HEADERS = ("row,sample_id", "pixel_row,pixel_column,sample_id")
+
+
 def is_own_table(path: Path) -> bool:
-    """An output of these commands: a CSV or GeoPackage whose columns start with ``row,sample_id``."""
+    """An output of these commands: a CSV whose columns start with one of :data:`OWN_HEADERS`, or a GeoPackage."""
     if path.suffix == ".gpkg":
         return path.is_file()
     try:
         with open(path, encoding="utf-8") as file:
-            return file.readline().startswith("row,sample_id") or path.name.startswith("cv_")
+            return file.readline().startswith(OWN_HEADERS) or path.name.startswith("cv_")
     except (OSError, UnicodeDecodeError):
         return False
 
