@@ -47,6 +47,19 @@ def _lightning(args: list[str]) -> None:
     CMapCLI(args=args)
 
 
+def _leave_process_group() -> None:
+    """Destroy the process group a multi-process run (``fit`` or ``map`` with DDP) left open, as PyTorch
+    asks before exit.
+
+    Lightning leaves it to the script; left to the interpreter's exit, gloo's worker threads can be
+    destroyed while still joinable: a process aborted ("terminate called without an active exception",
+    status -6) after a successful fit and test (pytorch/pytorch#190489).
+    """
+    distributed = sys.modules.get("torch.distributed")  # imported only when Lightning ran
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
+
+
 def _labelling(command: str) -> Any:
     def run(args: list[str]) -> None:
         import importlib
@@ -67,6 +80,10 @@ COMMANDS = {
     "map": _map, "area": _area, "convert": _data("convert"), "extract": _data("extract"), "export": _export,
     "cv": _labelling("cv"), "audit": _labelling("audit"), "suggest": _labelling("suggest"),
 }  # fmt: skip
+
+#: Commands that parse with argparse and import neither jsonargparse nor Lightning: cmap.runtime's
+#: settings (a YAML loader and class paths for jsonargparse, Lightning's warnings) would only slow their start.
+PLAIN_ARGPARSE_COMMANDS = {"convert", "extract"}
 
 USAGE = """usage: cmap COMMAND [options]    (cmap COMMAND --help for a command's options)
 
@@ -106,14 +123,16 @@ def main(args: list[str] | None = None) -> None:
         if not args:
             sys.exit(2)
         return
-    from cmap.runtime import install
+    if args[0] not in PLAIN_ARGPARSE_COMMANDS:
+        from cmap.runtime import install
 
-    install()
+        install()
     try:
         if args[0] in COMMANDS:
             COMMANDS[args[0]](args[1:])
         else:  # fit, validate, test, predict; LightningCLI reports any other word
             _lightning(args)
+        _leave_process_group()  # after a success only: on one rank's error, the others may wait in a collective
     except SystemExit as stop:
         if not stopped_by_sigterm(stop):
             raise

@@ -1,8 +1,9 @@
-"""``cmap convert`` and ``cmap extract`` start and run without torch or Lightning.
+"""``cmap convert`` and ``cmap extract`` start and run without torch, Lightning or jsonargparse.
 
 Their readers, converters and the store format hold series as numpy arrays (:mod:`cmap.data.series`);
 the torch dataset of training and prediction is :mod:`cmap.data.dataset`. Importing torch took about a
-second and several hundred MB before any option was read. Each check runs in a fresh interpreter, where
+second and several hundred MB before any option was read; jsonargparse (only cmap.runtime's settings for
+it) another 50 ms. Each check runs in a fresh interpreter, where
 ``sys.modules`` tells what the command imported (pyproject.toml's import-linter contract checks the
 imports themselves; these check what actually runs, lazy imports included).
 """
@@ -20,7 +21,7 @@ from rasterio.transform import from_origin
 
 from .conftest import help_and_modules_loaded
 
-HEAVY = ("torch", "lightning")
+HEAVY = ("torch", "lightning", "jsonargparse")
 DATES = ("2021-04-01", "2021-05-01", "2021-06-01")
 
 
