@@ -1,15 +1,16 @@
 """``cmap suggest`` with cmap's own network in the loop, as a user runs it: each round ``cmap fit`` of
 the default recipe (``configs/default.yaml``) on the labelled series, then ``cmap suggest`` (its
 default, ``--diversity gradients``, and ``--diversity clusters``) of the next 5 x classes series of the
-pool, against random picks at the same budget; test OA of each round's model. Mato Grosso (fold 0 of
-the 5 stratified folds as test set, the rest as pool), from 10 labels per class, 5 rounds:
-:mod:`samples_active`'s protocol, with the network instead of the logistic regression on MiniRocket
-features.
+pool, against random picks at the same budget; test OA of each round's model. From 10 labels per
+class, 5 rounds: :mod:`samples_active`'s protocol, with the network instead of the logistic
+regression on MiniRocket features. Datasets as :mod:`samples_data` splits them (Mato Grosso: fold 0
+of the 5 stratified folds as test set, the rest as pool; UCR Crop: its training file as pool).
 
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/samples_network.py [--draws 3] [--threads 1]``: writes
-``benchmarks/results/samples_network.md`` and its figures in ``samples_network.json`` (a draw already
-measured there is read back, not trained again). One fit of a few hundred series takes one to two
-minutes at one thread (the recipe trains at least 2,000 steps).
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/samples_network.py [--dataset "UCR Crop"] [--draws 3]
+[--threads 1]``: writes ``benchmarks/results/samples_network.md`` (Mato Grosso; another dataset:
+``samples_network_<dataset>.md``) and its figures in the ``.json`` beside it (a draw already measured
+there is read back, not trained again). One fit of a few hundred series takes one to two minutes at
+one thread (the recipe trains at least 2,000 steps).
 """
 
 import argparse
@@ -23,8 +24,9 @@ import pandas as pd
 from samples_data import REPO, SHARED
 
 from cmap.data import convert
+from cmap.data.series import PixelSeries
 from cmap.data.splits import kfold_split, per_class_subset
-from cmap.data.store import write_store
+from cmap.data.store import relabel, write_store
 
 #: random picks, and cmap suggest with its default (gradients) or with the options after "cmap suggest".
 STRATEGIES = ("random", "cmap suggest", "cmap suggest --diversity clusters")
@@ -46,16 +48,41 @@ def fit_and_score(train: Path, test: Path, test_series, root: Path, seed: int, t
     return checkpoint, float((probabilities.argmax(axis=1) == test_series.labels).mean())
 
 
-def one_draw(draw: int, strategy: str, data: convert.Converted, rows, work: Path, threads: int) -> list[float]:
+@dataclasses.dataclass
+class Dataset:
+    """A pool and a test set, with what their stores are written with (bands, classes, time axis, scale)."""
+
+    name: str
+    pool: PixelSeries
+    test: PixelSeries
+    converted: convert.Converted
+
+
+def mato_grosso() -> Dataset:
+    data = convert.read_mato_grosso(SHARED / "sits_matogrosso_mod13q1/br_mt_1_8K_9classes_6bands.rda")
+    pool_rows, test_rows = kfold_split(data.series, 5, 0, 0)  # samples_data's split
+    return Dataset("Mato Grosso", data.series.subset(pool_rows), data.series.subset(test_rows), data)
+
+
+def ucr_crop() -> Dataset:
+    train = convert.read_ucr(SHARED / "ucr_crop_formosat2/Crop_TRAIN.tsv")
+    test = convert.read_ucr(SHARED / "ucr_crop_formosat2/Crop_TEST.tsv")
+    return Dataset("UCR Crop", train.series, relabel(test.series, test.class_names, train.class_names), train)
+
+
+DATASETS = {"Mato Grosso": mato_grosso, "UCR Crop": ucr_crop}
+
+
+def one_draw(draw: int, strategy: str, data: Dataset, work: Path, threads: int) -> list[float]:
     """Test OA per round of one draw of ``strategy``."""
     from cmap.cli import main as cmap_main
 
-    pool_rows, test_rows = rows
-    pool, test = data.series.subset(pool_rows), data.series.subset(test_rows)
-    k = len(data.class_names)
+    pool, test, converted = data.pool, data.test, data.converted
+    k = len(converted.class_names)
 
     def write(folder: Path, series) -> Path:
-        write_store(folder, series, data.band_names, data.class_names, data.time_axis, data.raw_values, overwrite=True)
+        write_store(folder, series, converted.band_names, converted.class_names, converted.time_axis,
+                    converted.raw_values, overwrite=True)  # fmt: skip
         return folder
 
     test_store = write(work / "test", test)
@@ -65,7 +92,7 @@ def one_draw(draw: int, strategy: str, data: convert.Converted, rows, work: Path
         train_store = write(step / "train", pool.subset(labelled))
         checkpoint, accuracy = fit_and_score(train_store, test_store, test, step / "run", draw, threads)
         scores.append(accuracy)
-        print(f"Mato Grosso, network: {strategy} draw {draw} round {round_}: {len(labelled)} labels, OA {accuracy:.4f}")
+        print(f"{data.name}, network: {strategy} draw {draw} round {round_}: {len(labelled)} labels, OA {accuracy:.4f}")
         if round_ == 5:
             break
         if strategy == "random":
@@ -83,21 +110,24 @@ def one_draw(draw: int, strategy: str, data: convert.Converted, rows, work: Path
     return scores
 
 
-def report(measured: dict, classes: int) -> list[str]:
+def report(measured: dict, data: Dataset, output: Path) -> list[str]:
+    classes = len(data.converted.class_names)
     budget = [(10 + 5 * i) * classes for i in range(6)]
+    split = {"Mato Grosso": "fold 0 of 5 as test set"}.get(data.name, "its test file as test set")
+    option = "" if data.name == "Mato Grosso" else f" --dataset '{data.name}'"
     lines = [
         "# `cmap suggest` with cmap's network in the loop",
         "",
-        "Mato Grosso (fold 0 of 5 as test set, 382 series; the rest as pool), from 10 labels per class, 5 rounds "
-        "of 5 per class; each round `cmap fit` of `configs/default.yaml` on the labelled series (seed = draw) and "
-        "`cmap suggest` (its default, `--diversity gradients`, or `--diversity clusters`) or random picks. Command: "
-        "`OMP_NUM_THREADS=1 python benchmarks/samples_network.py --threads 1`; per-draw figures in "
-        "`samples_network.json`.",
+        f"{data.name} ({split}, {len(data.test)} series; {len(data.pool)} series as pool), from 10 labels per "
+        "class, 5 rounds of 5 per class; each round `cmap fit` of `configs/default.yaml` on the labelled series "
+        "(seed = draw) and `cmap suggest` (its default, `--diversity gradients`, or `--diversity clusters`) or "
+        f"random picks. Command: `OMP_NUM_THREADS=1 python benchmarks/samples_network.py{option} --threads 1`; "
+        f"per-draw figures in `{output.with_suffix('.json').name}`.",
         "",
         "| strategy | draws | " + " | ".join(f"{n} labels" for n in budget) + " | final gain (per draw) |",
         "|---" * 9 + "|",
     ]
-    draws = sorted(set(measured["random"]) & set(measured["cmap suggest"]))
+    draws = sorted(set(measured["random"]) & set(measured.get("cmap suggest", {})))
     random_final = np.array([measured["random"][d][-1] for d in draws])
     for strategy in [s for s in STRATEGIES if set(draws) <= set(measured.get(s, {}))]:
         curves = np.array([measured[strategy][d] for d in draws])
@@ -110,22 +140,25 @@ def report(measured: dict, classes: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="Mato Grosso")
     parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=STRATEGIES)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/samples_network.md")
+    parser.add_argument("--output", type=Path, default=None, help="default: results/samples_network[_<dataset>].md")
     options = parser.parse_args()
-    figures = options.output.with_suffix(".json")
+    suffix = "" if options.dataset == "Mato Grosso" else "_" + options.dataset.lower().replace(" ", "_")
+    output = options.output or REPO / f"benchmarks/results/samples_network{suffix}.md"
+    figures = output.with_suffix(".json")
     measured = json.loads(figures.read_text()) if figures.is_file() else {}
-    data = convert.read_mato_grosso(SHARED / "sits_matogrosso_mod13q1/br_mt_1_8K_9classes_6bands.rda")
-    rows = kfold_split(data.series, 5, 0, 0)  # samples_data's split
+    data = DATASETS[options.dataset]()
     with tempfile.TemporaryDirectory() as work:
         for draw in range(options.draws):
-            for strategy in STRATEGIES:
+            for strategy in [s for s in STRATEGIES if s in options.strategies]:
                 if str(draw) not in measured.setdefault(strategy, {}):
-                    measured[strategy][str(draw)] = one_draw(draw, strategy, data, rows, Path(work), options.threads)
+                    measured[strategy][str(draw)] = one_draw(draw, strategy, data, Path(work), options.threads)
                     figures.write_text(json.dumps(measured, indent=1) + "\n")
-    lines = report(measured, len(data.class_names))
-    options.output.write_text("\n".join(lines))
+    lines = report(measured, data, output)
+    output.write_text("\n".join(lines))
     print("\n".join(lines))
 
 
