@@ -28,8 +28,9 @@ from cmap.data.series import PixelSeries
 from cmap.data.splits import kfold_split, per_class_subset
 from cmap.data.store import relabel, write_store
 
-#: random picks, and cmap suggest with its default (gradients) or with the options after "cmap suggest".
-STRATEGIES = ("random", "cmap suggest", "cmap suggest --diversity clusters")
+#: random picks, and cmap suggest with its default (gradients) or with the options after "cmap suggest";
+#: the first three are run unless --strategies says otherwise.
+STRATEGIES = ("random", "cmap suggest", "cmap suggest --diversity clusters", "cmap suggest --components 64")
 
 
 def fit_and_score(train: Path, test: Path, test_series, root: Path, seed: int, threads: int):
@@ -142,7 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="Mato Grosso")
     parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=STRATEGIES)
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=STRATEGIES[:3])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=None, help="default: results/samples_network[_<dataset>].md")
     options = parser.parse_args()

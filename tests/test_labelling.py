@@ -284,6 +284,10 @@ def test_suggest_refuses_other_bands_and_too_many(mato, checkpoint, tmp_path, ca
         ["suggest", str(checkpoint), str(mato / "unlabelled"), str(tmp_path / "s.csv"), "--space", "coordinates"],
     )
     assert "--space coordinates" in message and "gradients" in message
+    for components in (["--components", "-1"], ["--components", "8", "--diversity", "clusters"]):
+        message = one_line_error(capsys, ["suggest", str(checkpoint), str(mato / "unlabelled"), str(tmp_path / "s.csv"),
+                                          *components])  # fmt: skip
+        assert f"--components must be >= 0 and applies to --diversity gradients, got {components[1]}" in message
     gpkg = tmp_path / "next.gpkg"  # the CSV would replace the GeoPackage written under that name
     message = one_line_error(capsys, ["suggest", str(checkpoint), str(mato / "unlabelled"), str(gpkg)])
     assert "OUTPUT is the CSV table" in message and not gpkg.exists()
@@ -364,6 +368,22 @@ def test_gradient_selection_never_takes_a_duplicate_of_a_chosen_series_while_oth
     assert sorted(gradient_select(probabilities, features, 15)) == list(range(15))  # duplicates fill in, once each
     with pytest.raises(ValueError, match="only 15 candidates"):
         gradient_select(probabilities, features, 16)
+
+
+def test_gradient_selection_in_principal_components_is_selection_on_the_projected_features():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(1)
+    probabilities = rng.dirichlet(np.ones(3), size=80)
+    features = np.abs(rng.normal(size=(80, 12)))  # non-negative, as after an activation: centring counts too
+    projected = PCA(4, random_state=0).fit_transform(features)
+    reduced = gradient_select(probabilities, features, 9, seed=2, components=4)
+    assert list(reduced) == list(gradient_select(probabilities, projected, 9, seed=2))
+    assert list(reduced) != list(gradient_select(probabilities, features, 9, seed=2))  # the reduction counts
+    # As many components as features, or more: the features as they are.
+    assert list(gradient_select(probabilities, features, 9, seed=2, components=12)) == list(
+        gradient_select(probabilities, features, 9, seed=2)
+    )
 
 
 def test_som_flags_the_labels_that_differ_from_their_neighbourhood():

@@ -50,12 +50,17 @@ def auto_distance(points: np.ndarray, scores: np.ndarray, n: int, seed: int = 0)
 
 
 def gradient_select(
-    probabilities: np.ndarray, features: np.ndarray, n: int, seed: int | np.random.Generator = 0
+    probabilities: np.ndarray,
+    features: np.ndarray,
+    n: int,
+    seed: int | np.random.Generator = 0,
+    components: int = 0,
 ) -> np.ndarray:
     """Indices of ``n`` candidates by k-means++ seeding (the first: the largest gradient; each next drawn
     with probability proportional to its squared distance to the nearest taken) in the gradient
     embedding g = (p - onehot(argmax p)) (K,) x ``features`` (D,) of the last layer's cross-entropy at
-    the predicted label. ``probabilities`` (N, K), ``features`` (N, D): the last linear layer's inputs;
+    the predicted label. ``probabilities`` (N, K), ``features`` (N, D): the last linear layer's inputs,
+    reduced first to their ``components`` principal components over the candidates (0: as they are);
     ``seed``: a number or a generator to draw from. The (N, K*D) embedding is never built: the inner
     product of two outer products is (a_i . a_j)(h_i . h_j)."""
     if n > len(probabilities):
@@ -63,6 +68,10 @@ def gradient_select(
     a = np.array(probabilities, dtype=np.float64)
     a[np.arange(len(a)), a.argmax(axis=1)] -= 1.0
     h = np.asarray(features, dtype=np.float64)
+    if 0 < components < min(h.shape):
+        from sklearn.decomposition import PCA
+
+        h = PCA(components, random_state=0).fit_transform(h)
     squared_norm = (a**2).sum(axis=1) * (h**2).sum(axis=1)
 
     def squared_distance(row: int) -> np.ndarray:

@@ -82,6 +82,13 @@ def parse(args: list[str], prog: str) -> argparse.Namespace:
         "--map", type=Path, help="instead of CHECKPOINT STORE: the pixels of a cmap map (its MAP_probs.tif beside it)"
     )
     add_selection_arguments(parser, "gradients", "embedding")
+    parser.add_argument(
+        "--components",
+        type=int,
+        default=0,
+        help="with --diversity gradients: count the gradient embedding in this many principal components of "
+        "the last layer's inputs (default 0: the inputs as they are)",
+    )
     parser.add_argument("--coordinates", type=Path, help="table of sample_id (or row), longitude, latitude")
     parser.add_argument("--crs", default="EPSG:4326", help="CRS of the coordinates (default %(default)s)")
     parser.add_argument("--batch_size", type=int, default=256)
@@ -92,6 +99,8 @@ def parse(args: list[str], prog: str) -> argparse.Namespace:
     check_selection(options)
     if options.diversity == "gradients" and options.space == "coordinates":
         raise InputError("--space coordinates applies to --diversity clusters or distance, not to gradients")
+    if options.components < 0 or (options.components and options.diversity != "gradients"):
+        raise InputError(f"--components must be >= 0 and applies to --diversity gradients, got {options.components}")
     if options.space == "coordinates" and options.coordinates is None:
         raise InputError("--space coordinates needs --coordinates TABLE (sample_id or row, longitude, latitude)")
     return options
@@ -232,7 +241,10 @@ def main(args: list[str] | None = None, prog: str = "cmap suggest") -> pd.DataFr
     if options.diversity == "gradients":
         if last_inputs is None:
             raise InputError(f"{options.checkpoint}: its decoder has no final linear layer: use --diversity clusters")
-        chosen, rule = gradient_select(probabilities, last_inputs, options.n), "k-means++ in the gradient embedding"
+        chosen = gradient_select(probabilities, last_inputs, options.n, components=options.components)
+        rule = "k-means++ in the gradient embedding"
+        if options.components:
+            rule += f" of {options.components} principal components"
     elif options.diversity == "clusters":
         chosen, rule = cluster_select(scores, options.n, points), f"one per k-means cluster in {options.space}"
     else:
