@@ -1,12 +1,13 @@
-"""``cmap suggest`` with cmap's own network in the loop, as a user runs it: each round ``cmap fit`` of
-the default recipe (``configs/default.yaml``) on the labelled series, then ``cmap suggest`` (its
-default, ``--diversity gradients``, and ``--diversity clusters``) of the next 5 x classes series of the
-pool, against random picks at the same budget; test OA of each round's model. From 10 labels per
-class, 5 rounds: :mod:`samples_active`'s protocol, with the network instead of the logistic
-regression on MiniRocket features. Datasets as :mod:`samples_data` splits them (Mato Grosso: fold 0
-of the 5 stratified folds as test set, the rest as pool; UCR Crop: its training file as pool).
+"""``cmap suggest`` with cmap's own network in the loop, as a user runs it: each round ``cmap fit`` of the
+default recipe (``configs/default.yaml``) on the labelled series, then ``cmap suggest`` (its default,
+``--diversity gradients`` in 64 principal components; ``--components 0``; ``--diversity clusters``) of
+the next 5 x classes series of the pool, against random picks at the same budget; test OA of each
+round's model. From 10 labels per class, 5 rounds: :mod:`samples_active`'s protocol, with the network
+instead of the logistic regression on MiniRocket features. Datasets as :mod:`samples_data` splits them
+(Mato Grosso: fold 0 of the 5 stratified folds as test set, the rest as pool; UCR Crop: its training
+file as pool).
 
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/samples_network.py [--dataset "UCR Crop"] [--draws 3]
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/samples_network.py [--dataset "UCR Crop"] [--draws 5]
 [--threads 1]``: writes ``benchmarks/results/samples_network.md`` (Mato Grosso; another dataset:
 ``samples_network_<dataset>.md``) and its figures in the ``.json`` beside it (a draw already measured
 there is read back, not trained again). One fit of a few hundred series takes one to two minutes at
@@ -28,9 +29,9 @@ from cmap.data.series import PixelSeries
 from cmap.data.splits import kfold_split, per_class_subset
 from cmap.data.store import relabel, write_store
 
-#: random picks, and cmap suggest with its default (gradients) or with the options after "cmap suggest";
-#: the first three are run unless --strategies says otherwise.
-STRATEGIES = ("random", "cmap suggest", "cmap suggest --diversity clusters", "cmap suggest --components 64")
+#: random picks, and cmap suggest with its default (gradients in 64 principal components) or with the options
+#: after "cmap suggest" (--components 0: the last layer's inputs as they are).
+STRATEGIES = ("random", "cmap suggest", "cmap suggest --diversity clusters", "cmap suggest --components 0")
 
 
 def fit_and_score(train: Path, test: Path, test_series, root: Path, seed: int, threads: int):
@@ -121,7 +122,8 @@ def report(measured: dict, data: Dataset, output: Path) -> list[str]:
         "",
         f"{data.name} ({split}, {len(data.test)} series; {len(data.pool)} series as pool), from 10 labels per "
         "class, 5 rounds of 5 per class; each round `cmap fit` of `configs/default.yaml` on the labelled series "
-        "(seed = draw) and `cmap suggest` (its default, `--diversity gradients`, or `--diversity clusters`) or "
+        "(seed = draw) and `cmap suggest` (its default, `--diversity gradients` in 64 principal components of the "
+        "last layer's inputs; `--components 0`: in the inputs as they are; or `--diversity clusters`) or "
         f"random picks. Command: `OMP_NUM_THREADS=1 python benchmarks/samples_network.py{option} --threads 1`; "
         f"per-draw figures in `{output.with_suffix('.json').name}`.",
         "",
@@ -142,8 +144,8 @@ def report(measured: dict, data: Dataset, output: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="Mato Grosso")
-    parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=STRATEGIES[:3])
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=STRATEGIES)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=None, help="default: results/samples_network[_<dataset>].md")
     options = parser.parse_args()

@@ -370,6 +370,15 @@ def test_gradient_selection_never_takes_a_duplicate_of_a_chosen_series_while_oth
         gradient_select(probabilities, features, 16)
 
 
+def test_suggest_counts_gradients_in_64_components_by_default_and_only_gradients():
+    from cmap.labelling.suggest import parse
+
+    positional = ["last.ckpt", "store", "next.csv"]
+    assert parse(positional, "cmap suggest").components == 64
+    assert parse([*positional, "--components", "0"], "cmap suggest").components == 0
+    assert parse([*positional, "--diversity", "clusters"], "cmap suggest").components == 0
+
+
 def test_gradient_selection_in_principal_components_is_selection_on_the_projected_features():
     from sklearn.decomposition import PCA
 

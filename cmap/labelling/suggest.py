@@ -2,7 +2,8 @@
 checkpoint), chosen uncertain and diverse (:mod:`cmap.labelling.selection`):
 
 - ``--diversity gradients`` (the default; BADGE): k-means++ seeding in the gradient embedding of the
-  classifier's last layer, uncertainty and diversity in one rule (``benchmarks/samples.py``);
+  classifier's last layer (its inputs in ``--components`` principal components, 64 by default),
+  uncertainty and diversity in one rule (``benchmarks/samples.py``);
 - ``--diversity clusters``: the most uncertain (``--measure margin|entropy|least_confidence``, as R
   sits' ``sits_uncertainty_sampling``) of each of N k-means clusters of the 10 N most uncertain, in
   ``--space embedding`` (the encoder's features averaged over the dates) or ``--space coordinates``
@@ -33,6 +34,11 @@ import pandas as pd
 from cmap.labelling.selection import MEASURES, auto_distance, cluster_select, gradient_select, select, uncertainty
 from cmap.labelling.tables import check_table_output, read_coordinates, sample_ids, write_outputs
 from cmap.outputs import InputError, MissingInput
+
+#: --components' default: 64 principal components of the last layer's inputs, as benchmarks/samples.py's
+#: loop counts them (+2.04 / +2.62 over random); with the network in the loop, +1.52 over random against
+#: +1.26 with the 256 inputs as they are (benchmarks/results/samples_network.md, 5 draws).
+GRADIENT_COMPONENTS = 64
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser, diversity: str, space: str) -> None:
@@ -85,9 +91,9 @@ def parse(args: list[str], prog: str) -> argparse.Namespace:
     parser.add_argument(
         "--components",
         type=int,
-        default=0,
+        default=None,
         help="with --diversity gradients: count the gradient embedding in this many principal components of "
-        "the last layer's inputs (default 0: the inputs as they are)",
+        f"the last layer's inputs, 0: the inputs as they are (default {GRADIENT_COMPONENTS})",
     )
     parser.add_argument("--coordinates", type=Path, help="table of sample_id (or row), longitude, latitude")
     parser.add_argument("--crs", default="EPSG:4326", help="CRS of the coordinates (default %(default)s)")
@@ -99,7 +105,9 @@ def parse(args: list[str], prog: str) -> argparse.Namespace:
     check_selection(options)
     if options.diversity == "gradients" and options.space == "coordinates":
         raise InputError("--space coordinates applies to --diversity clusters or distance, not to gradients")
-    if options.components < 0 or (options.components and options.diversity != "gradients"):
+    if options.components is None:
+        options.components = GRADIENT_COMPONENTS if options.diversity == "gradients" else 0
+    elif options.components < 0 or (options.components and options.diversity != "gradients"):
         raise InputError(f"--components must be >= 0 and applies to --diversity gradients, got {options.components}")
     if options.space == "coordinates" and options.coordinates is None:
         raise InputError("--space coordinates needs --coordinates TABLE (sample_id or row, longitude, latitude)")
