@@ -2,8 +2,8 @@
 
 Their readers, converters and the store format hold series as numpy arrays (:mod:`cmap.data.series`);
 the torch dataset of training and prediction is :mod:`cmap.data.dataset`. Importing torch took about a
-second and several hundred MB before any option was read; jsonargparse (only cmap.runtime's settings for
-it) another 50 ms. Each check runs in a fresh interpreter, where
+second and several hundred MB before any option was read; jsonargparse (for cmap.runtime's settings,
+which these commands do not use) another 50 ms. Each check runs in a fresh interpreter, where
 ``sys.modules`` tells what the command imported (pyproject.toml's import-linter contract checks the
 imports themselves; these check what actually runs, lazy imports included).
 """

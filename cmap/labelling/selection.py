@@ -60,7 +60,8 @@ def gradient_select(
     with probability proportional to its squared distance to the nearest taken) in the gradient
     embedding g = (p - onehot(argmax p)) (K,) x ``features`` (D,) of the last layer's cross-entropy at
     the predicted label. ``probabilities`` (N, K), ``features`` (N, D): the last linear layer's inputs,
-    reduced first to their ``components`` principal components over the candidates (0: as they are);
+    reduced first to their ``components`` principal components over the candidates (as they are for 0,
+    or when they have no more features, or there are no more candidates, than ``components``);
     ``seed``: a number or a generator to draw from. The (N, K*D) embedding is never built: the inner
     product of two outer products is (a_i . a_j)(h_i . h_j)."""
     if n > len(probabilities):
