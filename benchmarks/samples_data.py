@@ -43,29 +43,32 @@ class Prepared:
         return len(self.class_names)
 
 
-def mato_grosso() -> tuple[PixelSeries, PixelSeries, list[str]]:
+def mato_grosso() -> tuple[PixelSeries, PixelSeries, convert.Converted]:
     data = convert.read_mato_grosso(SHARED / "sits_matogrosso_mod13q1/br_mt_1_8K_9classes_6bands.rda")
     rest, held = kfold_split(data.series, 5, 0, 0)
-    return data.series.subset(rest), data.series.subset(held), data.class_names
+    return data.series.subset(rest), data.series.subset(held), data
 
 
-def victoria() -> tuple[PixelSeries, PixelSeries, list[str]]:
+def victoria() -> tuple[PixelSeries, PixelSeries, convert.Converted]:
     train = convert.read_victoria(SHARED / "igarss2019_s2_victoria/train_dataset.csv")
     test = convert.read_victoria(SHARED / "igarss2019_s2_victoria/test_dataset.csv")
-    return train.series, relabel(test.series, test.class_names, train.class_names), train.class_names
+    return train.series, relabel(test.series, test.class_names, train.class_names), train
 
 
-def ucr_crop() -> tuple[PixelSeries, PixelSeries, list[str]]:
+def ucr_crop() -> tuple[PixelSeries, PixelSeries, convert.Converted]:
     train = convert.read_ucr(SHARED / "ucr_crop_formosat2/Crop_TRAIN.tsv")
     test = convert.read_ucr(SHARED / "ucr_crop_formosat2/Crop_TEST.tsv")
-    return train.series, test.series, train.class_names
+    return train.series, relabel(test.series, test.class_names, train.class_names), train
 
 
+#: Each dataset's training set (or pool), test set, and the conversion of the training set (its class
+#: names, bands, time axis and scale: what its stores are written with).
 LOADERS = {"Mato Grosso": mato_grosso, "Victoria": victoria, "UCR Crop": ucr_crop}
 
 
 def prepare(name: str) -> Prepared:
-    train, test, class_names = LOADERS[name]()
+    train, test, converted = LOADERS[name]()
+    class_names = converted.class_names
     rocket, rocket_test = rocket_features(train, test)
     return Prepared(name, class_names, train, train.labels, test.labels, rocket, rocket_test, features(train))
 

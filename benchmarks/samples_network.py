@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from samples_data import REPO, SHARED
+from samples_data import LOADERS, REPO
 
 from cmap.data import convert
 from cmap.data.series import PixelSeries
-from cmap.data.splits import kfold_split, per_class_subset
-from cmap.data.store import relabel, write_store
+from cmap.data.splits import per_class_subset
+from cmap.data.store import write_store
 
 #: random picks, and cmap suggest with its default (gradients in 64 principal components) or with the options
 #: after "cmap suggest" (--components 0: the last layer's inputs as they are).
@@ -58,21 +58,6 @@ class Dataset:
     pool: PixelSeries
     test: PixelSeries
     converted: convert.Converted
-
-
-def mato_grosso() -> Dataset:
-    data = convert.read_mato_grosso(SHARED / "sits_matogrosso_mod13q1/br_mt_1_8K_9classes_6bands.rda")
-    pool_rows, test_rows = kfold_split(data.series, 5, 0, 0)  # samples_data's split
-    return Dataset("Mato Grosso", data.series.subset(pool_rows), data.series.subset(test_rows), data)
-
-
-def ucr_crop() -> Dataset:
-    train = convert.read_ucr(SHARED / "ucr_crop_formosat2/Crop_TRAIN.tsv")
-    test = convert.read_ucr(SHARED / "ucr_crop_formosat2/Crop_TEST.tsv")
-    return Dataset("UCR Crop", train.series, relabel(test.series, test.class_names, train.class_names), train)
-
-
-DATASETS = {"Mato Grosso": mato_grosso, "UCR Crop": ucr_crop}
 
 
 def one_draw(draw: int, strategy: str, data: Dataset, work: Path, threads: int) -> list[float]:
@@ -143,7 +128,7 @@ def report(measured: dict, data: Dataset, output: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="Mato Grosso")
+    parser.add_argument("--dataset", choices=["Mato Grosso", "UCR Crop"], default="Mato Grosso")
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=STRATEGIES)
     parser.add_argument("--threads", type=int, default=1)
@@ -153,7 +138,7 @@ def main() -> None:
     output = options.output or REPO / f"benchmarks/results/samples_network{suffix}.md"
     figures = output.with_suffix(".json")
     measured = json.loads(figures.read_text()) if figures.is_file() else {}
-    data = DATASETS[options.dataset]()
+    data = Dataset(options.dataset, *LOADERS[options.dataset]())
     with tempfile.TemporaryDirectory() as work:
         for draw in range(options.draws):
             for strategy in [s for s in STRATEGIES if s in options.strategies]:
